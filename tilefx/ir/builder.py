@@ -65,21 +65,24 @@ class GraphBuilder:
         v = Value(self.fresh_name(name), TensorType(dtype, ()))
         return self.add(Op("const", (), (v,), freeze_attrs({"value": py})))
 
-    def op(self, name: str, *inputs: Value, result_name: str | None = None, **attrs: Any) -> Value:
+    def op(self, name: str, /, *inputs: Value, result_name: str | None = None, **attrs: Any) -> Value:
         results = self.op_multi(name, *inputs, result_names=[result_name] if result_name else None, **attrs)
         if len(results) != 1:
             raise ValueError(f"op {name} has {len(results)} results; use op_multi")
         return results[0]
 
-    def op_multi(self, name: str, *inputs: Value, result_names: Sequence[str] | None = None,
+    def op_multi(self, name: str, /, *inputs: Value, result_names: Sequence[str] | None = None,
                  **attrs: Any) -> list[Value]:
         types = infer_types(name, [v.type for v in inputs], attrs)
         return self.op_typed(name, inputs, types, result_names=result_names, **attrs)
 
-    def op_typed(self, name: str, inputs: Sequence[Value], types: Sequence[TensorType], *,
+    def op_typed(self, name: str, inputs: Sequence[Value], types: Sequence[TensorType], /, *,
                  result_names: Sequence[str] | None = None, body: Graph | None = None,
                  **attrs: Any) -> list[Value]:
-        """Add an op whose result types the caller knows (const, kernel, fallback)."""
+        """Add an op whose result types the caller knows (const, kernel, fallback).
+
+        ``name`` is positional-only so ``kernel``/``const`` can take a ``name`` attribute.
+        """
         from tilefx.ir.ops import get_op
 
         full = get_op(name).complete_attrs(attrs)

@@ -16,6 +16,7 @@ and compared freely.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field, replace
 from typing import Any, Iterator, Mapping
 
@@ -109,6 +110,18 @@ class Graph:
         return print_graph(self)
 
 
+def attrs_equal(a: AttrValue, b: AttrValue) -> bool:
+    """``==`` on attribute values, except that NaN equals NaN and -0.0 differs from 0.0
+    (so a graph equals its own printed-and-parsed copy, bit for bit)."""
+    if isinstance(a, float) and isinstance(b, float):
+        if math.isnan(a) or math.isnan(b):
+            return math.isnan(a) and math.isnan(b)
+        return a == b and math.copysign(1.0, a) == math.copysign(1.0, b)
+    if isinstance(a, tuple) and isinstance(b, tuple):
+        return len(a) == len(b) and all(attrs_equal(x, y) for x, y in zip(a, b))
+    return bool(a == b)
+
+
 def structural_equal(a: Graph, b: Graph) -> bool:
     """Same ops, types, attributes, bodies and constant data (names included)."""
     import numpy as np
@@ -118,7 +131,9 @@ def structural_equal(a: Graph, b: Graph) -> bool:
     if len(a.ops) != len(b.ops):
         return False
     for x, y in zip(a.ops, b.ops):
-        if (x.name, x.inputs, x.results, x.attrs) != (y.name, y.inputs, y.results, y.attrs):
+        if (x.name, x.inputs, x.results) != (y.name, y.inputs, y.results):
+            return False
+        if not attrs_equal(x.attrs, y.attrs):
             return False
         if (x.body is None) != (y.body is None):
             return False

@@ -139,5 +139,9 @@ def parse_dim(text: str) -> Dim:
         text = text[1:-1]
     if text.lstrip("-").isdigit():
         return int(text)
-    expr = sympy.sympify(text)
-    return normalize_dim(expr.subs({s: symbol(s.name) for s in expr.free_symbols}))
+    # Parse twice: the first pass finds the symbol names, the second builds the
+    # expression over tilefx symbols (positive integers) from the start, so
+    # sympy simplifies ``floor``/``Mod`` with the same assumptions the
+    # original expression had and the text round-trips to an equal expression.
+    names = {s.name for s in sympy.sympify(text).free_symbols}
+    return normalize_dim(sympy.sympify(text, locals={n: symbol(n) for n in names}))

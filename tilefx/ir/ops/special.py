@@ -13,7 +13,7 @@
 
 from __future__ import annotations
 
-from tilefx.ir.ops.registry import REQUIRED, VARIADIC, Category, register_op
+from tilefx.ir.ops.registry import REQUIRED, Category, register_op
 
 
 def _given(types, attrs):
@@ -21,7 +21,8 @@ def _given(types, attrs):
 
 
 register_op("const", Category.opaque, inputs=0, attrs={"name": None, "value": None})(_given)
-register_op("kernel", Category.opaque, inputs=VARIADIC, attrs={"kind": REQUIRED, "name": REQUIRED})(_given)
+# (0, ...) inputs: a fused group may read nothing but iota/const ops of its own.
+register_op("kernel", Category.opaque, inputs=(0, 1 << 30), attrs={"kind": REQUIRED, "name": REQUIRED})(_given)
 register_op("fallback", Category.opaque, inputs=(0, 1 << 30),
             attrs={"target": REQUIRED, "args": REQUIRED})(_given)
 
