@@ -21,7 +21,8 @@ from tilefx.ir.types import DType, TensorType
 def dtype_of_array(array: np.ndarray) -> DType:
     return DType.from_short({"float32": "f32", "float16": "f16", "float64": "f64", "int64": "i64",
                              "int32": "i32", "int16": "i16", "int8": "i8", "uint8": "u8",
-                             "bool": "bool", "bfloat16": "bf16"}[str(array.dtype)])
+                             "bool": "bool", "bfloat16": "bf16",
+                             "complex64": "c64", "complex128": "c128"}[str(array.dtype)])
 
 
 class GraphBuilder:

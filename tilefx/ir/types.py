@@ -31,6 +31,9 @@ class DType(enum.Enum):
     int8 = ("i8", "int8")
     uint8 = ("u8", "uint8")
     bool = ("bool", "bool")
+    # complex values only flow between fallback ops (torch.fft...); no kernel computes on them
+    complex64 = ("c64", "complex64")
+    complex128 = ("c128", "complex128")
 
     @property
     def short(self) -> str:
@@ -47,7 +50,7 @@ class DType(enum.Enum):
     @property
     def itemsize(self) -> int:
         return {"f32": 4, "f16": 2, "bf16": 2, "f64": 8, "i64": 8, "i32": 4,
-                "i16": 2, "i8": 1, "u8": 1, "bool": 1}[self.short]
+                "i16": 2, "i8": 1, "u8": 1, "bool": 1, "c64": 8, "c128": 16}[self.short]
 
     @staticmethod
     def from_short(name: str) -> DType:

@@ -1,0 +1,173 @@
+"""What tilefx compiles for: a ``Target`` names the backend and carries the
+hardware facts that schedules and the cost model use (cores, vector width,
+cache sizes).
+
+``Target.host_cpu()`` detects the machine we run on. The LLVM CPU name comes
+from LLVM itself when TVM is importable (``tvm.codegen.llvm.GetHostCPUName``),
+otherwise from ``/proc/cpuinfo`` flags; the triple is always given explicitly
+because the conda-built LLVM rejects ``-mcpu=native`` for its default triple.
+Sizes come from sysfs, so detection costs no TVM import unless asked.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from dataclasses import asdict, dataclass, replace
+from functools import lru_cache
+from typing import Any
+
+log = logging.getLogger("tilefx.codegen")
+
+# cpuinfo flags -> (llvm mcpu) from the most to the least capable, for hosts
+# where TVM/LLVM cannot tell us its own CPU name.
+_FLAG_LADDER = (
+    ({"avx512f", "avx512bw", "avx512vl", "avx512_bf16", "avx512_vnni"}, "znver4", "sapphirerapids"),
+    ({"avx512f", "avx512bw", "avx512vl"}, "skylake-avx512", "skylake-avx512"),
+    ({"avx2", "fma"}, "znver2", "haswell"),
+    ({"avx"}, "sandybridge", "sandybridge"),
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    kind: str = "cpu"                  # "cpu" (LLVM via TVM) | "cuda"
+    mtriple: str = "x86_64-linux-gnu"
+    mcpu: str = "generic"
+    mattr: tuple[str, ...] = ()        # extra LLVM features, e.g. ("+avx512f",)
+    cores: int = 1
+    vector_bytes: int = 16             # widest SIMD register
+    l1_bytes: int = 32 * 1024
+    l2_bytes: int = 1024 * 1024
+    l3_bytes: int = 8 * 1024 * 1024
+    arch: str = ""                     # cuda: "sm_90"; cpu: unused
+
+    def __post_init__(self) -> None:
+        if self.kind not in ("cpu", "cuda"):
+            raise ValueError(f"unknown target kind {self.kind!r}: use 'cpu' or 'cuda'")
+        object.__setattr__(self, "mattr", tuple(self.mattr))
+
+    def vector_lanes(self, itemsize: int = 4) -> int:
+        """Elements of ``itemsize`` bytes in one SIMD register (16 for fp32 on AVX-512)."""
+        return max(1, self.vector_bytes // itemsize)
+
+    @staticmethod
+    def host_cpu() -> Target:
+        return _detect_host()
+
+    @staticmethod
+    def parse(text: str) -> Target:
+        """``"cpu"`` (the host), ``"cpu:skylake-avx512"`` (a named LLVM CPU) or a JSON object."""
+        text = text.strip()
+        if text.startswith("{"):
+            return Target.from_json(text)
+        kind, _, cpu = text.partition(":")
+        if kind in ("cpu", "llvm"):
+            host = Target.host_cpu()
+            return host if not cpu else replace(host, mcpu=cpu)
+        if kind == "cuda":
+            return Target(kind="cuda", arch=cpu or "sm_80")
+        raise ValueError(f"cannot parse target {text!r}: expected 'cpu', 'cpu:<mcpu>' or 'cuda'")
+
+    def to_tvm(self) -> Any:
+        """The ``tvm.target.Target`` (imports TVM)."""
+        import tvm
+
+        if self.kind == "cuda":
+            return tvm.target.Target({"kind": "cuda", "arch": self.arch or "sm_80"})
+        spec: dict[str, Any] = {"kind": "llvm", "mtriple": self.mtriple, "mcpu": self.mcpu,
+                                "num-cores": self.cores}
+        if self.mattr:
+            spec["mattr"] = list(self.mattr)
+        return tvm.target.Target(spec)
+
+    def key(self) -> str:
+        """A short stable string for cache keys and database rows."""
+        return f"{self.kind}-{self.mtriple}-{self.mcpu}-{'+'.join(self.mattr)}-{self.cores}c"
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), sort_keys=True)
+
+    @staticmethod
+    def from_json(text: str) -> Target:
+        data = json.loads(text)
+        data["mattr"] = tuple(data.get("mattr", ()))
+        return Target(**data)
+
+
+def _read(path: str) -> str | None:
+    try:
+        with open(path) as f:
+            return f.read().strip()
+    except OSError:
+        return None
+
+
+def _parse_size(text: str | None) -> int | None:
+    if not text:
+        return None
+    mult = {"K": 1024, "M": 1024 ** 2, "G": 1024 ** 3}.get(text[-1].upper(), 1)
+    try:
+        return int(text.rstrip("KMGkmg")) * mult
+    except ValueError:
+        return None
+
+
+def _cache_sizes() -> dict[int, int]:
+    """Per-level data/unified cache size of cpu0, from sysfs."""
+    out: dict[int, int] = {}
+    base = "/sys/devices/system/cpu/cpu0/cache"
+    for i in range(8):
+        level = _read(f"{base}/index{i}/level")
+        if level is None:
+            break
+        if _read(f"{base}/index{i}/type") == "Instruction":
+            continue
+        size = _parse_size(_read(f"{base}/index{i}/size"))
+        if size:
+            out[int(level)] = size
+    return out
+
+
+def _cpu_flags() -> set[str]:
+    for line in (_read("/proc/cpuinfo") or "").splitlines():
+        if line.startswith("flags"):
+            return set(line.split(":", 1)[1].split())
+    return set()
+
+
+def _llvm_host_cpu() -> str | None:
+    """LLVM's own name for this CPU, if TVM is installed (it is the most accurate)."""
+    try:
+        import tvm_ffi
+
+        name = str(tvm_ffi.get_global_func("tvm.codegen.llvm.GetHostCPUName")())
+        return name if name and name != "generic" else None
+    except Exception:  # noqa: BLE001 - any failure means "ask cpuinfo instead"
+        return None
+
+
+@lru_cache(maxsize=1)
+def _detect_host() -> Target:
+    import platform
+
+    flags = _cpu_flags()
+    vendor_amd = "AuthenticAMD" in (_read("/proc/cpuinfo") or "")
+    mcpu = os.environ.get("TILEFX_MCPU") or _llvm_host_cpu()
+    if mcpu is None:
+        mcpu = "generic"
+        for needed, amd, intel in _FLAG_LADDER:
+            if needed <= flags:
+                mcpu = amd if vendor_amd else intel
+                break
+    vector_bytes = 64 if "avx512f" in flags else 32 if "avx2" in flags or "avx" in flags else 16
+    caches = _cache_sizes()
+    machine = platform.machine() or "x86_64"
+    target = Target(kind="cpu", mtriple=f"{machine}-linux-gnu", mcpu=mcpu,
+                    cores=len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1,
+                    vector_bytes=vector_bytes,
+                    l1_bytes=caches.get(1, 32 * 1024), l2_bytes=caches.get(2, 1024 * 1024),
+                    l3_bytes=caches.get(3, 8 * 1024 * 1024))
+    log.debug("host target: %s", target)
+    return target

@@ -1,0 +1,221 @@
+"""TE computes of the reduction, normalization, pooling and contraction ops.
+
+Written directly in TE (not ``topi``) where PyTorch's semantics differ from
+topi's or where the schedule templates need to recognize the blocks: pooling
+follows PyTorch's ``ceil_mode`` / ``count_include_pad`` rules exactly, the
+contraction computes are named ``matmul`` / ``conv2d`` (with a separate
+``conv2d_pad`` block), and softmax-like ops are plain max / sum / map blocks.
+"""
+
+from __future__ import annotations
+
+import math
+
+from tvm import te, tirx, topi
+
+from tilefx.codegen.tvm.te_ops import TeContext, out_dtype, shape_of, te_op
+from tilefx.ir.graph import Op
+
+
+def _axes(op: Op, rank: int) -> list[int]:
+    dims = op.attr("dims")
+    return sorted({d % rank for d in dims}) if dims else list(range(rank))
+
+
+@te_op("sum", "mean", "amax", "amin", "prod", "any", "all")
+def _reduce(ctx: TeContext, op: Op, ins: list[te.Tensor]) -> list[te.Tensor]:
+    (x,) = ins
+    axes, keep = _axes(op, len(x.shape)), bool(op.attr("keepdim"))
+    fn = {"sum": topi.sum, "mean": topi.sum, "amax": topi.max, "amin": topi.min,
+          "prod": topi.prod, "any": topi.any, "all": topi.all}[op.name]
+    red = fn(x, axis=axes, keepdims=keep)
+    if op.name != "mean":
+        return [te.compute(shape_of(op), lambda *i: red[i], name=ctx.name(op))]
+    count = math.prod(int(x.shape[a]) for a in axes)
+    dt = out_dtype(op)
+    return [te.compute(shape_of(op), lambda *i: red[i] / tirx.const(count, dt), name=ctx.name(op))]
+
+
+def _row_reduce(x: te.Tensor, axis: int, kind: str, name: str, value=None) -> te.Tensor:
+    """Reduce ``value(idx)`` (default ``x[idx]``) along ``axis``, keeping it as size 1."""
+    shape = [int(d) for d in x.shape]
+    k = te.reduce_axis((0, shape[axis]), name=f"{name}_k")
+    value = value or (lambda idx: x[idx])
+    reducer = te.max if kind == "max" else te.sum
+
+    def body(*idx):
+        src = list(idx)
+        src[axis] = k
+        return reducer(value(tuple(src)), axis=k)
+    return te.compute([d if i != axis else 1 for i, d in enumerate(shape)], body, name=name)
+
+
+def _at_row(t: te.Tensor, idx: tuple, axis: int):
+    src = list(idx)
+    src[axis] = 0
+    return t[tuple(src)]
+
+
+@te_op("softmax", "log_softmax")
+def _softmax(ctx, op, ins):
+    (x,) = ins
+    axis = op.attr("dim") % len(x.shape)
+    base = ctx.name(op)
+    mx = _row_reduce(x, axis, "max", f"{base}_max")
+    sm = _row_reduce(x, axis, "sum", f"{base}_sum",
+                     lambda idx: te.exp(x[idx] - _at_row(mx, idx, axis)))
+    if op.name == "softmax":
+        body = lambda *i: te.exp(x[i] - _at_row(mx, i, axis)) / _at_row(sm, i, axis)  # noqa: E731
+    else:
+        body = lambda *i: x[i] - _at_row(mx, i, axis) - te.log(_at_row(sm, i, axis))  # noqa: E731
+    return [te.compute(shape_of(op), body, name=base)]
+
+
+@te_op("layer_norm")
+def _layer_norm(ctx, op, ins):
+    x, w, b = ins
+    rank, n = len(x.shape), op.attr("normalized_ndim")
+    inner = [int(d) for d in x.shape[rank - n:]]
+    count, dt, eps = math.prod(inner), out_dtype(op), op.attr("eps", 1e-5)
+    base = ctx.name(op)
+    rows = [int(d) for d in x.shape[:rank - n]]
+
+    def reduce_rows(value, name):
+        ks = [te.reduce_axis((0, d), name=f"{name}_k{i}") for i, d in enumerate(inner)]
+        return te.compute(rows, lambda *r: te.sum(value(tuple(r) + tuple(ks)), axis=ks), name=name)
+
+    mean = reduce_rows(lambda i: x[i] / tirx.const(count, dt), f"{base}_mean")
+    var = reduce_rows(lambda i: (x[i] - mean[i[:rank - n]]) * (x[i] - mean[i[:rank - n]])
+                      / tirx.const(count, dt), f"{base}_var")
+
+    def body(*i):
+        r, c = i[:rank - n], i[rank - n:]
+        return (x[i] - mean[r]) * te.rsqrt(var[r] + tirx.const(eps, dt)) * w[c] + b[c]
+    return [te.compute(shape_of(op), body, name=base)]
+
+
+# ---------------------------------------------------------------- pooling
+
+@te_op("max_pool2d", "avg_pool2d")
+def _pool(ctx, op, ins):
+    (x,) = ins
+    _, _, H, W = (int(d) for d in x.shape)
+    (kh, kw), (sh, sw), (ph, pw) = op.attr("kernel"), op.attr("stride"), op.attr("padding")
+    dh, dw = op.attr("dilation", (1, 1)) if op.name == "max_pool2d" else (1, 1)
+    dt = out_dtype(op)
+    ry, rx = te.reduce_axis((0, kh), name="ry"), te.reduce_axis((0, kw), name="rx")
+
+    def pos(o, r, s, p, d):
+        return o * s - p + r * d
+
+    def inside(i, j):
+        return tirx.all(i >= 0, i < H, j >= 0, j < W)
+
+    if op.name == "max_pool2d":
+        def body(n, c, oh, ow):
+            i, j = pos(oh, ry, sh, ph, dh), pos(ow, rx, sw, pw, dw)
+            value = tirx.if_then_else(inside(i, j), x[n, c, i, j], tirx.min_value(dt))
+            return te.max(value, axis=[ry, rx])
+        return [te.compute(shape_of(op), body, name=ctx.name(op))]
+
+    base = ctx.name(op)
+
+    def total(n, c, oh, ow):
+        i, j = pos(oh, ry, sh, ph, 1), pos(ow, rx, sw, pw, 1)
+        return te.sum(tirx.if_then_else(inside(i, j), x[n, c, i, j], tirx.const(0, dt)),
+                      axis=[ry, rx])
+    summed = te.compute(shape_of(op), total, name=f"{base}_sum")
+    override, include_pad = op.attr("divisor_override"), op.attr("count_include_pad", True)
+
+    def divisor(oh, ow):
+        # PyTorch: the window is clipped to the padded input for count_include_pad,
+        # and to the real input otherwise.
+        if override:
+            return tirx.const(override, "int32")
+        h0, w0 = oh * sh - ph, ow * sw - pw
+        h1, w1 = tirx.min(h0 + kh, H + ph), tirx.min(w0 + kw, W + pw)
+        if include_pad:
+            return (h1 - h0) * (w1 - w0)
+        h0, w0, h1, w1 = tirx.max(h0, 0), tirx.max(w0, 0), tirx.min(h1, H), tirx.min(w1, W)
+        return (h1 - h0) * (w1 - w0)
+
+    return [te.compute(shape_of(op), lambda n, c, oh, ow: summed[n, c, oh, ow]
+                       / tirx.Cast(dt, divisor(oh, ow)), name=base)]
+
+
+@te_op("adaptive_avg_pool2d")
+def _adaptive_avg_pool(ctx, op, ins):
+    (x,) = ins
+    _, _, H, W = (int(d) for d in x.shape)
+    OH, OW = op.attr("output_size")
+    dt = out_dtype(op)
+    # window o covers [floor(o*H/OH), ceil((o+1)*H/OH)); reduce over the widest one
+    kh = max(-(-(o + 1) * H // OH) - (o * H // OH) for o in range(OH))
+    kw = max(-(-(o + 1) * W // OW) - (o * W // OW) for o in range(OW))
+    ry, rx = te.reduce_axis((0, kh), name="ry"), te.reduce_axis((0, kw), name="rx")
+
+    def bounds(o, size, out):
+        return tirx.floordiv(o * size, out), tirx.floordiv((o + 1) * size + out - 1, out)
+
+    base = ctx.name(op)
+
+    def total(n, c, oh, ow):
+        (h0, h1), (w0, w1) = bounds(oh, H, OH), bounds(ow, W, OW)
+        ok = tirx.all(h0 + ry < h1, w0 + rx < w1)
+        return te.sum(tirx.if_then_else(ok, x[n, c, h0 + ry, w0 + rx], tirx.const(0, dt)),
+                      axis=[ry, rx])
+    summed = te.compute(shape_of(op), total, name=f"{base}_sum")
+
+    def body(n, c, oh, ow):
+        (h0, h1), (w0, w1) = bounds(oh, H, OH), bounds(ow, W, OW)
+        return summed[n, c, oh, ow] / tirx.Cast(dt, (h1 - h0) * (w1 - w0))
+    return [te.compute(shape_of(op), body, name=base)]
+
+
+# ---------------------------------------------------------------- contractions
+
+@te_op("matmul")
+def _matmul(ctx, op, ins):
+    a, b = ins
+    shape = shape_of(op)
+    K = int(a.shape[-1])
+    k = te.reduce_axis((0, K), name="k")
+    nbatch = len(shape) - 2
+
+    def batch_index(t, idx):
+        lead = nbatch - (len(t.shape) - 2)
+        return [0 if int(t.shape[d]) == 1 else idx[lead + d] for d in range(len(t.shape) - 2)]
+
+    def body(*idx):
+        i, j = idx[-2], idx[-1]
+        return te.sum(a[tuple(batch_index(a, idx) + [i, k])] * b[tuple(batch_index(b, idx) + [k, j])],
+                      axis=k)
+    return [te.compute(shape, body, name=ctx.name(op))]
+
+
+@te_op("conv2d")
+def _conv2d(ctx, op, ins):
+    x, w = ins
+    N, C, H, W = (int(d) for d in x.shape)
+    OC, ICg, KH, KW = (int(d) for d in w.shape)
+    (sh, sw), (ph, pw), (dh, dw) = op.attr("stride"), op.attr("padding"), op.attr("dilation")
+    groups = op.attr("groups", 1)
+    dt = out_dtype(op)
+    base = ctx.name(op)
+    if ph or pw:
+        # a separate pad block: the schedule computes it per tile or up front, so
+        # the inner loop of the convolution stays free of bounds checks
+        xp = te.compute((N, C, H + 2 * ph, W + 2 * pw), lambda n, c, i, j: tirx.if_then_else(
+            tirx.all(i >= ph, i < H + ph, j >= pw, j < W + pw), x[n, c, i - ph, j - pw],
+            tirx.const(0, dt)), name=f"{base}_pad")
+    else:
+        xp = x
+    rc = te.reduce_axis((0, ICg), name="rc")
+    ry, rx = te.reduce_axis((0, KH), name="ry"), te.reduce_axis((0, KW), name="rx")
+    ocg = OC // groups
+
+    def body(n, oc, oh, ow):
+        c = rc if groups == 1 else tirx.floordiv(oc, ocg) * ICg + rc
+        return te.sum(xp[n, c, oh * sh + ry * dh, ow * sw + rx * dw] * w[oc, rc, ry, rx],
+                      axis=[rc, ry, rx])
+    return [te.compute(shape_of(op), body, name=base)]

@@ -1,0 +1,352 @@
+"""IR op -> TVM tensor-expression (TE) compute: the registry of the TVM backend.
+
+``@te_op("add")`` registers a function ``(ctx, op, inputs) -> list[te.Tensor]``
+that builds the TE compute of one IR op from the TE tensors of its inputs.
+Every IR op except the structural ones (``const`` is handled by the kernel
+builder, ``kernel``/``fallback`` never reach codegen) and the composites that
+passes rewrite away (``attention``, ``batch_norm``) has an entry; a test checks
+that. This file holds the elementwise, broadcast and injective ops;
+``te_nn.py`` holds reductions, normalizations, pooling and contractions.
+
+Computes are named after the IR op (``ctx.name(op)``), so the blocks of the
+PrimFunc can be recognized by the schedule templates (``conv2d``, ``matmul``).
+This module imports TVM: import it only from code that is building a kernel.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Callable, Sequence
+
+from tvm import te, tirx
+
+from tilefx.ir.graph import Op
+from tilefx.ir.types import DType
+
+TeFn = Callable[["TeContext", Op, list[te.Tensor]], list[te.Tensor]]
+TE_OPS: dict[str, TeFn] = {}
+# Ops with no TE compute: they are structural or rewritten by passes before codegen.
+NOT_LOWERED = frozenset({"const", "kernel", "fallback", "attention", "batch_norm"})
+
+
+def te_op(*names: str) -> Callable[[TeFn], TeFn]:
+    def wrap(fn: TeFn) -> TeFn:
+        for name in names:
+            if name in TE_OPS:
+                raise ValueError(f"TE compute for {name!r} registered twice")
+            TE_OPS[name] = fn
+        return fn
+    return wrap
+
+
+def tvm_dtype(dtype: DType) -> str:
+    return dtype.name  # DType member names are TVM's dtype strings (float32, bool, ...)
+
+
+@dataclass
+class TeContext:
+    """Per-kernel state while building TE: unique compute names."""
+
+    counts: dict[str, int] = field(default_factory=dict)
+
+    def name(self, op: Op | str) -> str:
+        base = op if isinstance(op, str) else op.name
+        n = self.counts.get(base, 0)
+        self.counts[base] = n + 1
+        return base if n == 0 else f"{base}_{n}"
+
+
+def shape_of(op: Op, i: int = 0) -> tuple[int, ...]:
+    shape = op.results[i].type.shape
+    if not all(isinstance(d, int) for d in shape):
+        raise ValueError(f"op {op.name} -> %{op.results[i].name} has symbolic shape {shape}: "
+                         "pass bindings to build_kernel to specialize it")
+    return tuple(shape)
+
+
+def out_dtype(op: Op, i: int = 0) -> str:
+    return tvm_dtype(op.results[i].type.dtype)
+
+
+def broadcast_index(t: te.Tensor, idx: Sequence[tirx.PrimExpr]) -> list[tirx.PrimExpr]:
+    """Numpy broadcasting: align ``t``'s dims to the right of ``idx``; size-1 dims read 0."""
+    rank = len(t.shape)
+    lead = len(idx) - rank
+    return [0 if int(t.shape[d]) == 1 else idx[lead + d] for d in range(rank)]
+
+
+def elementwise(ctx: TeContext, op: Op, inputs: list[te.Tensor],
+                fn: Callable[..., tirx.PrimExpr]) -> list[te.Tensor]:
+    shape = shape_of(op)
+
+    def body(*idx: tirx.PrimExpr) -> tirx.PrimExpr:
+        return fn(*(t[tuple(broadcast_index(t, idx))] for t in inputs))
+    return [te.compute(shape, body, name=ctx.name(op))]
+
+
+def dt(x: tirx.PrimExpr) -> str:
+    """The dtype string of an expression (TVM 0.27 keeps it in ``.ty`` on most nodes)."""
+    return str(x.dtype) if hasattr(x, "dtype") else str(x.ty)
+
+
+def const(value: float | int | bool, dtype: str) -> tirx.PrimExpr:
+    return tirx.const(value, dtype)
+
+
+# ---------------------------------------------------------------- unary
+
+def _erf(x: tirx.PrimExpr) -> tirx.PrimExpr:
+    # TVM lowers erf to a scalar libm call; the fast_erf polynomial vectorizes
+    # (max error ~1e-7 in float32). Float64 keeps libm for accuracy.
+    if dt(x) in ("float32", "float16"):
+        return _fast_erf(x)
+    return te.erf(x)
+
+
+def _fast_erf(x: tirx.PrimExpr) -> tirx.PrimExpr:
+    # The float32 rational approximation of Eigen / XLA (the one topi.fast_erf uses).
+    dtype = dt(x)
+    c = lambda v: tirx.const(v, dtype)  # noqa: E731
+    x = tirx.max(tirx.min(x, c(4.0)), c(-4.0))
+    x2 = x * x
+    alpha = (-2.72614225801306e-10, 2.77068142495902e-08, -2.10102402082508e-06,
+             -5.69250639462346e-05, -7.34990630326855e-04, -2.95459980854025e-03,
+             -1.60960333262415e-02)
+    beta = (-1.45660718464996e-05, -2.13374055278905e-04, -1.68282697438203e-03,
+            -7.37332916720468e-03, -1.42647390514189e-02)
+    p = c(alpha[0])
+    for a in alpha[1:]:
+        p = p * x2 + c(a)
+    q = c(beta[0])
+    for b in beta[1:]:
+        q = q * x2 + c(b)
+    return x * p / q
+
+
+def _gelu(approximate: str) -> Callable[[tirx.PrimExpr], tirx.PrimExpr]:
+    def fn(x: tirx.PrimExpr) -> tirx.PrimExpr:
+        c = lambda v: tirx.const(v, dt(x))  # noqa: E731
+        if approximate == "tanh":
+            inner = c(math.sqrt(2.0 / math.pi)) * (x + c(0.044715) * x * x * x)
+            return c(0.5) * x * (c(1.0) + te.tanh(inner))
+        return c(0.5) * x * (c(1.0) + _erf(x * c(1.0 / math.sqrt(2.0))))
+    return fn
+
+
+def _unary(fn: Callable[[tirx.PrimExpr], tirx.PrimExpr]) -> TeFn:
+    return lambda ctx, op, ins: elementwise(ctx, op, ins, fn)
+
+
+def _zero(x: tirx.PrimExpr) -> tirx.PrimExpr:
+    return tirx.const(0, dt(x))
+
+
+def _sign(x: tirx.PrimExpr) -> tirx.PrimExpr:
+    one, zero = tirx.const(1, dt(x)), _zero(x)
+    return tirx.Select(x > zero, one, tirx.Select(x < zero, -one, zero))
+
+
+def _hardsigmoid(x: tirx.PrimExpr) -> tirx.PrimExpr:
+    c = lambda v: tirx.const(v, dt(x))  # noqa: E731
+    return tirx.min(tirx.max(x + c(3.0), c(0.0)), c(6.0)) / c(6.0)
+
+
+def _logical_not(x: tirx.PrimExpr) -> tirx.PrimExpr:
+    if dt(x) == "bool":
+        return tirx.Not(x)
+    return tirx.Cast(dt(x), x == _zero(x))
+
+
+UNARY_FNS: dict[str, Callable[[tirx.PrimExpr], tirx.PrimExpr]] = {
+    "neg": lambda x: -x,
+    "exp": te.exp, "log": te.log, "sqrt": te.sqrt, "rsqrt": te.rsqrt, "abs": te.abs,
+    "relu": lambda x: tirx.max(x, _zero(x)),
+    "sigmoid": te.sigmoid, "tanh": te.tanh,
+    "silu": lambda x: x * te.sigmoid(x),
+    "hardswish": lambda x: x * _hardsigmoid(x),
+    "hardsigmoid": _hardsigmoid,
+    "erf": _erf,
+    "reciprocal": lambda x: tirx.const(1, dt(x)) / x,
+    "sin": te.sin, "cos": te.cos, "floor": te.floor, "ceil": te.ceil,
+    "round": tirx.nearbyint,  # half to even, like torch.round
+    "sign": _sign, "logical_not": _logical_not, "identity": lambda x: x,
+}
+for _name, _fn in UNARY_FNS.items():
+    te_op(_name)(_unary(_fn))
+
+
+@te_op("gelu")
+def _gelu_op(ctx, op, ins):
+    return elementwise(ctx, op, ins, _gelu(op.attr("approximate", "none")))
+
+
+@te_op("leaky_relu")
+def _leaky_relu(ctx, op, ins):
+    slope = op.attr("negative_slope", 0.01)
+    return elementwise(ctx, op, ins, lambda x: tirx.Select(
+        x > _zero(x), x, x * tirx.const(slope, dt(x))))
+
+
+@te_op("clamp")
+def _clamp(ctx, op, ins):
+    lo, hi = op.attr("min"), op.attr("max")
+
+    def fn(x):
+        if lo is not None:
+            x = tirx.max(x, tirx.const(lo, dt(x)))
+        if hi is not None:
+            x = tirx.min(x, tirx.const(hi, dt(x)))
+        return x
+    return elementwise(ctx, op, ins, fn)
+
+
+@te_op("cast")
+def _cast(ctx, op, ins):
+    dt = out_dtype(op)
+    if dt == "bool":
+        return elementwise(ctx, op, ins, lambda x: x != _zero(x))
+    return elementwise(ctx, op, ins, lambda x: tirx.Cast(dt, x))
+
+
+# ---------------------------------------------------------------- binary
+
+def _div(a: tirx.PrimExpr, b: tirx.PrimExpr) -> tirx.PrimExpr:
+    return tirx.floordiv(a, b) if "int" in dt(a) else a / b
+
+
+BINARY_FNS: dict[str, Callable[[tirx.PrimExpr, tirx.PrimExpr], tirx.PrimExpr]] = {
+    "add": lambda a, b: a + b, "sub": lambda a, b: a - b, "mul": lambda a, b: a * b,
+    "div": _div, "pow": te.power, "maximum": tirx.max, "minimum": tirx.min,
+    "eq": lambda a, b: a == b, "ne": lambda a, b: a != b, "lt": lambda a, b: a < b,
+    "le": lambda a, b: a <= b, "gt": lambda a, b: a > b, "ge": lambda a, b: a >= b,
+    "logical_and": lambda a, b: tirx.all(_as_bool(a), _as_bool(b)),
+    "logical_or": lambda a, b: tirx.any(_as_bool(a), _as_bool(b)),
+}
+
+
+def _as_bool(x: tirx.PrimExpr) -> tirx.PrimExpr:
+    return x if dt(x) == "bool" else x != _zero(x)
+
+
+for _name, _fn in BINARY_FNS.items():
+    te_op(_name)(lambda ctx, op, ins, _fn=_fn: elementwise(ctx, op, ins, _fn))
+
+
+@te_op("where")
+def _where(ctx, op, ins):
+    return elementwise(ctx, op, ins, lambda c, a, b: tirx.Select(c, a, b))
+
+
+@te_op("broadcast_to")
+def _broadcast_to(ctx, op, ins):
+    return elementwise(ctx, op, ins, lambda x: x)
+
+
+# ---------------------------------------------------------------- injective
+
+@te_op("reshape")
+def _reshape(ctx, op, ins):
+    (x,) = ins
+    out_shape, in_shape = shape_of(op), [int(d) for d in x.shape]
+
+    def body(*idx):
+        flat = 0
+        for i, d in zip(idx, out_shape):
+            flat = flat * d + i
+        src = []
+        for d in reversed(in_shape):
+            src.append(tirx.floormod(flat, d))
+            flat = tirx.floordiv(flat, d)
+        return x[tuple(reversed(src))]
+    return [te.compute(out_shape, body, name=ctx.name(op))]
+
+
+@te_op("permute")
+def _permute(ctx, op, ins):
+    (x,) = ins
+    rank = len(x.shape)
+    dims = [d % rank for d in op.attr("dims")]
+    inverse = [dims.index(i) for i in range(rank)]
+    return [te.compute(shape_of(op), lambda *idx: x[tuple(idx[inverse[i]] for i in range(rank))],
+                       name=ctx.name(op))]
+
+
+@te_op("concat")
+def _concat(ctx, op, ins):
+    shape = shape_of(op)
+    axis = op.attr("axis") % len(shape)
+    offsets, off = [], 0
+    for t in ins:
+        offsets.append(off)
+        off += int(t.shape[axis])
+
+    def body(*idx):
+        # if_then_else (not Select) so no branch reads out of bounds
+        expr = None
+        for t, start in reversed(list(zip(ins, offsets))):
+            src = list(idx)
+            src[axis] = idx[axis] - start
+            value = t[tuple(src)]
+            end = start + int(t.shape[axis])
+            expr = value if expr is None else tirx.if_then_else(idx[axis] < end, value, expr)
+        return expr
+    return [te.compute(shape, body, name=ctx.name(op))]
+
+
+@te_op("slice")
+def _slice(ctx, op, ins):
+    (x,) = ins
+    axis = op.attr("axis") % len(x.shape)
+    start, step = op.attr("start"), op.attr("step", 1)
+
+    def body(*idx):
+        src = list(idx)
+        src[axis] = start + idx[axis] * step
+        return x[tuple(src)]
+    return [te.compute(shape_of(op), body, name=ctx.name(op))]
+
+
+@te_op("pad")
+def _pad(ctx, op, ins):
+    (x,) = ins
+    pads = op.attr("pads")
+    dt = out_dtype(op)
+    value = tirx.const(op.attr("value", 0.0), dt)
+
+    def body(*idx):
+        src, inside = [], []
+        for d, i in enumerate(idx):
+            before, size = pads[2 * d], int(x.shape[d])
+            src.append(i - before)
+            if pads[2 * d] or pads[2 * d + 1]:
+                inside.append(tirx.all(i >= before, i < before + size))
+        if not inside:
+            return x[tuple(src)]
+        return tirx.if_then_else(tirx.all(*inside), x[tuple(src)], value)
+    return [te.compute(shape_of(op), body, name=ctx.name(op))]
+
+
+@te_op("take")
+def _take(ctx, op, ins):
+    table, indices = ins
+    axis = op.attr("axis", 0) % len(table.shape)
+    nidx, size = len(indices.shape), int(table.shape[axis])
+
+    def body(*idx):
+        i = indices[tuple(idx[axis:axis + nidx])]
+        i = tirx.Cast("int64", i)
+        i = tirx.Select(i < 0, i + size, i)  # negative indices count from the end
+        src = list(idx[:axis]) + [i] + list(idx[axis + nidx:])
+        return table[tuple(src)]
+    return [te.compute(shape_of(op), body, name=ctx.name(op))]
+
+
+@te_op("iota")
+def _iota(ctx, op, ins):
+    axis, dt = op.attr("axis"), out_dtype(op)
+    shape = shape_of(op)
+    axis %= len(shape)
+    return [te.compute(shape, lambda *idx: tirx.Cast(dt, idx[axis]), name=ctx.name(op))]
+
+

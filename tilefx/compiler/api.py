@@ -1,0 +1,276 @@
+"""The public API: ``tilefx.compile``.
+
+    cm = tilefx.compile(model, target="cpu")   # an nn.Module or a function
+    y = cm(x)                                   # compiles on the first call per signature
+    print(cm.report())
+
+    @tilefx.compile(target="cpu")               # on a function or an nn.Module class
+    def f(x, w): ...
+
+A ``CompiledModule`` compiles lazily: on each call the arguments are flattened
+(``signature.py``) and looked up in a cache keyed by the call's signature; a
+miss captures the model for those arguments, runs the driver and builds the
+kernels, a hit just runs them. Outputs are rebuilt into the structure eager
+returns.
+
+Semantics worth knowing:
+- Inference only: the model is captured with eval-mode semantics (dropout off,
+  batch norm uses running stats; the module's own train/eval flags are left as
+  they were) and outputs do not track gradients.
+- Weights are baked into the compiled graph as constants: changing a parameter
+  after the first call needs a new ``tilefx.compile``.
+- Non-tensor arguments (ints, flags, None) are part of the signature: a new
+  value compiles anew.
+- ``dynamic=True`` captures dim 0 of every input as a symbol, so one capture
+  serves every batch size; kernels are still specialized (and cached) per size.
+- A compiled module is not re-entrant across threads (buffers are reused).
+"""
+
+from __future__ import annotations
+
+import copy
+import functools
+import logging
+import threading
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any, Callable, Iterator
+
+from tilefx.compiler.driver import CompileOptions, compile_graph
+from tilefx.compiler.signature import FlatCall, Signature, flatten_call
+
+log = logging.getLogger("tilefx.api")
+
+_state = threading.local()  # .capturing > 0 while a decorated class is being captured
+
+
+def _capturing() -> bool:
+    return getattr(_state, "capturing", 0) > 0
+
+
+@contextmanager
+def _capture_mode(model: Any) -> Iterator[None]:
+    """Eval mode and no grad for the capture, restoring each submodule's flag."""
+    import torch
+
+    modules = list(model.modules()) if isinstance(model, torch.nn.Module) else []
+    flags = [m.training for m in modules]
+    _state.capturing = getattr(_state, "capturing", 0) + 1
+    try:
+        for m in modules:
+            m.training = False
+        with torch.no_grad():
+            yield
+    finally:
+        _state.capturing -= 1
+        for m, flag in zip(modules, flags):
+            m.training = flag
+
+
+@dataclass
+class _OutputSpec:
+    """How to rebuild the user's output from the graph's flat tensor outputs."""
+
+    spec: Any = None
+    leaves: tuple = ()  # non-tensor leaves kept as they were; tensors marked None
+
+    def rebuild(self, tensors: list) -> Any:
+        import torch.utils._pytree as pytree
+
+        it = iter(tensors)
+        leaves = [next(it) if x is None else x for x in self.leaves]
+        return pytree.tree_unflatten(leaves, self.spec)
+
+
+def _input_names(inner: Callable, call: FlatCall) -> list[str]:
+    """Readable names for the call's tensors: ``x``, ``mask``, ``inputs_0``..."""
+    import inspect
+    import re
+
+    import torch
+    import torch.utils._pytree as pytree
+
+    try:
+        params = [p.name for p in inspect.signature(inner).parameters.values()
+                  if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    except (TypeError, ValueError):
+        params = []
+    args_kwargs = pytree.tree_unflatten(list(call.leaves), call.spec)
+    names: list[str] = []
+    for path, leaf in pytree.tree_flatten_with_path(args_kwargs)[0]:
+        if not isinstance(leaf, torch.Tensor):
+            continue
+        # path = (0 = args | 1 = kwargs, position or keyword, nested keys...)
+        keys = [getattr(k, "idx", getattr(k, "key", "")) for k in path]
+        head = keys[1]
+        if keys[0] == 0:
+            head = params[head] if head < len(params) else f"arg{head}"
+        name = re.sub(r"\W", "_", "_".join(str(k) for k in [head, *keys[2:]]))
+        if not name.isidentifier():
+            name = f"t_{name}"
+        while name in names:
+            name += "_"
+        names.append(name)
+    return names
+
+
+def _flat_module(model: Any, call: FlatCall, out: _OutputSpec) -> Any:
+    """A module whose forward takes only the call's tensors and returns flat tensors.
+
+    For an nn.Module this is a shallow copy that shares the parameters (so the
+    captured constants keep their names, ``fc1.weight``) with ``forward``
+    replaced on the instance; a function gets an empty module around it. The
+    forward gets an explicit signature (one parameter per tensor) because
+    torch.export matches dynamic shapes against it.
+    """
+    import inspect
+
+    import torch
+    import torch.utils._pytree as pytree
+
+    if isinstance(model, torch.nn.Module):
+        wrapper = copy.copy(model)
+        func = getattr(model.forward, "__func__", None)
+        inner = functools.partial(func, wrapper) if func is not None else model.forward
+    else:
+        wrapper = torch.nn.Module()
+        inner = model
+
+    def forward(*tensors: torch.Tensor) -> tuple:
+        args, kwargs = call.rebuild(tensors)
+        leaves, out.spec = pytree.tree_flatten(inner(*args, **kwargs))
+        out.leaves = tuple(None if isinstance(x, torch.Tensor) else x for x in leaves)
+        return tuple(x for x in leaves if isinstance(x, torch.Tensor))
+
+    kind = inspect.Parameter.POSITIONAL_OR_KEYWORD
+    forward.__signature__ = inspect.Signature(  # type: ignore[attr-defined]
+        [inspect.Parameter(n, kind) for n in _input_names(inner, call)])
+    wrapper.forward = forward
+    return wrapper
+
+
+@dataclass
+class _Entry:
+    signature: Signature
+    compiled: Any  # runtime.CompiledGraph
+    output: _OutputSpec
+    capture_seconds: float
+    static_shapes: tuple | None = None  # set when a dynamic capture came back static
+
+    def accepts(self, call: FlatCall) -> bool:
+        return self.static_shapes is None or \
+            self.static_shapes == tuple(tuple(t.shape) for t in call.tensors)
+
+
+class CompiledModule:
+    """A model (nn.Module or function) compiled per call signature; see the module doc."""
+
+    def __init__(self, model: Callable, target: str | Any = "cpu", *, dynamic: bool = False,
+                 options: CompileOptions | None = None, passes: Any = None) -> None:
+        if options is None:
+            options = CompileOptions(target=target, passes=passes)
+        self.model = model
+        self.options = options
+        self.dynamic = dynamic
+        self._cache: dict[Signature, _Entry] = {}
+        self._lock = threading.Lock()
+        self.num_compiles = 0
+        if not hasattr(model, "forward"):
+            functools.update_wrapper(self, model)  # type: ignore[arg-type]
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        call = flatten_call(args, kwargs, self.dynamic)
+        entry = self._cache.get(call.signature)
+        if entry is not None and not entry.accepts(call):
+            # torch.export refused the dynamic batch: fall back to one entry per shape
+            call = flatten_call(args, kwargs, dynamic=False)
+            entry = self._cache.get(call.signature)
+        if entry is None:
+            with self._lock:
+                entry = self._cache.get(call.signature) or self._compile(call)
+        outs = entry.compiled(*call.tensors)
+        return entry.output.rebuild(outs)
+
+    def _compile(self, call: FlatCall) -> _Entry:
+        from tilefx.compiler.capture import capture
+
+        name = getattr(self.model, "__name__", None) or type(self.model).__name__
+        log.info("tilefx: compiling %s for %s", name, call.signature)
+        out = _OutputSpec()
+        t0 = time.perf_counter()
+        with _capture_mode(self.model):
+            captured = capture(_flat_module(self.model, call, out), tuple(call.tensors),
+                               dynamic_batch=self.dynamic)
+        seconds = time.perf_counter() - t0
+        compiled = compile_graph(captured, options=self.options, name=name,
+                                 example_inputs=call.tensors)
+        compiled.record.seconds = {"capture": seconds, **compiled.record.seconds}
+        entry = _Entry(call.signature, compiled, out, seconds)
+        if self.dynamic and not any(v.type.free_symbols() for v in compiled.graph.inputs):
+            entry.static_shapes = tuple(tuple(t.shape) for t in call.tensors)
+        self._cache[call.signature] = entry
+        self.num_compiles += 1
+        return entry
+
+    @property
+    def records(self) -> list:
+        """The driver's ``CompileRecord`` of each compiled signature, oldest first."""
+        return [e.compiled.record for e in self._cache.values()]
+
+    def report(self) -> str:
+        """Kernels (kind, fused ops), fallbacks with reasons and compile times per signature."""
+        if not self._cache:
+            return "tilefx: nothing compiled yet (call the module once)"
+        parts = []
+        for e in self._cache.values():
+            parts.append(f"== signature {e.signature}\n{e.compiled.record.report()}")
+        return "\n".join(parts)
+
+    def __repr__(self) -> str:
+        name = getattr(self.model, "__name__", None) or type(self.model).__name__
+        return f"CompiledModule({name}, {len(self._cache)} signature(s) compiled)"
+
+
+def _compile_class(cls: type, kwargs: dict) -> type:
+    """A subclass whose instances compile themselves on their first call."""
+    def __call__(self: Any, *args: Any, **kw: Any) -> Any:
+        if _capturing():  # the capture of this very instance runs the eager module
+            return super(compiled_cls, self).__call__(*args, **kw)
+        cm = self.__dict__.get("_tilefx_compiled")
+        if cm is None:
+            cm = CompiledModule(self, **kwargs)
+            self.__dict__["_tilefx_compiled"] = cm
+        return cm(*args, **kw)
+
+    def tilefx_report(self: Any) -> str:
+        cm = self.__dict__.get("_tilefx_compiled")
+        return cm.report() if cm is not None else "tilefx: nothing compiled yet"
+
+    compiled_cls = type(cls.__name__, (cls,), {
+        "__call__": __call__, "tilefx_report": tilefx_report,
+        "__module__": cls.__module__, "__qualname__": cls.__qualname__, "__doc__": cls.__doc__})
+    return compiled_cls
+
+
+def compile(model: Any = None, target: str | Any = "cpu", *, dynamic: bool = False,
+            options: CompileOptions | None = None, passes: Any = None) -> Any:
+    """Compile ``model`` (nn.Module, function, or nn.Module class) with tilefx.
+
+    Without ``model`` it returns a decorator. On an nn.Module class it returns a
+    subclass whose instances compile lazily on their first call.
+    """
+    kwargs = dict(target=target, dynamic=dynamic, options=options, passes=passes)
+    if model is None:
+        return lambda m: compile(m, **kwargs)
+    import torch
+
+    if isinstance(model, type):
+        if not issubclass(model, torch.nn.Module):
+            raise TypeError(f"tilefx.compile: cannot compile class {model.__name__}: "
+                            "only nn.Module classes, modules and functions are supported")
+        return _compile_class(model, kwargs)
+    if not callable(model):
+        raise TypeError(f"tilefx.compile: expected an nn.Module or a function, got "
+                        f"{type(model).__name__}")
+    return CompiledModule(model, **kwargs)

@@ -1,0 +1,199 @@
+"""The ``tilefx`` command line (also ``python -m tilefx``).
+
+    tilefx inspect examples/mlp.py:build --input 64x1024:float32 [--target cpu] [--source]
+
+prints the IR after the frontend and after each pass, the kernels (kind, fused
+ops, default schedule), the fallbacks, and with ``--source`` the lowered TVM
+code of each kernel.
+
+MODEL is ``path/to/file.py:attr`` or ``package.module:attr``; ``attr`` is a
+factory function called with no arguments, an nn.Module class (instantiated),
+an nn.Module instance, or a plain function of tensors. Each ``--input`` SPEC is
+``64x1024`` or ``64x1024:float32`` (the default dtype); integer inputs (token
+ids) are random ints in [0, 100), floats are standard normal.
+
+Subcommands are argparse subparsers: ``compile``, ``tune``, ``run`` and
+``train-cost-model`` will sit next to ``inspect``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import importlib.util
+import inspect as pyinspect
+import logging
+import os
+import sys
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+SPEC_HELP = "SHAPExSHAPE[:dtype] like 64x1024:float32"
+DTYPES = ("float32", "float16", "bfloat16", "float64", "int64", "int32", "int16", "int8",
+          "uint8", "bool")
+
+
+class CLIError(Exception):
+    """A user mistake on the command line: printed as ``error: ...``, exit code 2."""
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    shape: tuple[int, ...]
+    dtype: str = "float32"
+
+    def __str__(self) -> str:
+        return f"{'x'.join(map(str, self.shape))}:{self.dtype}"
+
+    def make(self, seed: int) -> Any:
+        import torch
+
+        g = torch.Generator().manual_seed(seed)
+        dtype = getattr(torch, self.dtype)
+        if self.dtype == "bool":
+            return torch.rand(self.shape, generator=g) > 0.5
+        if not dtype.is_floating_point:
+            return torch.randint(0, 100, self.shape, generator=g, dtype=dtype)
+        return torch.randn(self.shape, generator=g).to(dtype)
+
+
+def parse_input_spec(text: str) -> InputSpec:
+    """``64x1024:float32`` -> InputSpec; argparse shows the error under ``--input``."""
+    shape_text, _, dtype = text.partition(":")
+    dims = shape_text.split("x")
+    if not shape_text or not all(d.isdigit() and int(d) > 0 for d in dims):
+        raise argparse.ArgumentTypeError(f"expected {SPEC_HELP}, got {text!r}")
+    dtype = dtype or "float32"
+    if dtype not in DTYPES:
+        raise argparse.ArgumentTypeError(
+            f"unknown dtype {dtype!r} in {text!r}; expected one of {', '.join(DTYPES)}")
+    return InputSpec(tuple(int(d) for d in dims), dtype)
+
+
+def load_model(ref: str) -> Any:
+    """Resolve ``file.py:attr`` / ``package.module:attr`` to a module or function."""
+    path, sep, attr = ref.rpartition(":")
+    if not sep or not path or not attr:
+        raise CLIError(f"MODEL must be path/to/file.py:attr or package.module:attr, got {ref!r}")
+    if path.endswith(".py") or os.sep in path:
+        if not os.path.isfile(path):
+            raise CLIError(f"no such file: {path!r} (from MODEL {ref!r})")
+        name = "_tilefx_model_" + os.path.splitext(os.path.basename(path))[0]
+        spec = importlib.util.spec_from_file_location(name, path)
+        module = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]
+        sys.modules[name] = module  # dataclasses and pickling look modules up by name
+        spec.loader.exec_module(module)  # type: ignore[union-attr]
+    else:
+        try:
+            module = importlib.import_module(path)
+        except ModuleNotFoundError as e:
+            raise CLIError(f"cannot import module {path!r} (from MODEL {ref!r}): {e}") from None
+    if not hasattr(module, attr):
+        raise CLIError(f"{path!r} has no attribute {attr!r}")
+    return instantiate(getattr(module, attr), ref)
+
+
+def instantiate(obj: Any, ref: str) -> Any:
+    import torch
+
+    if isinstance(obj, torch.nn.Module):
+        return obj
+    if isinstance(obj, type) and issubclass(obj, torch.nn.Module):
+        return obj()
+    if callable(obj):
+        try:
+            needs_args = any(p.default is p.empty and p.kind in (p.POSITIONAL_ONLY,
+                                                                  p.POSITIONAL_OR_KEYWORD)
+                             for p in pyinspect.signature(obj).parameters.values())
+        except (TypeError, ValueError):
+            needs_args = False
+        return obj if needs_args else obj()  # a function of tensors, or a factory
+    raise CLIError(f"{ref!r} has type {type(obj).__name__}; expected an nn.Module, an nn.Module "
+                   "class or a function")
+
+
+def _header(title: str) -> str:
+    return f"\n# ---- {title}"
+
+
+def cmd_inspect(args: argparse.Namespace) -> int:
+    from tilefx.compiler.api import _capture_mode
+    from tilefx.compiler.capture import capture
+    from tilefx.compiler.driver import (CompileOptions, CompileRecord, default_schedule_text,
+                                        fused_op_names, lower_and_optimize, make_builder)
+    from tilefx.ir.graph import structural_equal
+    from tilefx.ir.printer import print_graph
+
+    model = load_model(args.model)
+    tensors = tuple(spec.make(seed=i) for i, spec in enumerate(args.input))
+    options = CompileOptions(target=args.target)
+    target = options.resolved_target()
+    with _capture_mode(model):
+        captured = capture(model, tensors, dynamic_batch=args.dynamic)
+    name = getattr(model, "__name__", None) or type(model).__name__
+    record = CompileRecord(name, target=f"{target.kind}:{target.mcpu}")
+    try:
+        graph = lower_and_optimize(captured, options, record, trace=True)
+    except ImportError:  # a pass manager without optimize_with_trace: final IR only
+        graph = lower_and_optimize(captured, options, record, trace=False)
+    out = [f"# tilefx inspect {args.model} --input {' '.join(map(str, args.input))} "
+           f"--target {record.target}"]
+    out += [_header("IR after frontend"), print_graph(record.frontend_ir)]
+    previous = record.frontend_ir
+    for pass_name, g in record.pass_trace:
+        if structural_equal(g, previous):
+            out.append(_header(f"IR after {pass_name}: unchanged"))
+        else:
+            out += [_header(f"IR after {pass_name}"), print_graph(g)]
+        previous = g
+    if not record.pass_trace:
+        out += [_header("IR after passes"), print_graph(graph)]
+    kernels = [op for op in graph.ops if op.name == "kernel"]
+    out.append(_header(f"kernels ({len(kernels)})"))
+    for op in kernels:
+        out.append(f"{op.attr('name')}: {op.attr('kind')} <- {' + '.join(fused_op_names(op))}")
+        out.append(f"    schedule {default_schedule_text(op, target)}")
+    out.append(_header(f"fallbacks ({len(record.fallbacks)})"))
+    for f in record.fallbacks:
+        out.append(f"{f.target} runs in PyTorch: {f.reason}")
+    if args.source:
+        from tilefx.compiler.runtime import bind_symbols
+
+        build = make_builder(target, options, record, keep_source=True)
+        bindings = bind_symbols(graph, [t.contiguous() for t in tensors])
+        for op in kernels:
+            build(op, bindings)
+        for kr in record.kernels:
+            out += [_header(f"source of {kr.name} ({kr.backend})"), kr.source or "<none>"]
+    print("\n".join(out))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="tilefx", description="the tilefx deep-learning compiler")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log compiler decisions")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    p = sub.add_parser("inspect", help="print the IR after each stage and the kernels of a model")
+    p.add_argument("model", metavar="MODEL", help="path/to/file.py:attr or package.module:attr")
+    p.add_argument("--input", metavar="SPEC", type=parse_input_spec, action="append",
+                   required=True, help=f"one per model input: {SPEC_HELP}")
+    p.add_argument("--target", default="cpu", help="cpu (the host), cpu:<llvm mcpu> or cuda")
+    p.add_argument("--source", action="store_true", help="also build and print each kernel's code")
+    p.add_argument("--dynamic", action="store_true", help="capture dim 0 of inputs as a symbol")
+    p.set_defaults(func=cmd_inspect)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as e:  # argparse has printed "error: ..." already
+        return int(e.code or 0)
+    if args.verbose or os.environ.get("TILEFX_LOG", "").lower() == "debug":
+        logging.basicConfig(level=logging.DEBUG)
+    try:
+        return args.func(args)
+    except CLIError as e:
+        print(f"{parser.prog}: error: {e}", file=sys.stderr)
+        return 2

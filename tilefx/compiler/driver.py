@@ -1,0 +1,297 @@
+"""The driver: runs the whole pipeline on one captured graph and records it.
+
+    captured --frontend--> IR --passes--> kernels + fallbacks --codegen--> CompiledGraph
+
+``compile_graph`` lowers and optimizes once; kernels are built lazily by the
+runtime for each concrete binding of the symbolic dims (a static graph has one
+binding, a ``dynamic=True`` graph one per batch size seen). Kernels are
+memoized in-process by their structure, so a model that repeats a block (a
+ResNet stage, a transformer layer) builds each distinct kernel once; the TVM
+backend's disk cache makes a rebuild in a new process cheap too.
+
+Everything that happened is kept in a ``CompileRecord`` (IR after the frontend
+and after the passes, kernels with their kind, fused ops and schedule,
+fallbacks with their reasons, timings) so ``report()`` and ``tilefx inspect``
+can show it. A kernel that fails to build does not fail the compile: it runs
+in the reference interpreter and the record says why (``strict=True`` raises
+instead).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import logging
+import time
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Mapping
+
+import sympy
+
+from tilefx.compiler.runtime import CompiledGraph, InterpretedKernel, KernelFn
+from tilefx.ir.graph import Graph, Op
+
+if TYPE_CHECKING:
+    from tilefx.codegen.target import Target
+
+log = logging.getLogger("tilefx.driver")
+
+
+@dataclass(frozen=True)
+class CompileOptions:
+    target: str | Target = "cpu"
+    passes: Any = None        # tilefx.passes.PassOptions, None = the defaults
+    tune_trials: int = 0      # autotuning is not wired in yet: default schedules only
+    strict: bool = False      # raise on a kernel build failure instead of interpreting it
+
+    def resolved_target(self) -> Target:
+        from tilefx.codegen.target import Target
+
+        return self.target if isinstance(self.target, Target) else Target.parse(self.target)
+
+
+@dataclass
+class KernelRecord:
+    name: str
+    kind: str
+    fused_ops: tuple[str, ...]
+    schedule: str = ""
+    backend: str = ""          # "tvm", or "interpreter" when the build failed
+    error: str = ""
+    build_seconds: float = 0.0
+    bindings: str = ""
+    source: str = ""           # lowered code, kept only when asked for
+
+
+@dataclass
+class FallbackRecord:
+    target: str
+    reason: str
+    nodes: tuple[str, ...] = ()
+
+
+@dataclass
+class CompileRecord:
+    name: str
+    target: str = ""
+    frontend_ir: Graph | None = None
+    optimized_ir: Graph | None = None
+    pass_trace: list[tuple[str, Graph]] = field(default_factory=list)
+    kernels: list[KernelRecord] = field(default_factory=list)
+    fallbacks: list[FallbackRecord] = field(default_factory=list)
+    seconds: dict[str, float] = field(default_factory=dict)  # stage -> seconds
+    buffers: list[str] = field(default_factory=list)         # buffer plan per binding
+
+    def add_time(self, stage: str, seconds: float) -> None:
+        self.seconds[stage] = self.seconds.get(stage, 0.0) + seconds
+
+    def report(self) -> str:
+        lines = [f"tilefx compile of {self.name!r} for {self.target}"]
+        total = sum(self.seconds.values())
+        times = ", ".join(f"{k} {v:.2f}s" for k, v in self.seconds.items())
+        lines.append(f"compile time: {total:.2f}s ({times})")
+        fused = [k for k in self.kernels if len(k.fused_ops) > 1]
+        lines.append(f"kernels: {len(self.kernels)} ({len(fused)} fusions)")
+        for k in self.kernels:
+            extra = f" [{k.bindings}]" if k.bindings else ""
+            status = f"interpreter: {k.error}" if k.backend == "interpreter" else k.backend
+            lines.append(f"  {k.name}: {k.kind} <- {' + '.join(k.fused_ops)} "
+                         f"({status}, {k.build_seconds:.2f}s){extra}")
+            if k.schedule:
+                lines.append(f"      schedule {k.schedule}")
+        lines.append(f"fallbacks: {len(self.fallbacks)}")
+        for f in self.fallbacks:
+            nodes = f" (nodes {', '.join(f.nodes)})" if f.nodes else ""
+            lines.append(f"  {f.target} runs in PyTorch: {f.reason}{nodes}")
+        for b in self.buffers:
+            lines.append(f"buffers: {b}")
+        return "\n".join(lines)
+
+
+def fused_op_names(kernel: Op) -> tuple[str, ...]:
+    """The compute ops a kernel fuses, in order (scalar constants left out)."""
+    assert kernel.body is not None, kernel
+    return tuple(op.name for op in kernel.body.ops if op.name != "const")
+
+
+def kernel_key(kernel: Op) -> str:
+    """A hash of a kernel's computation, blind to value and kernel names.
+
+    Two kernels with the same key compute the same function on the same types,
+    so one built kernel serves both.
+    """
+    body = kernel.body
+    assert body is not None
+    index: dict[str, int] = {v.name: i for i, v in enumerate(body.inputs)}
+    parts = [kernel.attr("kind"), ";".join(str(v.type) for v in body.inputs)]
+
+    def describe(op: Op) -> str:
+        for r in op.results:
+            index.setdefault(r.name, len(index))
+        attrs = dict(op.attrs)
+        if op.name == "const" and attrs.get("name") is not None:
+            data = body.const_data(op)
+            attrs["name"] = hashlib.sha1(data.tobytes()).hexdigest() + str(data.dtype)
+        inner = kernel_key(op) if op.name == "kernel" else ""
+        return (f"{op.name}({','.join(str(index[v.name]) for v in op.inputs)})"
+                f"{sorted(attrs.items(), key=lambda kv: kv[0])!r}"
+                f"{[str(r.type) for r in op.results]}{inner}")
+
+    parts += [describe(op) for op in body.ops]
+    parts.append(",".join(str(index[v.name]) for v in body.outputs))
+    return hashlib.sha256("\n".join(parts).encode()).hexdigest()
+
+
+def kernel_symbols(kernel: Op) -> set[sympy.Symbol]:
+    """The symbolic dims a kernel's types mention (a static kernel has none)."""
+    out: set[sympy.Symbol] = set()
+    for v in (*kernel.inputs, *kernel.results):
+        out |= v.type.free_symbols()
+    for op in kernel.body.ops if kernel.body is not None else ():
+        for r in op.results:
+            out |= r.type.free_symbols()
+    return out
+
+
+# In-process memo of built kernels: (kernel key, target, bindings) -> built kernel.
+_BUILT: OrderedDict[tuple, Any] = OrderedDict()
+_BUILT_LIMIT = 1024
+
+
+def _tvm(name: str) -> Any:
+    """``build_kernel`` / ``default_schedule`` of the TVM backend (imports TVM)."""
+    import tilefx.codegen.tvm as backend
+
+    if not hasattr(backend, name):
+        from tilefx.codegen.tvm import kernel, schedules  # noqa: F401 - older layout
+
+        return getattr(kernel, name, None) or getattr(schedules, name)
+    return getattr(backend, name)
+
+
+def _build_one(op: Op, target: Target, bindings: Mapping[sympy.Symbol, int]) -> Any:
+    build_kernel = _tvm("build_kernel")
+
+    used = kernel_symbols(op)
+    bindings = {s: v for s, v in bindings.items() if s in used}
+    key = (kernel_key(op), target.key(), tuple(sorted((s.name, v) for s, v in bindings.items())))
+    built = _BUILT.get(key)
+    if built is not None:
+        _BUILT.move_to_end(key)
+        return built
+    if bindings:
+        built = build_kernel(op, target, bindings=dict(bindings))
+    else:
+        built = build_kernel(op, target)
+    _BUILT[key] = built
+    if len(_BUILT) > _BUILT_LIMIT:
+        _BUILT.popitem(last=False)
+    return built
+
+
+def _fallback_records(fallbacks: Any) -> list[FallbackRecord]:
+    """Normalize the frontend's fallback infos (read by attribute, leniently)."""
+    out = []
+    for f in fallbacks or ():
+        target = str(getattr(f, "target", None) or getattr(f, "op", None) or f)
+        reason = str(getattr(f, "reason", "") or "no lowering")
+        nodes = getattr(f, "nodes", None) or getattr(f, "node", None) or ()
+        nodes = (nodes,) if isinstance(nodes, str) else tuple(str(n) for n in nodes)
+        out.append(FallbackRecord(target, reason, nodes))
+    return out
+
+
+def lower_and_optimize(captured: Any, options: CompileOptions, record: CompileRecord,
+                       trace: bool = False) -> Graph:
+    """Frontend then passes; fills the IR, fallbacks and timings of ``record``."""
+    from tilefx.compiler.frontend import lower_to_ir
+
+    t0 = time.perf_counter()
+    lowered = lower_to_ir(captured, name=re.sub(r"\W", "_", record.name) or "main")
+    record.add_time("frontend", time.perf_counter() - t0)
+    record.frontend_ir = lowered.graph
+    record.fallbacks = _fallback_records(lowered.fallbacks)
+
+    t0 = time.perf_counter()
+    if trace:
+        from tilefx.passes import optimize_with_trace
+
+        graph, record.pass_trace = optimize_with_trace(lowered.graph, options.passes)
+    else:
+        from tilefx.passes import optimize
+
+        graph = optimize(lowered.graph, options.passes)
+    record.add_time("passes", time.perf_counter() - t0)
+    record.optimized_ir = graph
+    return graph
+
+
+def default_schedule_text(op: Op, target: Target) -> str:
+    try:
+        return str(_tvm("default_schedule")(op, target))
+    except Exception as e:  # the schedule is only shown, never needed here
+        return f"<no default schedule: {e}>"
+
+
+def make_builder(target: Target, options: CompileOptions, record: CompileRecord,
+                 keep_source: bool = False):
+    """The runtime's kernel builder: TVM, memoized, recorded; interpreter on failure."""
+    def build(op: Op, bindings: Mapping[sympy.Symbol, int]) -> KernelFn:
+        used = kernel_symbols(op)
+        kr = KernelRecord(op.attr("name"), op.attr("kind"), fused_op_names(op),
+                          bindings=", ".join(f"{s}={v}" for s, v in bindings.items() if s in used))
+        t0 = time.perf_counter()
+        try:
+            built = _build_one(op, target, bindings)
+            kr.backend = "tvm"
+            sched = getattr(built, "schedule", None)
+            kr.schedule = str(sched) if sched is not None else ""
+            if getattr(built, "from_cache", False):
+                kr.backend = "tvm, disk cache"
+            if keep_source:
+                kr.source = str(getattr(built, "lowered", "") or getattr(built, "source", ""))
+            fn: KernelFn = built
+        except Exception as e:
+            if options.strict:
+                raise
+            msg = f"{type(e).__name__}: {e}".splitlines()[0][:200]
+            log.warning("tilefx: kernel %s (%s) failed to build and will run in the "
+                        "reference interpreter: %s", kr.name, "+".join(kr.fused_ops), msg)
+            kr.backend, kr.error = "interpreter", msg
+            fn = InterpretedKernel(op, msg)
+        kr.build_seconds = time.perf_counter() - t0
+        record.kernels.append(kr)
+        record.add_time("codegen", kr.build_seconds)
+        return fn
+    return build
+
+
+def compile_graph(captured: Any, target: str | Target | None = None,
+                  options: CompileOptions | None = None, *, name: str | None = None,
+                  example_inputs: tuple | None = None) -> CompiledGraph:
+    """Lower, optimize and (lazily, per binding) build ``captured``.
+
+    With ``example_inputs`` the kernels for their sizes are built now, so the
+    compile time is paid here and not on the first call.
+    """
+    options = options or CompileOptions()
+    tgt = options.resolved_target() if target is None else \
+        CompileOptions(target=target).resolved_target()
+    record = CompileRecord(name or getattr(captured, "name", None) or "main",
+                           target=f"{tgt.kind}:{tgt.mcpu}")
+    graph = lower_and_optimize(captured, options, record)
+
+    def on_specialize(bindings: dict, plan: Any) -> None:
+        where = ", ".join(f"{s}={v}" for s, v in bindings.items()) or "static"
+        record.buffers.append(f"{where}: {plan.buffer_stats}")
+
+    compiled = CompiledGraph(graph, make_builder(tgt, options, record), on_specialize)
+    compiled.record = record
+    if example_inputs is not None:
+        from tilefx.compiler.runtime import bind_symbols
+
+        compiled.plan_for(bind_symbols(graph, [t.contiguous() for t in example_inputs]))
+    log.info("tilefx: compiled %s: %d kernels, %d fallbacks in %.2fs", record.name,
+             len(record.kernels), len(record.fallbacks), sum(record.seconds.values()))
+    return compiled

@@ -1,0 +1,80 @@
+"""The ``torch.compile`` backend: ``torch.compile(model, backend="tilefx")``.
+
+Dynamo splits the user's program into graphs at every graph break (a
+``print``, a data-dependent Python branch...) and calls the backend once per
+graph with the graph and its example inputs. Those inputs include the
+parameters and buffers of inlined modules; ``capture_dynamo`` bakes them in as
+constants (so mutating a weight after compiling needs a recompile) and we run
+the rest through the driver. The callable we return takes all of dynamo's flat
+inputs and returns what the graph returns.
+
+Options come as ``torch.compile(..., options={"target": "cpu", "strict": True})``.
+A graph that fails to compile runs eagerly with a warning (the program still
+works); ``strict`` (or ``TILEFX_STRICT=1``) raises instead, which tests use.
+``compiled_graphs()`` lists what this process compiled, for reports and tests.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from typing import Any, Callable, Sequence
+
+log = logging.getLogger("tilefx.dynamo")
+
+# Every graph compiled by the backend in this process, oldest first.
+_COMPILED: list[Any] = []
+
+
+def compiled_graphs() -> list[Any]:
+    """The ``CompiledGraph`` of each dynamo graph compiled so far (``.record`` has details)."""
+    return list(_COMPILED)
+
+
+def reset() -> None:
+    _COMPILED.clear()
+
+
+def tilefx_backend(gm: Any, example_inputs: Sequence[Any], **kwargs: Any) -> Callable[..., Any]:
+    options = dict(kwargs.get("options") or {})
+    strict = bool(options.pop("strict", False)) or os.environ.get("TILEFX_STRICT") == "1"
+    try:
+        return _compile(gm, example_inputs, options, strict)
+    except Exception as e:
+        if strict:
+            raise
+        log.warning("tilefx: a dynamo graph failed to compile and runs eagerly: %s: %s",
+                    type(e).__name__, str(e).splitlines()[0] if str(e) else "")
+        return gm.forward
+
+
+def _compile(gm: Any, example_inputs: Sequence[Any], options: dict, strict: bool
+             ) -> Callable[..., Any]:
+    import torch
+
+    from tilefx.compiler.capture import capture_dynamo
+    from tilefx.compiler.driver import CompileOptions, compile_graph
+
+    t0 = time.perf_counter()
+    with torch.no_grad():
+        captured = capture_dynamo(gm, list(example_inputs))
+    capture_seconds = time.perf_counter() - t0
+    copts = CompileOptions(target=options.pop("target", "cpu"), passes=options.pop("passes", None),
+                           strict=strict)
+    if options:
+        raise TypeError(f"tilefx backend: unknown option(s) {sorted(options)}; "
+                        "known: target, passes, strict")
+    positions = captured.input_positions
+    example = [example_inputs[i] for i in positions]
+    compiled = compile_graph(captured, options=copts, name=f"dynamo_graph_{len(_COMPILED)}",
+                             example_inputs=tuple(example))
+    compiled.record.seconds = {"capture": capture_seconds, **compiled.record.seconds}
+    _COMPILED.append(compiled)
+
+    def run(*args: Any) -> Any:
+        outs = compiled(*[args[i] for i in positions])
+        return captured.unflatten_outputs(outs)
+
+    run.tilefx_compiled = compiled  # type: ignore[attr-defined]
+    return run

@@ -1,0 +1,394 @@
+"""The runtime: executes an optimized IR graph as a flat list of steps.
+
+After the passes, the top level of a graph holds only ``const``, ``kernel``,
+``fallback`` and free ``reshape`` ops. For one concrete input signature (the
+symbolic dims bound to sizes) ``CompiledGraph`` makes an ``ExecutionPlan``:
+
+- every value gets a *slot* in a flat environment list; constants are turned
+  into torch tensors once and sit in their slots for good;
+- a ``kernel`` op becomes a call of its built kernel in destination-passing
+  style (``fn(*inputs, *outputs)``) into preallocated buffers;
+- a ``fallback`` op runs its PyTorch op (``interpreter.run_fallback``);
+- a ``reshape`` is a free view of its input;
+- anything else left at the top level (e.g. with fusion turned off) runs in the
+  reference interpreter, so an unfused graph still executes.
+
+Intermediate buffers are planned once per signature by liveness: a kernel
+result's storage is released after its last use (views extend the lifetime of
+the storage they look at) and a later result of the same dtype and element
+count reuses it. Graph outputs are allocated fresh on every call, so what the
+caller gets never aliases an internal buffer. Because buffers are reused
+between calls, one ``CompiledGraph`` must not be called from two threads at
+once.
+
+Every tensor handed to a kernel is contiguous and 64-byte aligned: TVM's
+generated code assumes aligned buffers (vector loads on a misaligned pointer
+crash). torch's allocator aligns to 64 bytes; numpy arrays, offset views
+(``x[1:]``) and some fallback results are not, so those are copied.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
+
+import sympy
+
+from tilefx.ir.graph import Graph, Op, Value
+from tilefx.ir.types import DType, TensorType
+
+if TYPE_CHECKING:
+    import torch
+
+log = logging.getLogger("tilefx.runtime")
+
+# A built kernel: called with the input tensors then the preallocated outputs.
+KernelFn = Callable[..., Any]
+# Builds (or fetches) the kernel of one kernel op for concrete symbol bindings.
+KernelBuilder = Callable[[Op, Mapping[sympy.Symbol, int]], KernelFn]
+
+
+class RuntimeInputError(ValueError):
+    """The call's tensors do not match what the graph was compiled for."""
+
+
+def torch_dtype(dtype: DType) -> torch.dtype:
+    import torch
+
+    return getattr(torch, dtype.name)
+
+
+def concrete_shape(t: TensorType, bindings: Mapping[sympy.Symbol, int]) -> tuple[int, ...]:
+    shape = t.specialize(dict(bindings)).shape if not t.is_static else t.shape
+    for d in shape:
+        if not isinstance(d, int):
+            raise RuntimeInputError(f"dimension {d} of {t} is not bound by the inputs")
+    return tuple(shape)  # type: ignore[return-value]
+
+
+def bind_symbols(graph: Graph, tensors: Sequence[torch.Tensor]) -> dict[sympy.Symbol, int]:
+    """Bind the symbols of the graph inputs' shapes to the sizes of ``tensors``."""
+    if len(tensors) != len(graph.inputs):
+        raise RuntimeInputError(
+            f"graph @{graph.name} takes {len(graph.inputs)} tensors, got {len(tensors)}")
+    bindings: dict[sympy.Symbol, int] = {}
+    for v, t in zip(graph.inputs, tensors):
+        if t.dim() != v.type.rank:
+            raise RuntimeInputError(f"input %{v.name} expects rank {v.type.rank} ({v.type}), "
+                                    f"got shape {tuple(t.shape)}")
+        for d, size in zip(v.type.shape, t.shape):
+            if isinstance(d, sympy.Symbol):
+                if bindings.setdefault(d, int(size)) != int(size):
+                    raise RuntimeInputError(
+                        f"symbol {d} is {bindings[d]} for one input but {int(size)} for %{v.name}")
+    for v, t in zip(graph.inputs, tensors):  # expressions like 2*s0 must agree too
+        if concrete_shape(v.type, bindings) != tuple(t.shape):
+            raise RuntimeInputError(f"input %{v.name} expects {v.type}, got shape {tuple(t.shape)}")
+    return bindings
+
+
+ALIGNMENT = 64  # bytes; what TVM's kernels assume of every buffer
+
+
+def aligned(t: torch.Tensor) -> torch.Tensor:
+    """``t`` contiguous and 64-byte aligned, copied only when it is not."""
+    t = t.contiguous()
+    if t.data_ptr() % ALIGNMENT:
+        t = t.clone()  # a fresh allocation from torch's (aligned) allocator
+    return t
+
+
+class InterpretedKernel:
+    """A kernel run by the reference interpreter: the stand-in when a build fails."""
+
+    def __init__(self, op: Op, reason: str = "") -> None:
+        self.op = op
+        self.reason = reason
+
+    def __call__(self, *tensors: torch.Tensor) -> None:
+        from tilefx.ir.interpreter import run_graph
+
+        n = len(self.op.inputs)
+        for out, value in zip(tensors[n:], run_graph(self.op.body, list(tensors[:n]))):
+            out.copy_(value)
+
+
+# ---------------------------------------------------------------- plan steps
+# Each step reads and writes slots of the environment list ``env``.
+
+@dataclass(frozen=True, slots=True)
+class KernelStep:
+    name: str
+    fn: KernelFn
+    inputs: tuple[int, ...]
+    outputs: tuple[int, ...]
+    fresh: tuple[tuple[int, tuple[int, ...], Any], ...]  # (slot, shape, dtype) allocated per call
+
+    def __call__(self, env: list) -> None:
+        import torch
+
+        for slot, shape, dtype in self.fresh:
+            env[slot] = torch.empty(shape, dtype=dtype)
+        self.fn(*[env[i] for i in self.inputs], *[env[o] for o in self.outputs])
+
+
+@dataclass(frozen=True, slots=True)
+class ViewStep:
+    source: int
+    target: int
+    shape: tuple[int, ...]
+
+    def __call__(self, env: list) -> None:
+        env[self.target] = env[self.source].reshape(self.shape)
+
+
+@dataclass(frozen=True, slots=True)
+class FallbackStep:
+    op: Op
+    inputs: tuple[int, ...]
+    outputs: tuple[int, ...]
+
+    def __call__(self, env: list) -> None:
+        from tilefx.ir.interpreter import run_fallback
+
+        results = run_fallback(self.op, [env[i] for i in self.inputs])
+        for slot, value in zip(self.outputs, results):
+            env[slot] = aligned(value)  # what kernels downstream expect
+
+
+@dataclass(frozen=True, slots=True)
+class InterpretStep:
+    """A top-level compute op the passes left unfused: run it as a one-op graph."""
+
+    graph: Graph
+    inputs: tuple[int, ...]
+    outputs: tuple[int, ...]
+
+    def __call__(self, env: list) -> None:
+        from tilefx.ir.interpreter import run_graph
+
+        results = run_graph(self.graph, [env[i] for i in self.inputs])
+        for slot, value in zip(self.outputs, results):
+            env[slot] = aligned(value)
+
+
+Step = KernelStep | ViewStep | FallbackStep | InterpretStep
+
+
+@dataclass
+class BufferStats:
+    intermediates: int = 0  # kernel results that live in planned buffers
+    buffers: int = 0        # distinct buffers allocated for them
+    bytes: int = 0
+
+    def __str__(self) -> str:
+        return (f"{self.intermediates} intermediates in {self.buffers} buffers "
+                f"({self.bytes / 1e6:.2f} MB)")
+
+
+@dataclass
+class ExecutionPlan:
+    """Everything needed to run the graph for one binding of its symbols."""
+
+    steps: list[Step]
+    template: list  # the environment with constants and planned buffers filled in
+    input_slots: tuple[int, ...]
+    output_slots: tuple[int, ...]
+    clone_outputs: frozenset[int]  # output positions that would alias an input or a constant
+    check_outputs: frozenset[int]  # fallback-made outputs: clone if they alias an input
+    const_storages: frozenset[int] = frozenset()
+    buffer_stats: BufferStats = field(default_factory=BufferStats)
+
+    def run(self, tensors: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+        env = list(self.template)
+        for slot, t in zip(self.input_slots, tensors):
+            env[slot] = t
+        for step in self.steps:
+            step(env)
+        outs = [env[s] for s in self.output_slots]
+        for i in self.clone_outputs:
+            outs[i] = outs[i].clone()
+        if self.check_outputs:
+            shared = {t.untyped_storage().data_ptr() for t in tensors} | self.const_storages
+            for i in self.check_outputs:
+                if outs[i].untyped_storage().data_ptr() in shared:
+                    outs[i] = outs[i].clone()
+        return outs
+
+
+def plan_graph(graph: Graph, bindings: Mapping[sympy.Symbol, int], kernels: Mapping[str, KernelFn],
+               constants: Mapping[str, torch.Tensor]) -> ExecutionPlan:
+    """Lay out slots, steps and the liveness-based buffer plan for ``graph``.
+
+    ``kernels`` maps each kernel op's first result name to its built kernel;
+    ``constants`` maps each const op's result name to its tensor.
+    """
+    import torch
+
+    slots: dict[str, int] = {}
+
+    def slot(v: Value) -> int:
+        return slots.setdefault(v.name, len(slots))
+
+    input_slots = tuple(slot(v) for v in graph.inputs)
+    # Alias roots: the storages a value may look at. Inputs, constants and kernel
+    # results own a storage; a reshape looks at its input's; a fallback (or an
+    # interpreted op) may return a view of any of its inputs.
+    roots: dict[str, frozenset[str]] = {v.name: frozenset({v.name}) for v in graph.inputs}
+    external = {v.name for v in graph.inputs}
+    kernel_results: dict[str, Value] = {}
+    last_use: dict[str, int] = {}
+    maybe_view: set[str] = set()
+    for i, op in enumerate(graph.ops):
+        for v in op.inputs:
+            for r in roots[v.name]:
+                last_use[r] = i
+        if op.name == "const":
+            roots[op.result.name] = frozenset({op.result.name})
+            external.add(op.result.name)
+        elif op.name == "kernel":
+            for r in op.results:
+                roots[r.name] = frozenset({r.name})
+                kernel_results[r.name] = r
+        elif op.name == "reshape":
+            roots[op.result.name] = roots[op.inputs[0].name]
+        else:
+            shared = frozenset().union(*(roots[v.name] for v in op.inputs))
+            for r in op.results:
+                roots[r.name] = shared
+                maybe_view.add(r.name)
+    fresh_roots = {r for v in graph.outputs for r in roots[v.name]} & set(kernel_results)
+
+    # Greedy buffer assignment in execution order; a buffer freed after step i is
+    # reusable from step i + 1 (never by the same kernel: in-place is not safe).
+    free: dict[tuple[Any, int], list[torch.Tensor]] = {}
+    assigned: dict[str, torch.Tensor] = {}
+    stats = BufferStats()
+    releases: dict[int, list[str]] = {}
+    for name, i in last_use.items():
+        releases.setdefault(i, []).append(name)
+    for i, op in enumerate(graph.ops):
+        if op.name == "kernel":
+            for r in op.results:
+                if r.name in fresh_roots:
+                    continue
+                shape = concrete_shape(r.type, bindings)
+                dtype = torch_dtype(r.type.dtype)
+                numel = 1
+                for d in shape:
+                    numel *= d
+                pool = free.setdefault((dtype, numel), [])
+                if pool:
+                    buf = pool.pop()
+                else:
+                    buf = torch.empty(numel, dtype=dtype)
+                    stats.buffers += 1
+                    stats.bytes += numel * buf.element_size()
+                stats.intermediates += 1
+                assigned[r.name] = buf
+                if r.name not in last_use:  # never read: free right away
+                    releases.setdefault(i, []).append(r.name)
+        for name in releases.get(i, []):
+            if name in assigned:
+                buf = assigned[name]
+                free.setdefault((buf.dtype, buf.numel()), []).append(buf)
+
+    steps: list[Step] = []
+    consts: dict[int, torch.Tensor] = {}
+    for op in graph.ops:
+        if op.name == "const":
+            consts[slot(op.result)] = constants[op.result.name]
+        elif op.name == "kernel":
+            fresh = tuple((slot(r), concrete_shape(r.type, bindings), torch_dtype(r.type.dtype))
+                          for r in op.results if r.name in fresh_roots)
+            steps.append(KernelStep(op.attr("name"), kernels[op.results[0].name],
+                                    tuple(slot(v) for v in op.inputs),
+                                    tuple(slot(r) for r in op.results), fresh))
+        elif op.name == "reshape":
+            steps.append(ViewStep(slot(op.inputs[0]), slot(op.result),
+                                  concrete_shape(op.result.type, bindings)))
+        elif op.name == "fallback":
+            steps.append(FallbackStep(op, tuple(slot(v) for v in op.inputs),
+                                      tuple(slot(r) for r in op.results)))
+        else:
+            one = Graph(op.name, op.inputs, (op,), op.results, graph.constants)
+            steps.append(InterpretStep(one, tuple(slot(v) for v in op.inputs),
+                                       tuple(slot(r) for r in op.results)))
+    output_slots = tuple(slot(v) for v in graph.outputs)
+    template = [None] * len(slots)
+    for s, t in consts.items():
+        template[s] = t
+    for name, buf in assigned.items():
+        r = kernel_results[name]
+        template[slots[name]] = buf.view(concrete_shape(r.type, bindings))
+
+    clone, check = set(), set()
+    for i, v in enumerate(graph.outputs):
+        if v.name in maybe_view:
+            check.add(i)  # decided per call: clone only if it shares an input's storage
+        elif roots[v.name] & external:
+            clone.add(i)  # an input, a constant or a view of one: never hand those out
+    const_storages = frozenset(t.untyped_storage().data_ptr() for t in consts.values())
+    return ExecutionPlan(steps, template, input_slots, output_slots, frozenset(clone),
+                         frozenset(check), const_storages, stats)
+
+
+def constant_tensors(graph: Graph) -> dict[str, torch.Tensor]:
+    """Every ``const`` op's value as a torch tensor, made once per graph."""
+    import numpy as np
+    import torch
+
+    out = {}
+    for op in graph.ops:
+        if op.name == "const":
+            # a copy into torch's aligned memory; the graph's arrays stay untouched
+            array = np.ascontiguousarray(graph.const_data(op))
+            out[op.result.name] = aligned(torch.from_numpy(array).clone())
+    return out
+
+
+class CompiledGraph:
+    """An optimized graph ready to run: one execution plan per binding of its symbols.
+
+    ``build_kernel(op, bindings)`` is called once per kernel op and binding (the
+    driver passes TVM's builder); static graphs have exactly one plan.
+    """
+
+    def __init__(self, graph: Graph, build_kernel: KernelBuilder,
+                 on_specialize: Callable[[dict, ExecutionPlan], None] | None = None) -> None:
+        self.graph = graph
+        self._build_kernel = build_kernel
+        self._constants = constant_tensors(graph)
+        self._plans: dict[tuple, ExecutionPlan] = {}
+        self._on_specialize = on_specialize
+        self.record: Any = None  # the driver's CompileRecord, for report()
+
+    @property
+    def plans(self) -> dict[tuple, ExecutionPlan]:
+        return dict(self._plans)
+
+    def plan_for(self, bindings: Mapping[sympy.Symbol, int]) -> ExecutionPlan:
+        key = tuple(sorted((s.name, v) for s, v in bindings.items()))
+        plan = self._plans.get(key)
+        if plan is None:
+            kernels = {op.results[0].name: self._build_kernel(op, bindings)
+                       for op in self.graph.ops if op.name == "kernel"}
+            plan = plan_graph(self.graph, bindings, kernels, self._constants)
+            self._plans[key] = plan
+            log.debug("planned @%s for %s: %d steps, %s", self.graph.name, dict(key),
+                      len(plan.steps), plan.buffer_stats)
+            if self._on_specialize is not None:
+                self._on_specialize(dict(bindings), plan)
+        return plan
+
+    def __call__(self, *tensors: torch.Tensor) -> list[torch.Tensor]:
+        import torch
+
+        tensors = tuple(aligned(t) for t in tensors)
+        for v, t in zip(self.graph.inputs, tensors):
+            if t.dtype != torch_dtype(v.type.dtype):
+                raise RuntimeInputError(f"input %{v.name} expects {v.type.dtype.name}, got {t.dtype}")
+        plan = self.plan_for(bind_symbols(self.graph, tensors))
+        with torch.no_grad():
+            return plan.run(tensors)
