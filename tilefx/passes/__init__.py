@@ -1,0 +1,14 @@
+"""Graph passes: every transformation from the frontend's IR to a graph of kernels.
+
+Each pass is a named ``Graph -> Graph`` function (``manager.graph_pass``); the
+pipeline (``pipeline.py``) lists them in order: canonicalize -> fold constants
+and batch norms -> CSE -> DCE -> fusion. Passes never import torch at module
+level and know nothing of TVM or Triton.
+"""
+
+from tilefx.passes.fusion import kernels
+from tilefx.passes.manager import GraphPass, PassManager, graph_pass
+from tilefx.passes.pipeline import PassOptions, optimize, optimize_with_trace, pipeline
+
+__all__ = ["optimize", "optimize_with_trace", "PassOptions", "pipeline", "kernels", "PassManager",
+           "GraphPass", "graph_pass"]

@@ -1,4 +1,7 @@
-"""Every op-table case through capture -> lower_to_ir -> reference interpreter, vs eager.
+"""Every op-table case against eager PyTorch, on each backend:
+
+- ``reference``: capture -> lower_to_ir -> the IR's reference interpreter;
+- ``tvm``: the whole compiler (``tilefx.compile``: passes, fusion, TVM kernels).
 
 torch.export costs ~0.5 s a call whatever the graph size, so the cases are
 captured in groups: one module whose forward runs a group's cases side by side.
@@ -19,8 +22,10 @@ from torch import nn
 from torch.utils import _pytree as pytree
 
 from tests.ops_table import OpCase, cases
+import tilefx
 from tilefx.compiler.capture import capture
-from tilefx.compiler.frontend import FallbackInfo, lower_to_ir
+from tilefx.compiler.driver import CompileOptions
+from tilefx.compiler.frontend import lower_to_ir
 from tilefx.ir.interpreter import run_graph
 
 CASES = cases()
@@ -45,39 +50,57 @@ class _Group(nn.Module):
 
 @dataclass
 class Outcome:
-    fallbacks: list[FallbackInfo]
+    fallbacks: list[Any]
     got: list[torch.Tensor]  # the graph's tensor outputs for this case on CHECK_SEED inputs
 
 
-def _run(fn: Any, group: list[OpCase]) -> list[Outcome]:
-    captured = capture(fn, tuple(t for c in group for t in c.inputs(CAPTURE_SEED)))
+def _reference(fn: Any, capture_args: tuple, check_args: tuple) -> tuple[list, list[torch.Tensor]]:
+    captured = capture(fn, capture_args)
     result = lower_to_ir(captured)
-    args = tuple(t for c in group for t in c.inputs(CHECK_SEED))
-    got = run_graph(result.graph, captured.flatten_inputs(args))
+    return result.fallbacks, run_graph(result.graph, captured.flatten_inputs(check_args))
+
+
+def _tvm(fn: Any, capture_args: tuple, check_args: tuple) -> tuple[list, list[torch.Tensor]]:
+    # strict: a kernel that fails to build is an error here, not a quiet interpreter fallback
+    compiled = tilefx.compile(fn, options=CompileOptions(target="cpu", strict=True))
+    compiled(*capture_args)
+    got = [t for t in pytree.tree_leaves(compiled(*check_args)) if isinstance(t, torch.Tensor)]
+    assert compiled.num_compiles == 1, "same signature must not recompile"
+    return [f for r in compiled.records for f in r.fallbacks], got
+
+
+BACKENDS = {"reference": _reference, "tvm": _tvm}
+
+
+def _run(backend: str, fn: Any, group: list[OpCase]) -> list[Outcome]:
+    capture_args = tuple(t for c in group for t in c.inputs(CAPTURE_SEED))
+    check_args = tuple(t for c in group for t in c.inputs(CHECK_SEED))
+    fallbacks, got = BACKENDS[backend](fn, capture_args, check_args)
     outcomes, i = [], 0
     for c in group:
         n = sum(isinstance(t, torch.Tensor) for t in pytree.tree_leaves(c.fn(*c.inputs(CHECK_SEED))))
-        outcomes.append(Outcome(result.fallbacks, got[i:i + n]))
+        outcomes.append(Outcome(fallbacks, got[i:i + n]))
         i += n
     return outcomes
 
 
 @functools.lru_cache(maxsize=None)
-def _group_outcomes(index: int) -> list[Outcome]:
+def _group_outcomes(backend: str, index: int) -> list[Outcome]:
     group = CASES[index * GROUP_SIZE:(index + 1) * GROUP_SIZE]
     try:
-        outcomes = _run(_Group(group), group)
+        outcomes = _run(backend, _Group(group), group)
         if not outcomes[0].fallbacks:
             return outcomes
     except Exception:
         pass
-    return [_run(c.fn, [c])[0] for c in group]  # isolate the failing case
+    return [_run(backend, c.fn, [c])[0] for c in group]  # isolate the failing case
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("index", range(len(CASES)), ids=[c.name for c in CASES])
-def test_op_matches_eager(index: int) -> None:
+def test_op_matches_eager(backend: str, index: int) -> None:
     case = CASES[index]
-    outcome = _group_outcomes(index // GROUP_SIZE)[index % GROUP_SIZE]
+    outcome = _group_outcomes(backend, index // GROUP_SIZE)[index % GROUP_SIZE]
     assert outcome.fallbacks == [], f"{case.name}: unexpected fallbacks {outcome.fallbacks}"
     want = [w for w in pytree.tree_leaves(case.fn(*case.inputs(CHECK_SEED))) if isinstance(w, torch.Tensor)]
     assert len(outcome.got) == len(want)

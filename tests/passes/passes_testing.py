@@ -1,0 +1,66 @@
+"""Shared helpers of the pass tests: random inputs, numeric comparison, fused-graph summaries."""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from tilefx.ir.graph import Graph
+from tilefx.ir.interpreter import run_graph
+from tilefx.ir.types import DType
+
+F32 = DType.float32
+
+
+def rand_inputs(graph: Graph, seed: int = 0) -> list[torch.Tensor]:
+    gen = torch.Generator().manual_seed(seed)
+    out = []
+    for v in graph.inputs:
+        shape = tuple(int(d) for d in v.type.shape)
+        if v.type.dtype == DType.bool:
+            out.append(torch.rand(shape, generator=gen) > 0.3)
+        elif v.type.dtype.is_int:
+            out.append(torch.randint(0, 4, shape, generator=gen))
+        else:
+            out.append(torch.randn(shape, generator=gen).to(getattr(torch, v.type.dtype.name)))
+    return out
+
+
+def weights(*shape: int, seed: int = 0, positive: bool = False) -> np.ndarray:
+    a = np.random.default_rng(seed).standard_normal(shape).astype(np.float32)
+    return np.abs(a) + 0.5 if positive else a
+
+
+def assert_same(before: Graph, after: Graph, inputs: Sequence[torch.Tensor] | None = None,
+                atol: float = 1e-5, rtol: float = 1e-5) -> list[torch.Tensor]:
+    """``after`` computes what ``before`` does on (fresh random) inputs; returns the outputs."""
+    inputs = list(inputs) if inputs is not None else rand_inputs(before, seed=int(torch.randint(0, 1000, ())))
+    want = run_graph(before, inputs)
+    got = run_graph(after, inputs)
+    assert len(want) == len(got)
+    for w, g in zip(want, got):
+        assert w.shape == g.shape and w.dtype == g.dtype
+        torch.testing.assert_close(g, w, atol=atol, rtol=rtol, equal_nan=True)
+    # never pass by comparing zeros only
+    assert any(w.dtype == torch.bool or w.float().abs().max() > 0 for w in want)
+    return got
+
+
+def op_names(graph: Graph) -> list[str]:
+    return [op.name for op in graph.ops]
+
+
+def compute_ops(graph: Graph) -> list[str]:
+    return [op.name for op in graph.ops if op.name != "const"]
+
+
+def kernel_summary(graph: Graph) -> list[tuple[str, list[str]]]:
+    """(kind, body op names without consts) for each kernel, in order."""
+    return [(op.attr("kind"), compute_ops(op.body)) for op in graph.ops if op.name == "kernel"]
+
+
+def assert_fused_top_level(graph: Graph) -> None:
+    for op in graph.ops:
+        assert op.name in ("const", "kernel", "fallback", "reshape"), f"{op.name} left at the top level"

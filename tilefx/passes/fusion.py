@@ -1,0 +1,328 @@
+"""Fusion: group the compute ops of a graph into ``kernel`` ops (after TVM FuseOps).
+
+Ops are visited in order; each one either joins the group(s) of the ops that
+produce its inputs or starts a group of its own. What may join what is the
+table ``JOIN_RULES`` (by op category; ``JOIN_BY_NAME`` for reshape), read as
+"an op of this category may join a producer group of these kinds":
+
+====================  ==========================================================
+op category           joins
+====================  ==========================================================
+elementwise,          the one anchored (contraction/reduction) producer group
+broadcast             whose anchor result has the op's result shape (an
+                      *epilogue*: matmul+add+gelu, conv+add+relu, softmax*x),
+                      bringing along producer groups of injective ops only that
+                      nothing else reads (a sliced mask); otherwise every
+                      pointwise producer group (chains, diamonds)
+injective             every pointwise producer group (never an epilogue)
+reshape               its producer's group if that group is pointwise; else it
+                      stays at the top level as a free view of its input
+reduction             pointwise producer groups, as a *prologue* (exp -> sum,
+                      x + residual -> layer_norm)
+contraction           producer groups of injective ops only, read by nothing
+                      else (permute(k) -> matmul)
+====================  ==========================================================
+
+So a kernel holds at most one contraction or one reduction, never both.
+A value used outside its group becomes an extra output of the kernel
+(multi-output kernels) rather than stopping the fusion: the residual stream of
+a transformer is written once by the kernel that also normalizes it.
+A merge that would create a cycle (a group reading, through an op outside it,
+a value it produces) is refused. A ``reshape`` left at the end of a group is
+peeled off to the top level, where the runtime makes it a free view.
+
+After fusion the top level holds only ``const``, ``kernel``, ``fallback`` and
+standalone ``reshape`` ops. A kernel's ``body`` is the subgraph: its inputs
+bind to the kernel's inputs (outside values, constants included), its outputs
+are the kernel's results; value names are kept from the graph. Rank-0 scalar
+constants are copied into the body rather than passed in. ``kind`` is
+``contraction`` if the group has a matmul/conv2d, else ``reduction`` if it has a
+reduction-category op, else ``pointwise``. An ``attention`` op that was not
+decomposed becomes a kernel of its own, kind ``contraction``.
+"""
+
+from __future__ import annotations
+
+import heapq
+import logging
+from dataclasses import dataclass, field
+
+from tilefx.ir.graph import Graph, Op, Value, freeze_attrs
+from tilefx.ir.ops import Category, get_op
+from tilefx.ir.types import Dim, dims_equal
+from tilefx.passes.cleanup import dce
+from tilefx.passes.manager import graph_pass
+
+log = logging.getLogger("tilefx.passes.fusion")
+
+TOP_LEVEL_OPS = frozenset({"const", "kernel", "fallback"})
+
+# How an op joins the groups of its producers: op category -> rule (a ``join_*``
+# method below). Opaque compute (an ``attention`` left whole) is "alone".
+JOIN_RULES: dict[Category, str] = {
+    Category.elementwise: "epilogue_or_pointwise",
+    Category.broadcast: "epilogue_or_pointwise",
+    Category.injective: "pointwise",
+    Category.reduction: "prologue",
+    Category.contraction: "injective_prologue",
+}
+JOIN_BY_NAME: dict[str, str] = {"reshape": "view"}
+ANCHORS: dict[Category, str] = {Category.reduction: "reduction", Category.contraction: "contraction"}
+
+
+@dataclass
+class _Group:
+    gid: int
+    members: list[int] = field(default_factory=list)
+    fusible: bool = True  # False for top-level ops (const, fallback, views)
+    anchor: str | None = None  # "contraction" | "reduction" once the group has one
+    anchor_shape: tuple[Dim, ...] | None = None  # the epilogue's iteration domain
+    injective_only: bool = True
+    sealed: bool = False
+
+
+def _same_shape(a: tuple[Dim, ...], b: tuple[Dim, ...] | None) -> bool:
+    return b is not None and len(a) == len(b) and all(dims_equal(x, y) for x, y in zip(a, b))
+
+
+class _Fuser:
+    def __init__(self, graph: Graph) -> None:
+        self.graph = graph
+        self.ops = graph.ops
+        self.producer: dict[str, int] = {r.name: i for i, op in enumerate(self.ops) for r in op.results}
+        self.users: dict[str, list[int]] = {}
+        for i, op in enumerate(self.ops):
+            for v in dict.fromkeys(op.inputs):
+                self.users.setdefault(v.name, []).append(i)
+        self.outputs = {v.name for v in graph.outputs}
+        self.group_of: list[int] = []
+        self.groups: dict[int, _Group] = {}
+        self._next_gid = 0
+
+    # --- group bookkeeping ---------------------------------------------
+    def new_group(self, i: int, **flags: object) -> _Group:
+        g = _Group(-1, [i], **flags)  # type: ignore[arg-type]
+        self.group_of.append(self.new_group_id(g))
+        return g
+
+    def new_group_id(self, g: _Group) -> int:
+        g.gid = self._next_gid
+        self._next_gid += 1
+        self.groups[g.gid] = g
+        return g.gid
+
+    def input_groups(self, i: int) -> list[int]:
+        """Fusible, unsealed groups producing op ``i``'s inputs, in input order."""
+        out: list[int] = []
+        for v in self.ops[i].inputs:
+            j = self.producer.get(v.name)
+            if j is None:
+                continue
+            g = self.groups[self.group_of[j]]
+            if g.fusible and not g.sealed and g.gid not in out:
+                out.append(g.gid)
+        return out
+
+    def successors(self, gid: int) -> set[int]:
+        out: set[int] = set()
+        for m in self.groups[gid].members:
+            for r in self.ops[m].results:
+                for u in self.users.get(r.name, ()):
+                    if u < len(self.group_of):
+                        out.add(self.group_of[u])
+        out.discard(gid)
+        return out
+
+    def creates_cycle(self, i: int, merged: list[int]) -> bool:
+        """Would groups ``merged`` plus op ``i`` read, through an outside group, their own output?"""
+        inside = set(merged)
+        members = [m for g in merged for m in self.groups[g].members] + [i]
+        outside_producers = {self.group_of[self.producer[v.name]] for m in members
+                             for v in self.ops[m].inputs if v.name in self.producer} - inside
+        outside_producers.discard(self.group_of[i] if i < len(self.group_of) else -1)
+        if not outside_producers:
+            return False
+        frontier = [s for g in merged for s in self.successors(g) if s not in inside]
+        seen: set[int] = set()
+        while frontier:
+            g = frontier.pop()
+            if g in seen or g in inside:
+                continue
+            if g in outside_producers:
+                return True
+            seen.add(g)
+            frontier.extend(self.successors(g))
+        return False
+
+    def merge(self, i: int, candidates: list[int]) -> _Group | None:
+        """Greedily merge op ``i`` into as many of ``candidates`` as stay acyclic."""
+        chosen: list[int] = []
+        for g in candidates:
+            if not self.creates_cycle(i, chosen + [g]):
+                chosen.append(g)
+        if not chosen:
+            return None
+        target = self.groups[chosen[0]]
+        for gid in chosen[1:]:
+            other = self.groups.pop(gid)
+            for m in other.members:
+                self.group_of[m] = target.gid
+            target.members.extend(other.members)
+            target.injective_only &= other.injective_only
+            if other.anchor:  # at most one anchored group is ever chosen
+                target.anchor, target.anchor_shape = other.anchor, other.anchor_shape
+        target.members.append(i)
+        target.members.sort()
+        self.group_of.append(target.gid)
+        return target
+
+    def exported_only_to(self, gid: int, i: int) -> bool:
+        """Every value of group ``gid`` that leaves it is read by op ``i`` alone."""
+        members = set(self.groups[gid].members)
+        for m in members:
+            for r in self.ops[m].results:
+                readers = set(self.users.get(r.name, ())) - members
+                if r.name in self.outputs or readers - {i}:
+                    return False
+        return True
+
+    # --- the join rules (JOIN_RULES names one of these per op category) ----
+    def visit(self, i: int) -> None:
+        op = self.ops[i]
+        if op.name in TOP_LEVEL_OPS:
+            self.new_group(i, fusible=False)
+            return
+        category = get_op(op.name).category
+        rule = JOIN_BY_NAME.get(op.name) or JOIN_RULES.get(category, "alone")
+        group = getattr(self, f"join_{rule}")(i)
+        if category in ANCHORS:
+            group.anchor, group.anchor_shape = ANCHORS[category], op.results[0].type.shape
+        if category != Category.injective:
+            group.injective_only = False
+
+    def pointwise_inputs(self, i: int) -> list[int]:
+        return [g for g in self.input_groups(i) if self.groups[g].anchor is None]
+
+    def join_view(self, i: int) -> _Group:
+        return self.merge(i, self.pointwise_inputs(i)[:1]) or self.new_group(i, fusible=False)
+
+    def join_epilogue_or_pointwise(self, i: int) -> _Group:
+        shape = self.ops[i].results[0].type.shape
+        for g in self.input_groups(i):
+            group = self.groups[g]
+            if group.anchor and _same_shape(shape, group.anchor_shape) and not self.creates_cycle(i, [g]):
+                return self.merge(i, [g] + self.injective_inputs(i)) or group  # g goes first: never None
+        return self.join_pointwise(i)
+
+    def injective_inputs(self, i: int) -> list[int]:
+        """Producer groups of data movement only (permute, slice...) that nothing but op ``i`` reads."""
+        return [g for g in self.pointwise_inputs(i)
+                if self.groups[g].injective_only and self.exported_only_to(g, i)]
+
+    def join_pointwise(self, i: int) -> _Group:
+        return self.merge(i, self.pointwise_inputs(i)) or self.new_group(i)
+
+    join_prologue = join_pointwise  # a reduction takes its pointwise producers in
+
+    def join_injective_prologue(self, i: int) -> _Group:
+        return self.merge(i, self.injective_inputs(i)) or self.new_group(i)
+
+    def join_alone(self, i: int) -> _Group:
+        return self.new_group(i, anchor="contraction", sealed=True)
+
+    def peel_trailing_reshapes(self) -> None:
+        """A reshape nothing in its group reads leaves the group: the runtime views it for free."""
+        for g in list(self.groups.values()):
+            if not g.fusible:
+                continue
+            for m in reversed(list(g.members)):  # reversed: a peeled reshape may expose another
+                op = self.ops[m]
+                if op.name == "reshape" and len(g.members) > 1 \
+                        and not set(self.users.get(op.result.name, ())) & set(g.members):
+                    g.members.remove(m)
+                    self.group_of[m] = self.new_group_id(_Group(-1, [m], fusible=False))
+
+    # --- building the fused graph ----------------------------------------
+    def order(self) -> list[_Group]:
+        """Groups in a topological order, stable by their first op."""
+        deps: dict[int, set[int]] = {gid: set() for gid in self.groups}
+        for gid, g in self.groups.items():
+            for m in g.members:
+                for v in self.ops[m].inputs:
+                    j = self.producer.get(v.name)
+                    if j is not None and self.group_of[j] != gid:
+                        deps[gid].add(self.group_of[j])
+        readers: dict[int, list[int]] = {gid: [] for gid in self.groups}
+        for gid, ds in deps.items():
+            for d in ds:
+                readers[d].append(gid)
+        ready = [(g.members[0], gid) for gid, g in self.groups.items() if not deps[gid]]
+        heapq.heapify(ready)
+        out: list[_Group] = []
+        while ready:
+            _, gid = heapq.heappop(ready)
+            out.append(self.groups[gid])
+            for r in readers[gid]:
+                deps[r].discard(gid)
+                if not deps[r]:
+                    heapq.heappush(ready, (self.groups[r].members[0], r))
+        if len(out) != len(self.groups):
+            stuck = [self.ops[self.groups[g].members[0]].name for g in deps if deps[g]]
+            raise RuntimeError(f"fusion produced a cycle among groups starting at {stuck}")
+        return out
+
+    def kernel_op(self, g: _Group, name: str) -> Op:
+        members = set(g.members)
+        body_consts: dict[str, Op] = {}
+        inputs: dict[str, Value] = {}
+        for m in g.members:
+            for v in self.ops[m].inputs:
+                j = self.producer.get(v.name)
+                if j is not None and j in members:
+                    continue
+                src = self.ops[j] if j is not None else None
+                if src is not None and src.name == "const" and src.attr("value") is not None:
+                    body_consts.setdefault(v.name, src)
+                else:
+                    inputs.setdefault(v.name, v)
+        exports = [r for m in g.members for r in self.ops[m].results
+                   if r.name in self.outputs or set(self.users.get(r.name, ())) - members]
+        body = Graph(name, tuple(inputs.values()), tuple(body_consts.values()) +
+                     tuple(self.ops[m] for m in g.members), tuple(exports), {})
+        has = {get_op(self.ops[m].name).category for m in g.members}
+        kind = ("contraction" if Category.contraction in has or g.sealed
+                else "reduction" if Category.reduction in has else "pointwise")
+        return Op("kernel", tuple(inputs.values()), tuple(exports),
+                  freeze_attrs({"kind": kind, "name": name}), body)
+
+    def run(self) -> Graph:
+        for i in range(len(self.ops)):
+            self.visit(i)
+        self.peel_trailing_reshapes()
+        taken = {op.attr("name") for op in self.ops if op.name == "kernel"}
+        new_ops: list[Op] = []
+        for g in self.order():
+            if not g.fusible:
+                new_ops.extend(self.ops[m] for m in g.members)
+                continue
+            names = list(dict.fromkeys(self.ops[m].name for m in g.members))
+            stem = "_".join(names[:4]) if len(names) == 1 else "fused_" + "_".join(names[:4])
+            name, n = f"{stem}_{len(taken)}", len(taken)
+            while name in taken:
+                n += 1
+                name = f"{stem}_{n}"
+            taken.add(name)
+            new_ops.append(self.kernel_op(g, name))
+        return self.graph.replace(ops=tuple(new_ops))
+
+
+@graph_pass("fusion")
+def fuse(graph: Graph) -> Graph:
+    fused = dce(_Fuser(graph).run())
+    log.debug("fusion: %d ops -> %d kernels", len(graph.ops), len(kernels(fused)))
+    return fused
+
+
+def kernels(graph: Graph) -> list[Op]:
+    """The ``kernel`` ops of a fused graph, in execution order."""
+    return [op for op in graph.ops if op.name == "kernel"]
