@@ -62,9 +62,13 @@ def specialize(graph: Graph, bindings: Mapping[sympy.Symbol | str, int]) -> Grap
 
     subs = {(sympy.Symbol(k, integer=True, positive=True) if isinstance(k, str) else k): int(v)
             for k, v in bindings.items()}
+    from tilefx.ir.interpreter import substitute
+
     fix = lambda v: Value(v.name, v.type.specialize(subs))  # noqa: E731
-    ops = tuple(Op(op.name, tuple(map(fix, op.inputs)), tuple(map(fix, op.results)), op.attrs,
-                   op.body) for op in graph.ops)
+    # attributes hold symbolic dims too (a reshape's target shape)
+    ops = tuple(Op(op.name, tuple(map(fix, op.inputs)), tuple(map(fix, op.results)),
+                   tuple((k, substitute(a, subs)) for k, a in op.attrs), op.body)
+                for op in graph.ops)
     return graph.replace(inputs=tuple(map(fix, graph.inputs)), ops=ops,
                          outputs=tuple(map(fix, graph.outputs)))
 
