@@ -6,6 +6,7 @@ imports neither torch nor tvm:
     import tilefx
     cm = tilefx.compile(model, target="cpu")
     torch.compile(model, backend="tilefx")
+    m = tilefx.load("out/")   # an artifact written by `tilefx compile -o out/`
 """
 
 from __future__ import annotations
@@ -18,6 +19,8 @@ _LAZY = {
     "compile": ("tilefx.compiler.api", "compile"),
     "CompiledModule": ("tilefx.compiler.api", "CompiledModule"),
     "CompileOptions": ("tilefx.compiler.driver", "CompileOptions"),
+    "load": ("tilefx.compiler.artifact_load", "load"),
+    "ArtifactError": ("tilefx.compiler.artifact", "ArtifactError"),
 }
 
 __all__ = ["__version__", *_LAZY]

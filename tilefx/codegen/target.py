@@ -67,7 +67,7 @@ class Target:
             host = Target.host_cpu()
             return host if not cpu else replace(host, mcpu=cpu)
         if kind == "cuda":
-            return Target(kind="cuda", arch=cpu or "sm_80")
+            return cuda_target(cpu or None)
         raise ValueError(f"cannot parse target {text!r}: expected 'cpu', 'cpu:<mcpu>' or 'cuda'")
 
     def to_tvm(self) -> Any:
@@ -94,6 +94,25 @@ class Target:
         data = json.loads(text)
         data["mattr"] = tuple(data.get("mattr", ()))
         return Target(**data)
+
+
+def cuda_target(arch: str | None = None) -> Target:
+    """A cuda target: facts of the current device when torch sees one (SM count as
+    ``cores``, shared memory per block as ``l1_bytes``, L2 size), else an sm_80 default."""
+    facts: dict[str, Any] = {}
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            p = torch.cuda.get_device_properties(torch.cuda.current_device())
+            facts = {"arch": f"sm_{p.major}{p.minor}", "cores": p.multi_processor_count,
+                     "l2_bytes": int(getattr(p, "L2_cache_size", 0)) or 50 * 1024 * 1024,
+                     "l1_bytes": int(getattr(p, "shared_memory_per_block_optin", 0)) or 48 * 1024}
+    except Exception as e:  # noqa: BLE001 - no usable CUDA: plain defaults
+        log.debug("no CUDA device facts: %s", e)
+    arch = arch or facts.pop("arch", "sm_80")
+    facts.pop("arch", None)
+    return Target(kind="cuda", mcpu=arch, arch=arch, vector_bytes=16, **facts)
 
 
 def _read(path: str) -> str | None:

@@ -167,9 +167,10 @@ class CompiledModule:
     """A model (nn.Module or function) compiled per call signature; see the module doc."""
 
     def __init__(self, model: Callable, target: str | Any = "cpu", *, dynamic: bool = False,
-                 options: CompileOptions | None = None, passes: Any = None) -> None:
+                 options: CompileOptions | None = None, passes: Any = None,
+                 tune: int | str = 0) -> None:
         if options is None:
-            options = CompileOptions(target=target, passes=passes)
+            options = CompileOptions(target=target, passes=passes, tune_trials=tune)
         self.model = model
         self.options = options
         self.dynamic = dynamic
@@ -254,13 +255,17 @@ def _compile_class(cls: type, kwargs: dict) -> type:
 
 
 def compile(model: Any = None, target: str | Any = "cpu", *, dynamic: bool = False,
-            options: CompileOptions | None = None, passes: Any = None) -> Any:
+            options: CompileOptions | None = None, passes: Any = None,
+            tune: int | str = 0) -> Any:
     """Compile ``model`` (nn.Module, function, or nn.Module class) with tilefx.
 
     Without ``model`` it returns a decorator. On an nn.Module class it returns a
-    subclass whose instances compile lazily on their first call.
+    subclass whose instances compile lazily on their first call. ``tune=N``
+    autotunes each kernel with N candidate schedules (``tune="30s"``: a time
+    budget per kernel); results go to the tuning database, so a second compile
+    of the same model measures nothing.
     """
-    kwargs = dict(target=target, dynamic=dynamic, options=options, passes=passes)
+    kwargs = dict(target=target, dynamic=dynamic, options=options, passes=passes, tune=tune)
     if model is None:
         return lambda m: compile(m, **kwargs)
     import torch

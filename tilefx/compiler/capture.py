@@ -19,8 +19,10 @@ order ``flatten_inputs`` produces them.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import re
+import warnings
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, Sequence
 
@@ -101,12 +103,22 @@ def capture(fn_or_module: Callable[..., Any], example_args: tuple, dynamic_batch
                  type(module).__name__)
     module.eval()
     try:
-        ep = _export(module, args, kwargs, dynamic_batch, varargs=not is_module)
-        ep = ep.run_decompositions(decomposition_table())
+        with _quiet_export():
+            ep = _export(module, args, kwargs, dynamic_batch, varargs=not is_module)
+            ep = ep.run_decompositions(decomposition_table())
     finally:
         for m, training in modes:
             m.training = training
     return _from_exported(ep)
+
+
+@contextlib.contextmanager
+def _quiet_export() -> Any:
+    """torch.export's internals warn about their own pytree use (``LeafSpec``) on every
+    call; the user can do nothing about it, so it is not shown."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*[Tt]ree[Ss]pec.*", category=FutureWarning)
+        yield
 
 
 def _export(module: torch.nn.Module, args: tuple, kwargs: dict, dynamic_batch: bool,
@@ -275,8 +287,9 @@ def capture_dynamo(gm: torch.fx.GraphModule, example_inputs: Sequence[Any]) -> C
     for buf, tensor in weights.items():
         wrapper.register_buffer(buf, tensor)
     log.debug("capture_dynamo: %d user inputs, %d weights baked in", len(user_args), len(weights))
-    ep = torch.export.export(wrapper, tuple(user_args), strict=False)
-    ep = ep.run_decompositions(decomposition_table())
+    with _quiet_export():
+        ep = torch.export.export(wrapper, tuple(user_args), strict=False)
+        ep = ep.run_decompositions(decomposition_table())
     captured = _from_exported(ep, readable)
     return Captured(captured.graph_module, captured.input_names, captured.constants,
                     captured.constant_names, captured.output_names, captured.out_spec,

@@ -181,6 +181,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--source", action="store_true", help="also build and print each kernel's code")
     p.add_argument("--dynamic", action="store_true", help="capture dim 0 of inputs as a symbol")
     p.set_defaults(func=cmd_inspect)
+    from tilefx.compiler.cli_aot import add_subcommands  # compile, run
+
+    add_subcommands(sub)
+    from tilefx.compiler.cli_tune import add_parser as add_tune  # tune
+
+    add_tune(sub)
     return parser
 
 

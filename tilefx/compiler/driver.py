@@ -24,7 +24,7 @@ import re
 import logging
 import time
 from collections import OrderedDict
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Mapping
 
 import sympy
@@ -42,7 +42,8 @@ log = logging.getLogger("tilefx.driver")
 class CompileOptions:
     target: str | Target = "cpu"
     passes: Any = None        # tilefx.passes.PassOptions, None = the defaults
-    tune_trials: int = 0      # autotuning is not wired in yet: default schedules only
+    tune_trials: int | str = 0  # autotune each kernel: N trials, or a time budget "30s"
+    tune_db: str | None = None  # tuning database path (None: $TILEFX_CACHE_DIR/tuning.db)
     strict: bool = False      # raise on a kernel build failure instead of interpreting it
 
     def resolved_target(self) -> Target:
@@ -82,6 +83,7 @@ class CompileRecord:
     fallbacks: list[FallbackRecord] = field(default_factory=list)
     seconds: dict[str, float] = field(default_factory=dict)  # stage -> seconds
     buffers: list[str] = field(default_factory=list)         # buffer plan per binding
+    tuning: list[Any] = field(default_factory=list)          # autotune.KernelTuneResult
 
     def add_time(self, stage: str, seconds: float) -> None:
         self.seconds[stage] = self.seconds.get(stage, 0.0) + seconds
@@ -106,6 +108,10 @@ class CompileRecord:
             lines.append(f"  {f.target} runs in PyTorch: {f.reason}{nodes}")
         for b in self.buffers:
             lines.append(f"buffers: {b}")
+        if self.tuning:
+            from tilefx.autotune.tuner import format_summary
+
+            lines += ["tuning:", format_summary(self.tuning)]
         return "\n".join(lines)
 
 
@@ -170,20 +176,36 @@ def _tvm(name: str) -> Any:
     return getattr(backend, name)
 
 
-def _build_one(op: Op, target: Target, bindings: Mapping[sympy.Symbol, int]) -> Any:
-    build_kernel = _tvm("build_kernel")
+def _backend(target: Target, name: str) -> Any:
+    """``build_kernel`` / ``default_schedule`` of the target's backend: Triton for
+    cuda (it never imports TVM), else TVM."""
+    if target.kind == "cuda":
+        import tilefx.codegen.triton as triton_backend
+
+        return getattr(triton_backend, name)
+    return _tvm(name)
+
+
+def _build_one(op: Op, target: Target, bindings: Mapping[sympy.Symbol, int],
+               schedule: Any = None) -> Any:
+    build_kernel = _backend(target, "build_kernel")
 
     used = kernel_symbols(op)
     bindings = {s: v for s, v in bindings.items() if s in used}
-    key = (kernel_key(op), target.key(), tuple(sorted((s.name, v) for s, v in bindings.items())))
+    key = (kernel_key(op), target.key(), tuple(sorted((s.name, v) for s, v in bindings.items())),
+           str(schedule))
     built = _BUILT.get(key)
     if built is not None:
         _BUILT.move_to_end(key)
         return built
-    if bindings:
-        built = build_kernel(op, target, bindings=dict(bindings))
+    if schedule is not None and schedule.get("extern"):  # tuning chose the library call
+        from tilefx.autotune.measure import LibraryKernel
+
+        built = LibraryKernel(op, {s.name: v for s, v in bindings.items()})
+    elif bindings:
+        built = build_kernel(op, target, schedule, bindings=dict(bindings))
     else:
-        built = build_kernel(op, target)
+        built = build_kernel(op, target, schedule)
     _BUILT[key] = built
     if len(_BUILT) > _BUILT_LIMIT:
         _BUILT.popitem(last=False)
@@ -214,14 +236,19 @@ def lower_and_optimize(captured: Any, options: CompileOptions, record: CompileRe
     record.fallbacks = _fallback_records(lowered.fallbacks)
 
     t0 = time.perf_counter()
+    passes = options.passes
+    if passes is None and options.resolved_target().kind == "cuda":
+        from tilefx.passes.pipeline import PassOptions
+
+        passes = PassOptions(decompose_attention=False)  # the Triton backend has fused attention
     if trace:
         from tilefx.passes import optimize_with_trace
 
-        graph, record.pass_trace = optimize_with_trace(lowered.graph, options.passes)
+        graph, record.pass_trace = optimize_with_trace(lowered.graph, passes)
     else:
         from tilefx.passes import optimize
 
-        graph = optimize(lowered.graph, options.passes)
+        graph = optimize(lowered.graph, passes)
     record.add_time("passes", time.perf_counter() - t0)
     record.optimized_ir = graph
     return graph
@@ -229,7 +256,7 @@ def lower_and_optimize(captured: Any, options: CompileOptions, record: CompileRe
 
 def default_schedule_text(op: Op, target: Target) -> str:
     try:
-        return str(_tvm("default_schedule")(op, target))
+        return str(_backend(target, "default_schedule")(op, target))
     except Exception as e:  # the schedule is only shown, never needed here
         return f"<no default schedule: {e}>"
 
@@ -243,8 +270,17 @@ def make_builder(target: Target, options: CompileOptions, record: CompileRecord,
                           bindings=", ".join(f"{s}={v}" for s, v in bindings.items() if s in used))
         t0 = time.perf_counter()
         try:
-            built = _build_one(op, target, bindings)
-            kr.backend = "tvm"
+            schedule = None
+            if options.tune_trials:  # autotune (or read the tuning database) first
+                from tilefx.autotune.tuner import tuned_schedule
+
+                schedule, tuned = tuned_schedule(op, target, {s: v for s, v in bindings.items()
+                                                              if s in used}, options)
+                if tuned is not None:
+                    record.tuning.append(tuned)
+            built = _build_one(op, target, bindings, schedule)
+            kr.backend = "extern (torch)" if schedule is not None and schedule.get("extern") \
+                else "triton" if target.kind == "cuda" else "tvm"
             sched = getattr(built, "schedule", None)
             kr.schedule = str(sched) if sched is not None else ""
             if getattr(built, "from_cache", False):
@@ -280,7 +316,7 @@ def compile_graph(captured: Any, target: str | Target | None = None,
         CompileOptions(target=target).resolved_target()
     record = CompileRecord(name or getattr(captured, "name", None) or "main",
                            target=f"{tgt.kind}:{tgt.mcpu}")
-    graph = lower_and_optimize(captured, options, record)
+    graph = lower_and_optimize(captured, replace(options, target=tgt), record)
 
     def on_specialize(bindings: dict, plan: Any) -> None:
         where = ", ".join(f"{s}={v}" for s, v in bindings.items()) or "static"
@@ -292,6 +328,10 @@ def compile_graph(captured: Any, target: str | Target | None = None,
         from tilefx.compiler.runtime import bind_symbols
 
         compiled.plan_for(bind_symbols(graph, [t.contiguous() for t in example_inputs]))
+        if options.tune_trials:  # tuning happened while building: stop its processes
+            from tilefx.autotune.tuner import close_sessions
+
+            close_sessions()
     log.info("tilefx: compiled %s: %d kernels, %d fallbacks in %.2fs", record.name,
              len(record.kernels), len(record.fallbacks), sum(record.seconds.values()))
     return compiled

@@ -124,12 +124,13 @@ class KernelStep:
     inputs: tuple[int, ...]
     outputs: tuple[int, ...]
     fresh: tuple[tuple[int, tuple[int, ...], Any], ...]  # (slot, shape, dtype) allocated per call
+    device: Any = None  # where the inputs live (a cuda graph's buffers live there too)
 
     def __call__(self, env: list) -> None:
         import torch
 
         for slot, shape, dtype in self.fresh:
-            env[slot] = torch.empty(shape, dtype=dtype)
+            env[slot] = torch.empty(shape, dtype=dtype, device=self.device)
         self.fn(*[env[i] for i in self.inputs], *[env[o] for o in self.outputs])
 
 
@@ -218,7 +219,7 @@ class ExecutionPlan:
 
 
 def plan_graph(graph: Graph, bindings: Mapping[sympy.Symbol, int], kernels: Mapping[str, KernelFn],
-               constants: Mapping[str, torch.Tensor]) -> ExecutionPlan:
+               constants: Mapping[str, torch.Tensor], device: Any = None) -> ExecutionPlan:
     """Lay out slots, steps and the liveness-based buffer plan for ``graph``.
 
     ``kernels`` maps each kernel op's first result name to its built kernel;
@@ -282,7 +283,7 @@ def plan_graph(graph: Graph, bindings: Mapping[sympy.Symbol, int], kernels: Mapp
                 if pool:
                     buf = pool.pop()
                 else:
-                    buf = torch.empty(numel, dtype=dtype)
+                    buf = torch.empty(numel, dtype=dtype, device=device)
                     stats.buffers += 1
                     stats.bytes += numel * buf.element_size()
                 stats.intermediates += 1
@@ -304,7 +305,7 @@ def plan_graph(graph: Graph, bindings: Mapping[sympy.Symbol, int], kernels: Mapp
                           for r in op.results if r.name in fresh_roots)
             steps.append(KernelStep(op.attr("name"), kernels[op.results[0].name],
                                     tuple(slot(v) for v in op.inputs),
-                                    tuple(slot(r) for r in op.results), fresh))
+                                    tuple(slot(r) for r in op.results), fresh, device))
         elif op.name == "reshape":
             steps.append(ViewStep(slot(op.inputs[0]), slot(op.result),
                                   concrete_shape(op.result.type, bindings)))
@@ -360,6 +361,7 @@ class CompiledGraph:
         self.graph = graph
         self._build_kernel = build_kernel
         self._constants = constant_tensors(graph)
+        self._device_constants: dict[Any, dict[str, torch.Tensor]] = {}  # cuda copies of them
         self._plans: dict[tuple, ExecutionPlan] = {}
         self._on_specialize = on_specialize
         self.record: Any = None  # the driver's CompileRecord, for report()
@@ -368,13 +370,20 @@ class CompiledGraph:
     def plans(self) -> dict[tuple, ExecutionPlan]:
         return dict(self._plans)
 
-    def plan_for(self, bindings: Mapping[sympy.Symbol, int]) -> ExecutionPlan:
+    def plan_for(self, bindings: Mapping[sympy.Symbol, int], device: Any = None) -> ExecutionPlan:
         key = tuple(sorted((s.name, v) for s, v in bindings.items()))
+        if device is not None and str(device) != "cpu":
+            key += (("device", str(device)),)
+        else:
+            device = None
         plan = self._plans.get(key)
         if plan is None:
             kernels = {op.results[0].name: self._build_kernel(op, bindings)
                        for op in self.graph.ops if op.name == "kernel"}
-            plan = plan_graph(self.graph, bindings, kernels, self._constants)
+            if device is not None and device not in self._device_constants:  # once per device
+                self._device_constants[device] = {k: v.to(device) for k, v in self._constants.items()}
+            constants = self._constants if device is None else self._device_constants[device]
+            plan = plan_graph(self.graph, bindings, kernels, constants, device)
             self._plans[key] = plan
             log.debug("planned @%s for %s: %d steps, %s", self.graph.name, dict(key),
                       len(plan.steps), plan.buffer_stats)
@@ -389,6 +398,6 @@ class CompiledGraph:
         for v, t in zip(self.graph.inputs, tensors):
             if t.dtype != torch_dtype(v.type.dtype):
                 raise RuntimeInputError(f"input %{v.name} expects {v.type.dtype.name}, got {t.dtype}")
-        plan = self.plan_for(bind_symbols(self.graph, tensors))
+        plan = self.plan_for(bind_symbols(self.graph, tensors), tensors[0].device if tensors else None)
         with torch.no_grad():
             return plan.run(tensors)

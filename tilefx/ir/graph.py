@@ -102,7 +102,7 @@ class Graph:
         name = op.attr("name")
         if name is not None:
             return self.constants[name]
-        return np.asarray(op.attr("value"), dtype=op.result.type.dtype.value[1])
+        return np.asarray(op.attr("value"), dtype=op.result.type.dtype.numpy_name)
 
     def __str__(self) -> str:
         from tilefx.ir.printer import print_graph

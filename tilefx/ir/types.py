@@ -40,6 +40,12 @@ class DType(enum.Enum):
         return self.value[0]
 
     @property
+    def numpy_name(self) -> str:
+        """The numpy dtype that holds values of this type. numpy has no bfloat16, so bf16
+        numbers are held as float32 (exact: every bf16 value is a float32 value)."""
+        return "float32" if self is DType.bfloat16 else self.value[1]
+
+    @property
     def is_float(self) -> bool:
         return self in (DType.float32, DType.float16, DType.bfloat16, DType.float64)
 

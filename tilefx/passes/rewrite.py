@@ -76,7 +76,7 @@ class Rewriter:
             return None
         if op.attr("name") is not None:
             return self.constants[op.attr("name")]
-        return np.asarray(op.attr("value"), dtype=op.result.type.dtype.value[1])
+        return np.asarray(op.attr("value"), dtype=op.result.type.dtype.numpy_name)
 
     def scalar(self, v: Value) -> float | int | bool | None:
         """The number behind a rank-0 const (a one-element const counts too)."""

@@ -111,7 +111,7 @@ class LoweringContext:
         self._materialized = {k: v for k, v in self._materialized.items() if v.name in alive}
 
     def _emit_const(self, t: torch.Tensor, hint: str) -> Value:
-        t = t.detach()
+        t = t.detach().cpu()  # weights of a model on the GPU become numpy constants too
         dtype = ir_dtype(t.dtype)
         if t.dim() == 0:
             return self.b.scalar(t.item(), dtype, name=hint)

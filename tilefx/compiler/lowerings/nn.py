@@ -33,7 +33,7 @@ def _pair(v, n: int = 2) -> tuple[int, ...]:
 def _filled(ctx, shape, dtype: DType, value: float, name: str):
     """A constant vector standing in for a missing norm weight (ones) or bias (zeros)."""
     # numpy has no bfloat16: build it in f32 and cast (exact for 0 and 1)
-    np_dtype = np.float32 if dtype == DType.bfloat16 else dtype.value[1]
+    np_dtype = dtype.numpy_name
     return ctx.cast(ctx.b.const(np.full(shape, value, dtype=np_dtype), name), dtype)
 
 

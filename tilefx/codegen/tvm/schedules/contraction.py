@@ -1,19 +1,29 @@
 """Contraction template: matmul (batched) and conv2d (NCHW, grouped/depthwise),
-each with its fused prologue (inlined) and epilogue (bias, activation,
-residual: computed per output tile with ``reverse_compute_at``).
+each with its fused prologue (inlined) and epilogue (bias, activation, residual).
 
-matmul: loops ``[batch, i, j, k]`` tiled as
-``batch i0 j0 | k0 i1 j1 | k1 i2 j2`` — (i2 x j2) is the register tile
-(``reg_m`` rows, ``reg_n`` vector lanes), (tile_m x tile_n x tile_k) the cache
-tile; ``batch i0 j0`` run in parallel; the epilogue runs once per (i0, j0)
-tile while the accumulator is hot.
+Both follow the same CPU recipe (the one oneDNN and TVM's x86 ``topi`` use):
 
-conv2d: loops ``n oc oh ow | rc ry rx`` tiled as
-``n oc0 oh0 ow0 | rc ry rx | oh1 oc1 ow1``: a register tile of ``reg_oc``
-output channels x ``tile_oh`` rows x ``vec_ow`` columns (vectorized along the
-contiguous output width); the padding is a separate block computed up front
-so the inner loop has no bounds checks. Depthwise conv is the same nest with
-a reduction of extent 1 over channels.
+* a **register tile** of accumulators, kept in a small ``local`` buffer that
+  LLVM promotes to vector registers, with the whole reduction loop nest
+  running *outside* the unrolled/vectorized register tile loops, so each
+  reduction step is a few broadcasts, a few vector loads and many FMAs;
+* the operand read along the vector lanes is **packed** by the kernel itself
+  (a ``cache_read`` + ``transform_layout``) so the inner vector load is
+  contiguous and free of cache-set conflicts; the packing runs once per call;
+* the **epilogue** is inlined into the block that writes the accumulators back
+  (``reverse_compute_inline``), so bias/activation/residual cost one pass over
+  the register tile while it is hot; if it cannot be inlined (e.g. the
+  contraction result is also a kernel output), it runs per tile instead.
+
+The per-op loop structure lives in ``matmul.py`` and ``conv.py``; this file
+holds the dispatch and the shared accumulator/epilogue steps. Knobs, per op:
+
+* matmul: ``tile_m``, ``tile_n`` (cache tile), ``reg_m`` x ``reg_n``
+  (register tile), ``unroll_k``, ``pack_b``, ``parallel`` (``tile_k`` is
+  accepted but inert: the K loop is not blocked);
+* conv2d: ``reg_oc`` x ``vec_ow`` (register tile: output channels on the
+  vector lanes x output columns; for depthwise, columns on the lanes),
+  ``tile_oh`` (output rows per tile), ``pack_w``, ``parallel``.
 """
 
 from __future__ import annotations
@@ -33,27 +43,26 @@ def _anchor(kernel_op: Op) -> Op | None:
 
 
 def space(kernel_op: Op, target: Target) -> dict[str, list[Any]]:
-    lanes = target.vector_lanes(4)
+    from tilefx.codegen.tvm.schedules import conv, matmul
+
     anchor = _anchor(kernel_op)
     if anchor is not None and anchor.name == "conv2d":
-        return {"reg_oc": [1, 2, 4, 8], "tile_oh": [1, 2, 4], "vec_ow": [8, 16, 32, 64],
-                "parallel": [True, False]}
-    return {"tile_m": [16, 32, 64, 128], "tile_n": [lanes * 2, lanes * 4, lanes * 8],
-            "tile_k": [64, 128, 256, 512], "reg_m": [2, 4, 6, 8], "reg_n": [lanes, lanes * 2],
-            "parallel": [True, False]}
+        return conv.space(anchor, target)
+    return matmul.space(anchor, target)
 
 
 def default_schedule(kernel_op: Op, target: Target) -> Schedule:
-    lanes = target.vector_lanes(4)
+    from tilefx.codegen.tvm.schedules import conv, matmul
+
     anchor = _anchor(kernel_op)
     if anchor is not None and anchor.name == "conv2d":
-        return Schedule.of(reg_oc=4, tile_oh=2, vec_ow=2 * lanes, parallel=target.cores > 1)
-    return Schedule.of(tile_m=64, tile_n=8 * lanes, tile_k=128, reg_m=4, reg_n=2 * lanes,
-                       parallel=target.cores > 1)
+        return conv.default_schedule(anchor, target)
+    return matmul.default_schedule(anchor, target, kernel_op.body)
 
 
 def apply(sch: Any, schedule: Schedule, target: Target) -> None:
     from tilefx.codegen.tvm.schedules import common as c
+    from tilefx.codegen.tvm.schedules import conv, matmul
 
     def is_pad(b: Any) -> bool:
         return c.block_name(sch, b).endswith("_pad")
@@ -66,79 +75,77 @@ def apply(sch: Any, schedule: Schedule, target: Target) -> None:
 
         return reduction.apply(sch, schedule, target)
     anchor = anchors[0]
-    if c.is_output(sch, anchor):
-        c.attempt("cache_write", lambda: sch.cache_write(anchor, 0, "global"))
-    consumers = [b for b in sch.get_consumers(anchor)]
-    if c.block_name(sch, anchor).startswith("conv2d"):
-        outer = _conv_loops(sch, anchor, schedule, c)
-    else:
-        outer = _matmul_loops(sch, anchor, schedule, c)
-    for consumer in consumers:
-        if c.attempt("epilogue at tile", lambda: sch.reverse_compute_at(consumer, outer)) is None:
+    op = conv if c.block_name(sch, anchor).startswith("conv2d") else matmul
+    handled = op.apply(sch, anchor, schedule, target)
+    _leftovers(sch, {c.block_name(sch, b) for b in handled}, target, c)
+
+
+def local_accumulator(sch: Any, anchor: Any, c: Any) -> tuple[Any, list[Any]]:
+    """Accumulate ``anchor`` in a ``local`` buffer; fold the epilogue into its write-back.
+
+    Returns (write-back block, epilogue blocks that could not be inlined).
+    """
+    writeback = sch.cache_write(anchor, 0, "local")
+    leftover = []
+    for consumer in list(sch.get_consumers(writeback)):
+        if c.attempt("epilogue inline", lambda consumer=consumer: sch.reverse_compute_inline(consumer)) is None:
+            leftover.append(consumer)
+    return writeback, leftover
+
+
+def epilogue_at(sch: Any, blocks: list[Any], loop: Any, lanes: int, c: Any) -> None:
+    """Run epilogue blocks that were not inlined once per tile at ``loop``, vectorized."""
+    outer_var = str(sch.get(loop).loop_var)
+    for block in blocks:
+        if c.attempt("epilogue at tile", lambda block=block: sch.reverse_compute_at(block, loop)) is None:
             continue
-        _vectorize_tail(sch, consumer, outer, c, target)
-    for b in c.blocks(sch):  # leftovers (pad, unrelated outputs): plain parallel loops
-        if b != anchor and c.block_name(sch, b) not in [c.block_name(sch, x) for x in consumers]:
-            spatial, reduce = c.spatial_loops(sch, b)
-            if not reduce:
-                c.attempt("leftover loops", lambda: c.parallel_vectorize(
-                    sch, spatial[1:] if len(spatial) > 2 else spatial,
-                    vectorize=target.vector_lanes(4), unroll=1, parallel=False))
-                if len(spatial) > 2:
-                    c.attempt("leftover parallel", lambda: sch.parallel(spatial[0]))
+        loops = list(sch.get_loops(block))
+        names = [str(sch.get(lp).loop_var) for lp in loops]
+        tail = loops[names.index(outer_var) + 1:] if outer_var in names else []
+        if tail:
+            c.attempt("epilogue vectorize", lambda tail=tail: c.parallel_vectorize(
+                sch, tail, vectorize=lanes, unroll=1, parallel=False))
 
 
-def _vectorize_tail(sch: Any, block: Any, outer: Any, c: Any, target: Target) -> None:
-    loops = list(sch.get_loops(block))
-    names = [str(sch.get(lp).loop_var) for lp in loops]
-    pos = [str(sch.get(lp).loop_var) for lp in loops].index(str(sch.get(outer).loop_var)) \
-        if str(sch.get(outer).loop_var) in names else -1
-    tail = loops[pos + 1:]
-    if tail:
-        c.attempt("epilogue vectorize", lambda: c.parallel_vectorize(
-            sch, tail, vectorize=target.vector_lanes(4), unroll=1, parallel=False))
+def vectorize_inner(sch: Any, block: Any, lanes: int, c: Any) -> None:
+    """Vectorize the innermost loop of ``block`` in chunks of at most ``lanes``."""
+    inner = sch.get_loops(block)[-1]
+    extent = c.loop_extent(sch, inner)
+    vec = c.pow2_divisor(extent, lanes)
+    if vec == extent or vec < 4:
+        # an odd extent: one wide vector (LLVM splits it into registers), unless huge
+        if extent <= 4 * lanes:
+            c.attempt("vectorize", lambda: sch.vectorize(inner))
+        return
+    outer, inner = sch.split(inner, [None, vec])
+    sch.vectorize(inner)
+    if extent // vec <= 8:
+        c.attempt("unroll", lambda: sch.unroll(outer))
 
 
-def _matmul_loops(sch: Any, block: Any, schedule: Schedule, c: Any) -> Any:
-    *batch, i, j, k = sch.get_loops(block)
-    M, N, K = (c.loop_extent(sch, lp) for lp in (i, j, k))
-    reg_m = c.divisor_near(M, schedule.get("reg_m", 4))
-    tile_m = c.divisor_near(M // reg_m, max(1, schedule.get("tile_m", 64) // reg_m)) * reg_m
-    reg_n = c.pow2_divisor(N, schedule.get("reg_n", 32))
-    if reg_n < 4:
-        reg_n = c.divisor_near(N, schedule.get("reg_n", 32))
-    tile_n = c.divisor_near(N // reg_n, max(1, schedule.get("tile_n", 128) // reg_n)) * reg_n
-    tile_k = c.divisor_near(K, schedule.get("tile_k", 128))
-    i0, i1, i2 = sch.split(i, [M // tile_m, tile_m // reg_m, reg_m])
-    j0, j1, j2 = sch.split(j, [N // tile_n, tile_n // reg_n, reg_n])
-    k0, k1 = sch.split(k, [K // tile_k, tile_k])
-    sch.reorder(*batch, i0, j0, k0, i1, j1, k1, i2, j2)
-    outer = sch.fuse(*batch, i0, j0)
-    if schedule.get("parallel", True):
-        sch.parallel(outer)
-    sch.unroll(i2)
-    sch.vectorize(j2)
-    init = sch.decompose_reduction(block, k0)
-    c.attempt("init vectorize", lambda: sch.vectorize(sch.get_loops(init)[-1]))
-    return outer
+def pack_operand(sch: Any, block: Any, index: int, index_map: Any, c: Any) -> Any:
+    """Copy read buffer ``index`` of ``block`` into a new layout; the copy runs up front."""
+    cache = c.attempt("pack operand", lambda: sch.cache_read(block, index, "global"))
+    if cache is None:
+        return None
+    if c.attempt("pack layout", lambda: sch.transform_layout(cache, ("write", 0), index_map)) is None:
+        sch.compute_inline(cache)  # a plain copy would only cost time
+        return None
+    return cache
 
 
-def _conv_loops(sch: Any, block: Any, schedule: Schedule, c: Any) -> Any:
-    n, oc, oh, ow, rc, ry, rx = sch.get_loops(block)
-    OC, OH, OW = (c.loop_extent(sch, lp) for lp in (oc, oh, ow))
-    reg_oc = c.divisor_near(OC, schedule.get("reg_oc", 4))
-    tile_oh = c.divisor_near(OH, schedule.get("tile_oh", 2))
-    vec_ow = c.divisor_near(OW, schedule.get("vec_ow", 32))
-    oc0, oc1 = sch.split(oc, [OC // reg_oc, reg_oc])
-    oh0, oh1 = sch.split(oh, [OH // tile_oh, tile_oh])
-    ow0, ow1 = sch.split(ow, [OW // vec_ow, vec_ow])
-    sch.reorder(n, oc0, oh0, ow0, rc, ry, rx, oh1, oc1, ow1)
-    outer = sch.fuse(n, oc0, oh0, ow0)
-    if schedule.get("parallel", True):
-        sch.parallel(outer)
-    sch.unroll(oc1)
-    sch.unroll(oh1)
-    sch.vectorize(ow1)
-    init = sch.decompose_reduction(block, rc)
-    c.attempt("init vectorize", lambda: sch.vectorize(sch.get_loops(init)[-1]))
-    return outer
+def _leftovers(sch: Any, handled: set[str], target: Target, c: Any) -> None:
+    """Blocks the op schedule did not place (pad, packing, unrelated outputs): run
+    them up front, the outer loops fused and parallel, the last one vectorized."""
+    lanes = target.vector_lanes(4)
+    for b in c.blocks(sch):
+        if c.block_name(sch, b) in handled:
+            continue
+        spatial, reduce = c.spatial_loops(sch, b)
+        if reduce or not spatial:
+            continue
+        if len(spatial) > 1:
+            outer = sch.fuse(*spatial[:-1])
+            if c.loop_extent(sch, outer) > 1:
+                c.attempt("leftover parallel", lambda outer=outer: sch.parallel(outer))
+        c.attempt("leftover vectorize", lambda b=b: vectorize_inner(sch, b, lanes, c))

@@ -1,0 +1,156 @@
+"""Search spaces and strategies: valid, non-repeating proposals; the cost model steers."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from tilefx.autotune.analytical import AnalyticalModel
+from tilefx.autotune.search import (EvolutionarySearch, GridSearch, RandomModel, RandomSearch,
+                                    make_strategy)
+from tilefx.autotune.space import EXTERN, SearchSpace, is_extern
+from tilefx.codegen.schedule import Schedule
+from tilefx.codegen.target import Target
+from tilefx.ir import DType, GraphBuilder, Op, TensorType, Value
+from tilefx.ir.graph import freeze_attrs
+
+TARGET = Target(cores=4, vector_bytes=32)
+
+
+def f32(*shape: int) -> TensorType:
+    return TensorType(DType.float32, shape)
+
+
+def kernel_op(kind, input_types, body_fn, name="k") -> Op:
+    """A ``kernel`` op whose body is ``body_fn(builder, *inputs)``."""
+    b = GraphBuilder(name)
+    outs = body_fn(b, *[b.input(t, f"a{i}") for i, t in enumerate(input_types)])
+    outs = [outs] if isinstance(outs, Value) else list(outs)
+    body = b.finish(outs)
+    return Op("kernel", tuple(Value(f"x{i}", t) for i, t in enumerate(input_types)),
+              tuple(Value(f"y{i}", v.type) for i, v in enumerate(outs)),
+              freeze_attrs({"kind": kind, "name": name}), body)
+
+
+def _matmul(m: int = 256, k: int = 256, n: int = 256):
+    return kernel_op("contraction", [f32(m, k), f32(k, n)], lambda b, x, w: b.op("matmul", x, w))
+
+
+def _pointwise():
+    return kernel_op("pointwise", [f32(64, 64)], lambda b, x: b.op("relu", x))
+
+
+class _Result:
+    def __init__(self, schedule: Schedule, seconds: float | None) -> None:
+        self.schedule, self.seconds = schedule, seconds
+
+
+def test_space_size_enumerate_sample_neighbors():
+    space = SearchSpace.for_kernel(_matmul(), TARGET)
+    assert space.has_extern and not SearchSpace.for_kernel(_pointwise(), TARGET).has_extern
+    all_ = list(space.enumerate())
+    assert len(all_) == len(set(all_)) == space.size > 100
+    assert all(space.contains(s) for s in all_) and not space.contains(EXTERN)
+    assert [space.index(s) for s in all_[:5]] == list(range(5))
+    rng = random.Random(0)
+    for _ in range(20):
+        s = space.sample(rng)
+        assert space.contains(s)
+        ns = space.neighbors(s)
+        assert ns and all(space.contains(n) for n in ns)
+        # one knob changed, by one step of its ordered value list
+        for n in ns:
+            diff = [k for k in space.names if n[k] != s[k]]
+            assert len(diff) == 1
+            vals = space.values(diff[0])
+            assert abs(vals.index(n[diff[0]]) - vals.index(s[diff[0]])) == 1
+        assert space.contains(space.mutate(s, rng))
+    assert is_extern(EXTERN) and not is_extern(all_[0]) and not is_extern(None)
+
+
+def test_space_drops_duplicate_values_and_rejects_empty_knobs():
+    space = SearchSpace.of({"vectorize": [1, 0, 1, 4], "parallel": [False, True]})
+    assert space.values("vectorize") == (1, 0, 4) and space.size == 6
+    with pytest.raises(ValueError, match="knob 'v' has no values"):
+        SearchSpace.of({"v": []})
+
+
+def test_grid_covers_small_space_exactly_once_then_stops():
+    space = SearchSpace.for_kernel(_pointwise(), TARGET)
+    grid = GridSearch(space)
+    seen = []
+    while batch := grid.propose(4):
+        seen += batch
+    assert sorted(map(str, seen)) == sorted(map(str, space.enumerate()))
+
+
+@pytest.mark.parametrize("cls", [RandomSearch, GridSearch])
+def test_random_and_grid_never_repeat_and_exclude(cls):
+    space = SearchSpace.for_kernel(_pointwise(), TARGET)
+    strat = cls(space, seed=3)
+    first = next(iter(space.enumerate()))
+    strat.exclude([first])
+    got = strat.propose(space.size)
+    assert first not in got and len(got) == len(set(got)) == space.size - 1
+
+
+def test_evolutionary_follows_cost_model_and_mutates_the_best():
+    space = SearchSpace.for_kernel(_matmul(), TARGET)
+
+    class PreferBigTiles:  # a model with a known optimum
+        def predict(self, kernel, schedules, target):
+            return [s["tile_m"] + s["reg_m"] / 100 + (s["parallel"] is True) for s in schedules]
+
+    evo = EvolutionarySearch(space, PreferBigTiles(), _matmul(), TARGET, epsilon=0.0, seed=1)
+    rand = RandomSearch(space, seed=1)
+    e_first, r_first = evo.propose(8), rand.propose(8)
+    assert len(e_first) == len(set(e_first)) == 8
+    assert sum(s["tile_m"] for s in e_first) > sum(s["tile_m"] for s in r_first)
+    # after measurements (model now indifferent), most children are mutations of parents
+    class Indifferent:
+        def predict(self, kernel, schedules, target):
+            return [0.0] * len(schedules)
+
+    evo.model = Indifferent()
+    evo.update([_Result(s, 1.0 + i) for i, s in enumerate(e_first)])
+    nxt = evo.propose(8)
+    assert len(nxt) == 8 and not set(nxt) & set(e_first)
+
+    def distance(a, b):
+        return sum(a[k] != b[k] for k in space.names)
+
+    near = sum(min(distance(s, p) for p in e_first) <= 2 for s in nxt)
+    assert near >= 5
+
+
+def test_epsilon_greedy_and_exhaustion():
+    space = SearchSpace.of({"a": [1, 2, 3], "b": [True, False]})
+    evo = EvolutionarySearch(space, RandomModel(0), None, TARGET, epsilon=1.0)
+    got = evo.propose(10)
+    assert len(got) == len(set(got)) == 6 and evo.propose(3) == []
+
+
+def test_analytical_model_ranks_sensibly():
+    model = AnalyticalModel()
+    big = kernel_op("pointwise", [f32(512, 1024)], lambda b, x: b.op("relu", x))
+    slow, fast = Schedule.of(vectorize=1, unroll=1, parallel=False), \
+        Schedule.of(vectorize=8, unroll=2, parallel=True)
+    s_slow, s_fast = model.predict(big, [slow, fast], TARGET)
+    assert s_fast > s_slow
+    mm = _matmul(512, 512, 512)
+    good = Schedule.of(tile_m=64, tile_n=64, reg_m=4, reg_n=16, parallel=True)
+    spill = good.with_(reg_m=8, reg_n=16 * 8)  # 64 accumulators: spills
+    serial = good.with_(parallel=False)
+    g, s, p = model.predict(mm, [good, spill, serial], TARGET)
+    assert g > s and g > p
+    assert model.predict(mm, [EXTERN], TARGET)[0] > 0
+
+
+def test_make_strategy_names():
+    space = SearchSpace.for_kernel(_pointwise(), TARGET)
+    assert isinstance(make_strategy("grid", space), GridSearch)
+    assert isinstance(make_strategy("evolutionary", space, kernel=_pointwise(), target=TARGET),
+                      EvolutionarySearch)
+    with pytest.raises(ValueError, match="unknown search strategy 'anneal'"):
+        make_strategy("anneal", space)

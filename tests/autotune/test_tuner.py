@@ -1,0 +1,254 @@
+"""The tuning loop end to end: builder pool, isolated runner, correctness guard,
+dedupe, database reuse, Ctrl-C, ``tilefx.compile(tune=N)`` and ``tilefx tune``.
+
+Kernels are tiny and trial counts small; one runner process is shared by
+the tests of this file (starting one costs a TVM import).
+"""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+from tilefx.autotune.measure import LocalBuilder, LocalRunner
+from tilefx.autotune.space import EXTERN
+from tilefx.autotune.tuner import TuneOptions, Tuner, format_summary, parse_budget
+from tilefx.codegen.target import Target
+from tilefx.ir import DType, GraphBuilder, Op, TensorType, Value
+from tilefx.ir.graph import freeze_attrs
+
+TARGET = Target.host_cpu()
+
+
+def f32(*shape: int) -> TensorType:
+    return TensorType(DType.float32, shape)
+
+
+def kernel_op(kind, input_types, body_fn, name="k") -> Op:
+    b = GraphBuilder(name)
+    outs = body_fn(b, *[b.input(t, f"a{i}") for i, t in enumerate(input_types)])
+    outs = [outs] if isinstance(outs, Value) else list(outs)
+    body = b.finish(outs)
+    return Op("kernel", tuple(Value(f"x{i}", t) for i, t in enumerate(input_types)),
+              tuple(Value(f"y{i}", v.type) for i, v in enumerate(outs)),
+              freeze_attrs({"kind": kind, "name": name}), body)
+
+
+def _relu_add(name="pw", n=256):
+    return kernel_op("pointwise", [f32(4, n), f32(4, n)],
+                     lambda b, x, y: b.op("relu", b.op("add", x, y)), name=name)
+
+
+def _matmul(name="mm"):
+    return kernel_op("contraction", [f32(16, 32), f32(32, 16)],
+                     lambda b, x, w: b.op("matmul", x, w), name=name)
+
+
+@pytest.fixture(scope="module")
+def cache_dir(tmp_path_factory):
+    old = os.environ.get("TILEFX_CACHE_DIR")
+    path = tmp_path_factory.mktemp("tune_cache")
+    os.environ["TILEFX_CACHE_DIR"] = str(path)
+    os.environ.setdefault("TVM_BIND_THREADS", "0")
+    yield path
+    if old is None:
+        os.environ.pop("TILEFX_CACHE_DIR", None)
+    else:
+        os.environ["TILEFX_CACHE_DIR"] = old
+
+
+@pytest.fixture(scope="module")
+def runner(cache_dir):
+    r = LocalRunner(timeout=20.0, repeats=2, min_repeat_seconds=0.0005)
+    yield r
+    r.close()
+
+
+def _tuner(tmp_path, runner, trials=4, **kw):
+    opts = TuneOptions(trials=trials, batch=kw.pop("batch", 4), workers=kw.pop("workers", 0),
+                       progress=False, db_path=str(tmp_path / "tuning.db"), seed=1, **kw)
+    return Tuner(TARGET, opts, runner=runner)
+
+
+def _count(db) -> int:
+    return len(db.records())
+
+
+def test_parse_budget():
+    assert parse_budget(8) == (8, None) and parse_budget("8") == (8, None)
+    assert parse_budget("30s")[1] == 30.0 and parse_budget("2m")[1] == 120.0
+    assert parse_budget(0) == (0, None)
+    with pytest.raises(ValueError, match="tune='fast'"):
+        parse_budget("fast")
+
+
+def test_tune_pool_measures_records_and_warm_db_measures_nothing(tmp_path, runner):
+    from tilefx.codegen.tvm import default_schedule
+
+    op = _matmul()
+    default = default_schedule(op, TARGET)
+    crash = lambda s: None if s == default else "crash"  # noqa: E731 - the searched one dies
+    tuner = Tuner(TARGET, TuneOptions(trials=3, batch=4, progress=False, seed=1,
+                                      db_path=str(tmp_path / "tuning.db")),
+                  builder=LocalBuilder(workers=1, fault=crash), runner=runner)  # a real pool
+    res = tuner.tune_kernel(op)
+    tuner.builder.close()
+    assert res.trials == 3 and res.statuses == {"ok": 2, "build_error": 1}, res
+    assert "builder process failed" in [r for r in tuner.db.records()
+                                        if r.status == "build_error"][0].error
+    assert res.best is not None and res.best_seconds > 0
+    assert res.default_seconds and res.library_seconds  # both baselines measured first
+    assert res.best_seconds <= min(res.default_seconds, res.library_seconds)
+    assert res.history == sorted(res.history, reverse=True)
+    assert _count(tuner.db) == 3
+    table = format_summary([res])
+    assert "| mm | contraction | 3 |" in table and "library ms" in table
+    # the same computation under another name, in a fresh tuner: nothing measured
+    again = _tuner(tmp_path, runner, trials=3)
+    res2 = again.tune_kernel(_matmul(name="other"))
+    assert res2.from_db and res2.trials == 0 and again.measurements == 0
+    assert res2.best == res.best and _count(again.db) == 3
+
+
+def test_crashing_and_hanging_candidates_are_recorded_and_tuning_goes_on(tmp_path, cache_dir):
+    bad: dict = {}
+
+    def fault(schedule):
+        if not bad:
+            bad[schedule] = "crash"
+        elif len(bad) == 1 and schedule not in bad:
+            bad[schedule] = "hang"
+        return bad.get(schedule)
+
+    runner = LocalRunner(timeout=3.0, repeats=2, min_repeat_seconds=0.0005, fault=fault)
+    try:
+        tuner = _tuner(tmp_path, runner, trials=4)
+        res = tuner.tune_kernel(_relu_add())
+    finally:
+        runner.close()
+    assert res.statuses.get("run_error") == 1 and res.statuses.get("timeout") == 1, res.statuses
+    assert res.statuses.get("ok", 0) >= 2 and res.best is not None
+    errors = {r.status: r.error for r in tuner.db.records()}
+    assert "died" in errors["run_error"] and "no result" in errors["timeout"]
+    assert runner.restarts == 2
+
+
+class _MiscompilingBuilder(LocalBuilder):
+    """Builds every other candidate from a different computation (exp instead of relu)."""
+
+    def build(self, workload, schedules):
+        from dataclasses import replace
+
+        wrong = kernel_op("pointwise", [f32(4, 256), f32(4, 256)],
+                          lambda b, x, y: b.op("exp", b.op("add", x, y)))
+        out = []
+        for i, s in enumerate(schedules):
+            w = replace(workload, kernel=wrong) if i % 2 else workload
+            out += super().build(w, [s])
+        return out
+
+
+def test_wrong_results_are_rejected_and_counted(tmp_path, runner, caplog):
+    tuner = Tuner(TARGET, TuneOptions(trials=4, batch=4, progress=False,
+                                      db_path=str(tmp_path / "t.db")),
+                  builder=_MiscompilingBuilder(workers=0), runner=runner)
+    with caplog.at_level("WARNING", logger="tilefx.autotune"):
+        res = tuner.tune_kernel(_relu_add(name="guarded"))
+    assert res.statuses.get("wrong_result") == 2 and len(res.wrong_results) == 2
+    assert "wrong result" in caplog.text and "Schedule(" in caplog.text
+    best = tuner.db.best(res.workload_key, TARGET.key())
+    assert best.schedule not in [r.schedule for r in tuner.db.records() if r.status != "ok"]
+    assert "wrong results rejected" in format_summary([res])
+
+
+def test_duplicate_code_is_skipped(tmp_path, runner):
+    # a tiny kernel: unroll and vector knobs collapse on 4 x 2 elements
+    op = kernel_op("pointwise", [f32(4, 2)], lambda b, x: b.op("relu", x), name="tiny")
+    tuner = _tuner(tmp_path, runner, trials=30, strategy="grid", batch=8)
+    res = tuner.tune_kernel(op)
+    assert res.dup_skipped > 0 and res.trials + res.dup_skipped >= 10
+    fps = [r.fingerprint for r in tuner.db.records()]
+    assert len(fps) == len(set(fps)) == res.trials  # each code measured once
+    assert res.saved_seconds > 0
+
+
+def test_ctrl_c_keeps_measurements_and_rerun_resumes(tmp_path, runner):
+    calls = []
+
+    def interrupt_on_third(schedule):
+        calls.append(schedule)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return None
+
+    runner.fault = interrupt_on_third
+    try:
+        tuner = _tuner(tmp_path, runner, trials=5, batch=2)
+        res = tuner.tune_kernel(_relu_add(name="stopped"))
+    finally:
+        runner.fault = None
+    assert res.interrupted and res.trials == 2 and _count(tuner.db) == 2
+    rerun = _tuner(tmp_path, runner, trials=5, batch=2)
+    res2 = rerun.tune_kernel(_relu_add(name="stopped"))
+    assert not res2.interrupted and res2.trials == 3 and _count(rerun.db) == 5
+    fps = [r.fingerprint for r in rerun.db.records()]
+    assert len(set(fps)) == 5
+
+
+def test_extern_schedule_runs_the_library_path(cache_dir):
+    from tilefx.compiler.driver import _build_one
+
+    op = kernel_op("contraction", [f32(8, 16), f32(16, 4), f32(4)],
+                   lambda b, x, w, c: b.op("relu", b.op("add", b.op("matmul", x, w), c)))
+    built = _build_one(op, TARGET, {}, EXTERN)
+    x, w, c = torch.randn(8, 16), torch.randn(16, 4), torch.randn(4)
+    out = torch.empty(8, 4)
+    built(x, w, c, out)
+    torch.testing.assert_close(out, torch.relu(x @ w + c))
+
+
+def _scaled_softmax(x):
+    # reduction + pointwise kernels only: no contraction, so no library runner to start
+    return torch.softmax(x * 0.5, dim=-1) + 1.0
+
+
+def test_compile_with_tune_then_warm_compile_measures_nothing(tmp_path, cache_dir, monkeypatch):
+    import tilefx
+    from tilefx.autotune.database import TuningDatabase
+    from tilefx.compiler.driver import CompileOptions
+
+    monkeypatch.setenv("TILEFX_TUNE_WORKERS", "0")  # builds in process: no pool start-up
+    torch.manual_seed(0)
+    model, x = _scaled_softmax, torch.randn(8, 32)
+    db_path = str(tmp_path / "model.db")
+    opts = CompileOptions(tune_trials=2, tune_db=db_path)
+    cm = tilefx.compile(model, options=opts)
+    torch.testing.assert_close(cm(x), model(x), rtol=1e-4, atol=1e-5)
+    (rec,) = cm.records
+    assert rec.tuning and all(t.trials == 2 for t in rec.tuning)
+    assert "tuning:" in cm.report()
+    with TuningDatabase(db_path) as db:
+        n = _count(db)
+    assert n >= 2
+    cm2 = tilefx.compile(model, options=opts)
+    torch.testing.assert_close(cm2(x), model(x), rtol=1e-4, atol=1e-5)
+    assert all(t.from_db and t.trials == 0 for t in cm2.records[0].tuning)
+    with TuningDatabase(db_path) as db:
+        assert _count(db) == n  # zero measurements the second time
+
+
+def test_cli_tune(tmp_path, cache_dir, capsys):
+    from tilefx.compiler.cli import main
+
+    src = tmp_path / "m.py"
+    src.write_text("import torch\n"
+                   "def f(x):\n"
+                   "    return torch.nn.functional.gelu(x) * 2.0\n")
+    code = main(["tune", f"{src}:f", "--input", "4x16", "--trials", "2", "--workers", "0",
+                 "--db", str(tmp_path / "cli.db"), "--no-progress"])
+    out = capsys.readouterr().out
+    assert code == 0, out
+    assert "distinct kernels" in out and "| kernel |" in out and "candidates measured" in out
+    assert main(["tune", f"{src}:f", "--input", "4x16", "--time", "soon"]) == 2

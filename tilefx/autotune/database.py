@@ -1,0 +1,525 @@
+"""The tuning database: every measurement the tuner ever made, in SQLite.
+
+    db = TuningDatabase()                       # $TILEFX_CACHE_DIR/tuning.db
+    db.add_workload(key, ir_text, functional_hash)
+    cid = db.add_candidate(key, target.key(), schedule.to_json(), fingerprint)
+    db.add_measurement(cid, [1.2e-5, 1.1e-5], "ok")
+    db.best(key, target.key())                  # -> Record with the lowest median
+
+Tables: ``workloads`` (a kernel's computation: key, IR text, functional
+hash), ``candidates`` (one schedule of a workload on a target, with the
+fingerprint of the code it generates and the cost-model features version),
+``measurements`` (latency samples or the error of one run) and ``targets``
+(target key -> target JSON, so the cost model can rebuild a ``Target``).
+It is the memory of the tuner (``lookup_fingerprint``: code already
+measured is never measured again) and the training set of the cost model
+(``records``).
+
+Durability and concurrency: WAL journal, ``busy_timeout``, and autocommit —
+every call is its own transaction, so a tuning run killed at any point
+(Ctrl-C, ``kill -9``) keeps every measurement it made, and several tuning
+processes can write at once. A file that is not our database (garbage, a
+truncated file, another application's SQLite) is never overwritten: it is
+moved aside as ``tuning.db.corrupt-<timestamp>-<pid>`` with a warning and a
+fresh database is made in its place (under the lock file ``tuning.db.lock``,
+so of several processes that find the same bad file exactly one moves it).
+A database made by a newer tilefx (higher ``PRAGMA user_version``) is
+refused with an error instead, and a locked or unwritable one is reported,
+never taken for corrupt.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sqlite3
+import statistics
+import threading
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Iterator, Sequence
+
+log = logging.getLogger("tilefx.autotune.database")
+
+SCHEMA_VERSION = 1
+APPLICATION_ID = 0x74667462  # "tftb": marks the file as a tilefx tuning database
+BUSY_TIMEOUT_MS = 60_000
+STATUSES = ("ok", "build_error", "run_error", "timeout", "wrong_result")
+_SQLITE_MAGIC = b"SQLite format 3\x00"
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS workloads (
+    key TEXT PRIMARY KEY,
+    ir_text TEXT NOT NULL,
+    functional_hash TEXT NOT NULL,
+    created REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS candidates (
+    id INTEGER PRIMARY KEY,
+    workload_key TEXT NOT NULL,
+    target_key TEXT NOT NULL,
+    schedule_json TEXT NOT NULL,
+    fingerprint TEXT NOT NULL,
+    features_version INTEGER NOT NULL DEFAULT 0,
+    created REAL NOT NULL,
+    UNIQUE (workload_key, target_key, schedule_json, fingerprint, features_version)
+);
+CREATE INDEX IF NOT EXISTS candidates_by_fingerprint
+    ON candidates (workload_key, target_key, fingerprint);
+CREATE TABLE IF NOT EXISTS measurements (
+    id INTEGER PRIMARY KEY,
+    candidate_id INTEGER NOT NULL REFERENCES candidates (id),
+    samples TEXT NOT NULL,
+    median REAL,
+    status TEXT NOT NULL,
+    error TEXT NOT NULL DEFAULT '',
+    created REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS measurements_by_candidate ON measurements (candidate_id);
+CREATE TABLE IF NOT EXISTS targets (
+    key TEXT PRIMARY KEY,
+    target_json TEXT NOT NULL
+);
+"""
+
+
+# connections inherited through fork, kept referenced so they are never closed in the child
+_INHERITED: list[sqlite3.Connection] = []
+
+
+class DatabaseError(RuntimeError):
+    """The tuning database cannot be used (e.g. made by a newer tilefx)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Record:
+    """One measurement together with its candidate (schedule, fingerprint, target)."""
+
+    workload_key: str
+    target_key: str
+    schedule_json: str
+    fingerprint: str
+    samples: tuple[float, ...]
+    median: float | None          # seconds; None when the run produced no samples
+    status: str                   # one of STATUSES
+    error: str = ""
+    features_version: int = 0
+    created: float = 0.0          # unix time of the measurement
+    candidate_id: int = 0
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "ok"
+
+    @property
+    def schedule(self) -> Any:
+        from tilefx.codegen.schedule import Schedule
+
+        return Schedule.from_json(self.schedule_json)
+
+    def to_json(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["samples"] = list(self.samples)
+        del d["candidate_id"]  # local to one database file
+        return d
+
+
+# What ``lookup_fingerprint`` returns: the same row shape (a measurement and its candidate).
+Measurement = Record
+
+
+def _median(samples: Sequence[float]) -> float | None:
+    return float(statistics.median(samples)) if samples else None
+
+
+_RECORD_SELECT = """
+SELECT c.workload_key, c.target_key, c.schedule_json, c.fingerprint, m.samples, m.median,
+       m.status, m.error, c.features_version, m.created, c.id
+FROM measurements m JOIN candidates c ON c.id = m.candidate_id
+"""
+
+
+def _record(row: Sequence[Any]) -> Record:
+    (workload, target, schedule, fp, samples, median, status, error, fv, created, cid) = row
+    return Record(workload, target, schedule, fp, tuple(float(s) for s in json.loads(samples)),
+                  median, status, error, int(fv), float(created), int(cid))
+
+
+class TuningDatabase:
+    """SQLite tuning records; safe to share between threads and between processes.
+
+    A ``TuningDatabase`` object may also cross a ``fork``: the child opens its
+    own connection on first use (a SQLite connection must never be shared
+    between processes).
+    """
+
+    def __init__(self, path: str | Path | None = None) -> None:
+        from tilefx.autotune.cache_dir import tuning_db_path
+
+        self.path = Path(path) if path is not None else tuning_db_path()
+        self._lock = threading.RLock()
+        self._conn: sqlite3.Connection | None = None
+        self._pid = os.getpid()
+        self._connect()
+
+    # -- opening, validating, moving a bad file aside ---------------------------------------
+
+    def _connect(self) -> sqlite3.Connection:
+        with self._lock:
+            if self._conn is not None and self._pid == os.getpid():
+                return self._conn
+            self._pid = os.getpid()
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            problem = self._try_open()
+            if problem is not None:
+                # judge again and move aside under a lock file, so that of several processes
+                # finding the same bad file one moves it, and none moves the fresh database
+                with _LockFile(self.path.with_name(self.path.name + ".lock")):
+                    problem = self._try_open()
+                    if problem is not None:
+                        self._move_aside(problem)
+                        self._conn = self._open_checked()
+            return self._conn
+
+    def _try_open(self) -> str | None:
+        """Open ``self._conn``; or say why the file is not a usable tuning database."""
+        problem = _foreign_header(self.path)
+        if problem is not None:
+            return problem
+        try:
+            self._conn = self._open_checked()
+            return None
+        except _NotOurs as e:
+            return str(e)
+        except sqlite3.DatabaseError as e:
+            if not _is_corruption(e):  # locked, read-only, disk full: not the file's fault
+                raise DatabaseError(
+                    f"cannot open the tuning database {self.path}: {e}. Check the folder's "
+                    "permissions and free space, or point TILEFX_CACHE_DIR elsewhere") from e
+            return f"SQLite cannot read it ({e})"
+
+    def _open_checked(self) -> sqlite3.Connection:
+        # isolation_level=None: autocommit, every statement commits at once
+        conn = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None,
+                               check_same_thread=False)
+        try:
+            conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+            mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+            if str(mode).lower() != "wal":
+                log.warning("tuning database %s: WAL journal unavailable (got %s); concurrent "
+                            "tuners will wait for each other", self.path, mode)
+            # WAL + NORMAL: a commit survives a killed process; only a power loss may drop the last few
+            conn.execute("PRAGMA synchronous = NORMAL")
+            conn.execute("PRAGMA foreign_keys = ON")
+            # BEGIN IMMEDIATE: two processes creating the file at once see each other's schema
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                self._check_or_create(conn)
+                conn.execute("COMMIT")
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+        except BaseException:
+            conn.close()
+            raise
+        return conn
+
+    def _check_or_create(self, conn: sqlite3.Connection) -> None:
+        app_id = conn.execute("PRAGMA application_id").fetchone()[0]
+        version = conn.execute("PRAGMA user_version").fetchone()[0]
+        tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+        if app_id == 0 and version == 0 and not tables:  # a new (empty) file: ours to fill
+            _create_schema(conn)
+            conn.execute(f"PRAGMA application_id = {APPLICATION_ID}")
+            conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+            return
+        if app_id != APPLICATION_ID:
+            raise _NotOurs(f"it is an SQLite file of another application (application_id "
+                           f"{app_id:#x}, tables {sorted(tables)})")
+        if version > SCHEMA_VERSION:
+            raise DatabaseError(
+                f"tuning database {self.path} has schema version {version}, newer than this "
+                f"tilefx understands ({SCHEMA_VERSION}); upgrade tilefx or point "
+                "TILEFX_CACHE_DIR at another folder")
+        missing = {"workloads", "candidates", "measurements"} - tables
+        if version < 1 or missing:
+            raise _NotOurs(f"schema version {version} with tables {sorted(missing)} missing")
+        if "targets" not in tables:  # made before the table existed: tables are only added
+            _create_schema(conn)
+
+    def _move_aside(self, problem: str) -> None:
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        aside = self.path.with_name(f"{self.path.name}.corrupt-{stamp}-{os.getpid()}")
+        try:
+            os.replace(self.path, aside)
+        except FileNotFoundError:  # another process moved it first
+            return
+        for suffix in ("-wal", "-shm", "-journal"):
+            side = self.path.with_name(self.path.name + suffix)
+            if side.exists():
+                try:
+                    os.replace(side, aside.with_name(aside.name + suffix))
+                except OSError:
+                    pass
+        log.warning("tuning database %s is not a tilefx tuning database: %s. It was moved to "
+                    "%s and a new empty database was created; delete the old file if you do not "
+                    "need it", self.path, problem, aside)
+
+    @property
+    def _db(self) -> sqlite3.Connection:
+        if self._conn is not None and self._pid != os.getpid():
+            # a forked child: the parent's connection must not be used or closed here
+            # (closing may checkpoint the WAL under the parent); keep it alive, unused
+            _INHERITED.append(self._conn)
+            self._conn = None
+        return self._conn if self._conn is not None else self._connect()
+
+    def _execute(self, sql: str, params: Sequence[Any] = ()) -> sqlite3.Cursor:
+        with self._lock:
+            return self._db.execute(sql, params)
+
+    # -- writing ----------------------------------------------------------------------------
+
+    def add_workload(self, key: str, ir_text: str, functional_hash: str) -> None:
+        """Record a workload (idempotent: a known key keeps its first IR text)."""
+        self._execute("INSERT OR IGNORE INTO workloads (key, ir_text, functional_hash, created) "
+                      "VALUES (?, ?, ?, ?)", (key, ir_text, functional_hash, time.time()))
+
+    def add_target(self, target_key: str, target_json: str) -> None:
+        """Remember what a target key stands for (cores, vector width, caches: cost-model
+        features); idempotent."""
+        self._execute("INSERT OR IGNORE INTO targets (key, target_json) VALUES (?, ?)",
+                      (target_key, _canonical_json(target_json)))
+
+    def add_candidate(self, workload_key: str, target_key: str, schedule_json: str,
+                      fingerprint: str, features_version: int = 0) -> int:
+        """The id of this candidate, inserting it if new (idempotent)."""
+        schedule_json = _canonical_json(schedule_json)
+        key = (workload_key, target_key, schedule_json, fingerprint, int(features_version))
+        with self._lock:
+            self._execute("INSERT OR IGNORE INTO candidates (workload_key, target_key, "
+                          "schedule_json, fingerprint, features_version, created) "
+                          "VALUES (?, ?, ?, ?, ?, ?)", (*key, time.time()))
+            row = self._execute("SELECT id FROM candidates WHERE workload_key = ? AND "
+                                "target_key = ? AND schedule_json = ? AND fingerprint = ? AND "
+                                "features_version = ?", key).fetchone()
+        return int(row[0])
+
+    def add_measurement(self, candidate_id: int, samples: Sequence[float], status: str,
+                        error: str = "", *, created: float | None = None) -> None:
+        """Store one run of a candidate; committed before this returns."""
+        if status not in STATUSES:
+            raise ValueError(f"measurement status {status!r} is not one of {STATUSES}")
+        samples = [float(s) for s in samples]
+        if status == "ok" and not samples:
+            raise ValueError(f"candidate {candidate_id}: an 'ok' measurement needs latency samples")
+        self._execute("INSERT INTO measurements (candidate_id, samples, median, status, error, "
+                      "created) VALUES (?, ?, ?, ?, ?, ?)",
+                      (int(candidate_id), json.dumps(samples), _median(samples), status,
+                       str(error), time.time() if created is None else created))
+
+    # -- reading ----------------------------------------------------------------------------
+
+    def lookup_fingerprint(self, workload_key: str, target_key: str,
+                           fingerprint: str) -> Measurement | None:
+        """A measurement of code with this fingerprint: the fastest ok one, else the latest."""
+        rows = self._execute(
+            _RECORD_SELECT + "WHERE c.workload_key = ? AND c.target_key = ? AND c.fingerprint = ? "
+            "ORDER BY (m.status = 'ok') DESC, CASE WHEN m.status = 'ok' THEN m.median END ASC, "
+            "m.id DESC LIMIT 1", (workload_key, target_key, fingerprint)).fetchall()
+        return _record(rows[0]) if rows else None
+
+    def best(self, workload_key: str, target_key: str) -> Record | None:
+        """The ok measurement with the lowest median latency, or None."""
+        rows = self._execute(
+            _RECORD_SELECT + "WHERE c.workload_key = ? AND c.target_key = ? AND m.status = 'ok' "
+            "ORDER BY m.median ASC, m.id ASC LIMIT 1", (workload_key, target_key)).fetchall()
+        return _record(rows[0]) if rows else None
+
+    def records(self, workload_key: str | None = None, target_key: str | None = None) -> list[Record]:
+        """Every measurement (all statuses), oldest first, optionally filtered."""
+        where, params = [], []
+        if workload_key is not None:
+            where.append("c.workload_key = ?")
+            params.append(workload_key)
+        if target_key is not None:
+            where.append("c.target_key = ?")
+            params.append(target_key)
+        sql = _RECORD_SELECT + ("WHERE " + " AND ".join(where) if where else "") + " ORDER BY m.id"
+        return [_record(r) for r in self._execute(sql, params).fetchall()]
+
+    def workload(self, key: str) -> tuple[str, str] | None:
+        """(IR text, functional hash) of a workload, or None."""
+        row = self._execute("SELECT ir_text, functional_hash FROM workloads WHERE key = ?",
+                            (key,)).fetchone()
+        return (row[0], row[1]) if row else None
+
+    def target_json(self, target_key: str) -> str | None:
+        """The JSON of a target added with ``add_target`` (``Target.from_json`` reads it)."""
+        row = self._execute("SELECT target_json FROM targets WHERE key = ?", (target_key,)).fetchone()
+        return row[0] if row else None
+
+    def workload_keys(self) -> list[str]:
+        return [r[0] for r in self._execute("SELECT key FROM workloads ORDER BY key")]
+
+    def count(self) -> dict[str, int]:
+        """Row counts of workloads, candidates and measurements (for reports and tests)."""
+        return {t: int(self._execute(f"SELECT COUNT(*) FROM {t}").fetchone()[0])
+                for t in ("workloads", "candidates", "measurements")}
+
+    def summary(self) -> str:
+        """A few lines for people: counts, statuses, and the best latency per workload."""
+        counts = self.count()
+        lines = [f"tuning database {self.path}: {counts['workloads']} workloads, "
+                 f"{counts['candidates']} candidates, {counts['measurements']} measurements"]
+        statuses = self._execute("SELECT status, COUNT(*) FROM measurements GROUP BY status "
+                                 "ORDER BY status").fetchall()
+        if statuses:
+            lines.append("  " + ", ".join(f"{n} {status}" for status, n in statuses))
+        for workload, target, median, n in self._execute(
+                "SELECT c.workload_key, c.target_key, MIN(m.median), COUNT(*) FROM measurements m "
+                "JOIN candidates c ON c.id = m.candidate_id WHERE m.status = 'ok' "
+                "GROUP BY c.workload_key, c.target_key ORDER BY c.workload_key, c.target_key"):
+            lines.append(f"  {workload} on {target}: best {median * 1e3:.4f} ms of {n} measured")
+        return "\n".join(lines)
+
+    # -- JSONL export / import --------------------------------------------------------------
+
+    def export_jsonl(self, path: str | Path) -> int:
+        """Write workloads, targets, then measurements, one JSON object a line; returns the record count."""
+        n = 0
+        with open(path, "w", encoding="utf-8") as f:
+            for key, ir_text, fhash in self._execute(
+                    "SELECT key, ir_text, functional_hash FROM workloads ORDER BY key").fetchall():
+                f.write(json.dumps({"type": "workload", "key": key, "ir_text": ir_text,
+                                    "functional_hash": fhash}, sort_keys=True) + "\n")
+            for key, target_json in self._execute(
+                    "SELECT key, target_json FROM targets ORDER BY key").fetchall():
+                f.write(json.dumps({"type": "target", "key": key, "target_json": target_json},
+                                   sort_keys=True) + "\n")
+            for record in self.records():
+                f.write(json.dumps({"type": "record", **record.to_json()}, sort_keys=True) + "\n")
+                n += 1
+        return n
+
+    def import_jsonl(self, path: str | Path) -> int:
+        """Merge an exported file; records already present are skipped. Returns records added."""
+        added = 0
+        with open(path, encoding="utf-8") as f:
+            for lineno, line in enumerate(f, 1):
+                if not line.strip():
+                    continue
+                try:
+                    d = json.loads(line)
+                    if d.get("type") == "workload":
+                        self.add_workload(d["key"], d["ir_text"], d["functional_hash"])
+                    elif d.get("type") == "target":
+                        self.add_target(d["key"], d["target_json"])
+                    elif d.get("type") == "record":
+                        added += self._import_record(d)
+                    else:
+                        raise ValueError(f"unknown line type {d.get('type')!r}")
+                except (ValueError, KeyError, TypeError) as e:
+                    raise ValueError(f"{path}:{lineno}: not a tuning record ({e}); expected a "
+                                     "file written by TuningDatabase.export_jsonl") from e
+        return added
+
+    def _import_record(self, d: dict[str, Any]) -> int:
+        cid = self.add_candidate(d["workload_key"], d["target_key"], d["schedule_json"],
+                                 d["fingerprint"], int(d.get("features_version", 0)))
+        samples = json.dumps([float(s) for s in d["samples"]])
+        with self._lock:
+            dup = self._execute("SELECT 1 FROM measurements WHERE candidate_id = ? AND samples = ? "
+                                "AND status = ? AND created = ?",
+                                (cid, samples, d["status"], float(d["created"]))).fetchone()
+            if dup:
+                return 0
+            self.add_measurement(cid, d["samples"], d["status"], d.get("error", ""),
+                                 created=float(d["created"]))
+        return 1
+
+    # -- lifetime ---------------------------------------------------------------------------
+
+    def close(self) -> None:
+        with self._lock:
+            if self._conn is not None and self._pid == os.getpid():
+                self._conn.close()
+            self._conn = None
+
+    def __enter__(self) -> TuningDatabase:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    def __iter__(self) -> Iterator[Record]:
+        return iter(self.records())
+
+    def __repr__(self) -> str:
+        return f"TuningDatabase({str(self.path)!r})"
+
+
+class _NotOurs(Exception):
+    """The file is readable SQLite but not a tilefx tuning database."""
+
+
+def _create_schema(conn: sqlite3.Connection) -> None:
+    # statement by statement: executescript would COMMIT the caller's BEGIN IMMEDIATE first
+    for statement in _SCHEMA.split(";"):
+        if statement.strip():
+            conn.execute(statement)
+
+
+def _foreign_header(path: Path) -> str | None:
+    """Why ``path`` is certainly not an SQLite file, or None (missing, empty or SQLite)."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(len(_SQLITE_MAGIC))
+    except FileNotFoundError:
+        return None
+    if not head or head == _SQLITE_MAGIC:
+        return None
+    return f"it does not start with the SQLite header (first bytes {head[:8]!r})"
+
+
+class _LockFile:
+    """An exclusive advisory lock on a side file (``flock``; a no-op where there is none)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._fd: int | None = None
+
+    def __enter__(self) -> _LockFile:
+        try:
+            import fcntl
+        except ImportError:  # Windows: the rename race this guards against is left open
+            return self
+        self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        fcntl.flock(self._fd, fcntl.LOCK_EX)
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if self._fd is not None:
+            import fcntl
+
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
+            os.close(self._fd)
+            self._fd = None
+
+
+def _is_corruption(e: sqlite3.DatabaseError) -> bool:
+    """SQLITE_CORRUPT / SQLITE_NOTADB: the file's content is bad (not a lock or I/O error)."""
+    code = getattr(e, "sqlite_errorcode", None)
+    if code is not None:
+        return code & 0xFF in (11, 26)
+    return not isinstance(e, sqlite3.OperationalError)
+
+
+def _canonical_json(text: str) -> str:
+    # the same schedule written with other spacing or key order is the same candidate
+    try:
+        return json.dumps(json.loads(text), sort_keys=True)
+    except ValueError as e:
+        raise ValueError(f"schedule_json is not JSON ({e}): {text[:80]!r}") from e

@@ -1,0 +1,252 @@
+"""Functional hashing: the identity of the computation a kernel performs.
+
+Two kernels built differently (``relu(x)`` and ``maximum(x, 0)``, ``x * 2``
+and ``x + x``, one linear layer traced twice with other value names) compute
+the same function; their tuning records should be shared, and a kernel whose
+records exist need not be tuned again (Gillard et al., "Unified Functional
+Hashing in AutoML", 2023). So the workload key of a kernel is not its IR
+text but a hash of what it *computes*:
+
+    inputs = reference_inputs(kernel_op, bindings)   # fixed, seeded random tensors
+    functional_hash(kernel_op, bindings)             # hash of the rounded outputs
+    workload_key(kernel_op, bindings)                # kind + signature + functional hash
+
+- Inputs are random with a fixed seed per position, chosen by type only
+  (floats normal, integers in [0, 4), bools fair), so equal signatures get
+  equal inputs. Weights are inputs of a kernel, so they are random too: the
+  workload is the function of all its inputs.
+- The reference runs the kernel body in the IR interpreter with every float
+  value widened to float64 (explicit ``cast`` ops still round), so graphs
+  that differ only by float reassociation agree to ~1e-15, far below the
+  rounding below.
+- Each float output is divided by its scale (largest finite magnitude),
+  rounded to 4 decimal digits of that scale and hashed with the scale itself
+  (4 significant digits), its shape and dtype; NaN and +-inf hash as
+  themselves. Integer and bool outputs hash exactly.
+
+The same reference is the tuner's correctness guard: ``outputs_match``
+compares a candidate's outputs with ``reference_outputs`` at the tolerance
+of the output dtype, and a candidate that disagrees is rejected.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+from dataclasses import replace
+from typing import TYPE_CHECKING, Any, Mapping, Sequence
+
+from tilefx.ir.graph import Graph, Op, Value
+from tilefx.ir.types import DType, TensorType
+
+if TYPE_CHECKING:
+    import torch
+
+HASH_VERSION = 1          # bumped when the recipe changes: old keys must not match new ones
+DIGITS = 4                # decimal digits kept, relative to each output's scale
+INT_HIGH = 4              # integer inputs are drawn from [0, INT_HIGH): safe as small indices
+
+# (rtol, atol relative to the reference's scale) per output dtype
+TOLERANCES: dict[DType, tuple[float, float]] = {
+    DType.float64: (1e-7, 1e-9),
+    DType.float32: (1e-4, 1e-5),
+    DType.float16: (1e-2, 1e-3),
+    DType.bfloat16: (4e-2, 1e-2),
+}
+
+_WIDE = (DType.float32, DType.float16, DType.bfloat16)
+
+
+def _body(kernel_op: Op, bindings: Mapping[Any, int] | None) -> Graph:
+    if kernel_op.name != "kernel" or kernel_op.body is None:
+        raise ValueError(f"functional hashing expects a 'kernel' op with a body, got {kernel_op.name!r}")
+    from tilefx.codegen.tvm.kernel import specialize
+
+    body = specialize(kernel_op.body, bindings or {})
+    for v in (*body.inputs, *body.outputs):
+        if not v.type.is_static:
+            raise ValueError(f"kernel {kernel_op.attr('name')!r}: %{v.name} has symbolic shape "
+                             f"{v.type}; pass bindings (e.g. {{'s0': 8}}) to hash one specialization")
+    return body
+
+
+def reference_inputs(kernel_op: Op, bindings: Mapping[Any, int] | None = None,
+                     seed: int = 0) -> list[torch.Tensor]:
+    """Fixed random inputs for the kernel's body: the same for the same input types."""
+    import torch
+
+    from tilefx.ir.interpreter import torch_dtype
+
+    tensors = []
+    for i, v in enumerate(_body(kernel_op, bindings).inputs):
+        gen = torch.Generator().manual_seed(1_000_003 * seed + 7919 * i + 17)
+        shape, dtype = tuple(int(d) for d in v.type.shape), v.type.dtype
+        if dtype == DType.bool:
+            t = torch.rand(shape, generator=gen) < 0.5
+        elif dtype.is_int:
+            t = torch.randint(0, INT_HIGH, shape, generator=gen, dtype=torch_dtype(dtype))
+        elif dtype.is_float:
+            # drawn in float32 then converted, so f16/bf16/f64 inputs hold the same numbers
+            t = torch.randn(shape, generator=gen, dtype=torch.float32).to(torch_dtype(dtype))
+        else:
+            raise ValueError(f"kernel {kernel_op.attr('name')!r}: cannot make a random input of "
+                             f"dtype {dtype.short} for %{v.name}")
+        tensors.append(t.contiguous())
+    return tensors
+
+
+def _widen(t: TensorType) -> TensorType:
+    return t.with_dtype(DType.float64) if t.dtype in _WIDE else t
+
+
+def _run_wide(body: Graph, inputs: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+    """The body's outputs computed with every float value in float64."""
+    import torch
+
+    from tilefx.ir import reference_ops  # noqa: F401  (registers every op's reference)
+    from tilefx.ir.interpreter import InterpreterError, _run_op, bind_shapes
+
+    if len(inputs) != len(body.inputs):
+        raise ValueError(f"kernel body @{body.name} takes {len(body.inputs)} inputs, got {len(inputs)}")
+    bound: dict[Any, int] = {}
+    bind_shapes([v.type for v in body.inputs], [tuple(t.shape) for t in inputs], bound,
+                what=f"kernel body @{body.name} inputs")
+    env = {v.name: (t.to(torch.float64) if t.is_floating_point() else t)
+           for v, t in zip(body.inputs, inputs)}
+    for op in body.ops:
+        # only the declared result types widen; attributes (a cast's target dtype) keep
+        # their meaning, and no Graph is built, so nothing here needs to verify
+        wide = replace(op, results=tuple(Value(r.name, _widen(r.type)) for r in op.results))
+        try:
+            results = _run_op(wide, body, [env[v.name] for v in op.inputs], bound)
+        except InterpreterError:
+            raise
+        except Exception as e:
+            raise InterpreterError(f"kernel body @{body.name}: op {op.name} -> "
+                                   f"{[str(r) for r in op.results]} failed in the reference run: "
+                                   f"{type(e).__name__}: {e}") from e
+        for r, t in zip(op.results, results):
+            env[r.name] = t
+    return [env[v.name] for v in body.outputs]
+
+
+def reference_outputs(kernel_op: Op, inputs: Sequence[torch.Tensor],
+                      bindings: Mapping[Any, int] | None = None) -> list[torch.Tensor]:
+    """The kernel's true outputs on ``inputs`` (computed wide, returned in the IR dtypes)."""
+    from tilefx.ir.interpreter import torch_dtype
+
+    if bindings:
+        body = _body(kernel_op, bindings)
+    else:  # symbolic dims are bound from the inputs' shapes by the interpreter
+        if kernel_op.name != "kernel" or kernel_op.body is None:
+            raise ValueError(f"reference_outputs expects a 'kernel' op, got {kernel_op.name!r}")
+        body = kernel_op.body
+    return [t.to(torch_dtype(v.type.dtype)).contiguous()
+            for v, t in zip(body.outputs, _run_wide(body, inputs))]
+
+
+def _signature(types: Sequence[TensorType]) -> str:
+    return ",".join(f"{t.dtype.short}[{'x'.join(str(int(d)) for d in t.shape)}]" for t in types)
+
+
+def _digest_tensor(h: Any, t: torch.Tensor, declared: DType) -> None:
+    import torch
+
+    h.update(f"|{declared.short}{tuple(t.shape)}|".encode())
+    if not t.is_floating_point():
+        h.update(t.contiguous().to(torch.int64 if t.dtype != torch.bool else torch.uint8)
+                 .numpy().tobytes())
+        return
+    x = t.to(torch.float64)
+    finite = torch.isfinite(x)
+    scale = float(x[finite].abs().max()) if bool(finite.any()) else 0.0
+    scale = scale or 1.0
+    h.update(f"{scale:.{DIGITS - 1}e}".encode())
+    q = torch.round(torch.where(finite, x, 0.0) / scale * 10**DIGITS).to(torch.int64)
+    # non-finite values get codes no finite value can take (|q| <= 10**DIGITS)
+    big = 10**DIGITS + 1
+    q = torch.where(torch.isnan(x), big, q)
+    q = torch.where(x == float("inf"), big + 1, q)
+    q = torch.where(x == float("-inf"), big + 2, q)
+    h.update(q.contiguous().numpy().tobytes())
+
+
+def functional_hash(kernel_op: Op, bindings: Mapping[Any, int] | None = None) -> str:
+    """Hex hash of what the kernel computes: equal for equal functions (same signature)."""
+    # the tuner asks for the hash and the key of the same kernel: run the reference once
+    key = tuple(sorted((str(k), int(v)) for k, v in (bindings or {}).items()))
+    try:
+        return _functional_hash_cached(kernel_op, key)
+    except TypeError as e:  # an unhashable attribute value: compute without the cache
+        if "unhashable" not in str(e):
+            raise
+        return _functional_hash_cached.__wrapped__(kernel_op, key)
+
+
+@functools.lru_cache(maxsize=256)
+def _functional_hash_cached(kernel_op: Op, bindings: tuple[tuple[str, int], ...]) -> str:
+    body = _body(kernel_op, dict(bindings))
+    outputs = _run_wide(body, reference_inputs(kernel_op, dict(bindings)))
+    h = hashlib.sha256(f"fh{HASH_VERSION}|{_signature([v.type for v in body.inputs])}".encode())
+    for v, t in zip(body.outputs, outputs):
+        _digest_tensor(h, t, v.type.dtype)
+    return h.hexdigest()[:32]
+
+
+def workload_key(kernel_op: Op, bindings: Mapping[Any, int] | None = None) -> str:
+    """The database key of a kernel: template kind, signature and functional hash.
+
+    The kind is part of the key because a schedule only makes sense for the
+    template (space of knobs) it was written for.
+    """
+    body = _body(kernel_op, bindings)
+    sig = (_signature([v.type for v in body.inputs]) + "->"
+           + _signature([v.type for v in body.outputs]))
+    if len(sig) > 160:  # many-input kernels: keep keys short, the hash still identifies
+        sig = "sig" + hashlib.sha256(sig.encode()).hexdigest()[:16]
+    return f"{kernel_op.attr('kind')}:{sig}:{functional_hash(kernel_op, bindings)}"
+
+
+def _dtype_of(dtype: DType | str | Any) -> DType:
+    if isinstance(dtype, DType):
+        return dtype
+    name = str(dtype).removeprefix("torch.")
+    return DType.from_short(name)
+
+
+def outputs_match(got: Sequence[torch.Tensor] | torch.Tensor, want: Sequence[torch.Tensor] | torch.Tensor,
+                  dtype: DType | str | Any | None = None) -> bool:
+    """Whether a candidate's outputs agree with the reference (NaN/inf where it has them).
+
+    Floats: ``|got - want| <= atol * scale + rtol * |want|`` with the tolerance of
+    ``dtype`` (default: each output's own dtype) and ``scale`` the reference's
+    largest finite magnitude; integers and bools exactly.
+    """
+    import torch
+
+    got = [got] if isinstance(got, torch.Tensor) else list(got)
+    want = [want] if isinstance(want, torch.Tensor) else list(want)
+    if len(got) != len(want):
+        return False
+    for g, w in zip(got, want):
+        if tuple(g.shape) != tuple(w.shape):
+            return False
+        dt = _dtype_of(dtype if dtype is not None else w.dtype)
+        if not (w.is_floating_point() and dt.is_float):
+            if not torch.equal(g.to(w.dtype), w):
+                return False
+            continue
+        g64, w64 = g.to(torch.float64), w.to(torch.float64)
+        if not torch.equal(torch.isnan(g64), torch.isnan(w64)):
+            return False
+        inf = torch.isinf(w64)
+        if not torch.equal(torch.isinf(g64), inf) or not torch.equal(g64[inf], w64[inf]):
+            return False
+        ok = torch.isfinite(w64)
+        if not bool(ok.any()):
+            continue
+        rtol, atol = TOLERANCES.get(dt, TOLERANCES[DType.float32])
+        scale = float(w64[ok].abs().max()) or 1.0
+        if not bool(((g64[ok] - w64[ok]).abs() <= atol * scale + rtol * w64[ok].abs()).all()):
+            return False
+    return True

@@ -1,0 +1,396 @@
+"""Builder pool and isolated runner: turning candidate schedules into latencies.
+
+- ``LocalBuilder`` compiles candidates in a ``ProcessPoolExecutor`` (spawn
+  context: TVM and fork do not mix). A worker builds with
+  ``codegen.tvm.build_kernel``, which stores the library in the kernel disk
+  cache; only the cache key travels back. A compile error is recorded as
+  ``build_error``, never raised; a worker that dies or hangs is replaced.
+  ``workers=0`` builds in this process (handy when the builds are cached).
+- ``LocalRunner`` runs candidates in long-lived child processes (spawn; one
+  for TVM kernels, one for the library candidate so their thread pools do
+  not disturb each other), so a kernel that segfaults or hangs takes only
+  its child down: the
+  candidate is recorded as ``run_error`` / ``timeout``, the child is
+  restarted, and tuning goes on. The child loads each library from the disk
+  cache, runs it once on the workload's ``reference_inputs`` and checks the
+  outputs against ``reference_outputs`` (``wrong_result`` on a mismatch: a
+  miscompile, never chosen), then warm-up, ``repeats`` timed samples (each
+  repeating the call enough times to last ``min_repeat_seconds``) whose
+  median is the candidate's latency.
+- The extern (library) candidate needs no build: the runner executes the
+  kernel body through torch (``LibraryKernel``).
+
+A ``Workload`` (kernel op, target, bindings, workload key) is what both need.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import multiprocessing as mp
+import os
+import pickle
+import statistics
+import time
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
+from dataclasses import dataclass, field
+from typing import Any, Callable, Sequence
+
+from tilefx.autotune.space import is_extern
+from tilefx.codegen.schedule import Schedule
+
+log = logging.getLogger("tilefx.autotune")
+
+EXTERN_ARTIFACT = "extern"
+
+
+@dataclass(frozen=True)
+class Workload:
+    kernel: Any                                 # the ``kernel`` Op
+    target: Any                                 # codegen Target
+    bindings: tuple[tuple[str, int], ...] = ()  # symbol name -> size
+    key: str = ""                               # workload key (functional hash)
+
+    @property
+    def name(self) -> str:
+        return self.kernel.attr("name") or "kernel"
+
+    def bindings_dict(self) -> dict[str, int]:
+        return dict(self.bindings)
+
+
+@dataclass(frozen=True)
+class BuildResult:
+    schedule: Schedule
+    status: str               # "ok" | "build_error" | "timeout"
+    artifact: str = ""        # kernel disk-cache key, or EXTERN_ARTIFACT
+    error: str = ""
+    seconds: float = 0.0
+
+
+@dataclass(frozen=True)
+class MeasureResult:
+    schedule: Schedule
+    status: str               # "ok" | "build_error" | "run_error" | "timeout" | "wrong_result"
+    samples: tuple[float, ...] = ()
+    error: str = ""
+    build_seconds: float = 0.0
+    run_seconds: float = 0.0
+
+    @property
+    def seconds(self) -> float | None:
+        return statistics.median(self.samples) if self.status == "ok" and self.samples else None
+
+
+class LibraryKernel:
+    """The extern candidate: the kernel body run through torch by the reference interpreter.
+
+    Contraction bodies are one ``matmul``/``conv2d`` (``torch.matmul``,
+    ``F.conv2d``) plus an elementwise prologue/epilogue, so this is "the
+    library call" with the epilogue in eager PyTorch.
+    """
+
+    def __init__(self, kernel_op: Any, bindings: dict[str, int] | None = None) -> None:
+        from tilefx.compiler.runtime import InterpretedKernel
+
+        self.schedule = Schedule.of(extern="torch")
+        self.from_cache = False
+        self.lowered = "extern: torch (reference interpreter on the kernel body)"
+        self._run = InterpretedKernel(kernel_op, "extern library candidate")
+
+    def __call__(self, *tensors: Any) -> None:
+        self._run(*tensors)
+
+
+# ------------------------------------------------------------------------------- builder
+
+def _ignore_sigint() -> None:
+    """Children leave Ctrl-C to the tuning process, which stops them cleanly."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def _build_worker(kernel_bytes: bytes, target_json: str, bindings: dict[str, int],
+                  schedule_json: str, cache_dir: str | None,
+                  fault: str | None = None) -> tuple[str, str, str, float]:
+    """(status, artifact, error, seconds) of one build; runs in a pool worker."""
+    if fault == "crash":  # test hook: a compiler that segfaults
+        import signal
+
+        os.kill(os.getpid(), signal.SIGSEGV)
+    if cache_dir:
+        os.environ["TILEFX_CACHE_DIR"] = cache_dir
+    t0 = time.perf_counter()
+    try:
+        from tilefx.codegen.target import Target
+        from tilefx.codegen.tvm import build_kernel
+
+        built = build_kernel(pickle.loads(kernel_bytes), Target.from_json(target_json),
+                             Schedule.from_json(schedule_json), bindings=bindings or None,
+                             use_cache=True)
+        return "ok", built.fingerprint, "", time.perf_counter() - t0
+    except Exception as e:  # noqa: BLE001 - a failed candidate is data, not a crash
+        msg = f"{type(e).__name__}: {e}".strip().splitlines()
+        return "build_error", "", (msg[0] if msg else type(e).__name__)[:500], \
+            time.perf_counter() - t0
+
+
+class LocalBuilder:
+    """Compile candidates in a spawn process pool (``workers=0``: in this process)."""
+
+    def __init__(self, workers: int = 1, timeout: float = 300.0,
+                 fault: Callable[[Schedule], str | None] | None = None) -> None:
+        self.workers = workers
+        self.timeout = timeout
+        self.fault = fault  # test hook: fault(schedule) == "crash" kills the worker building it
+        self._pool: ProcessPoolExecutor | None = None
+
+    def _executor(self) -> ProcessPoolExecutor:
+        if self._pool is None:
+            self._pool = ProcessPoolExecutor(max_workers=self.workers,
+                                             mp_context=mp.get_context("spawn"),
+                                             initializer=_ignore_sigint)
+        return self._pool
+
+    def build(self, workload: Workload, schedules: Sequence[Schedule]) -> list[BuildResult]:
+        kernel_bytes = pickle.dumps(workload.kernel)
+        target_json = workload.target.to_json()
+        cache_dir = os.environ.get("TILEFX_CACHE_DIR")
+        jobs = [(s, (kernel_bytes, target_json, workload.bindings_dict(), s.to_json(), cache_dir,
+                     self.fault(s) if self.fault else None))
+                for s in schedules if not is_extern(s)]
+        done: dict[Schedule, BuildResult] = {s: BuildResult(s, "ok", EXTERN_ARTIFACT)
+                                             for s in schedules if is_extern(s)}
+        if self.workers <= 0:
+            for s, args in jobs:
+                done[s] = BuildResult(s, *_build_worker(*args))
+        else:
+            self._pool_build(jobs, done)
+        return [done[s] for s in schedules]
+
+    def _pool_build(self, jobs: list, done: dict[Schedule, BuildResult]) -> None:
+        """Build ``jobs`` in the pool. When a worker dies or hangs, the first unfinished
+        candidate is blamed; the others lost with the pool are submitted again."""
+        while jobs:
+            futures = [(s, args, self._executor().submit(_build_worker, *args)) for s, args in jobs]
+            jobs = []
+            for i, (s, _, fut) in enumerate(futures):
+                try:
+                    done[s] = BuildResult(s, *fut.result(timeout=self.timeout))
+                    continue
+                except FutureTimeout:
+                    error = f"build timed out after {self.timeout:.0f}s"
+                except Exception as e:  # noqa: BLE001 - BrokenProcessPool: a worker died
+                    error = f"builder process failed: {type(e).__name__}: {e}"[:500]
+                done[s] = BuildResult(s, "build_error", error=error)
+                for s2, args2, f2 in futures[i + 1:]:
+                    if f2.done() and not f2.cancelled() and f2.exception() is None:
+                        done[s2] = BuildResult(s2, *f2.result())
+                    else:
+                        jobs.append((s2, args2))
+                self._restart()
+                break
+
+    def _restart(self) -> None:
+        pool, self._pool = self._pool, None
+        if pool is not None:
+            for p in list(getattr(pool, "_processes", {}).values()):
+                p.kill()  # only this pool's own workers
+            pool.shutdown(wait=False, cancel_futures=True)
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+            self._pool = None
+
+
+# -------------------------------------------------------------------------------- runner
+
+def _runner_main(conn: Any, cache_dir: str | None) -> None:
+    """The runner child: serve ("workload", ...) and ("run", ...) requests until EOF."""
+    _ignore_sigint()
+    os.environ.setdefault("TVM_BIND_THREADS", "0")
+    if cache_dir:
+        os.environ["TILEFX_CACHE_DIR"] = cache_dir
+    import torch
+
+    from tilefx.autotune.functional_hash import outputs_match, reference_inputs, reference_outputs
+
+    state: dict[str, Any] = {}
+    while True:
+        try:
+            msg = conn.recv()
+        except EOFError:
+            return
+        try:
+            if msg[0] == "workload":
+                _, key, kernel_bytes, bindings = msg
+                op = pickle.loads(kernel_bytes)
+                inputs = [t.contiguous().clone() for t in reference_inputs(op, bindings or None)]
+                want = reference_outputs(op, inputs, bindings or None)
+                state = {"key": key, "op": op, "bindings": bindings, "inputs": inputs,
+                         "want": want, "dtypes": [r.type.dtype for r in op.results]}
+                conn.send(("ok", (), ""))
+            elif msg[0] == "run":
+                _, artifact, fault, repeats, warmup, min_repeat = msg
+                conn.send(_run_one(state, artifact, fault, repeats, warmup, min_repeat,
+                                   torch, outputs_match))
+        except Exception as e:  # noqa: BLE001 - reported to the parent
+            conn.send(("run_error", (), f"{type(e).__name__}: {e}"[:500]))
+
+
+def _run_one(state: dict, artifact: str, fault: str | None, repeats: int, warmup: int,
+             min_repeat: float, torch: Any, outputs_match: Callable) -> tuple:
+    if fault == "crash":  # test hook: a kernel that segfaults
+        import signal
+
+        os.kill(os.getpid(), signal.SIGSEGV)
+    if fault == "hang":   # test hook: a kernel that never returns
+        time.sleep(3600)
+    if artifact == EXTERN_ARTIFACT:
+        fn: Callable = LibraryKernel(state["op"], state["bindings"])
+    else:
+        from tilefx.codegen.tvm import cache
+
+        module = cache.load(artifact)
+        if module is None:
+            return "run_error", (), f"kernel {artifact} is not in the disk cache {cache.cache_dir()}"
+        fn = module["main"]
+    inputs, want = state["inputs"], state["want"]
+    outs = [torch.full_like(w, float("nan")) if w.dtype.is_floating_point else torch.zeros_like(w)
+            for w in want]
+    fn(*inputs, *outs)
+    for i, (got, ref, dtype) in enumerate(zip(outs, want, state["dtypes"])):
+        if not outputs_match(got, ref, dtype):
+            err = (got.double() - ref.double()).abs().max().item() if got.dtype.is_floating_point \
+                else "-"
+            return "wrong_result", (), f"output {i} differs from the reference (max abs err {err})"
+    # warm up for a while, not a count: thread pools (TVM's, torch's) and caches need
+    # a few calls to settle after the previous candidate ran
+    t_end = time.perf_counter() + 3 * min_repeat
+    for i in range(200):
+        if i >= warmup and time.perf_counter() >= t_end:
+            break
+        fn(*inputs, *outs)
+    once = []
+    for _ in range(3):
+        t0 = time.perf_counter()
+        fn(*inputs, *outs)
+        once.append(max(time.perf_counter() - t0, 1e-7))
+    number = max(1, math.ceil(min_repeat / statistics.median(once))) if min_repeat > 0 else 1
+    samples = []
+    for _ in range(max(1, repeats)):
+        t0 = time.perf_counter()
+        for _ in range(number):
+            fn(*inputs, *outs)
+        samples.append((time.perf_counter() - t0) / number)
+    return "ok", tuple(samples), ""
+
+
+class _Child:
+    """One runner process and its pipe; the workload it has loaded."""
+
+    def __init__(self) -> None:
+        ctx = mp.get_context("spawn")
+        self.conn, child = ctx.Pipe()
+        self.proc = ctx.Process(target=_runner_main, name="tilefx-runner",
+                                args=(child, os.environ.get("TILEFX_CACHE_DIR")), daemon=True)
+        self.proc.start()
+        child.close()
+        self.loaded = ""
+
+    def alive(self) -> bool:
+        return self.proc.is_alive()
+
+    def kill(self) -> None:
+        self.proc.kill()
+        self.proc.join(5)
+        self.conn.close()
+
+    def close(self) -> None:
+        self.conn.close()  # the child sees EOF and exits
+        self.proc.join(5)
+        if self.proc.is_alive():
+            self.proc.kill()
+            self.proc.join(5)
+
+
+@dataclass
+class LocalRunner:
+    """Measure built candidates in isolated child processes; see the module docstring.
+
+    TVM kernels and the extern library candidate run in two different
+    children: TVM's worker threads keep spinning for a while after a parallel
+    kernel and would slow torch's own thread pool down, which would make the
+    library look slower than it is.
+
+    ``fault`` is a test hook: ``fault(schedule)`` may return "crash" or "hang"
+    to make the child segfault or hang on that candidate.
+    """
+
+    timeout: float = 30.0           # per candidate
+    setup_timeout: float = 300.0    # loading a workload (reference outputs)
+    repeats: int = 5
+    warmup: int = 1
+    min_repeat_seconds: float = 0.01
+    fault: Callable[[Schedule], str | None] | None = None
+    restarts: int = 0
+    _children: dict[str, _Child] = field(default_factory=dict, repr=False)
+
+    def _ask(self, role: str, msg: tuple, timeout: float) -> tuple:
+        """Send ``msg`` to the ``role`` child and wait; a dead or stuck child becomes a status."""
+        child = self._children.get(role)
+        if child is None or not child.alive():
+            child = self._children[role] = _Child()
+        try:
+            child.conn.send(msg)
+            if not child.conn.poll(timeout):
+                self._drop(role)
+                return "timeout", (), f"no result after {timeout:.1f}s (runner killed)"
+            return child.conn.recv()
+        except (EOFError, OSError):
+            child.proc.join(5)
+            code = child.proc.exitcode
+            self._drop(role)
+            return "run_error", (), f"runner process died (exit code {code})"
+
+    def _drop(self, role: str) -> None:
+        self._children.pop(role).kill()
+        self.restarts += 1
+
+    def run(self, workload: Workload, builds: Sequence[BuildResult],
+            on_result: Callable[[MeasureResult], None] | None = None) -> list[MeasureResult]:
+        """Measure ``builds`` in order; ``on_result`` sees each result as soon as it exists."""
+        results = []
+        for b in builds:
+            results.append(self._run_one(workload, b))
+            if on_result is not None:
+                on_result(results[-1])
+        return results
+
+    def _run_one(self, workload: Workload, b: BuildResult) -> MeasureResult:
+        if b.status != "ok":
+            return MeasureResult(b.schedule, "build_error", (), b.error, b.seconds)
+        t0 = time.perf_counter()
+        role = "library" if b.artifact == EXTERN_ARTIFACT else "tvm"
+        child = self._children.get(role)
+        if child is None or not child.alive() or child.loaded != workload.key:
+            status, _, error = self._ask(role, ("workload", workload.key,
+                                                pickle.dumps(workload.kernel),
+                                                workload.bindings_dict()), self.setup_timeout)
+            if status != "ok":
+                return MeasureResult(b.schedule, "run_error", (), f"workload setup failed: {error}",
+                                     b.seconds)
+            self._children[role].loaded = workload.key
+        fault = self.fault(b.schedule) if self.fault else None
+        status, samples, error = self._ask(
+            role, ("run", b.artifact, fault, self.repeats, self.warmup, self.min_repeat_seconds),
+            self.timeout)
+        return MeasureResult(b.schedule, status, tuple(samples), error, b.seconds,
+                             time.perf_counter() - t0)
+
+    def close(self) -> None:
+        while self._children:
+            self._children.popitem()[1].close()

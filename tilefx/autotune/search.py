@@ -1,0 +1,186 @@
+"""Search strategies: which schedules of a ``SearchSpace`` to measure next.
+
+One interface (``SearchStrategy``): ``propose(n)`` returns up to ``n`` new
+schedules (never one it proposed before; an empty list means the space is
+exhausted) and ``update(results)`` tells it what they measured. A result is
+anything with ``.schedule`` and ``.seconds`` (``None`` for a failed
+candidate), e.g. ``measure.MeasureResult``.
+
+- ``RandomSearch``: uniform samples without repetition.
+- ``GridSearch``: the whole product in order (for small spaces).
+- ``EvolutionarySearch``: a population of the best measured schedules is
+  mutated (one knob, or one step to a neighbour) and crossed over; the
+  children plus fresh random samples are ranked by a ``CostModel`` and the
+  best predicted are proposed, with a fraction ``epsilon`` of random picks
+  so a wrong model cannot trap the search (epsilon-greedy).
+
+A ``CostModel`` scores (kernel, schedules, target): higher is better.
+``RandomModel`` is the stub for tests; ``analytical.AnalyticalModel`` is the
+hand-written default until a learned model is trained.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from typing import Any, Protocol, Sequence
+
+from tilefx.autotune.space import SearchSpace
+from tilefx.codegen.schedule import Schedule
+
+log = logging.getLogger("tilefx.autotune")
+
+
+class CostModel(Protocol):
+    def predict(self, kernel: Any, schedules: Sequence[Schedule], target: Any) -> list[float]:
+        """One score per schedule, higher = predicted faster."""
+        ...
+
+
+class RandomModel:
+    """Random scores: the cost model of tests and of the "no model" baseline."""
+
+    def __init__(self, seed: int = 0) -> None:
+        self.rng = random.Random(seed)
+
+    def predict(self, kernel: Any, schedules: Sequence[Schedule], target: Any) -> list[float]:
+        return [self.rng.random() for _ in schedules]
+
+
+class SearchStrategy(Protocol):
+    def propose(self, n: int) -> list[Schedule]: ...
+
+    def update(self, results: Sequence[Any]) -> None: ...
+
+
+class _Base:
+    def __init__(self, space: SearchSpace, seed: int = 0) -> None:
+        self.space = space
+        self.rng = random.Random(seed)
+        self.proposed: set[Schedule] = set()
+        self.measured: dict[Schedule, float | None] = {}
+
+    def exclude(self, schedules: Sequence[Schedule]) -> None:
+        """Never propose these (already measured, e.g. the default schedule)."""
+        self.proposed.update(schedules)
+
+    def update(self, results: Sequence[Any]) -> None:
+        for r in results:  # schedules outside the space (the extern candidate) are not parents
+            self.proposed.add(r.schedule)
+            if self.space.contains(r.schedule):
+                self.measured[r.schedule] = r.seconds
+
+    def _take(self, schedule: Schedule, out: list[Schedule]) -> bool:
+        if schedule in self.proposed or not self.space.contains(schedule):
+            return False
+        self.proposed.add(schedule)
+        out.append(schedule)
+        return True
+
+    def _random(self, n: int, out: list[Schedule], tries: int = 0) -> None:
+        tries = tries or 20 * n + 50
+        goal = len(out) + n
+        for _ in range(tries):
+            if len(out) >= goal:
+                return
+            self._take(self.space.sample(self.rng), out)
+        if len(out) < goal and self.space.size <= 100_000:  # sparse leftovers: scan
+            for s in self.space.enumerate():
+                if len(out) >= goal:
+                    return
+                self._take(s, out)
+
+
+class RandomSearch(_Base):
+    def propose(self, n: int) -> list[Schedule]:
+        out: list[Schedule] = []
+        self._random(n, out)
+        return out
+
+
+class GridSearch(_Base):
+    def __init__(self, space: SearchSpace, seed: int = 0) -> None:
+        super().__init__(space, seed)
+        self._it = space.enumerate()
+
+    def propose(self, n: int) -> list[Schedule]:
+        out: list[Schedule] = []
+        for s in self._it:
+            self._take(s, out)
+            if len(out) >= n:
+                break
+        return out
+
+
+class EvolutionarySearch(_Base):
+    """Cost-model-guided evolution; see the module docstring."""
+
+    def __init__(self, space: SearchSpace, model: CostModel, kernel: Any, target: Any, *,
+                 population: int = 16, pool: int = 256, epsilon: float = 0.2,
+                 seed: int = 0) -> None:
+        super().__init__(space, seed)
+        self.model, self.kernel, self.target = model, kernel, target
+        self.population, self.pool, self.epsilon = population, pool, epsilon
+
+    def _parents(self) -> list[Schedule]:
+        ok = sorted((s for s, t in self.measured.items() if t is not None),
+                    key=lambda s: self.measured[s])
+        return ok[:self.population]
+
+    def _children(self, parents: list[Schedule]) -> list[Schedule]:
+        """Mutants and crossovers of the parents, then a quarter as many random samples."""
+        kids: dict[Schedule, None] = {}
+        n_random = self.pool // 4 if parents else self.pool
+        for _ in range(self.pool * 4 if parents else 0):
+            if len(kids) >= self.pool - n_random:
+                break
+            p = parents[min(int(self.rng.expovariate(1.5)), len(parents) - 1)]  # favour the best
+            r = self.rng.random()
+            if r < 0.4:
+                child = self.rng.choice(self.space.neighbors(p) or [p])
+            elif r < 0.8 or len(parents) < 2:
+                child = self.space.mutate(p, self.rng, knobs=self.rng.choice((1, 1, 2)))
+            else:
+                child = self.space.crossover(p, self.rng.choice(parents), self.rng)
+            if child not in self.proposed:
+                kids[child] = None
+        for _ in range(n_random * 2):
+            if len(kids) >= self.pool:
+                break
+            child = self.space.sample(self.rng)
+            if child not in self.proposed:
+                kids[child] = None
+        return list(kids)
+
+    def propose(self, n: int) -> list[Schedule]:
+        out: list[Schedule] = []
+        n_random = sum(1 for _ in range(n) if self.rng.random() < self.epsilon)
+        kids = self._children(self._parents())
+        if kids:
+            scores = self.model.predict(self.kernel, kids, self.target)
+            # stable: on equal scores, mutants of the best parents come first
+            for i in sorted(range(len(kids)), key=lambda i: -scores[i]):
+                if len(out) >= n - n_random:
+                    break
+                self._take(kids[i], out)
+        self._random(n - len(out), out)
+        return out
+
+
+STRATEGIES = ("evolutionary", "random", "grid")
+
+
+def make_strategy(name: str, space: SearchSpace, *, kernel: Any = None, target: Any = None,
+                  model: CostModel | None = None, seed: int = 0) -> _Base:
+    """A strategy by name: ``evolutionary`` (default), ``random`` or ``grid``."""
+    if name == "random":
+        return RandomSearch(space, seed)
+    if name == "grid":
+        return GridSearch(space, seed)
+    if name == "evolutionary":
+        if model is None:
+            from tilefx.autotune.analytical import AnalyticalModel
+
+            model = AnalyticalModel()
+        return EvolutionarySearch(space, model, kernel, target, seed=seed)
+    raise ValueError(f"unknown search strategy {name!r}: use one of {', '.join(STRATEGIES)}")

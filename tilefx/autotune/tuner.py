@@ -1,0 +1,388 @@
+"""The tuning loop: search one kernel's schedules, measure, remember.
+
+    tuner = Tuner(Target.host_cpu(), TuneOptions(trials=32))
+    result = tuner.tune_kernel(kernel_op, bindings)   # KernelTuneResult
+    print(format_summary([result]))
+    tuner.close()
+
+For each kernel: its workload key (functional hash + shapes) names its rows
+in the ``TuningDatabase``, so equal computations in other kernels or models
+share them. The default schedule and, for contractions, the extern library
+candidate are measured first (the baselines of the summary), then the
+search strategy proposes batches. Every proposal is fingerprinted before
+anything is built: code already measured in this run or found in the
+database is skipped (counted, with the wall time that saved). New
+candidates are built in the builder pool, measured in the isolated runner,
+checked against the reference outputs, and each measurement is committed to
+the database at once. So:
+
+- a warm database means no measuring at all: a workload that already has as
+  many candidates as asked (or any result, for a time budget) uses
+  ``db.best`` straight away;
+- Ctrl-C stops the loop cleanly; what was measured is kept, and a rerun
+  resumes (measured fingerprints are skipped, the search starts from them);
+- a failing candidate (build error, crash, hang, wrong result) is recorded
+  and the search goes on; a wrong result is logged with its schedule.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+import re
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Mapping
+
+from tilefx.autotune.measure import LocalBuilder, LocalRunner, MeasureResult, Workload
+from tilefx.autotune.space import EXTERN, SearchSpace, is_extern
+from tilefx.codegen.schedule import Schedule
+
+log = logging.getLogger("tilefx.autotune")
+
+
+def parse_budget(tune: int | str | float | None) -> tuple[int, float | None]:
+    """``32`` -> (32 trials, no time limit); ``"30s"``/``"2m"`` -> (unbounded, seconds)."""
+    if tune is None or tune is False:
+        return 0, None
+    if isinstance(tune, (int, float)) and not isinstance(tune, bool):
+        return int(tune), None
+    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*(ms|s|m|min|h)?\s*", str(tune))
+    if not m:
+        raise ValueError(f"tune={tune!r}: give a number of trials per kernel (32) or a time "
+                         "budget per kernel ('30s', '2m')")
+    if m.group(2) is None:
+        return int(float(m.group(1))), None
+    scale = {"ms": 1e-3, "s": 1.0, "m": 60.0, "min": 60.0, "h": 3600.0}[m.group(2)]
+    return 1_000_000, float(m.group(1)) * scale
+
+
+@dataclass
+class TuneOptions:
+    trials: int = 32                   # new candidates measured per kernel
+    seconds: float | None = None       # or a time budget per kernel
+    strategy: str = "evolutionary"     # evolutionary | random | grid
+    batch: int = 8                     # candidates proposed (and built in parallel) per round
+    workers: int = field(default_factory=lambda: int(os.environ.get("TILEFX_TUNE_WORKERS", "1")))
+    # builder processes; 0 builds in this process ($TILEFX_TUNE_WORKERS sets the default)
+    timeout: float = 30.0              # per candidate run
+    repeats: int = 10
+    min_repeat_seconds: float = 0.005
+    seed: int = 0
+    progress: bool = True
+    db_path: str | None = None         # None: $TILEFX_CACHE_DIR/tuning.db
+
+    @staticmethod
+    def from_tune(tune: int | str, **kw: Any) -> TuneOptions:
+        trials, seconds = parse_budget(tune)
+        return TuneOptions(trials=trials, seconds=seconds, **kw)
+
+
+@dataclass
+class KernelTuneResult:
+    name: str
+    kind: str
+    workload_key: str
+    best: Schedule | None = None
+    best_seconds: float | None = None
+    default_seconds: float | None = None
+    library_seconds: float | None = None
+    trials: int = 0                    # candidates measured in this run
+    dup_skipped: int = 0               # proposals whose code was already measured
+    saved_seconds: float = 0.0         # estimated build+run time the skipping saved
+    statuses: dict[str, int] = field(default_factory=dict)
+    wrong_results: list[str] = field(default_factory=list)
+    history: list[float] = field(default_factory=list)  # best seconds after each trial
+    from_db: bool = False              # nothing measured: the database had it
+    interrupted: bool = False
+    seconds: float = 0.0               # wall time of tuning this kernel
+
+    @property
+    def speedup(self) -> float | None:
+        if self.best_seconds and self.default_seconds:
+            return self.default_seconds / self.best_seconds
+        return None
+
+
+@dataclass(frozen=True)
+class _Known:
+    """A measurement from the database, in the shape strategies' ``update`` reads."""
+
+    schedule: Schedule
+    seconds: float | None
+
+
+def extern_fingerprint(target: Any) -> str:
+    return f"extern-torch-{target.key()}"
+
+
+class Tuner:
+    """Tunes kernels one after the other, sharing a builder pool, a runner and a database."""
+
+    def __init__(self, target: Any = None, options: TuneOptions | None = None, *,
+                 db: Any = None, builder: LocalBuilder | None = None,
+                 runner: LocalRunner | None = None, model: Any = None) -> None:
+        from tilefx.codegen.target import Target
+
+        self.target = target or Target.host_cpu()
+        self.options = options or TuneOptions()
+        self._own_db = db is None
+        if db is None:
+            from tilefx.autotune.database import TuningDatabase
+
+            db = TuningDatabase(self.options.db_path)
+        self.db = db
+        self.builder = builder or LocalBuilder(workers=self.options.workers)
+        self.runner = runner or LocalRunner(timeout=self.options.timeout,
+                                            repeats=self.options.repeats,
+                                            min_repeat_seconds=self.options.min_repeat_seconds)
+        self.model = model
+        self.results: list[KernelTuneResult] = []
+        self.interrupted = False
+        self.measurements = 0          # candidates measured by this tuner, all kernels
+
+    # ------------------------------------------------------------------ one kernel
+
+    def tune_kernel(self, kernel_op: Any, bindings: Mapping[Any, int] | None = None
+                    ) -> KernelTuneResult:
+        from tilefx.autotune.functional_hash import functional_hash, workload_key
+        from tilefx.ir.printer import print_graph
+
+        t_start = time.perf_counter()
+        opts, tkey = self.options, self.target.key()
+        names = {(getattr(k, "name", k)): int(v) for k, v in (bindings or {}).items()}
+        bindings = names or None
+        wkey = workload_key(kernel_op, bindings)
+        self.db.add_workload(wkey, print_graph(kernel_op.body), functional_hash(kernel_op, bindings))
+        self.db.add_target(tkey, self.target.to_json())  # the cost model rebuilds Targets from it
+        res = KernelTuneResult(kernel_op.attr("name") or "kernel", kernel_op.attr("kind"), wkey)
+        workload = Workload(kernel_op, self.target, tuple(sorted(names.items())), wkey)
+        past = self.db.records(wkey, tkey)
+        seen = {r.fingerprint for r in past}
+        done_before = len(seen)
+        if self.interrupted:  # Ctrl-C earlier in this run: no more measuring
+            res.interrupted = True
+            return self._finish(res, kernel_op, bindings, t_start)
+        if past and (done_before >= opts.trials or
+                     (opts.seconds is not None and self.db.best(wkey, tkey))):
+            res.from_db = True
+            return self._finish(res, kernel_op, bindings, t_start)
+
+        space = SearchSpace.for_kernel(kernel_op, self.target)
+        strategy = self._strategy(space, kernel_op, bindings)
+        strategy.update([_Known(r.schedule, r.median if r.ok else None) for r in past])
+        default = _default_schedule(kernel_op, self.target, bindings)
+        first = [default] + ([EXTERN] if space.has_extern else [])
+        strategy.exclude(first)
+        goal = max(0, opts.trials - done_before)
+        deadline = None if opts.seconds is None else t_start + opts.seconds
+        cost_per_candidate: list[float] = []
+        bar = _progress(res.name, goal if opts.seconds is None else None, opts.progress)
+        idle_rounds = 0
+        try:
+            while res.trials < goal and (deadline is None or time.perf_counter() < deadline):
+                proposals = first + strategy.propose(min(opts.batch, goal - res.trials))
+                first = []
+                if not proposals:
+                    break  # the space is exhausted
+                new: list[tuple[Schedule, str]] = []
+                for s in proposals:
+                    fp = extern_fingerprint(self.target) if is_extern(s) else \
+                        _fingerprint(kernel_op, s, self.target, bindings)
+                    if fp in seen:
+                        res.dup_skipped += 1
+                        known = self.db.lookup_fingerprint(wkey, tkey, fp)
+                        strategy.update([_Known(s, known.median if known and known.ok else None)])
+                        continue
+                    seen.add(fp)
+                    new.append((s, fp))
+                idle_rounds = 0 if new else idle_rounds + 1
+                if idle_rounds > 50:
+                    break
+                new = new[:max(1, goal - res.trials)] if goal else []
+                if not new:
+                    continue
+                t0 = time.perf_counter()
+                measured: list[MeasureResult] = []
+
+                try:
+                    self._measure(workload, new, functools.partial(
+                        self._on_result, res, bar, measured))
+                finally:
+                    cost_per_candidate.append((time.perf_counter() - t0) / max(1, len(measured)))
+                    strategy.update(measured)
+        except KeyboardInterrupt:
+            log.warning("tilefx tune: interrupted while tuning %s; keeping the %d measurements "
+                        "made (a rerun resumes)", res.name, res.trials)
+            res.interrupted = self.interrupted = True
+            self.runner.close()  # the child may be mid-measurement: start afresh next time
+        finally:
+            if bar is not None:
+                bar.close()
+        if cost_per_candidate:
+            res.saved_seconds = res.dup_skipped * sum(cost_per_candidate) / len(cost_per_candidate)
+        return self._finish(res, kernel_op, bindings, t_start)
+
+    def _strategy(self, space: SearchSpace, kernel_op: Any, bindings: Any) -> Any:
+        from tilefx.autotune.search import make_strategy
+
+        model = self.model
+        if model is None and self.options.strategy == "evolutionary":
+            from tilefx.autotune.analytical import AnalyticalModel
+
+            model = AnalyticalModel(bindings)
+        return make_strategy(self.options.strategy, space, kernel=kernel_op, target=self.target,
+                             model=model, seed=self.options.seed)
+
+    def _measure(self, workload: Workload, new: list[tuple[Schedule, str]],
+                 on_result: Callable[[MeasureResult], None]) -> None:
+        """Build ``new`` in the pool, then run each; every result is committed at once."""
+        fps = dict(new)
+        builds = self.builder.build(workload, [s for s, _ in new])
+
+        def commit(r: MeasureResult) -> None:
+            cid = self.db.add_candidate(workload.key, self.target.key(), r.schedule.to_json(),
+                                        fps[r.schedule])
+            self.db.add_measurement(cid, list(r.samples), r.status, r.error)
+            self.measurements += 1
+            on_result(r)
+
+        self.runner.run(workload, builds, on_result=commit)
+
+    def _on_result(self, res: KernelTuneResult, bar: Any, measured: list[MeasureResult],
+                   r: MeasureResult) -> None:
+        measured.append(r)
+        self._record(res, r)
+        if bar is not None:
+            bar.update(1)
+            best = res.history[-1]
+            bar.set_postfix_str(f"best {best * 1e3:.3f} ms, dup {res.dup_skipped}"
+                                if best < float("inf") else f"dup {res.dup_skipped}")
+
+    def _record(self, res: KernelTuneResult, r: MeasureResult) -> None:
+        res.trials += 1
+        res.statuses[r.status] = res.statuses.get(r.status, 0) + 1
+        if r.status == "wrong_result":
+            log.warning("tilefx tune: kernel %s: schedule %s computes a wrong result (%s); "
+                        "rejected", res.name, r.schedule, r.error)
+            res.wrong_results.append(str(r.schedule))
+        elif r.status != "ok":
+            log.info("tilefx tune: kernel %s: %s %s: %s", res.name, r.status, r.schedule, r.error)
+        prev = res.history[-1] if res.history else float("inf")
+        t = r.seconds
+        res.history.append(min(prev, t) if t is not None else prev)
+
+    def _finish(self, res: KernelTuneResult, kernel_op: Any, bindings: Any,
+                t_start: float) -> KernelTuneResult:
+        tkey = self.target.key()
+        best = self.db.best(res.workload_key, tkey)
+        if best is not None:
+            res.best, res.best_seconds = best.schedule, best.median
+        default = _default_schedule(kernel_op, self.target, bindings)
+        try:
+            rec = self.db.lookup_fingerprint(res.workload_key, tkey,
+                                             _fingerprint(kernel_op, default, self.target, bindings))
+            res.default_seconds = rec.median if rec is not None and rec.ok else None
+        except Exception as e:  # noqa: BLE001 - only the summary needs it
+            log.debug("no default fingerprint for %s: %s", res.name, e)
+        rec = self.db.lookup_fingerprint(res.workload_key, tkey, extern_fingerprint(self.target))
+        res.library_seconds = rec.median if rec is not None and rec.ok else None
+        res.seconds = time.perf_counter() - t_start
+        self.results.append(res)
+        return res
+
+    def close(self) -> None:
+        self.builder.close()
+        self.runner.close()
+        if self._own_db:
+            self.db.close()
+
+
+def _default_schedule(kernel_op: Any, target: Any, bindings: Any) -> Schedule:
+    from tilefx.codegen.tvm import default_schedule
+
+    return default_schedule(kernel_op, target, bindings=bindings)
+
+
+def _fingerprint(kernel_op: Any, schedule: Schedule, target: Any, bindings: Any) -> str:
+    from tilefx.autotune.fingerprint import fingerprint
+
+    return fingerprint(kernel_op, schedule, target, bindings)
+
+
+def _progress(name: str, total: int | None, enabled: bool) -> Any:
+    if not enabled:
+        return None
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=f"tune {name}", unit="cand", leave=True)
+
+
+# ------------------------------------------------------------------------ summary
+
+def _ms(seconds: float | None) -> str:
+    return f"{seconds * 1e3:.3f}" if seconds else "-"
+
+
+def format_summary(results: list[KernelTuneResult]) -> str:
+    """A markdown table: kernel, trials, dup skipped, default/best/library ms, speedup."""
+    rows = ["| kernel | kind | trials | dup skipped | failed | default ms | best ms | speedup "
+            "| library ms | best schedule |",
+            "|---|---|---:|---:|---:|---:|---:|---:|---:|---|"]
+    for r in results:
+        failed = sum(n for s, n in r.statuses.items() if s != "ok")
+        sp = f"{r.speedup:.2f}x" if r.speedup else "-"
+        trials = f"{r.trials}" + (" (db)" if r.from_db else "") + (" (stopped)" if r.interrupted else "")
+        sched = "extern torch" if is_extern(r.best) else (str(r.best) if r.best else "-")
+        rows.append(f"| {r.name} | {r.kind} | {trials} | {r.dup_skipped} | {failed} | "
+                    f"{_ms(r.default_seconds)} | {_ms(r.best_seconds)} | {sp} | "
+                    f"{_ms(r.library_seconds)} | {sched} |")
+    dups = sum(r.dup_skipped for r in results)
+    saved = sum(r.saved_seconds for r in results)
+    wrong = sum(len(r.wrong_results) for r in results)
+    rows.append(f"\n{sum(r.trials for r in results)} candidates measured, {dups} duplicates "
+                f"skipped (~{saved:.1f}s saved), {wrong} wrong results rejected")
+    return "\n".join(rows)
+
+
+# ------------------------------------------------------- the driver's entry point
+
+_SESSIONS: dict[tuple, Tuner] = {}
+
+
+def tuned_schedule(kernel_op: Any, target: Any, bindings: Mapping[Any, int] | None,
+                   options: Any) -> tuple[Schedule | None, KernelTuneResult | None]:
+    """The schedule to build ``kernel_op`` with under ``CompileOptions.tune_trials``.
+
+    Tunes (or reads the database) and returns the best schedule, or (None, result)
+    when nothing measured correctly (the default schedule is then used).
+    """
+    tune = getattr(options, "tune_trials", 0)
+    trials, seconds = parse_budget(tune)
+    if not trials and seconds is None:
+        return None, None
+    if target.kind != "cpu":
+        log.warning("tilefx tune: autotuning supports CPU targets only; kernel %s uses its "
+                    "default schedule on %s", kernel_op.attr("name"), target.kind)
+        return None, None
+    db_path = getattr(options, "tune_db", None)
+    key = (str(tune), str(db_path), target.key())
+    tuner = _SESSIONS.get(key)
+    if tuner is None:
+        tuner = _SESSIONS[key] = Tuner(target, TuneOptions(trials=trials, seconds=seconds,
+                                                           db_path=db_path))
+    try:
+        result = tuner.tune_kernel(kernel_op, bindings)
+    except Exception as e:  # noqa: BLE001 - tuning is an optimization: never fail the compile
+        log.warning("tilefx tune: could not tune kernel %s (%s: %s); it uses its default "
+                    "schedule", kernel_op.attr("name"), type(e).__name__, e)
+        return None, None
+    return result.best, result
+
+
+def close_sessions() -> None:
+    """Shut the builder pools and runner processes of ``tuned_schedule`` down."""
+    while _SESSIONS:
+        _, tuner = _SESSIONS.popitem()
+        tuner.close()

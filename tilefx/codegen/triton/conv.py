@@ -1,0 +1,138 @@
+"""Conv2d (NCHW): two candidates with a fused epilogue (bias, folded batch norm,
+residual add, activation).
+
+- ``impl="library"`` (the default): ``torch.nn.functional.conv2d`` (cuDNN) for
+  the convolution, then one generated Triton kernel for the epilogue
+  (``library.py``). cuDNN is hard to beat on the zoo's convolutions, and it
+  covers grouped/depthwise ones;
+- ``impl="triton"``: an *implicit GEMM* for ``groups == 1``: the output is a
+  ``[N*OH*OW, O]`` matrix, the reduction runs over ``K = C*KH*KW``; each A tile
+  is gathered from the input at ``(n, c, oh*stride - pad + kh*dilation, ...)``
+  under a bounds mask (zero padding for free), each B tile from the weight
+  seen as ``[K, O]``. Tiling, grouped launch order and the epilogue are the
+  matmul template's.
+
+Knobs (``space``): ``impl``, and for ``triton`` ``BLOCK_M/N/K``, ``GROUP_M``,
+``num_warps``, ``num_stages``; ``EPILOGUE_BLOCK`` for ``library``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from tilefx.codegen.schedule import Schedule
+from tilefx.codegen.triton import library
+from tilefx.codegen.triton.emit import Emitter, Var, next_pow2, shape_of, tl_type
+from tilefx.codegen.triton.matmul import _all, grouped_tiles, input_precision
+from tilefx.codegen.triton.ops import delinearize
+from tilefx.codegen.triton.pointwise import arg_names
+from tilefx.codegen.triton.source import HEADER, KernelSource
+from tilefx.ir.graph import Graph, Op
+from tilefx.ir.types import DType
+
+SPACE: dict[str, list[Any]] = {
+    "impl": ["library", "triton"], "EPILOGUE_BLOCK": [256, 512, 1024, 2048],
+    "BLOCK_M": [32, 64, 128], "BLOCK_N": [16, 32, 64, 128], "BLOCK_K": [16, 32, 64],
+    "GROUP_M": [1, 8], "num_warps": [4, 8], "num_stages": [2, 3, 4],
+}
+
+
+def anchor_of(body: Graph) -> Op:
+    found = [op for op in body.ops if op.name == "conv2d"]
+    if len(found) != 1:
+        raise NotImplementedError(f"contraction kernel with {len(found)} conv2d ops")
+    return found[0]
+
+
+def space(body: Graph) -> dict[str, list[Any]]:
+    out = {k: list(v) for k, v in SPACE.items()}
+    op = anchor_of(body)
+    if op.attr("groups") != 1 or op.inputs[0].type.dtype not in (DType.float32, DType.float16, DType.bfloat16):
+        out["impl"] = ["library"]
+    return out
+
+
+def default_schedule(body: Graph, target: Any = None) -> Schedule:
+    anchor_of(body)
+    return Schedule.of(impl="library", EPILOGUE_BLOCK=1024)
+
+
+def conv_call(op: Op, xs: list[str]) -> str:
+    a = op.attr_dict
+    return (f"torch.nn.functional.conv2d({xs[0]}, {xs[1]}, None, {tuple(a['stride'])}, "
+            f"{tuple(a['padding'])}, {tuple(a['dilation'])}, {a['groups']})")
+
+
+def emit(body: Graph, name: str, schedule: Schedule) -> KernelSource:
+    op = anchor_of(body)
+    if schedule.get("impl", "library") == "library":
+        return library.emit(body, name, op, conv_call, schedule)
+    if "triton" not in space(body)["impl"]:
+        raise NotImplementedError(f"conv2d with groups={op.attr('groups')} on {op.inputs[0].type.dtype.short} "
+                                  f"has only the library candidate (torch conv2d + epilogue)")
+    return implicit_gemm(body, name, op, schedule)
+
+
+def _window(o: str, stride: int, pad: int, kk: str, dilation: int) -> str:
+    """The input coordinate ``o * stride - pad + kk * dilation``, written without no-op terms."""
+    terms = [t for t in ((o if stride == 1 else f"{o} * {stride}") if o != "0" else "",
+                         kk if dilation == 1 else f"{kk} * {dilation}") if t]
+    expr = " + ".join(terms) or "0"
+    return f"{expr} - {pad}" if pad else expr
+
+
+def implicit_gemm(body: Graph, name: str, op: Op, schedule: Schedule) -> KernelSource:
+    x, w = op.inputs
+    N, C, H, W = shape_of(x)
+    CO, _, KH, KW = shape_of(w)
+    out_shape = shape_of(op.result)
+    OH, OW = out_shape[2:]
+    (sh, sw), (ph, pw), (dh, dw) = op.attr("stride"), op.attr("padding"), op.attr("dilation")
+    m, n, k = N * OH * OW, CO, C * KH * KW
+    fit = lambda knob, size, default: max(16, min(int(schedule.get(knob, default)), next_pow2(size)))  # noqa: E731
+    bm, bn, bk = fit("BLOCK_M", m, 64), fit("BLOCK_N", n, 64), fit("BLOCK_K", k, 32)
+    gm = max(1, min(int(schedule.get("GROUP_M", 8)), -(-m // bm)))
+    warps, stages = int(schedule.get("num_warps", 4)), int(schedule.get("num_stages", 3))
+    args, ins, outs = arg_names(body)
+    e = Emitter(body, args)
+    tm, tn = grouped_tiles(e, body, m, n, bm, bn, gm)
+    on, oh, ow = delinearize(e, "offs_m", (N, OH, OW))  # output pixel of each row of the tile
+    mmask = f"offs_m < {m}" if m % bm else None
+    nmask = f"offs_n < {n}" if n % bn else None
+    acc = e.tmp("tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)", "acc")
+    e.line(f"for k0 in range(0, {k}, BLOCK_K):")
+    with e.block():
+        e.line("ak = k0 + tl.arange(0, BLOCK_K)[None, :]")
+        e.line("bk = k0 + tl.arange(0, BLOCK_K)[:, None]")
+        ac, akh, akw = delinearize(e, "ak", (C, KH, KW))
+        bc, bkh, bkw = delinearize(e, "bk", (C, KH, KW))
+        ih = e.tmp(_window(oh, sh, ph, akh, dh), "ih")
+        iw = e.tmp(_window(ow, sw, pw, akw, dw), "iw")
+        kcond = [f"ak < {k}", f"bk < {k}"] if k % bk else [None, None]
+        bounds = f"({ih} >= 0) & ({ih} < {H}) & ({iw} >= 0) & ({iw} < {W})"
+        amask = _all(e, mmask, kcond[0], bounds)
+        bmask = _all(e, kcond[1], nmask)
+        av = e.value_at(x, (on, ac, ih, iw), amask)
+        e.flat = (("offs_n", bc, bkh, bkw), shape_of(w), f"offs_n * {k} + bk")  # the weight as [O, K]
+        bv = e.value_at(w, ("offs_n", bc, bkh, bkw), bmask)
+        op_t = tl_type(x.type.dtype)
+        at = e.tile(av, op_t, "[BLOCK_M, BLOCK_K]", m > 1 and k > 1, amask)
+        bt = e.tile(bv, op_t, "[BLOCK_K, BLOCK_N]", k > 1 and n > 1, bmask)
+        e.line(f"{acc} += tl.dot({at}, {bt}{input_precision(x.type.dtype)})")
+    idx = (on, "offs_n", oh, ow)
+    mask = _all(e, mmask, nmask)
+    e.overrides[op.result.name] = (idx, Var(acc, op.result.type.dtype, "tl.float32"))
+    for j, v in enumerate(body.outputs):
+        if shape_of(v) != out_shape:
+            raise NotImplementedError(f"conv kernel output %{v.name} is not on the conv's result")
+        e.store(f"out{j}", v, idx, mask, zero=None if m > 1 and n > 1 else "(offs_m * 0 + offs_n * 0)")
+    text = "\n".join([
+        HEADER, "@triton.jit",
+        f"def {name}({', '.join(ins + outs)}, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, "
+        f"BLOCK_K: tl.constexpr):", *e.lines, "",
+        f"def launch({', '.join(ins + outs)}):",
+        f"    {name}[({tm * tn},)]({', '.join(ins + outs)}, BLOCK_M={bm}, BLOCK_N={bn}, BLOCK_K={bk}, "
+        f"num_warps={warps}, num_stages={stages})", ""])
+    return KernelSource(name, text, (("num_stages", stages), ("num_warps", warps)),
+                        Schedule.of(impl="triton", BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, GROUP_M=gm,
+                                    num_warps=warps, num_stages=stages))

@@ -1,0 +1,171 @@
+"""Matmul template: ``[..., M, K] x [..., K, N]`` with a fused epilogue, grouped launch order.
+
+One program computes a ``BLOCK_M x BLOCK_N`` output tile, looping over K in
+``BLOCK_K`` steps with ``tl.dot`` into an fp32 accumulator (fp16/bf16
+operands stay narrow for the tensor cores; fp32 uses IEEE unless
+``torch.backends.cuda.matmul.allow_tf32`` is set). Program ids are swizzled
+in groups of ``GROUP_M`` tile rows so neighbouring programs share operand
+tiles in L2. Batch dims (broadcast like ``torch.matmul``) are the second
+grid axis. Operands are read through the shared emitter, so a ``permute``
+or ``reshape`` in front of the matmul (a transposed weight) is index
+arithmetic; the epilogue (bias, activation, residual) is computed on the
+accumulator tile before the store.
+
+Knobs (``space``): ``impl`` (``triton`` | ``library`` = cuBLAS + epilogue
+kernel), ``BLOCK_M/N/K``, ``GROUP_M``, ``num_warps``, ``num_stages``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from tilefx.codegen.schedule import Schedule
+from tilefx.codegen.triton import library
+from tilefx.codegen.triton.emit import Emitter, Var, broadcast_index, next_pow2, numel, program_id, shape_of, tl_type
+from tilefx.codegen.triton.ops import delinearize
+from tilefx.codegen.triton.pointwise import arg_names
+from tilefx.codegen.triton.source import HEADER, KernelSource
+from tilefx.ir.graph import Graph, Op
+from tilefx.ir.types import DType
+
+SPACE: dict[str, list[Any]] = {
+    "impl": ["triton", "library"], "BLOCK_M": [16, 32, 64, 128, 256], "BLOCK_N": [16, 32, 64, 128, 256],
+    "BLOCK_K": [16, 32, 64, 128], "GROUP_M": [1, 4, 8], "num_warps": [2, 4, 8], "num_stages": [2, 3, 4, 5],
+}
+
+
+def anchor_of(body: Graph) -> Op:
+    found = [op for op in body.ops if op.name == "matmul"]
+    if len(found) != 1:
+        raise NotImplementedError(f"contraction kernel with {len(found)} matmuls")
+    return found[0]
+
+
+def space(body: Graph) -> dict[str, list[Any]]:
+    out = {k: list(v) for k, v in SPACE.items()}
+    try:  # the library candidate needs view-only operands
+        _check_library(body)
+    except NotImplementedError:
+        out["impl"] = ["triton"]
+    return out
+
+
+def _check_library(body: Graph) -> None:
+    anchor = anchor_of(body)
+    args = {v.name: f"in{i}" for i, v in enumerate(body.inputs)}
+    for v in anchor.inputs:
+        library.operand_expr(body, v, args)
+
+
+def dims(body: Graph) -> tuple[int, int, int]:
+    a, b = anchor_of(body).inputs
+    (m, k), n = shape_of(a)[-2:], shape_of(b)[-1]
+    return m, n, k
+
+
+def default_schedule(body: Graph, target: Any = None) -> Schedule:
+    m, n, k = dims(body)
+    big = m * n >= 512 * 512
+    return Schedule.of(impl="triton", BLOCK_M=128 if big else 64, BLOCK_N=128 if big else 64,
+                       BLOCK_K=64 if anchor_of(body).inputs[0].type.dtype != DType.float32 else 32,
+                       GROUP_M=8, num_warps=8 if big else 4, num_stages=3)
+
+
+def clamp(body: Graph, schedule: Schedule) -> Schedule:
+    m, n, k = dims(body)
+    fit = lambda knob, size, default: max(16, min(int(schedule.get(knob, default)), next_pow2(size)))  # noqa: E731
+    bm, bn = fit("BLOCK_M", m, 64), fit("BLOCK_N", n, 64)
+    tiles_m = -(-m // bm)
+    return Schedule.of(impl=schedule.get("impl", "triton"), BLOCK_M=bm, BLOCK_N=bn,
+                       BLOCK_K=fit("BLOCK_K", k, 32),
+                       GROUP_M=max(1, min(int(schedule.get("GROUP_M", 8)), tiles_m)),
+                       num_warps=int(schedule.get("num_warps", 4)),
+                       num_stages=int(schedule.get("num_stages", 3)))
+
+
+def input_precision(dtype: DType) -> str:
+    """The ``tl.dot`` precision argument: fp32 operands are IEEE unless torch allows TF32;
+    fp16/bf16 operands take none (they always run on the tensor cores)."""
+    if dtype != DType.float32:
+        return ""
+    import torch
+
+    return ', input_precision="tf32"' if torch.backends.cuda.matmul.allow_tf32 else ', input_precision="ieee"'
+
+
+def _all(e: Emitter, *conds: str | None) -> str | None:
+    """The conjunction of the given conditions (None when there is none)."""
+    real = [c for c in conds if c]
+    if len(real) < 2:
+        return real[0] if real else None
+    return e.tmp(" & ".join(f"({c})" for c in real), "m")
+
+
+def grouped_tiles(e: Emitter, body: Graph, m: int, n: int, bm: int, bn: int, gm: int) -> tuple[int, int]:
+    """Emit the swizzled tile coordinates ``offs_m`` [BLOCK_M, 1] and ``offs_n`` [1, BLOCK_N]
+    of program 0's id; returns the tile counts along M and N."""
+    tm, tn = -(-m // bm), -(-n // bn)
+    e.line(f"pid = {program_id(body, 0)}")
+    e.line(f"group = pid // {gm * tn}  # GROUP_M rows of tiles share B tiles in L2")
+    e.line(f"rows = tl.minimum({tm} - group * {gm}, {gm})")
+    e.line(f"pid_m = group * {gm} + (pid % {gm * tn}) % rows")
+    e.line(f"pid_n = (pid % {gm * tn}) // rows")
+    e.line("offs_m = (pid_m * BLOCK_M + tl.arange(0, BLOCK_M))[:, None]")
+    e.line("offs_n = (pid_n * BLOCK_N + tl.arange(0, BLOCK_N))[None, :]")
+    return tm, tn
+
+
+def emit(body: Graph, name: str, schedule: Schedule) -> KernelSource:
+    anchor = anchor_of(body)
+    if schedule.get("impl", "triton") == "library":
+        return library.emit(body, name, anchor, lambda op, xs: f"torch.matmul({xs[0]}, {xs[1]})", schedule)
+    a, b = anchor.inputs
+    if a.type.dtype not in (DType.float32, DType.float16, DType.bfloat16):
+        raise NotImplementedError(f"matmul on {a.type.dtype.short} has no Triton template")
+    s = clamp(body, schedule)
+    bm, bn, bk, gm = (int(s[k]) for k in ("BLOCK_M", "BLOCK_N", "BLOCK_K", "GROUP_M"))
+    m, n, k = dims(body)
+    out_shape = shape_of(anchor.result)
+    batch = out_shape[:-2]
+    nbatch = numel(batch)
+    args, ins, outs = arg_names(body)
+    e = Emitter(body, args)
+    tm, tn = grouped_tiles(e, body, m, n, bm, bn, gm)
+    bidx: tuple[str, ...] = ()
+    if batch:
+        e.line(f"bid = {program_id(body, 1)}")
+        bidx = delinearize(e, "bid", batch)
+    mmask = f"offs_m < {m}" if m % bm else None
+    nmask = f"offs_n < {n}" if n % bn else None
+    acc = e.tmp("tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)", "acc")
+    e.line(f"for k0 in range(0, {k}, BLOCK_K):")
+    with e.block():
+        e.line("ak = k0 + tl.arange(0, BLOCK_K)[None, :]")
+        e.line("bk = k0 + tl.arange(0, BLOCK_K)[:, None]")
+        kcond = [f"ak < {k}", f"bk < {k}"] if k % bk else [None, None]
+        am = _all(e, mmask, kcond[0])
+        bmask = _all(e, kcond[1], nmask)
+        av = e.value_at(a, broadcast_index(bidx, shape_of(a)[:-2], batch) + ("offs_m", "ak"), am)
+        bv = e.value_at(b, broadcast_index(bidx, shape_of(b)[:-2], batch) + ("bk", "offs_n"), bmask)
+        op_t = tl_type(a.type.dtype)
+        at = e.tile(av, op_t, "[BLOCK_M, BLOCK_K]", m > 1 and k > 1, am)
+        bt = e.tile(bv, op_t, "[BLOCK_K, BLOCK_N]", k > 1 and n > 1, bmask)
+        e.line(f"{acc} += tl.dot({at}, {bt}{input_precision(a.type.dtype)})")
+    idx = bidx + ("offs_m", "offs_n")
+    mask = _all(e, mmask, nmask)
+    e.overrides[anchor.result.name] = (idx, Var(acc, anchor.result.type.dtype, "tl.float32"))
+    for j, v in enumerate(body.outputs):
+        if shape_of(v) != out_shape:
+            raise NotImplementedError(f"contraction output %{v.name} {shape_of(v)} is not on the "
+                                      f"matmul's result {out_shape}")
+        e.store(f"out{j}", v, idx, mask, zero=None if m > 1 and n > 1 else "(offs_m * 0 + offs_n * 0)")
+    warps, stages = int(s["num_warps"]), int(s["num_stages"])
+    grid = f"({tm * tn}, {nbatch})" if batch else f"({tm * tn},)"
+    text = "\n".join([
+        HEADER, "@triton.jit",
+        f"def {name}({', '.join(ins + outs)}, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, "
+        f"BLOCK_K: tl.constexpr):", *e.lines, "",
+        f"def launch({', '.join(ins + outs)}):",
+        f"    {name}[{grid}]({', '.join(ins + outs)}, BLOCK_M={bm}, BLOCK_N={bn}, BLOCK_K={bk}, "
+        f"num_warps={warps}, num_stages={stages})", ""])
+    return KernelSource(name, text, (("num_stages", stages), ("num_warps", warps)), s)

@@ -1,0 +1,294 @@
+"""Reduction template: row reductions, softmax, log_softmax and layer_norm with fused
+prologue and epilogue, over a 2-D ``[XBLOCK, RBLOCK]`` tile.
+
+The reduction op's input is seen as ``X`` rows of ``R`` elements: the kept
+dims, flattened, index the rows and the reduced dims the columns, so any set
+of reduced axes works (index arithmetic, not a transpose). The prologue (the
+pointwise ops feeding the reduction) is computed on the tile by the shared
+emitter; the epilogue (ops after it, on the reduction's result shape) is
+computed where the result is known.
+
+- *persistent*: the whole row is one tile (``RBLOCK >= R``), read once;
+- *looped*: ``for r0 in range(0, R, RBLOCK)``, with one pass per statistic
+  (sum-like: 1; softmax: an online max/sum pass and a write pass;
+  layer_norm: mean, variance, write), recomputing the prologue per pass.
+
+Knobs (``SPACE``): ``XBLOCK`` rows per program, ``RBLOCK``, ``persistent``,
+``num_warps``. Pooling has its own template (``pool.py``).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from tilefx.codegen.schedule import Schedule
+from tilefx.codegen.triton.emit import Emitter, Var, compute_type, literal, next_pow2, numel, program_id, shape_of
+from tilefx.codegen.triton.ops import delinearize
+from tilefx.codegen.triton.pointwise import arg_names
+from tilefx.codegen.triton.source import HEADER, KernelSource
+from tilefx.ir.graph import Graph, Op
+from tilefx.ir.types import DType
+
+SPACE: dict[str, list[Any]] = {"XBLOCK": [1, 2, 4, 8, 16, 32, 64], "RBLOCK": [64, 128, 256, 512, 1024, 2048],
+                               "persistent": [True, False], "num_warps": [1, 2, 4, 8, 16]}
+ROW_OPS = ("softmax", "log_softmax", "layer_norm")       # result has the input's shape
+SUM_LIKE = ("sum", "mean", "amax", "amin", "any", "all", "prod")  # result has the reduced shape
+# tl.reduce needs a jit-compiled combine function for a product
+PROD_COMBINE = "@triton.jit\ndef _mul(a, b):\n    return a * b\n"
+NEG_INF = 'float("-inf")'
+PERSISTENT_LIMIT = 4096  # widest row kept whole in one tile by default
+
+
+class Plan:
+    """The reduction of one body: its anchor op, its X x R view and its outputs."""
+
+    def __init__(self, body: Graph) -> None:
+        anchors = [op for op in body.ops if op.name in ROW_OPS + SUM_LIKE + ("max_pool2d",
+                   "avg_pool2d", "adaptive_avg_pool2d")]
+        if len(anchors) != 1:
+            raise NotImplementedError(f"reduction kernel with {len(anchors)} reduction ops")
+        self.anchor: Op = anchors[0]
+        if self.anchor.name not in ROW_OPS + SUM_LIKE:
+            raise NotImplementedError(f"{self.anchor.name} has no Triton reduction template yet")
+        self.body = body
+        x = self.anchor.inputs[0]
+        self.shape = shape_of(x)
+        rank = len(self.shape)
+        name = self.anchor.name
+        if name in ("softmax", "log_softmax"):
+            dims = {self.anchor.attr("dim") % max(rank, 1)}
+        elif name == "layer_norm":
+            dims = set(range(rank - self.anchor.attr("normalized_ndim"), rank))
+        else:
+            given = self.anchor.attr("dims")
+            dims = {d % max(rank, 1) for d in given} if given else set(range(rank))
+        self.rdims = sorted(dims)
+        self.xdims = [d for d in range(rank) if d not in dims]
+        self.X = numel([self.shape[d] for d in self.xdims])
+        self.R = numel([self.shape[d] for d in self.rdims])
+        self.row = name in ROW_OPS
+        # values that depend on the reduction's result (the epilogue) vs all others
+        post: set[str] = {self.anchor.result.name}
+        for op in body.ops:
+            if any(v.name in post for v in op.inputs):
+                post.update(r.name for r in op.results)
+        self.out_shape = shape_of(self.anchor.result)
+        self.in_domain: list[int] = []
+        self.out_domain: list[int] = []
+        for j, v in enumerate(body.outputs):
+            s = shape_of(v)
+            if v.name not in post and s == self.shape:
+                self.in_domain.append(j)
+            elif v.name in post and s == self.out_shape:
+                (self.in_domain if self.row else self.out_domain).append(j)
+            else:
+                raise NotImplementedError(f"reduction kernel output %{v.name} {s} is neither on the "
+                                          f"reduced input {self.shape} nor on the result {self.out_shape}")
+
+
+def default_schedule(body: Graph, target: Any = None) -> Schedule:
+    p = Plan(body)
+    rb = next_pow2(p.R)
+    if rb <= PERSISTENT_LIMIT:
+        xb = max(1, min(next_pow2(p.X), 4096 // rb, 64))
+        return Schedule.of(XBLOCK=xb, RBLOCK=rb, persistent=True,
+                           num_warps=8 if xb * rb >= 4096 else 4 if xb * rb >= 1024 else 2)
+    return Schedule.of(XBLOCK=1, RBLOCK=1024, persistent=False, num_warps=8)
+
+
+def clamp(p: Plan, schedule: Schedule) -> Schedule:
+    persistent = bool(schedule.get("persistent", True))
+    rb = next_pow2(p.R) if persistent else min(int(schedule.get("RBLOCK", 1024)), next_pow2(p.R))
+    persistent = persistent or rb >= p.R
+    xb = min(int(schedule.get("XBLOCK", 1)), next_pow2(p.X))
+    return Schedule.of(XBLOCK=xb, RBLOCK=rb, persistent=persistent,
+                       num_warps=min(int(schedule.get("num_warps", 4)), max(1, xb * rb // 32)))
+
+
+class _Writer:
+    def __init__(self, p: Plan, e: Emitter, xb: int, rb: int, persistent: bool) -> None:
+        self.p, self.e, self.xb, self.rb, self.persistent = p, e, xb, rb, persistent
+        e.line(f"xoffs = {program_id(p.body, 0)} * XBLOCK + tl.arange(0, XBLOCK)[:, None]")
+        self.xmask = None
+        if p.X % xb:
+            e.line(f"xmask = xoffs < {p.X}")
+            self.xmask = "xmask"
+        e.line("rbase = tl.arange(0, RBLOCK)[None, :]")
+        xshape = tuple(p.shape[d] for d in p.xdims)
+        self.xidx = dict(zip(p.xdims, delinearize(e, "xoffs", xshape))) if p.xdims else {}
+        self.ctype = compute_type(p.anchor.result.type.dtype if p.anchor.name not in ("any", "all")
+                                  else DType.int32)
+
+    # the tile: index and mask of one chunk of columns starting at ``start``
+    def tile(self, start: str) -> tuple[tuple[str, ...], str | None]:
+        e, p = self.e, self.p
+        e.line("roffs = rbase" if start == "0" else f"roffs = {start} + rbase")
+        rmask = None
+        if p.R % self.rb or (not self.persistent):
+            if p.R % self.rb:
+                e.line(f"rmask = roffs < {p.R}")
+                rmask = "rmask"
+        rshape = tuple(p.shape[d] for d in p.rdims)
+        ridx = dict(zip(p.rdims, delinearize(e, "roffs", rshape))) if p.rdims else {}
+        idx = tuple(self.xidx[d] if d in self.xidx else ridx[d] for d in range(len(p.shape)))
+        masks = [m for m in (self.xmask, rmask) if m]
+        mask = None if not masks else masks[0] if len(masks) == 1 else e.tmp(" & ".join(masks), "m")
+        return idx, mask
+
+    def where(self, mask: str | None, expr: str, other: str) -> str:
+        return expr if mask is None else f"tl.where({mask}, {expr}, {other})"
+
+    def x_value(self, idx: tuple[str, ...], mask: str | None) -> str:
+        v = self.e.value_at(self.p.anchor.inputs[0], idx, mask)
+        if v.dtype == DType.bool:
+            return f"{v.expr}.to(tl.int32)"
+        return self.e.as_type(v, self.ctype) if not v.literal else v.expr
+
+    def out_index(self) -> tuple[str, ...]:
+        p = self.p
+        if p.row:
+            raise AssertionError
+        keep = p.anchor.attr("keepdim")
+        return tuple(self.xidx[d] if d in self.xidx else "0" for d in range(len(p.shape))
+                     if keep or d in self.xidx)
+
+    # --------------------------------------------------------------- sum-like
+    def sum_like(self) -> Var:
+        e, p = self.e, self.p
+        name, ct = p.anchor.name, self.ctype
+        neutral = {"sum": "0", "mean": "0", "any": "0", "all": "1", "prod": "1",
+                   "amax": 'float("-inf")' if "float" in ct else literal(-(2 ** 62)),
+                   "amin": 'float("inf")' if "float" in ct else literal(2 ** 62)}[name]
+        if name in ("amax", "any"):
+            combine, final = "tl.maximum({a}, {b})", "tl.max"
+        elif name in ("amin", "all"):
+            combine, final = "tl.minimum({a}, {b})", "tl.min"
+        elif name == "prod":
+            combine, final = "{a} * {b}", "tl.reduce"
+        else:
+            combine, final = "{a} + {b}", "tl.sum"
+        if self.persistent:
+            idx, mask = self.tile("0")
+            self.store_inputs(idx, mask)
+            acc = e.tmp(self.where(mask, self.x_value(idx, mask), neutral))
+        else:
+            acc = e.tmp(f"tl.full([XBLOCK, RBLOCK], {neutral}, {ct})", "acc")
+            e.line(f"for r0 in range(0, {p.R}, RBLOCK):")
+            with e.block():
+                idx, mask = self.tile("r0")
+                self.store_inputs(idx, mask)
+                x = e.tmp(self.where(mask, self.x_value(idx, mask), neutral))
+                e.line(f"{acc} = {combine.format(a=acc, b=x)}")
+        res = e.tmp(f"tl.reduce({acc}, 1, _mul)[:, None]" if name == "prod" else
+                    f"{final}({acc}, 1)[:, None]", "r")
+        if name == "mean":
+            res = e.tmp(f"{res} / {p.R}", "r")
+        if name in ("any", "all"):
+            return Var(e.tmp(f"{res} != 0", "r"), DType.bool, "tl.int1")
+        return Var(res, p.anchor.result.type.dtype, ct)
+
+    def store_inputs(self, idx: tuple[str, ...], mask: str | None) -> None:
+        """Store the outputs that live on the reduced input (exported prologue values, and
+        for row ops the result and its epilogue)."""
+        p = self.p
+        for j in p.in_domain:
+            zero = None if p.X > 1 and p.R > 1 else "(xoffs * 0 + rbase * 0)"
+            self.e.store(f"out{j}", p.body.outputs[j], idx, mask, zero=zero)
+
+    # --------------------------------------------------------------- row ops
+    def row_op(self) -> None:
+        e, p = self.e, self.p
+        name = p.anchor.name
+        if self.persistent:
+            idx, mask = self.tile("0")
+            x = e.tmp(self.x_value(idx, mask), "x")
+            stats = self.row_stats_persistent(x, mask)
+            self.row_result(idx, mask, x, stats)
+            return
+        if name == "layer_norm":
+            s = e.tmp("tl.zeros([XBLOCK, RBLOCK], tl.float32)", "acc")
+            e.line(f"for r0 in range(0, {p.R}, RBLOCK):")
+            with e.block():
+                idx, mask = self.tile("r0")
+                e.line(f"{s} = {s} + {self.where(mask, self.x_value(idx, mask), '0.0')}")
+            mean = e.tmp(f"tl.sum({s}, 1)[:, None] / {p.R}", "mean")
+            q = e.tmp("tl.zeros([XBLOCK, RBLOCK], tl.float32)", "acc")
+            e.line(f"for r0 in range(0, {p.R}, RBLOCK):")
+            with e.block():
+                idx, mask = self.tile("r0")
+                d = e.tmp(self.where(mask, f"{self.x_value(idx, mask)} - {mean}", "0.0"), "d")
+                e.line(f"{q} = {q} + {d} * {d}")
+            stats = (mean, e.tmp(f"tl.rsqrt(tl.sum({q}, 1)[:, None] / {p.R} + "
+                                 f"{literal(float(p.anchor.attr('eps')))})", "rstd"))
+        else:  # softmax: online max and rescaled sum in one pass
+            m = e.tmp('tl.full([XBLOCK, 1], float("-inf"), tl.float32)', "m")
+            s = e.tmp("tl.zeros([XBLOCK, 1], tl.float32)", "s")
+            e.line(f"for r0 in range(0, {p.R}, RBLOCK):")
+            with e.block():
+                idx, mask = self.tile("r0")
+                x = e.tmp(self.x_value(idx, mask), "x")
+                mc = e.tmp(f"tl.maximum({m}, tl.max({self.where(mask, x, NEG_INF)}, 1)[:, None])")
+                ex = self.where(mask, f"tl.exp({x} - {mc})", "0.0")
+                e.line(f"{s} = {s} * tl.exp({m} - {mc}) + tl.sum({ex}, 1)[:, None]")
+                e.line(f"{m} = {mc}")
+            stats = (m, s)
+        e.line(f"for r0 in range(0, {p.R}, RBLOCK):")
+        with e.block():
+            idx, mask = self.tile("r0")
+            x = e.tmp(self.x_value(idx, mask), "x")
+            self.row_result(idx, mask, x, stats)
+
+    def row_stats_persistent(self, x: str, mask: str | None) -> tuple[str, str]:
+        e, p = self.e, self.p
+        if p.anchor.name == "layer_norm":
+            mean = e.tmp(f"tl.sum({self.where(mask, x, '0.0')}, 1)[:, None] / {p.R}", "mean")
+            d = e.tmp(self.where(mask, f"{x} - {mean}", "0.0"), "d")
+            rstd = e.tmp(f"tl.rsqrt(tl.sum({d} * {d}, 1)[:, None] / {p.R} + "
+                         f"{literal(float(p.anchor.attr('eps')))})", "rstd")
+            return mean, rstd
+        m = e.tmp(f"tl.max({self.where(mask, x, NEG_INF)}, 1)[:, None]", "m")
+        s = e.tmp(f"tl.sum({self.where(mask, f'tl.exp({x} - {m})', '0.0')}, 1)[:, None]", "s")
+        return m, s
+
+    def row_result(self, idx: tuple[str, ...], mask: str | None, x: str, stats: tuple[str, str]) -> None:
+        e, p = self.e, self.p
+        a, b = stats
+        name = p.anchor.name
+        if name == "softmax":
+            y = e.tmp(f"tl.exp({x} - {a}) / {b}", "y")
+        elif name == "log_softmax":
+            y = e.tmp(f"{x} - {a} - tl.log({b})", "y")
+        else:
+            n = p.anchor.attr("normalized_ndim")
+            w = e.value_at(p.anchor.inputs[1], idx[len(idx) - n:], mask)
+            bias = e.value_at(p.anchor.inputs[2], idx[len(idx) - n:], mask)
+            y = e.tmp(f"({x} - {a}) * {b} * {e.compute(w)} + {e.compute(bias)}", "y")
+        e.overrides[p.anchor.result.name] = (idx, Var(y, p.anchor.result.type.dtype, "tl.float32"))
+        self.store_inputs(idx, mask)
+        del e.overrides[p.anchor.result.name]
+
+
+def emit(body: Graph, name: str, schedule: Schedule) -> KernelSource:
+    p = Plan(body)
+    schedule = clamp(p, schedule)
+    xb, rb, persistent = int(schedule["XBLOCK"]), int(schedule["RBLOCK"]), bool(schedule["persistent"])
+    warps = int(schedule["num_warps"])
+    args, ins, outs = arg_names(body)
+    e = Emitter(body, args)
+    w = _Writer(p, e, xb, rb, persistent)
+    if p.row:
+        w.row_op()
+    else:
+        res = w.sum_like()
+        oidx = w.out_index()
+        e.overrides[p.anchor.result.name] = (oidx, res)
+        for j in p.out_domain:
+            zero = None if p.X > 1 else "xoffs * 0"
+            e.store(f"out{j}", body.outputs[j], oidx, w.xmask, zero=zero)
+    text = "\n".join([HEADER] + ([PROD_COMBINE] if p.anchor.name == "prod" else []) + ["@triton.jit",
+                      f"def {name}({', '.join(ins + outs)}, XBLOCK: tl.constexpr, RBLOCK: tl.constexpr):",
+                      *e.lines, "",
+                      f"def launch({', '.join(ins + outs)}):",
+                      f"    {name}[({-(-p.X // xb)},)]({', '.join(ins + outs)}, XBLOCK={xb}, RBLOCK={rb}, "
+                      f"num_warps={warps})", ""])
+    return KernelSource(name, text, (("num_warps", warps),), schedule)

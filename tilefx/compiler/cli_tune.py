@@ -1,0 +1,91 @@
+"""``tilefx tune``: autotune every kernel of a model and store the results.
+
+    tilefx tune examples/mlp.py:build --input 64x1024 --trials 32
+    tilefx tune mypkg.models:resnet --input 1x3x224x224 --time 30s --strategy random
+
+Captures and optimizes the model like ``tilefx compile``, then tunes each
+distinct kernel (kernels with equal computation are tuned once) with a
+progress bar per kernel, and prints the summary table (kernel, trials,
+duplicates skipped, default / best / library latency, speedup). Results go
+to the tuning database (``--db``, default ``$TILEFX_CACHE_DIR/tuning.db``),
+so a later ``tilefx.compile(model, tune=N)`` measures nothing. Ctrl-C stops
+cleanly; a rerun resumes.
+"""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+
+def add_parser(sub: Any) -> None:
+    """Register the ``tune`` subcommand on ``cli.py``'s subparsers."""
+    from tilefx.autotune.search import STRATEGIES
+    from tilefx.compiler.cli import SPEC_HELP, parse_input_spec
+
+    p = sub.add_parser("tune", help="autotune the kernels of a model into the tuning database")
+    p.add_argument("model", metavar="MODEL", help="path/to/file.py:attr or package.module:attr")
+    p.add_argument("--input", metavar="SPEC", type=parse_input_spec, action="append",
+                   required=True, help=f"one per model input: {SPEC_HELP}")
+    p.add_argument("--target", default="cpu", help="cpu (the host) or cpu:<llvm mcpu>")
+    budget = p.add_mutually_exclusive_group()
+    budget.add_argument("--trials", type=int, default=32, help="new candidates per kernel (32)")
+    budget.add_argument("--time", metavar="BUDGET", help="time budget per kernel, e.g. 30s, 2m")
+    p.add_argument("--strategy", choices=STRATEGIES, default="evolutionary")
+    p.add_argument("--workers", type=int, default=1, help="builder processes (0: in process)")
+    p.add_argument("--batch", type=int, default=8, help="candidates per round")
+    p.add_argument("--timeout", type=float, default=30.0, help="seconds per candidate run")
+    p.add_argument("--db", help="tuning database file (default: the cache dir's tuning.db)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.set_defaults(func=cmd_tune)
+
+
+def model_kernels(model: Any, tensors: tuple, target_text: str) -> tuple[list, dict, Any]:
+    """(distinct kernel ops, symbol bindings, target) of ``model`` on ``tensors``."""
+    from tilefx.compiler.api import _capture_mode
+    from tilefx.compiler.capture import capture
+    from tilefx.compiler.driver import CompileOptions, CompileRecord, kernel_key, lower_and_optimize
+    from tilefx.compiler.runtime import bind_symbols
+
+    options = CompileOptions(target=target_text)
+    target = options.resolved_target()
+    with _capture_mode(model):
+        captured = capture(model, tensors)
+    name = getattr(model, "__name__", None) or type(model).__name__
+    graph = lower_and_optimize(captured, options, CompileRecord(name))
+    bindings = bind_symbols(graph, [t.contiguous() for t in tensors])
+    kernels: dict[str, Any] = {}
+    for op in graph.ops:
+        if op.name == "kernel":
+            kernels.setdefault(kernel_key(op), op)
+    return list(kernels.values()), bindings, target
+
+
+def cmd_tune(args: argparse.Namespace) -> int:
+    from tilefx.autotune.tuner import TuneOptions, Tuner, format_summary
+    from tilefx.compiler.cli import CLIError, load_model
+
+    if args.trials is not None and args.trials < 1:
+        raise CLIError(f"--trials must be at least 1, got {args.trials}")
+    model = load_model(args.model)
+    tensors = tuple(spec.make(seed=i) for i, spec in enumerate(args.input))
+    kernels, bindings, target = model_kernels(model, tensors, args.target)
+    try:
+        options = TuneOptions.from_tune(args.time or args.trials, strategy=args.strategy,
+                                        workers=args.workers, batch=args.batch,
+                                        timeout=args.timeout, db_path=args.db,
+                                        progress=not args.no_progress)
+    except ValueError as e:
+        raise CLIError(str(e)) from None
+    print(f"tilefx tune {args.model}: {len(kernels)} distinct kernels on {target.key()}")
+    tuner = Tuner(target, options)
+    try:
+        for op in kernels:
+            tuner.tune_kernel(op, bindings)
+    finally:
+        tuner.close()
+    print(format_summary(tuner.results))
+    if tuner.interrupted:
+        print("interrupted: measurements so far are saved; run the same command to resume")
+        return 130
+    return 0
