@@ -7,12 +7,14 @@ Nothing here imports TVM: the GPU machine may not have it.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import platform
+import time
 import statistics
 import sys
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 ROOT = Path(__file__).resolve().parents[2]
 if str(ROOT) not in sys.path:
@@ -22,6 +24,56 @@ import torch  # noqa: E402
 
 DEVICE = "cuda"  # the scripts run on the GPU; a dry run on CPU (interpreter) patches this
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+class Report:
+    """Markdown lines to stdout and, when ``$OUT`` is set (the lead's GPU machine
+    collects that folder), appended to ``$OUT/<name>`` as well."""
+
+    def __init__(self, name: str) -> None:
+        import os
+
+        out = os.environ.get("OUT")
+        self.path = Path(out) / name if out else None
+        if self.path is not None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self.path.write_text("")
+
+    def __call__(self, text: str = "") -> None:
+        print(text, flush=True)
+        if self.path is not None:
+            with self.path.open("a") as f:
+                f.write(text + "\n")
+
+
+def progress(text: str) -> None:
+    """A timestamped progress line on stderr (never in the tables)."""
+    import time
+
+    print(f"[{time.strftime('%H:%M:%S')}] {text}", file=sys.stderr, flush=True)
+
+
+@contextlib.contextmanager
+def quiet() -> Iterator[None]:
+    """Silence everything written to fds 1 and 2 (max-autotune prints its tables from
+    C++ and subprocesses too, so ``sys.stdout`` redirection is not enough)."""
+    import os
+
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = [os.dup(1), os.dup(2)]
+    with open(os.devnull, "w") as null:
+        os.dup2(null.fileno(), 1)
+        os.dup2(null.fileno(), 2)
+        try:
+            yield
+        finally:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os.dup2(saved[0], 1)
+            os.dup2(saved[1], 2)
+            for fd in saved:
+                os.close(fd)
 
 
 def environment() -> str:
@@ -90,10 +142,11 @@ def candidates(op: Any, bindings: dict, limit: int) -> list[Any]:
     if "library" in space.get("impl", []):
         out.append(default.with_(impl="library"))
     kind = op.attr("kind")
-    if "BLOCK_M" in space and "BLOCK_K" in space:  # matmul: Inductor-like configs
-        for bm, bn, bk, w, s in [(128, 128, 32, 4, 3), (128, 128, 64, 8, 3), (64, 128, 32, 4, 4),
-                                 (128, 64, 32, 4, 4), (64, 64, 32, 4, 5), (128, 256, 64, 8, 3),
-                                 (64, 32, 32, 2, 5), (32, 64, 64, 4, 3), (16, 64, 128, 4, 3)]:
+    if "BLOCK_M" in space and "BLOCK_K" in space:  # matmul: the Hopper defaults, then Inductor-like
+        from tilefx.codegen.triton.matmul import HOPPER_CONFIGS
+
+        for bm, bn, bk, w, s in [*HOPPER_CONFIGS, (128, 128, 32, 4, 3), (128, 64, 32, 4, 4),
+                                 (64, 64, 32, 4, 5), (64, 32, 32, 2, 5)]:
             out.append(default.with_(impl="triton", BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk,
                                      num_warps=w, num_stages=s))
     elif "BLOCK_D" in space or ("BLOCK_M" in space and "BLOCK_N" in space):  # attention
@@ -120,11 +173,24 @@ def random_like(v: Any, bindings: dict) -> torch.Tensor:
     return torch.randn(shape, device=DEVICE).to(dtype)
 
 
-def tuned_build(limit: int = 24, log: list[str] | None = None) -> Callable[..., Any]:
-    """A kernel builder for ``CompiledGraph``: measure candidates, keep the fastest."""
+def tuned_build(limit: int = 8, budget_s: float = 60.0, log: list[str] | None = None) -> Callable[..., Any]:
+    """A kernel builder for ``CompiledGraph``: measure up to ``limit`` candidates per
+    kernel, keep the fastest. Identical kernels (a repeated block) are tuned once;
+    once ``budget_s`` seconds are spent, the remaining kernels take their default
+    schedule (each Triton candidate costs a compile, ~1 s)."""
     from tilefx.codegen.triton import build_kernel
+    from tilefx.compiler.driver import kernel_key
+
+    start = time.perf_counter()
+    memo: dict[tuple, Any] = {}
 
     def build(op: Any, bindings: dict) -> Any:
+        key = (kernel_key(op), tuple(sorted((str(s), v) for s, v in bindings.items())))
+        if key in memo:
+            return memo[key]
+        if time.perf_counter() - start > budget_s:
+            memo[key] = build_kernel(op, None, None, bindings=bindings)
+            return memo[key]
         ins = [random_like(v, bindings) for v in op.inputs]
         outs = [random_like(v, bindings) for v in op.results]
         seen, best = set(), None
@@ -142,14 +208,16 @@ def tuned_build(limit: int = 24, log: list[str] | None = None) -> Callable[..., 
             if best is None or ms < best[0]:
                 best = (ms, k)
         if best is None:
-            return build_kernel(op, None, None, bindings=bindings)
+            best = (0.0, build_kernel(op, None, None, bindings=bindings))
         if log is not None:
             log.append(f"{op.attr('name')}: {best[1].schedule} {best[0]:.3f} ms")
+        memo[key] = best[1]
         return best[1]
     return build
 
 
-def compile_tuned(model: torch.nn.Module, inputs: tuple, log: list[str] | None = None) -> Callable[..., Any]:
+def compile_tuned(model: torch.nn.Module, inputs: tuple, log: list[str] | None = None,
+                  cuda_graphs: bool | None = None, limit: int = 8, budget_s: float = 60.0) -> Callable[..., Any]:
     """tilefx for cuda with every kernel tuned over a few candidates (flat tensor inputs)."""
     from tilefx.compiler.capture import capture
     from tilefx.compiler.driver import CompileOptions, CompileRecord, lower_and_optimize
@@ -158,6 +226,6 @@ def compile_tuned(model: torch.nn.Module, inputs: tuple, log: list[str] | None =
     options = CompileOptions(target="cuda")
     record = CompileRecord(type(model).__name__, target="cuda")
     graph = lower_and_optimize(capture(model, inputs), options, record)
-    compiled = CompiledGraph(graph, tuned_build(log=log))
+    compiled = CompiledGraph(graph, tuned_build(limit, budget_s, log=log), cuda_graphs=cuda_graphs)
     compiled(*inputs)  # builds (tunes) now
     return compiled

@@ -45,6 +45,7 @@ class CompileOptions:
     tune_trials: int | str = 0  # autotune each kernel: N trials, or a time budget "30s"
     tune_db: str | None = None  # tuning database path (None: $TILEFX_CACHE_DIR/tuning.db)
     strict: bool = False      # raise on a kernel build failure instead of interpreting it
+    cuda_graphs: bool | None = None  # replay static-shape cuda graphs; None: TILEFX_CUDA_GRAPHS
 
     def resolved_target(self) -> Target:
         from tilefx.codegen.target import Target
@@ -322,7 +323,8 @@ def compile_graph(captured: Any, target: str | Target | None = None,
         where = ", ".join(f"{s}={v}" for s, v in bindings.items()) or "static"
         record.buffers.append(f"{where}: {plan.buffer_stats}")
 
-    compiled = CompiledGraph(graph, make_builder(tgt, options, record), on_specialize)
+    compiled = CompiledGraph(graph, make_builder(tgt, options, record), on_specialize,
+                             cuda_graphs=options.cuda_graphs)
     compiled.record = record
     if example_inputs is not None:
         from tilefx.compiler.runtime import bind_symbols

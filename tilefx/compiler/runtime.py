@@ -19,7 +19,8 @@ the storage they look at) and a later result of the same dtype and element
 count reuses it. Graph outputs are allocated fresh on every call, so what the
 caller gets never aliases an internal buffer. Because buffers are reused
 between calls, one ``CompiledGraph`` must not be called from two threads at
-once.
+once. On a CUDA device a static plan is recorded once in a CUDA graph and
+replayed (``cuda_graph.py``), so Python launches nothing per kernel.
 
 Every tensor handed to a kernel is contiguous and 64-byte aligned: TVM's
 generated code assumes aligned buffers (vector loads on a misaligned pointer
@@ -125,13 +126,22 @@ class KernelStep:
     outputs: tuple[int, ...]
     fresh: tuple[tuple[int, tuple[int, ...], Any], ...]  # (slot, shape, dtype) allocated per call
     device: Any = None  # where the inputs live (a cuda graph's buffers live there too)
+    # precomputed for the hot path (see plan_graph): the slots of inputs then outputs, and
+    # the kernel's innermost launch function (``fast_call``) when it has one
+    args: tuple[int, ...] = ()
+    launch: KernelFn | None = None
+
+    def __post_init__(self) -> None:
+        if not self.args:
+            object.__setattr__(self, "args", self.inputs + self.outputs)
 
     def __call__(self, env: list) -> None:
-        import torch
+        if self.fresh:
+            import torch
 
-        for slot, shape, dtype in self.fresh:
-            env[slot] = torch.empty(shape, dtype=dtype, device=self.device)
-        self.fn(*[env[i] for i in self.inputs], *[env[o] for o in self.outputs])
+            for slot, shape, dtype in self.fresh:
+                env[slot] = torch.empty(shape, dtype=dtype, device=self.device)
+        (self.launch or self.fn)(*[env[i] for i in self.args])
 
 
 @dataclass(frozen=True, slots=True)
@@ -303,9 +313,10 @@ def plan_graph(graph: Graph, bindings: Mapping[sympy.Symbol, int], kernels: Mapp
         elif op.name == "kernel":
             fresh = tuple((slot(r), concrete_shape(r.type, bindings), torch_dtype(r.type.dtype))
                           for r in op.results if r.name in fresh_roots)
-            steps.append(KernelStep(op.attr("name"), kernels[op.results[0].name],
-                                    tuple(slot(v) for v in op.inputs),
-                                    tuple(slot(r) for r in op.results), fresh, device))
+            fn = kernels[op.results[0].name]
+            ins, outs = tuple(slot(v) for v in op.inputs), tuple(slot(r) for r in op.results)
+            steps.append(KernelStep(op.attr("name"), fn, ins, outs, fresh, device, ins + outs,
+                                    getattr(fn, "fast_call", None)))
         elif op.name == "reshape":
             steps.append(ViewStep(slot(op.inputs[0]), slot(op.result),
                                   concrete_shape(op.result.type, bindings)))
@@ -357,8 +368,11 @@ class CompiledGraph:
     """
 
     def __init__(self, graph: Graph, build_kernel: KernelBuilder,
-                 on_specialize: Callable[[dict, ExecutionPlan], None] | None = None) -> None:
+                 on_specialize: Callable[[dict, ExecutionPlan], None] | None = None,
+                 cuda_graphs: bool | None = None) -> None:
         self.graph = graph
+        self.cuda_graphs = cuda_graphs  # None: on unless TILEFX_CUDA_GRAPHS=0 (cuda_graph.py)
+        self._graphed: dict[int, Any] = {}  # id(plan) -> cuda_graph.GraphedPlan or Decision
         self._build_kernel = build_kernel
         self._constants = constant_tensors(graph)
         self._device_constants: dict[Any, dict[str, torch.Tensor]] = {}  # cuda copies of them
@@ -398,6 +412,11 @@ class CompiledGraph:
         for v, t in zip(self.graph.inputs, tensors):
             if t.dtype != torch_dtype(v.type.dtype):
                 raise RuntimeInputError(f"input %{v.name} expects {v.type.dtype.name}, got {t.dtype}")
-        plan = self.plan_for(bind_symbols(self.graph, tensors), tensors[0].device if tensors else None)
+        device = tensors[0].device if tensors else None
+        plan = self.plan_for(bind_symbols(self.graph, tensors), device)
         with torch.no_grad():
+            if device is not None and device.type == "cuda":  # replayed from a CUDA graph when it can
+                from tilefx.compiler.cuda_graph import run_graphed
+
+                return run_graphed(self, plan, tensors, device)
             return plan.run(tensors)

@@ -65,9 +65,19 @@ def space(body: Graph) -> dict[str, list[Any]]:
 
 
 def default_schedule(body: Graph, target: Any = None) -> Schedule:
-    e = shape_of(anchor_of(body).inputs[0])[-1]
-    return Schedule.of(impl="triton", BLOCK_M=128 if e <= 64 else 64, BLOCK_N=64,
-                       num_warps=4 if e <= 64 else 8, num_stages=2)
+    """FlashAttention-2's Hopper choice for head dim <= 64: 128 query rows, 64 keys per
+    step, 4 warps, 3 stages; 8 warps and 2 stages for wider heads (the larger V tile),
+    and 64 query rows when the sequence is short or 128 would starve the SMs."""
+    from tilefx.codegen.triton.matmul import sm_count
+
+    op = anchor_of(body)
+    L, e = shape_of(op.inputs[0])[-2:]
+    batch = numel(shape_of(op.result)[:-2])
+    bm = 128 if e <= 64 else 64
+    if L <= 64 or -(-L // bm) * batch < sm_count(target):
+        bm = 64
+    return Schedule.of(impl="triton", BLOCK_M=bm, BLOCK_N=64,
+                       num_warps=4 if e <= 64 else 8, num_stages=3 if e <= 64 else 2)
 
 
 def scale_of(op: Op) -> float:

@@ -23,7 +23,7 @@ from tilefx.codegen.triton.emit import shape_of
 from tilefx.codegen.triton.source import HEADER, KernelSource
 from tilefx.ir.graph import Graph, Op, Value
 
-# anchor op -> (torch call text given operand expressions, whether it takes out=)
+# anchor op, operand expressions -> the torch call's text
 AnchorCall = Callable[[Op, list[str]], str]
 
 
@@ -71,7 +71,10 @@ def emit(body: Graph, name: str, anchor: Op, call: AnchorCall, schedule: Schedul
     lines = [HEADER]
     meta: tuple = (("impl", "library"),)
     if not rest and len(body.outputs) == 1 and body.outputs[0].name == anchor.result.name:
-        launch.append(f"    {outs[0]}.copy_({result})")
+        if result.startswith("torch.matmul(") and result.endswith(")"):  # cuBLAS writes it: no copy
+            launch.append(f"    {result[:-1]}, out={outs[0]})")
+        else:
+            launch.append(f"    {outs[0]}.copy_({result})")
     else:
         epi = Graph(f"{name}_epilogue", body.inputs + (anchor.result,), tuple(rest), body.outputs, {})
         block = schedule.get("EPILOGUE_BLOCK", 1024)

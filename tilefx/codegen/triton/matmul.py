@@ -13,6 +13,10 @@ accumulator tile before the store.
 
 Knobs (``space``): ``impl`` (``triton`` | ``library`` = cuBLAS + epilogue
 kernel), ``BLOCK_M/N/K``, ``GROUP_M``, ``num_warps``, ``num_stages``.
+
+Defaults (``default_schedule``): the library for fp32 without TF32 and for
+skinny, deep problems (cuBLAS splits K); otherwise the largest Hopper tile of
+``HOPPER_CONFIGS`` that still gives half the SMs a tile.
 """
 
 from __future__ import annotations
@@ -63,12 +67,70 @@ def dims(body: Graph) -> tuple[int, int, int]:
     return m, n, k
 
 
-def default_schedule(body: Graph, target: Any = None) -> Schedule:
+# Default tiles for Hopper (H100/H200), largest first: (BLOCK_M, BLOCK_N, BLOCK_K, warps, stages)
+# for fp16/bf16 operands. fp32 (TF32) tiles take half the BLOCK_K: twice the bytes per element.
+# The first config with tiles for at least half the SMs wins; a skinny M skips tiles taller than M.
+HOPPER_CONFIGS: tuple[tuple[int, int, int, int, int], ...] = (
+    (128, 256, 64, 8, 3),   # Triton's tutorial best on H100 at 4096^3 (147 KB of shared memory)
+    (128, 128, 64, 8, 4),
+    (64, 128, 64, 4, 4),
+    (64, 64, 64, 4, 4),
+    (32, 64, 64, 4, 4),
+    (16, 64, 128, 4, 3),    # a GEMV-like M: long K steps, few warps
+)
+SPLIT_K_DEPTH = 1024  # a K this deep on too few tiles is where cuBLAS's split-K wins
+DEFAULT_SMS = 132     # H100/H200 SXM, when the target does not know its device
+
+
+def sm_count(target: Any) -> int:
+    cores = getattr(target, "cores", 0) if getattr(target, "kind", "") == "cuda" else 0
+    return cores if cores > 1 else DEFAULT_SMS
+
+
+def batch_of(body: Graph) -> int:
+    return numel(shape_of(anchor_of(body).result)[:-2])
+
+
+def prefers_library(body: Graph, target: Any = None) -> str:
+    """Why cuBLAS (plus a fused epilogue kernel) should be the default, or "" if not:
+    fp32 without TF32 (cuBLAS's SGEMM beats an IEEE ``tl.dot``), or a skinny problem
+    whose tiles cannot fill the GPU while K is deep (cuBLAS splits K; this template
+    does not)."""
+    if "library" not in space(body)["impl"]:
+        return ""
     m, n, k = dims(body)
-    big = m * n >= 512 * 512
-    return Schedule.of(impl="triton", BLOCK_M=128 if big else 64, BLOCK_N=128 if big else 64,
-                       BLOCK_K=64 if anchor_of(body).inputs[0].type.dtype != DType.float32 else 32,
-                       GROUP_M=8, num_warps=8 if big else 4, num_stages=3)
+    if anchor_of(body).inputs[0].type.dtype == DType.float32 and not _tf32():
+        return "fp32 without TF32"
+    smallest = HOPPER_CONFIGS[-2]
+    tiles = -(-m // smallest[0]) * -(-n // smallest[1]) * batch_of(body)
+    if tiles < sm_count(target) // 2 and k >= SPLIT_K_DEPTH:
+        return "skinny and deep: split-K"
+    return ""
+
+
+def _tf32() -> bool:
+    try:
+        import torch
+    except ImportError:
+        return False
+    return bool(torch.backends.cuda.matmul.allow_tf32)
+
+
+def default_schedule(body: Graph, target: Any = None) -> Schedule:
+    if prefers_library(body, target):
+        return Schedule.of(impl="library", EPILOGUE_BLOCK=1024)
+    m, n, _ = dims(body)
+    sms, batch = sm_count(target), batch_of(body)
+    fp32 = anchor_of(body).inputs[0].type.dtype == DType.float32
+    # no tile taller than M; the 16-row GEMV tile only for M <= 16
+    fitting = [c for c in HOPPER_CONFIGS if c[0] <= max(16, next_pow2(m)) and (c[0] > 16 or m <= 16)]
+    # half a wave of tiles is enough: larger tiles reuse more of each operand load
+    chosen = next((c for c in fitting if -(-m // c[0]) * -(-n // c[1]) * batch >= sms // 2), fitting[-1])
+    bm, bn, bk, warps, stages = chosen
+    if fp32:
+        bk, stages = bk // 2, min(stages, 3)
+    return Schedule.of(impl="triton", BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, GROUP_M=8,
+                       num_warps=warps, num_stages=stages)
 
 
 def clamp(body: Graph, schedule: Schedule) -> Schedule:
@@ -88,9 +150,7 @@ def input_precision(dtype: DType) -> str:
     fp16/bf16 operands take none (they always run on the tensor cores)."""
     if dtype != DType.float32:
         return ""
-    import torch
-
-    return ', input_precision="tf32"' if torch.backends.cuda.matmul.allow_tf32 else ', input_precision="ieee"'
+    return ', input_precision="tf32"' if _tf32() else ', input_precision="ieee"'
 
 
 def _all(e: Emitter, *conds: str | None) -> str | None:

@@ -27,8 +27,14 @@ def largest(body: Graph) -> int:
 
 
 def default_schedule(body: Graph, target: Any = None) -> Schedule:
+    """1024 elements and 4 warps per program for large tensors (8 per thread, 16-byte
+    accesses); smaller blocks for small tensors, so their programs still spread over
+    the SMs instead of queueing on a few."""
+    from tilefx.codegen.triton.matmul import sm_count
+
     n = largest(body)
-    block = min(1024, next_pow2(n))
+    block = max(128, min(1024, next_pow2(-(-n // sm_count(target)))))
+    block = min(block, next_pow2(n))
     return Schedule.of(BLOCK=block, num_warps=4 if block >= 1024 else 2 if block >= 256 else 1)
 
 

@@ -87,10 +87,15 @@ class Plan:
 
 
 def default_schedule(body: Graph, target: Any = None) -> Schedule:
+    """Persistent when the row fits (read once, no loop); rows per program up to a
+    4096-element tile, fewer when that would leave SMs idle; looped beyond."""
+    from tilefx.codegen.triton.matmul import sm_count
+
     p = Plan(body)
     rb = next_pow2(p.R)
     if rb <= PERSISTENT_LIMIT:
-        xb = max(1, min(next_pow2(p.X), 4096 // rb, 64))
+        fill = max(1, next_pow2(p.X // sm_count(target) + 1) // 2)  # largest power of 2 <= X / SMs
+        xb = max(1, min(next_pow2(p.X), 4096 // rb, 64, fill))
         return Schedule.of(XBLOCK=xb, RBLOCK=rb, persistent=True,
                            num_warps=8 if xb * rb >= 4096 else 4 if xb * rb >= 1024 else 2)
     return Schedule.of(XBLOCK=1, RBLOCK=1024, persistent=False, num_warps=8)

@@ -2,7 +2,7 @@
 and clear refusals for what the templates do not cover.
 
 Regenerate the snapshots after an intended change with
-``TILEFX_UPDATE_GOLDEN=1 python -m pytest tests/codegen/triton/test_triton_source.py``
+``TILEFX_UPDATE_GOLDEN=1 python -m pytest tests/codegen/triton_backend/test_triton_source.py``
 and review the diff.
 """
 
@@ -100,14 +100,16 @@ def test_unsupported_bodies_raise_not_implemented():
         build_kernel(conv, None, Schedule.of(impl="triton"))
 
 
-def test_fp32_matmul_uses_tf32_only_when_torch_allows_it(monkeypatch):
-    import torch
+def test_fp32_matmul_uses_tf32_only_when_torch_allows_it(set_tf32):
 
     op = kernel_op("contraction", [f32(16, 16), f32(16, 16)], lambda b, x, w: b.op("matmul", x, w))
-    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)
-    assert 'input_precision="ieee"' in kernel_source(op)
-    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", True)
-    assert 'input_precision="tf32"' in kernel_source(op)
+    triton = Schedule.of(impl="triton")
+    set_tf32(False)
+    assert 'input_precision="ieee"' in kernel_source(op, triton)
+    assert default_schedule(op)["impl"] == "library"  # cuBLAS's SGEMM is the default then
+    set_tf32(True)
+    assert 'input_precision="tf32"' in kernel_source(op, triton)
+    assert default_schedule(op)["impl"] == "triton"
 
 
 def test_bf16_pointwise_computes_in_fp32():

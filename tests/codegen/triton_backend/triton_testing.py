@@ -68,3 +68,4 @@ def close(actual: torch.Tensor, expected: torch.Tensor, dtype: DType = DType.flo
     torch.testing.assert_close(actual.float() if actual.is_floating_point() else actual,
                                expected.float() if expected.is_floating_point() else expected,
                                rtol=tol, atol=tol)
+

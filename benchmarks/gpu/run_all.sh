@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# The GPU run in one command: GPU tests, zoo correctness check, benchmark. Each stage
+# tees its output into $OUT (default benchmarks/gpu/out); the tables also land in
+# $OUT/check_zoo.md and $OUT/bench.md. Stages to run are the arguments (default: all):
+#
+#   bash benchmarks/gpu/run_all.sh                 # tests check bench (~10-12 min on an H200)
+#   bash benchmarks/gpu/run_all.sh tests check     # under 10 minutes: split the run in two calls
+#   bash benchmarks/gpu/run_all.sh bench --models mlp,gpt2_block   # args after "bench" go to bench.py
+#
+# Every stage runs even if an earlier one fails; the exit status is the worst of them.
+set -u
+cd "$(dirname "$0")/../.."
+export OUT="${OUT:-benchmarks/gpu/out}"
+export TILEFX_CACHE_DIR="${TILEFX_CACHE_DIR:-/tmp/tilefx-cache}"  # generated kernels stay out of $OUT
+mkdir -p "$OUT"
+stages=("$@"); [ ${#stages[@]} -eq 0 ] && stages=(tests check bench)
+status=0
+run() {  # run NAME SECONDS CMD...: one stage, its log in $OUT/NAME.log
+    local name=$1 seconds=$2; shift 2
+    echo "== $name: $*" | tee "$OUT/$name.log"
+    local t0=$SECONDS
+    timeout "$seconds" "$@" 2>&1 | tee -a "$OUT/$name.log"
+    local rc=${PIPESTATUS[0]}
+    echo "== $name: exit $rc after $((SECONDS - t0)) s" | tee -a "$OUT/$name.log"
+    [ "$rc" -gt "$status" ] && status=$rc
+}
+while [ ${#stages[@]} -gt 0 ]; do
+    stage=${stages[0]}; stages=("${stages[@]:1}")
+    case "$stage" in
+        tests) run gpu_tests 300 python -m pytest -q -m gpu tests/codegen/triton_backend ;;
+        check) run check_zoo 420 python benchmarks/gpu/check_zoo.py ;;
+        bench) run bench 480 python benchmarks/gpu/bench.py "${stages[@]}"; stages=() ;;
+        *) echo "unknown stage $stage (use tests, check, bench)"; exit 2 ;;
+    esac
+done
+exit "$status"

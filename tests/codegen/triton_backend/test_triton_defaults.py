@@ -1,0 +1,91 @@
+"""Default schedules of the Triton templates (the Hopper heuristics): which impl, which
+tiles, for the shapes the zoo and the kernel benchmarks use; and that the defaults
+still compute the right thing (under TRITON_INTERPRET=1)."""
+
+import pytest
+import torch.nn.functional as F
+from triton_testing import close, f32, kernel_op, rand, run, t
+
+from tilefx.codegen.target import Target
+from tilefx.codegen.triton import default_schedule
+from tilefx.codegen.triton.matmul import DEFAULT_SMS, sm_count
+from tilefx.ir import DType
+
+F16 = DType.float16
+
+
+def _mm(m, n, k, dtype=F16, epilogue=True):
+    types = [t(dtype, m, k), t(dtype, k, n), t(dtype, n)]
+    return kernel_op("contraction", types, lambda b, x, w, c: b.op("gelu", b.op("add", b.op("matmul", x, w), c))
+                     if epilogue else b.op("matmul", x, w))
+
+
+def test_sm_count_comes_from_a_cuda_target():
+    assert sm_count(None) == DEFAULT_SMS == sm_count(Target.parse("cpu"))
+    assert sm_count(Target(kind="cuda", cores=78)) == 78
+
+
+def test_large_fp16_matmul_takes_the_big_hopper_tile():
+    s = default_schedule(_mm(4096, 4096, 4096, epilogue=False))
+    assert (s["impl"], s["BLOCK_M"], s["BLOCK_N"], s["BLOCK_K"], s["num_warps"], s["num_stages"]) == \
+        ("triton", 128, 256, 64, 8, 3)
+    s = default_schedule(_mm(1024, 1024, 1024))  # 128x256 tiles would leave most SMs idle
+    assert (s["impl"], s["BLOCK_M"], s["BLOCK_N"]) == ("triton", 64, 128)
+    s = default_schedule(_mm(8, 4096, 512))  # GEMV-like
+    assert (s["BLOCK_M"], s["BLOCK_K"]) == (16, 128)
+
+
+def test_skinny_deep_matmul_defaults_to_cublas():
+    # the MLP's second Linear at batch 64: 64 x 1024 output, K = 4096
+    assert default_schedule(_mm(64, 1024, 4096))["impl"] == "library"
+    # a shallow skinny one stays fused in one Triton kernel, with short tiles
+    s = default_schedule(_mm(64, 768, 256))
+    assert s["impl"] == "triton" and s["BLOCK_M"] <= 64
+    # fewer SMs: the same problem fills the device
+    assert default_schedule(_mm(64, 1024, 4096), Target(kind="cuda", cores=8))["impl"] == "triton"
+
+
+def test_fp32_matmul_defaults_to_cublas_unless_tf32(set_tf32):
+    set_tf32(False)
+    assert default_schedule(_mm(512, 512, 512, DType.float32))["impl"] == "library"
+    computed = kernel_op("contraction", [f32(32, 16), f32(16, 8)], lambda b, x, w: b.op(
+        "matmul", b.op("pad", x, pads=(0, 0, 0, 0), value=0.0), w))
+    assert default_schedule(computed)["impl"] == "triton"  # no library candidate there
+    set_tf32(True)
+    s = default_schedule(_mm(512, 512, 512, DType.float32))
+    assert s["impl"] == "triton" and (s["BLOCK_M"], s["BLOCK_N"], s["BLOCK_K"]) == (32, 64, 32)
+
+
+def test_pointwise_blocks_follow_the_size():
+    small = kernel_op("pointwise", [f32(3, 50)], lambda b, x: b.op("relu", x))
+    big = kernel_op("pointwise", [f32(1024, 1024)], lambda b, x: b.op("relu", x))
+    mid = kernel_op("pointwise", [f32(256, 256)], lambda b, x: b.op("relu", x))
+    assert default_schedule(small)["BLOCK"] == 128  # never below 128 elements a program
+    assert (default_schedule(big)["BLOCK"], default_schedule(big)["num_warps"]) == (1024, 4)
+    assert default_schedule(mid)["BLOCK"] == 512  # 128 programs rather than 64
+
+
+def test_reductions_are_persistent_and_spread_rows_over_the_sms():
+    few = kernel_op("reduction", [f32(64, 1000)], lambda b, x: b.op("softmax", x, dim=-1))
+    s = default_schedule(few)
+    assert s["persistent"] is True and s["XBLOCK"] == 1 and s["RBLOCK"] == 1024
+    many = kernel_op("reduction", [f32(8192, 768)], lambda b, x: b.op("softmax", x, dim=-1))
+    assert default_schedule(many)["XBLOCK"] == 4
+    wide = kernel_op("reduction", [f32(4, 10000)], lambda b, x: b.op("sum", x, dims=(1,)))
+    assert default_schedule(wide)["persistent"] is False
+
+
+def test_attention_defaults():
+    long = kernel_op("contraction", [t(F16, 4, 16, 2048, 64)] * 3, lambda b, q, k, v: b.op("attention", q, k, v))
+    s = default_schedule(long)
+    assert (s["BLOCK_M"], s["BLOCK_N"], s["num_warps"], s["num_stages"]) == (128, 64, 4, 3)
+    short = kernel_op("contraction", [t(F16, 4, 4, 64, 64)] * 3, lambda b, q, k, v: b.op("attention", q, k, v))
+    assert default_schedule(short)["BLOCK_M"] == 64
+
+
+@pytest.mark.parametrize("m,n,k", [(16, 40, 24), (70, 33, 48), (5, 8, 130)])
+def test_default_matmul_schedules_compute_correctly(m, n, k):
+    op = _mm(m, n, k)
+    x, w, c = (rand(v.type, i) for i, v in enumerate(op.inputs))
+    (y,) = run(op, [x, w, c])
+    close(y, F.gelu(x.float() @ w.float() + c.float()), F16)
