@@ -1,4 +1,4 @@
-"""Time single contraction kernels: tilefx's default (untuned) TVM schedule vs PyTorch.
+"""Time single kernels (contraction, reduction, pointwise): tilefx's default (untuned) TVM schedule vs PyTorch.
 
     python benchmarks/kernels.py                       # every case
     python benchmarks/kernels.py --cases mm512,conv3x3 --repeats 30 --threads 2
@@ -9,7 +9,9 @@ eager on random inputs, then timed: ``--warmup`` calls, then ``--rounds``
 interleaved rounds of ``--repeats`` calls each for tilefx and torch (each
 block starts with a pause and two untimed calls, see ``_times``); the
 reported time is the median over all calls. GFLOP/s counts 2 flops per
-multiply-add. The machine may be shared: repeat runs and compare medians.
+multiply-add; for the reduction and pointwise cases (memory-bound) it counts
+input elements read, i.e. reads as Gelem/s. The machine may be shared: repeat
+runs and compare medians.
 """
 
 from __future__ import annotations
@@ -44,6 +46,7 @@ class Case:
     body: Callable[..., Any]                     # (builder, *inputs) -> output Value
     torch_fn: Callable[..., torch.Tensor]        # the same computation in eager PyTorch
     flops: int
+    kind: str = "contraction"                    # the kernel's template kind
 
 
 def _mm(name: str, a: tuple[int, ...], b: tuple[int, ...], bias: bool = False) -> Case:
@@ -90,6 +93,66 @@ CASES = {c.name: c for c in [
 ]}
 
 
+def _red(name: str, shapes: tuple[tuple[int, ...], ...], body: Callable[..., Any],
+         torch_fn: Callable[..., torch.Tensor], kind: str = "reduction") -> Case:
+    # memory-bound kernels: "flops" counts the elements read, so GFLOP/s reads as Gelem/s
+    import math
+    return Case(name, shapes, body, torch_fn, sum(math.prod(s) for s in shapes), kind)
+
+
+def _erf_gelu(t: torch.Tensor) -> torch.Tensor:
+    return F.gelu(t)
+
+
+_LN = dict(normalized_ndim=1, eps=1e-5)
+_MASK = torch.triu(torch.full((128, 128), float("-inf")), 1)
+
+REDUCTION_CASES = [
+    _red("ln768", ((512, 768), (768,), (768,)), lambda g, x, w, b: g.op("layer_norm", x, w, b, **_LN),
+         lambda x, w, b: F.layer_norm(x, (768,), w, b)),
+    _red("ln768_gelu", ((512, 768), (768,), (768,)),
+         lambda g, x, w, b: g.op("gelu", g.op("layer_norm", x, w, b, **_LN)),
+         lambda x, w, b: _erf_gelu(F.layer_norm(x, (768,), w, b))),
+    _red("add_ln256", ((4, 128, 256), (4, 128, 256), (256,), (256,)),
+         lambda g, r, x, w, b: g.op("layer_norm", g.op("add", r, x), w, b, **_LN),
+         lambda r, x, w, b: F.layer_norm(r + x, (256,), w, b)),
+    _red("softmax128", ((4, 4, 128, 128),), lambda g, x: g.op("softmax", x, dim=-1),
+         lambda x: torch.softmax(x, -1)),
+    _red("softmax64", ((4, 4, 64, 64),), lambda g, x: g.op("softmax", x, dim=-1),
+         lambda x: torch.softmax(x, -1)),
+    _red("mask_softmax128", ((4, 4, 128, 128), (128, 128)),
+         lambda g, x, m: g.op("softmax", g.op("add", g.op("mul", x, g.scalar(0.125, DType.float32)), m), dim=-1),
+         lambda x, m: torch.softmax(x * 0.125 + m, -1)),
+    _red("log_softmax", ((512, 1000),), lambda g, x: g.op("log_softmax", x, dim=-1),
+         lambda x: F.log_softmax(x, -1)),
+    _red("sum_last", ((512, 768),), lambda g, x: g.op("sum", x, dims=(-1,), keepdim=True),
+         lambda x: x.sum(-1, keepdim=True)),
+    _red("mean_last", ((512, 768),), lambda g, x: g.op("mean", x, dims=(-1,), keepdim=True),
+         lambda x: x.mean(-1, keepdim=True)),
+    _red("amax_last", ((512, 768),), lambda g, x: g.op("amax", x, dims=(-1,), keepdim=True),
+         lambda x: x.amax(-1, keepdim=True)),
+    _red("sum_axis0", ((512, 768),), lambda g, x: g.op("sum", x, dims=(0,), keepdim=True),
+         lambda x: x.sum(0, keepdim=True)),
+    _red("mean_hw", ((4, 64, 28, 28),), lambda g, x: g.op("mean", x, dims=(2, 3), keepdim=True),
+         lambda x: x.mean((2, 3), keepdim=True)),
+    _red("maxpool3s2", ((1, 64, 112, 112),),
+         lambda g, x: g.op("max_pool2d", x, kernel=(3, 3), stride=(2, 2), padding=(1, 1)),
+         lambda x: F.max_pool2d(x, 3, 2, 1)),
+    _red("avgpool3s2", ((1, 64, 56, 56),),
+         lambda g, x: g.op("avg_pool2d", x, kernel=(3, 3), stride=(2, 2), padding=(1, 1)),
+         lambda x: F.avg_pool2d(x, 3, 2, 1)),
+    _red("gap7", ((4, 512, 7, 7),), lambda g, x: g.op("adaptive_avg_pool2d", x, output_size=(1, 1)),
+         lambda x: F.adaptive_avg_pool2d(x, 1)),
+    _red("bias_gelu", ((512, 1024), (1024,)), lambda g, x, b: g.op("gelu", g.op("add", x, b)),
+         lambda x, b: F.gelu(x + b), kind="pointwise"),
+    _red("permute0213", ((4, 128, 4, 64),), lambda g, x: g.op("permute", x, dims=(0, 2, 1, 3)),
+         lambda x: x.permute(0, 2, 1, 3).contiguous(), kind="pointwise"),
+    _red("transpose_last", ((16, 128, 64),), lambda g, x: g.op("permute", x, dims=(0, 2, 1)),
+         lambda x: x.transpose(1, 2).contiguous(), kind="pointwise"),
+]
+CASES.update({c.name: c for c in REDUCTION_CASES})
+
+
 def kernel_of(case: Case) -> Op:
     f32 = DType.float32
     g = GraphBuilder(case.name)
@@ -99,7 +162,7 @@ def kernel_of(case: Case) -> Op:
     args = tuple(Value(f"x{i}", TensorType(f32, s)) for i, s in enumerate(case.shapes))
     results = (Value("y0", out.type),)
     return Op("kernel", args, results,
-              freeze_attrs({"kind": "contraction", "name": case.name}), body)
+              freeze_attrs({"kind": case.kind, "name": case.name}), body)
 
 
 def _times(fn: Callable[[], Any], repeats: int) -> list[float]:

@@ -2,6 +2,7 @@
 
     python benchmarks/run.py                                  # every model, CPU
     python benchmarks/run.py --models mlp,gpt2_block --repeats 50
+    python benchmarks/run.py --tune 16 --models mlp        # + tilefx tuned, 16 trials/kernel
 
 For each model: build it, make its benchmark inputs (``bench_batch``, bench
 image/sequence size), compile with inductor and tilefx and check both against
@@ -32,6 +33,27 @@ from typing import Any, Callable
 
 # Set before anything imports TVM: pinned TVM threads fight with torch's pool.
 os.environ.setdefault("TVM_BIND_THREADS", "0")
+
+
+def _steady_malloc() -> None:
+    """Fix glibc's mmap/trim thresholds (what MALLOC_MMAP_THRESHOLD_ does).
+
+    Measured: once TVM/LLVM has built a kernel in a process, glibc returns
+    freed tensor memory to the OS, so every torch op of a few MB page-faults
+    its output again (LayerNorm+GELU 512x768 5x slower). Eager runs in this
+    process after tilefx compiled: without this its times would be inflated.
+    """
+    import ctypes
+
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        libc.mallopt(-3, 64 << 20)   # M_MMAP_THRESHOLD
+        libc.mallopt(-1, 256 << 20)  # M_TRIM_THRESHOLD
+    except OSError:
+        pass
+
+
+_steady_malloc()
 
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # run as a script: make `benchmarks` and `tilefx` importable
@@ -119,10 +141,17 @@ def compile_tilefx(model: torch.nn.Module, target: str) -> Callable[..., Any]:
     return tilefx.compile(model, target=target)
 
 
+def compile_tilefx_tuned(model: torch.nn.Module, target: str, tune: int | str) -> Callable[..., Any]:
+    import tilefx
+
+    return tilefx.compile(model, target=target, tune=tune)
+
+
 COMPILERS: dict[str, Callable[[torch.nn.Module, str], Callable[..., Any]]] = {
     "inductor": compile_inductor,
     "tilefx": compile_tilefx,
 }
+TUNED = "tilefx_tuned"  # with --tune N: tilefx.compile(tune=N), beside untuned tilefx
 
 
 def bench_model(entry: ZooModel, batch: int, args: argparse.Namespace) -> Row:
@@ -138,7 +167,8 @@ def bench_model(entry: ZooModel, batch: int, args: argparse.Namespace) -> Row:
         for name in args.compilers:
             try:
                 t = time.perf_counter()
-                fn = COMPILERS[name](model, args.target)
+                fn = compile_tilefx_tuned(model, args.target, args.tune) if name == TUNED \
+                    else COMPILERS[name](model, args.target)
                 fn(*inputs)  # compilers may finish their work on the first call
                 row.compile_s[name] = time.perf_counter() - t
                 row.check[name] = compare(fn(*fresh), ref)
@@ -176,15 +206,21 @@ def speedup(row: Row, base: str, name: str) -> str:
 
 
 def table(rows: list[Row]) -> str:
+    tuned = any(TUNED in r.compile_s or TUNED in r.errors for r in rows)
     header = ["model", "batch", "eager ms", "inductor ms", "tilefx ms", "tilefx/eager",
-              "tilefx/inductor", "kernels", "fallbacks", "compile s (tilefx / inductor)"]
+              "tilefx/inductor"]
+    header += ["tilefx tuned ms", "tuned/eager", "tuned/untuned"] if tuned else []
+    header += ["kernels", "fallbacks",
+               "compile s (tilefx / inductor" + (" / tilefx tuned)" if tuned else ")")]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for r in rows:
         compile_s = " / ".join(f"{r.compile_s[n]:.1f}" if n in r.compile_s else "-"
-                               for n in ("tilefx", "inductor"))
+                               for n in ("tilefx", "inductor", TUNED)[:3 if tuned else 2])
         cells = [r.model, str(r.batch), fmt_ms(r, "eager"), fmt_ms(r, "inductor"), fmt_ms(r, "tilefx"),
-                 speedup(r, "eager", "tilefx"), speedup(r, "inductor", "tilefx"), r.kernels,
-                 r.fallbacks, compile_s]
+                 speedup(r, "eager", "tilefx"), speedup(r, "inductor", "tilefx")]
+        if tuned:
+            cells += [fmt_ms(r, TUNED), speedup(r, "eager", TUNED), speedup(r, "tilefx", TUNED)]
+        cells += [r.kernels, r.fallbacks, compile_s]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -286,8 +322,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--compilers", default="inductor,tilefx", help="subset of: inductor, tilefx")
     p.add_argument("--output", type=Path, default=None,
                    help="markdown file (default benchmarks/results/<target>-<date>.md); '-' for none")
+    p.add_argument("--tune", default=None, metavar="N",
+                   help="also time tilefx.compile(tune=N): N trials per kernel, or a time "
+                        "budget per kernel such as 30s (column 'tilefx tuned', beside untuned)")
     p.add_argument("-v", "--verbose", action="store_true", help="print tracebacks of failures")
     args = p.parse_args(argv)
+    if args.tune is not None:
+        args.tune = int(args.tune) if args.tune.isdigit() else args.tune
     args.models = [m.strip() for m in args.models.split(",") if m.strip()]
     unknown = [m for m in args.models if m not in ZOO]
     if unknown:
@@ -296,6 +337,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     bad = [c for c in args.compilers if c not in COMPILERS]
     if bad:
         p.error(f"unknown compiler(s) {bad}; choose from {list(COMPILERS)}")
+    if args.tune and "tilefx" in args.compilers:
+        args.compilers.append(TUNED)
     if args.output is None:
         args.output = ROOT / "benchmarks" / "results" / f"{args.target}-{dt.date.today().isoformat()}.md"
     return args
@@ -311,6 +354,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"[bench] {name} batch {batch} ...", file=sys.stderr, flush=True)
         rows.append(bench_model(entry, batch, args))
         print(table(rows[-1:]).splitlines()[-1], file=sys.stderr, flush=True)
+    if args.tune:  # the tuner's builder pool and runner processes
+        from tilefx.autotune.tuner import close_sessions
+
+        close_sessions()
     text = table(rows)
     problems = notes(rows)
     print(text)

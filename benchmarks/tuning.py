@@ -1,20 +1,24 @@
 """Autotuning on CPU: untuned vs tuned kernels, vs torch eager and the library call,
 random vs evolutionary search, and what fingerprints / functional hashes skip.
 
-    python benchmarks/tuning.py                          # every case, 8 trials each
-    python benchmarks/tuning.py --cases mm512,ln_gelu --trials 16 --workers 1
+    python benchmarks/tuning.py                          # every case, 8 trials, 3 seeds
+    python benchmarks/tuning.py --cases mm512,ln_gelu --trials 16 --seeds 2
 
-Per case (one kernel op) and strategy (evolutionary, random), a fresh tuning
-database: the tuner measures the default schedule and the extern library
-candidate first, then ``--trials`` candidates in all. Reported: default and
-best latency (runner medians), the library candidate, torch eager timed in
-this process, trials until the best-so-far is within 5% of the final best,
+Per case (one kernel op), strategy (evolutionary, random) and seed
+(``--seeds``), a fresh tuning database: the tuner measures the default
+schedule and the extern library candidate first, then ``--trials``
+candidates in all. Trials to 95% count until the best-so-far is within 5% of
+the best that *any* run of the case found (median over seeds), so a strategy
+that stalls early scores badly. Then default, tuned and torch (the kernel body
+as bare torch calls, timed in the runner like a TVM candidate: the library
+call for matmul/conv, eager's unfused ops for a fused kernel) are measured
+again in interleaved rounds, so load drift hits them alike. Also reported:
 duplicates skipped by fingerprint (count and estimated share of wall time
-saved). Finally every case is "tuned" again as a differently named kernel of
-another model: the functional hash finds the records and nothing is built or
-measured (the whole tuning time is saved). Writes a markdown table to
-``benchmarks/results/tuning-cpu-<date>.md``. The machine may be shared: say
-so next to the numbers.
+saved), and every case "tuned" again as a differently named
+kernel of another model: the functional hash finds the records and nothing is
+built or measured. Writes a markdown table to
+``benchmarks/results/tuning-cpu-<date>.md``. The machine may be shared: the
+load average is printed next to the numbers.
 """
 
 from __future__ import annotations
@@ -31,6 +35,27 @@ from pathlib import Path
 from typing import Any, Callable
 
 os.environ.setdefault("TVM_BIND_THREADS", "0")
+
+
+def _steady_malloc() -> None:
+    """Fix glibc's mmap/trim thresholds (what MALLOC_MMAP_THRESHOLD_ does).
+
+    Measured: once TVM/LLVM has built a kernel in a process, glibc returns
+    freed tensor memory to the OS, so every torch op of a few MB page-faults
+    its output again (736 faults a call, LayerNorm+GELU 512x768 5x slower).
+    Fixed thresholds keep torch's numbers honest in this process.
+    """
+    import ctypes
+
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        libc.mallopt(-3, 64 << 20)   # M_MMAP_THRESHOLD
+        libc.mallopt(-1, 256 << 20)  # M_TRIM_THRESHOLD
+    except OSError:
+        pass
+
+
+_steady_malloc()
 
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
@@ -87,26 +112,10 @@ CASES: dict[str, Callable[[], tuple[Op, Callable, list]]] = {
     "dwconv": _dwconv, "ln_gelu": _ln_gelu}
 
 
-def eager_seconds(fn: Callable, shapes: list, repeats: int = 20) -> float:
-    args = [torch.randn(s) for s in shapes]
-    with torch.no_grad():
-        for _ in range(3):
-            fn(*args)
-        times = []
-        for _ in range(repeats):
-            t0 = time.perf_counter()
-            fn(*args)
-            times.append(time.perf_counter() - t0)
-    return statistics.median(times)
-
-
-def trials_to_95(history: list[float]) -> int | None:
-    finite = [h for h in history if h < float("inf")]
-    if not finite:
-        return None
-    final = finite[-1]
+def trials_to(history: list[float], goal: float) -> int | None:
+    """Trials until the best-so-far is within 5% of ``goal`` (None: never)."""
     for i, h in enumerate(history):
-        if h <= final / 0.95:
+        if h <= goal / 0.95:
             return i + 1
     return None
 
@@ -119,80 +128,172 @@ def run_case(name: str, args: argparse.Namespace, workdir: Path) -> dict[str, An
     from tilefx.autotune.tuner import TuneOptions, Tuner
     from tilefx.codegen.target import Target
 
-    op, eager, shapes = CASES[name]()
+    op = CASES[name]()[0]
     target = Target.host_cpu()
-    row: dict[str, Any] = {"case": name, "eager": eager_seconds(eager, shapes)}
+    row: dict[str, Any] = {"case": name, "op": op, "runs": {}}
     for strategy in args.strategies:
-        db = str(workdir / f"{name}-{strategy}.db")
-        opts = TuneOptions(trials=args.trials, strategy=strategy, batch=args.batch,
-                           workers=args.workers, db_path=db, seed=args.seed,
-                           progress=not args.no_progress, repeats=args.repeats)
-        tuner = Tuner(target, opts)
-        try:
-            res = tuner.tune_kernel(op)
-        finally:
-            tuner.close()
-        row[strategy] = res
-        if res.interrupted:
-            break
+        for seed in range(args.seeds):
+            db = str(workdir / f"{name}-{strategy}-{seed}.db")
+            opts = TuneOptions(trials=args.trials, strategy=strategy, batch=args.batch,
+                               workers=args.workers, db_path=db, seed=seed,
+                               progress=not args.no_progress, repeats=args.repeats)
+            tuner = Tuner(target, opts)
+            try:
+                res = tuner.tune_kernel(op)
+            finally:
+                tuner.close()
+            row["runs"].setdefault(strategy, []).append(res)
+            if res.interrupted:
+                return row
     # another model's kernel with the same computation: found by functional hash
-    first = row[args.strategies[0]]
+    first = row["runs"][args.strategies[0]][0]
     renamed = Op(op.name, op.inputs, op.results, freeze_attrs({"kind": op.attr("kind"),
                                                                "name": "other_model_kernel"}),
                  op.body)
     tuner = Tuner(target, TuneOptions(trials=args.trials, workers=0, progress=False,
-                                      db_path=str(workdir / f"{name}-{args.strategies[0]}.db")))
+                                      db_path=str(workdir / f"{name}-{args.strategies[0]}-0.db")))
     t0 = time.perf_counter()
     again = tuner.tune_kernel(renamed)
     tuner.close()
     row["rehash"] = (again.from_db, first.trials, time.perf_counter() - t0, first.seconds)
+    row["final"] = final_comparison(row, args, target)
     return row
+
+
+def final_comparison(row: dict[str, Any], args: argparse.Namespace, target: Any) -> dict:
+    """Default, tuned and torch, measured again in turns, in the runner.
+
+    The tuning runs took minutes under a drifting load, so the default
+    schedule, the best TVM schedules of every run (up to 3 distinct; "tuned"
+    is the fastest of them and the default) and torch are measured again,
+    ``--rounds`` rounds in turn, each the median of ``--repeats`` windows;
+    shown is the median over rounds, with the fastest window beside it.
+    "torch" is the kernel body as bare torch calls (``LibraryKernel``) in the
+    runner's torch-only child: for a contraction the library candidate, for a
+    fused kernel eager's unfused ops. It is not timed in this process, where
+    TVM has built kernels (see ``_steady_malloc``).
+    """
+    from tilefx.autotune.measure import (EXTERN_ARTIFACT, BuildResult, LocalBuilder,
+                                         LocalRunner, Workload)
+    from tilefx.autotune.space import EXTERN, is_extern
+    from tilefx.codegen.tvm import default_schedule
+
+    op = row["op"]
+    results = [r for runs in row["runs"].values() for r in runs]
+    bests = sorted((r for r in results if r.best is not None and r.best_seconds
+                    and not is_extern(r.best)), key=lambda r: r.best_seconds)
+    schedules = {"default": default_schedule(op, target)}
+    for r in bests:
+        if r.best not in schedules.values() and len(schedules) < 4:
+            schedules[f"tuned{len(schedules)}"] = r.best
+    wl = Workload(op, target, (), results[0].workload_key)
+    builds = dict(zip(schedules, LocalBuilder(workers=0).build(wl, list(schedules.values()))))
+    builds["torch"] = BuildResult(EXTERN, "ok", EXTERN_ARTIFACT)
+    runner = LocalRunner(repeats=args.repeats, min_repeat_seconds=0.005)
+    samples: dict[str, list[list[float]]] = {k: [] for k in builds}
+    try:
+        for i in range(args.rounds):
+            for name in (list(builds) if i % 2 == 0 else list(builds)[::-1]):
+                r = runner.run(wl, [builds[name]])[0]
+                if r.status == "ok":
+                    samples[name].append(list(r.samples))
+    finally:
+        runner.close()
+    out: dict[str, Any] = {}
+    for name, rounds in samples.items():
+        if rounds:
+            out[name] = (statistics.median(statistics.median(x) for x in rounds),
+                         min(min(x) for x in rounds))
+    tvm = [k for k in schedules if k in out]
+    if tvm:
+        fastest = min(tvm, key=lambda k: out[k][0])
+        out["tuned"], out["tuned_schedule"] = out[fastest], schedules[fastest]
+    return out
+
+
+def _ratio(a: float | None, b: float | None) -> str:
+    return f"{a / b:.2f}" if a and b else "-"
+
+
+def _t95(runs: list[Any], goal: float, budget: int) -> str:
+    """'median (per seed)' of trials to 95% of ``goal``; '>N' where never reached."""
+    got = [trials_to(r.history, goal) for r in runs]
+    keyed = [t if t is not None else budget + 1 for t in got]
+    med = statistics.median(keyed)
+    each = ",".join(str(t) if t is not None else f">{budget}" for t in got)
+    return (f"{med:g}" if med <= budget else f">{budget}") + f" ({each})"
 
 
 def markdown(rows: list[dict[str, Any]], args: argparse.Namespace, target: Any) -> str:
     cpu = next((ln.split(":", 1)[1].strip() for ln in open("/proc/cpuinfo")
                 if ln.startswith("model name")), platform.processor())
-    ev, rnd = args.strategies[0], (args.strategies[1] if len(args.strategies) > 1 else None)
+    load = " / ".join(f"{x:.1f}" for x in os.getloadavg())
+    strategies = args.strategies
     out = [f"# tilefx autotuning on CPU ({datetime.date.today()})", "",
            f"Machine: {cpu}, {os.cpu_count()} logical cores visible, target `{target.key()}`; "
-           f"torch {torch.__version__} ({torch.get_num_threads()} threads). "
-           f"**Shared machine: other jobs ran at the same time, numbers are noisy.**", "",
-           f"Command: `python benchmarks/tuning.py --trials {args.trials} --cases "
-           f"{','.join(args.cases)}` ({args.trials} measured candidates per kernel and strategy, "
-           "default schedule and library candidate included).", "",
-           f"| case | default ms | tuned ms ({ev}) | speedup | library ms | torch eager ms "
-           f"| tuned / eager | trials to 95% {ev} | " + (f"tuned ms ({rnd}) | trials to 95% "
-                                                          f"{rnd} | " if rnd else "")
-           + "dup skipped | wall saved | failed |",
-           "|---|---:|---:|---:|---:|---:|---:|---:|" + ("---:|---:|" if rnd else "")
-           + "---:|---:|---:|"]
+           f"torch {torch.__version__} ({torch.get_num_threads()} threads). Load average at the "
+           f"end (1/5/15 min): {load}. **On a shared machine the numbers are noisy.**", "",
+           f"Command: `python benchmarks/tuning.py {' '.join(sys.argv[1:])}` "
+           f"({args.trials} measured candidates per kernel, strategy and seed, default schedule "
+           f"and library candidate included; {args.seeds} seeds per strategy).", "",
+           "Latencies: after tuning, the default schedule, the best TVM schedules of all runs "
+           "(tuned: the fastest of them and the default) and torch (the kernel body as bare "
+           "torch calls in the runner's torch-only child: for matmul/conv the library call, "
+           "for LayerNorm+GELU eager's unfused ops) are measured again in "
+           f"{args.rounds} interleaved rounds, each the median of the runner's timing windows; "
+           "the median over rounds is shown. For contractions tilefx runs min(tuned, torch).",
+           "",
+           "| case | default ms | tuned ms | tuned speedup | torch ms | tuned / torch "
+           "| tilefx (best of both) / torch | "
+           + " | ".join(f"trials to 95%: {s}" for s in strategies)
+           + " | dup skipped | wall saved | failed |",
+           "|---|" + "---:|" * (6 + len(strategies) + 3)]
     for r in rows:
-        e = r[ev]
-        sp = f"{e.speedup:.2f}x" if e.speedup else "-"
-        ratio = f"{e.best_seconds / r['eager']:.2f}" if e.best_seconds else "-"
-        res_all = [r[s] for s in args.strategies if s in r]
+        f = r.get("final", {})
+        ms = {k: v[0] for k, v in f.items() if isinstance(v, tuple)}
+        res_all = [x for runs in r["runs"].values() for x in runs]
+        # a common goal: the best any run found, so a stalled strategy scores badly
+        goal = min((x.best_seconds for x in res_all if x.best_seconds), default=None)
         dups = sum(x.dup_skipped for x in res_all)
         saved = sum(x.saved_seconds for x in res_all)
         spent = sum(x.seconds for x in res_all)
-        failed = sum(n for x in res_all for s, n in x.statuses.items() if s != "ok")
-        line = (f"| {r['case']} | {_ms(e.default_seconds)} | {_ms(e.best_seconds)} | {sp} | "
-                f"{_ms(e.library_seconds)} | {_ms(r['eager'])} | {ratio} | "
-                f"{trials_to_95(e.history) or '-'} | ")
-        if rnd and rnd in r:
-            line += f"{_ms(r[rnd].best_seconds)} | {trials_to_95(r[rnd].history) or '-'} | "
-        line += (f"{dups} | {saved:.1f}s ({100 * saved / max(spent + saved, 1e-9):.0f}%) | "
-                 f"{failed} |")
-        out.append(line)
+        failed = sum(n for x in res_all for st, n in x.statuses.items() if st != "ok")
+        contraction = r["op"].attr("kind") == "contraction"
+        best_of = min((v for k, v in ms.items() if k == "tuned" or k == "torch" and contraction),
+                      default=None)
+        t95 = [(_t95(r["runs"][s], goal, args.trials) if goal and s in r["runs"] else "-")
+               for s in strategies]
+        out.append(f"| {r['case']} | {_ms(ms.get('default'))} | {_ms(ms.get('tuned'))} | "
+                   f"{_ratio(ms.get('default'), ms.get('tuned'))}x | {_ms(ms.get('torch'))} | "
+                   f"{_ratio(ms.get('tuned'), ms.get('torch'))} | "
+                   f"{_ratio(best_of, ms.get('torch'))} | " + " | ".join(t95) + " | "
+                   f"{dups} | {saved:.1f}s ({100 * saved / max(spent + saved, 1e-9):.0f}%) | "
+                   f"{failed} |")
+    out += ["", "Fastest window of the same measurements (ms; less sensitive to load):", "",
+            "| case | default | tuned | torch |", "|---|---:|---:|---:|"]
+    for r in rows:
+        f = r.get("final", {})
+        out.append(f"| {r['case']} | " + " | ".join(
+            _ms(f[k][1]) if k in f else "-" for k in ("default", "tuned", "torch"))
+            + " |")
+    out += ["", "Best found per strategy and seed (ms, tuner's own measurements):", "",
+            "| case | " + " | ".join(strategies) + " |", "|---|" + "---:|" * len(strategies)]
+    for r in rows:
+        out.append(f"| {r['case']} | " + " | ".join(
+            ", ".join(_ms(x.best_seconds) for x in r["runs"].get(s, [])) for s in strategies)
+            + " |")
     out += ["", "Functional hash: each case tuned again as a renamed kernel of another model.", "",
             "| case | found in db | candidates not rebuilt/remeasured | lookup s | tuning s saved |",
             "|---|---|---:|---:|---:|"]
     for r in rows:
+        if "rehash" not in r:
+            continue
         hit, n, lookup, saved = r["rehash"]
         out.append(f"| {r['case']} | {'yes' if hit else 'no'} | {n if hit else 0} | "
                    f"{lookup:.2f} | {saved if hit else 0:.1f} |")
-    out += ["", "Best schedules:", ""]
+    out += ["", "Best TVM schedules:", ""]
     for r in rows:
-        out.append(f"- {r['case']}: `{r[ev].best}`")
+        out.append(f"- {r['case']}: `{r.get('final', {}).get('tuned_schedule')}`")
     return "\n".join(out) + "\n"
 
 
@@ -204,7 +305,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batch", type=int, default=4)
     p.add_argument("--workers", type=int, default=1)
     p.add_argument("--repeats", type=int, default=5)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seeds", type=int, default=3, help="search seeds per strategy (median)")
+    p.add_argument("--rounds", type=int, default=3, help="interleaved rounds of the final timing")
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--out", default=None, help="markdown file (default benchmarks/results/...)")
     args = p.parse_args(argv)

@@ -124,6 +124,75 @@ def test_evolutionary_follows_cost_model_and_mutates_the_best():
     assert near >= 5
 
 
+def test_evolutionary_starts_from_its_seeds_and_keeps_batches_diverse():
+    space = SearchSpace.for_kernel(_matmul(), TARGET)
+    seed_a = next(space.enumerate())
+    seed_b = Schedule.of(**{k: v[-1] for k, v in space.knobs})
+
+    class NearA:  # prefers schedules close to seed_a: without a cap, all from one parent
+        def predict(self, kernel, schedules, target):
+            return [-sum(s[k] != seed_a[k] for k in space.names) for s in schedules]
+
+    evo = EvolutionarySearch(space, NearA(), _matmul(), TARGET, epsilon=0.0, seed=3)
+    evo.seed([seed_a, seed_b])
+    evo.exclude([seed_a, seed_b])  # measured by the tuner itself, never proposed again
+    first = evo.propose(9)  # nothing measured yet: the seeds are the parents
+    assert len(first) == len(set(first)) == 9 and seed_a not in first
+
+    def distance(a, b):
+        return sum(a[k] != b[k] for k in space.names)
+
+    near_a = sum(distance(s, seed_a) <= 2 for s in first)
+    assert near_a == 9 // 3, first  # the best third from seed_a's region, the rest elsewhere
+    assert sum(distance(s, seed_a) <= 4 for s in first) >= 6  # still following the model
+
+
+def _trials_to(history, goal):
+    return next((i + 1 for i, h in enumerate(history) if h <= goal), len(history) + 1)
+
+
+def test_evolutionary_finds_good_schedules_faster_than_random():
+    """On a synthetic landscape (the analytical model's own estimate of mm 1024 as the
+    'measured' latency) and a noisy copy of it as the cost model, the evolutionary
+    search reaches 95% of the space's optimum in fewer trials than random sampling
+    (median over 3 seeds, same budget)."""
+    import statistics
+
+    op = _matmul(1024, 1024, 1024)
+    space = SearchSpace.for_kernel(op, TARGET)
+    truth = AnalyticalModel()
+    all_s = list(space.enumerate())
+    latency = dict(zip(all_s, (1 / x for x in truth.predict(op, all_s, TARGET))))
+    best = min(latency.values())
+
+    class Noisy:
+        def __init__(self, seed):
+            self.rng = random.Random(seed)
+
+        def predict(self, kernel, schedules, target):
+            return [1 / (latency[s] * self.rng.uniform(0.7, 1.4)) for s in schedules]
+
+    def run(strategy, budget=48):
+        history, cur = [], float("inf")
+        while len(history) < budget:
+            got = strategy.propose(8)
+            strategy.update([_Result(s, latency[s]) for s in got])
+            for s in got:
+                cur = min(cur, latency[s])
+                history.append(cur)
+        return history
+
+    evo, rnd = [], []
+    for seed in range(3):
+        e = EvolutionarySearch(space, Noisy(seed), op, TARGET, seed=seed)
+        e.seed([space.sample(random.Random(100 + seed))])
+        he, hr = run(e), run(RandomSearch(space, seed=seed))
+        assert he[-1] <= hr[-1] * 1.001
+        evo.append(_trials_to(he, best / 0.95))
+        rnd.append(_trials_to(hr, best / 0.95))
+    assert statistics.median(evo) < statistics.median(rnd), (evo, rnd)
+
+
 def test_epsilon_greedy_and_exhaustion():
     space = SearchSpace.of({"a": [1, 2, 3], "b": [True, False]})
     evo = EvolutionarySearch(space, RandomModel(0), None, TARGET, epsilon=1.0)
@@ -145,6 +214,17 @@ def test_analytical_model_ranks_sensibly():
     g, s, p = model.predict(mm, [good, spill, serial], TARGET)
     assert g > s and g > p
     assert model.predict(mm, [EXTERN], TARGET)[0] > 0
+    # 1024 floats a row: unpacked B columns alias to a few cache sets, packing pays
+    big = _matmul(1024, 1024, 1024)
+    tiled = Schedule.of(tile_m=64, tile_n=128, reg_m=8, reg_n=16, unroll_k=4, parallel=True)
+    packed, unpacked = model.predict(big, [tiled.with_(pack_b=True), tiled.with_(pack_b=False)],
+                                     TARGET)
+    assert packed > 1.3 * unpacked
+    # a 4-row matmul cannot amortize copying B
+    tiny = _matmul(4, 1024, 1024)
+    packed, unpacked = model.predict(tiny, [tiled.with_(pack_b=True), tiled.with_(pack_b=False)],
+                                     TARGET)
+    assert packed < unpacked * 1.5
 
 
 def test_make_strategy_names():

@@ -102,14 +102,15 @@ def test_tune_pool_measures_records_and_warm_db_measures_nothing(tmp_path, runne
     assert res.default_seconds and res.library_seconds  # both baselines measured first
     assert res.best_seconds <= min(res.default_seconds, res.library_seconds)
     assert res.history == sorted(res.history, reverse=True)
-    assert _count(tuner.db) == 3
+    # 3 candidates; the best TVM one and the library measured twice more each, in turns
+    assert len({r.fingerprint for r in tuner.db.records()}) == 3 and _count(tuner.db) == 3 + 4
     table = format_summary([res])
     assert "| mm | contraction | 3 |" in table and "library ms" in table
     # the same computation under another name, in a fresh tuner: nothing measured
     again = _tuner(tmp_path, runner, trials=3)
     res2 = again.tune_kernel(_matmul(name="other"))
     assert res2.from_db and res2.trials == 0 and again.measurements == 0
-    assert res2.best == res.best and _count(again.db) == 3
+    assert res2.best == res.best and _count(again.db) == 7
 
 
 def test_crashing_and_hanging_candidates_are_recorded_and_tuning_goes_on(tmp_path, cache_dir):
@@ -207,6 +208,36 @@ def test_extern_schedule_runs_the_library_path(cache_dir):
     out = torch.empty(8, 4)
     built(x, w, c, out)
     torch.testing.assert_close(out, torch.relu(x @ w + c))
+
+
+def test_library_kernel_is_the_bare_torch_calls():
+    """The extern candidate: no interpreter, results written in place where torch can."""
+    from tilefx.autotune.measure import LibraryKernel
+
+    # matmul straight into the output buffer
+    mm = LibraryKernel(_matmul())
+    x, w = torch.randn(16, 32), torch.randn(32, 16)
+    out = torch.full((16, 16), float("nan"))
+    mm(x, w, out)
+    torch.testing.assert_close(out, x @ w)
+    assert mm._outputs[0][1]  # written by torch.matmul(out=), not copied
+    # conv + bias + relu: the epilogue's last op writes the output; two outputs, one twice
+    op = kernel_op("contraction", [f32(1, 4, 8, 8), f32(6, 4, 3, 3), f32(6, 1, 1)],
+                   lambda b, x, w, c: (lambda y: [b.op("relu", b.op("add", y, c)), y, y])(
+                       b.op("conv2d", x, w, padding=(1, 1))))
+    lib = LibraryKernel(op)
+    x, w, c = torch.randn(1, 4, 8, 8), torch.randn(6, 4, 3, 3), torch.randn(6, 1, 1)
+    outs = [torch.full((1, 6, 8, 8), float("nan")) for _ in range(3)]
+    lib(x, w, c, *outs)
+    y = torch.nn.functional.conv2d(x, w, padding=1)
+    torch.testing.assert_close(outs[0], torch.relu(y + c))
+    torch.testing.assert_close(outs[1], y)
+    torch.testing.assert_close(outs[2], y)
+    assert [direct for _, direct in lib._outputs] == [True, False, False]
+    # a fresh input each call: nothing is cached between calls
+    x2 = torch.randn(1, 4, 8, 8)
+    lib(x2, w, c, *outs)
+    torch.testing.assert_close(outs[0], torch.relu(torch.nn.functional.conv2d(x2, w, padding=1) + c))
 
 
 def _scaled_softmax(x):

@@ -3,7 +3,7 @@
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import f32, kernel_op, random_input, run_kernel
+from conftest import f32, kernel_op, run_kernel
 
 from tilefx.ir import OPS, DType, TensorType
 

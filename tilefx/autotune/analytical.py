@@ -8,10 +8,13 @@ on a CPU, per template kind:
   and parallel speed-up only when the kernel is big enough to pay for waking
   the threads; reductions computed per row (``fuse_rows``) make one pass;
 - contraction (matmul, conv2d): peak FMA rate times the register-tile
-  efficiency (FMAs per load of the micro-kernel, with a spill penalty once the
-  accumulators exceed the register file), a penalty when the cache tile does
-  not fit in L1/L2, and the parallel speed-up of the outer tiles over the
-  cores (with load imbalance).
+  efficiency (FMAs per load of the ``reg_m`` x ``reg_n`` / ``reg_oc`` x
+  ``vec_ow`` micro-kernel, a spill penalty once the accumulators exceed the
+  register file, a small bonus for ``unroll_k``), a penalty by the cache level
+  the micro-kernel's B panel lives in (``pack_b``: contiguous; unpacked: rows
+  a power-of-two stride apart alias to few cache sets) plus the cost of
+  packing, and the parallel speed-up of the outer tiles over the cores (with
+  load imbalance, after the template's own tile shrinking).
 
 The numbers are relative: only the order matters. ``predict`` returns scores
 where higher is better (1 / estimated seconds), the convention of every
@@ -28,6 +31,7 @@ from tilefx.codegen.schedule import Schedule
 
 THREAD_WAKE_S = 5e-6     # cost of starting a parallel loop
 CLOCK_HZ = 3e9
+PACK_BYTES_PER_S = 8e9   # copying B (or conv weights) into panels, once per call
 
 
 def _largest_divisor_at_most(n: int, cap: int) -> int:
@@ -131,7 +135,6 @@ def _matmul_seconds(anchor: Any, s: Schedule, target: Any) -> float:
     reg_n = _pow2_divisor_at_most(N, int(s.get("reg_n", 32)))
     tile_m = min(M, max(reg_m, int(s.get("tile_m", 64))))
     tile_n = min(N, max(reg_n, int(s.get("tile_n", 128))))
-    tile_k = _largest_divisor_at_most(K, int(s.get("tile_k") or K))  # 0: K whole
     acc = reg_m * max(1, reg_n // lanes)
     fmas, loads = acc, reg_m + max(1, reg_n // lanes)
     eff = fmas / (fmas + 0.5 * loads) * min(1.0, reg_n / lanes)
@@ -139,17 +142,60 @@ def _matmul_seconds(anchor: Any, s: Schedule, target: Any) -> float:
     if acc > budget:
         eff /= 1 + 3 * (acc - budget) / budget
     eff *= 1.0 + 0.03 * math.log2(max(1, int(s.get("unroll_k", 1))))
-    # B's panel of tile_n columns is re-read for every row tile: packed it streams
-    working_set = 4 * tile_k * (tile_m + tile_n)
-    cache = 1.0 if working_set <= target.l1_bytes else 1.2 if working_set <= target.l2_bytes else 1.6
-    if s.get("pack_b", False):
-        cache = 1.0 + (cache - 1.0) / 2 + (0.05 if M < 64 else 0.0)
+    cache = _b_panel_penalty(K, N, reg_n, bool(s.get("pack_b", False)), target)
+    # a panel is fetched once per cache tile and reused by tile_m / reg_m micro-kernels;
+    # A's tile_m x K rows and B's K x tile_n tile should stay in L2 across the tile
+    cache += 0.1 * reg_m / min(M, tile_m)
+    cache += 0.15 * (4 * min(M, tile_m) * K > target.l2_bytes / 2)
+    cache += 0.1 * (4 * min(N, tile_n) * K > target.l2_bytes / 2)
+    if s.get("pack_b", False):  # B is copied once per call; small M does not amortize it
+        cache += (4.0 * K * N / PACK_BYTES_PER_S) / max(
+            2.0 * M * N * K / (_peak_flops(target) * eff), 1e-12)
     flops = 2.0 * batch * M * N * K
     seconds = flops / (_peak_flops(target) * eff) * cache
     if s.get("parallel", True):
-        tiles = batch * math.ceil(M / tile_m) * math.ceil(N / tile_n)
+        tiles = lambda: batch * math.ceil(M / tile_m) * math.ceil(N / tile_n)  # noqa: E731
+        while tiles() < 2 * target.cores and tile_m > reg_m:  # as the template shrinks them
+            tile_m = max(reg_m, tile_m // 2)
+        while tiles() < target.cores and tile_n > reg_n:
+            tile_n = max(reg_n, tile_n // 2)
+        tiles = tiles()
         seconds = seconds / _parallel_speedup(tiles, target.cores) + THREAD_WAKE_S
     return seconds
+
+
+def _effective_cache(size: int, stride_bytes: int, ways: int = 8) -> float:
+    """Bytes of a cache usable by rows ``stride_bytes`` apart (one line per row).
+
+    Rows a power-of-two stride apart map to a fraction of the sets: at a
+    4 KiB stride only one set in 64 of an 8-way L1 is used (4 KiB aliasing).
+    """
+    way = max(64, size // ways)
+    alias = max(1, math.gcd(stride_bytes, way) // 64)
+    return size / alias
+
+
+def _b_panel_penalty(K: int, N: int, reg_n: int, packed: bool, target: Any) -> float:
+    """Slowdown from where the micro-kernel's B panel (K rows x reg_n columns) lives.
+
+    Each micro-kernel streams its panel once per reg_m rows of A. Packed, the
+    panel is contiguous; unpacked, its K rows are N floats apart, so each row
+    is another cache line and power-of-two strides leave most sets unused.
+    """
+    panel = 4 * K * reg_n
+    line_rows = K * 64 * max(1, math.ceil(reg_n * 4 / 64))
+    if packed:
+        l1, l2, touched = target.l1_bytes, target.l2_bytes, panel
+    else:
+        stride = 4 * N
+        l1 = _effective_cache(target.l1_bytes, stride)
+        l2 = _effective_cache(target.l2_bytes, stride)
+        touched = line_rows
+    if touched <= l1 / 2:
+        return 1.0
+    if touched <= l2 / 2:
+        return 1.1 if packed else 1.25
+    return 1.3 if packed else 2.0  # from L3 / memory on every reuse
 
 
 def _conv_seconds(anchor: Any, s: Schedule, target: Any) -> float:

@@ -84,23 +84,128 @@ class MeasureResult:
 
 
 class LibraryKernel:
-    """The extern candidate: the kernel body run through torch by the reference interpreter.
+    """The extern candidate: the kernel body as the bare torch calls eager would make.
 
-    Contraction bodies are one ``matmul``/``conv2d`` (``torch.matmul``,
-    ``F.conv2d``) plus an elementwise prologue/epilogue, so this is "the
-    library call" with the epilogue in eager PyTorch.
+    Contraction bodies are one ``matmul``/``conv2d`` plus an elementwise
+    prologue/epilogue, so this is "the library call" (``torch.matmul``,
+    ``F.conv2d``) with the epilogue in eager PyTorch. The body is turned into
+    a list of steps once (attributes bound, constants made tensors), so a
+    call costs what eager's calls cost: no interpreter (per-op sympy
+    substitution, shape binding) and no extra copy where torch can write the
+    result in place (``torch.matmul(a, b, out=y)``, ``torch.add(.., out=y)``);
+    other final ops are computed and copied into the destination. The driver
+    runs a kernel whose tuned schedule ``is_extern`` through this same class,
+    so what was measured is what runs.
     """
 
     def __init__(self, kernel_op: Any, bindings: dict[str, int] | None = None) -> None:
-        from tilefx.compiler.runtime import InterpretedKernel
-
         self.schedule = Schedule.of(extern="torch")
         self.from_cache = False
-        self.lowered = "extern: torch (reference interpreter on the kernel body)"
-        self._run = InterpretedKernel(kernel_op, "extern library candidate")
+        self.lowered = "extern: torch (the kernel body as eager torch calls)"
+        self.op = kernel_op
+        self._steps, self._n_in, self._outputs = _library_steps(kernel_op, bindings or {})
 
     def __call__(self, *tensors: Any) -> None:
-        self._run(*tensors)
+        env: dict[str, Any] = dict(zip(self._n_in, tensors))
+        outs = tensors[len(self._n_in):]
+        for fn, ctx, args, results, out_index in self._steps:
+            got = fn(ctx, outs[out_index], *[env[a] for a in args]) if out_index is not None \
+                else fn(ctx, *[env[a] for a in args])
+            if len(results) == 1:
+                env[results[0]] = got
+            else:
+                env.update(zip(results, got))
+        for (name, direct), out in zip(self._outputs, outs):
+            if not direct:
+                out.copy_(env[name])
+
+
+def _out_variants() -> dict[str, Callable]:
+    """Ops whose torch call can write straight into the kernel's output buffer."""
+    import torch
+
+    def binary(f: Callable) -> Callable:
+        return lambda ctx, out, a, b: f(a, b, out=out)
+
+    def unary(f: Callable) -> Callable:
+        return lambda ctx, out, x: f(x, out=out)
+
+    table = {name: binary(f) for name, f in (
+        ("matmul", torch.matmul), ("add", torch.add), ("sub", torch.sub), ("mul", torch.mul),
+        ("maximum", torch.maximum), ("minimum", torch.minimum))}
+    table.update({name: unary(f) for name, f in (
+        ("exp", torch.exp), ("sigmoid", torch.sigmoid), ("tanh", torch.tanh),
+        ("neg", torch.neg), ("abs", torch.abs), ("sqrt", torch.sqrt), ("erf", torch.erf))})
+    table["relu"] = lambda ctx, out, x: torch.clamp_min(x, 0, out=out)
+    table["gelu"] = lambda ctx, out, x: torch._C._nn.gelu(
+        x, approximate=ctx.attrs["approximate"], out=out)
+    return table
+
+
+def _bind_attr(value: Any, sizes: dict[str, int]) -> Any:
+    """An attribute with its symbolic dims replaced by the bound sizes (matched by name)."""
+    if isinstance(value, tuple):
+        return tuple(_bind_attr(v, sizes) for v in value)
+    free = getattr(value, "free_symbols", None)
+    if free is not None and hasattr(value, "subs"):
+        missing = sorted(str(s) for s in free if str(s) not in sizes)
+        if missing:
+            raise ValueError(f"extern library kernel: attribute {value} needs sizes for "
+                             f"{missing}; pass them in bindings")
+        return int(value.subs({s: sizes[str(s)] for s in free}))
+    return value
+
+
+def _library_steps(kernel_op: Any, bindings: dict[str, int]) -> tuple[list, list, list]:
+    """(steps, input names, [(output name, written in place)]) of a kernel body."""
+    from tilefx.ir import reference_ops  # noqa: F401  (registers every op's reference)
+    from tilefx.ir.interpreter import REFERENCES, RefContext, torch_dtype
+
+    body = kernel_op.body
+    sizes = {str(k.name if hasattr(k, "name") else k): int(v) for k, v in bindings.items()}
+    outputs = [v.name for v in body.outputs]
+    inputs = {v.name for v in body.inputs}
+    first_out = {name: i for i, name in reversed(list(enumerate(outputs)))}
+    variants = _out_variants()
+    direct: set[str] = set()
+    steps: list = []
+    for op in body.ops:
+        fn = REFERENCES.get(op.name)
+        if fn is None:
+            raise ValueError(f"extern library kernel: no torch call for op {op.name!r} in "
+                             f"kernel {kernel_op.attr('name')!r}")
+        ctx = RefContext(op, body, {k: _bind_attr(v, sizes) for k, v in op.attrs}, {})
+        results = [r.name for r in op.results]
+        if op.name == "const":  # made once: weights are not re-read per call
+            tensor = fn(ctx)
+            steps.append((lambda c, t=tensor: t, ctx, [], results, None))
+            continue
+        dtype = torch_dtype(op.results[0].type.dtype)
+        in_dtypes = {torch_dtype(v.type.dtype) for v in op.inputs}
+        out_index = first_out.get(results[0]) if len(results) == 1 else None
+        if (out_index is not None and op.name in variants and in_dtypes == {dtype}
+                and dtype.is_floating_point and results[0] not in inputs):
+            steps.append((variants[op.name], ctx, [v.name for v in op.inputs], results, out_index))
+            direct.add(results[0])
+            continue
+        want = [torch_dtype(r.type.dtype) for r in op.results]
+        steps.append((_cast_results(fn, want), ctx, [v.name for v in op.inputs], results, None))
+    written = set()
+    out_plan = []
+    for name in outputs:  # an output listed twice is written directly once, copied after
+        out_plan.append((name, name in direct and name not in written))
+        written.add(name)
+    return steps, [v.name for v in body.inputs], out_plan
+
+
+def _cast_results(fn: Callable, dtypes: list[Any]) -> Callable:
+    """``fn`` with its results cast to the IR dtypes, as the interpreter does."""
+    def run(ctx: Any, *args: Any) -> Any:
+        out = fn(ctx, *args)
+        if isinstance(out, (list, tuple)):
+            return [t if t.dtype == d else t.to(d) for t, d in zip(out, dtypes)]
+        return out if out.dtype == dtypes[0] else out.to(dtypes[0])
+    return run
 
 
 # ------------------------------------------------------------------------------- builder
@@ -324,7 +429,8 @@ class LocalRunner:
     TVM kernels and the extern library candidate run in two different
     children: TVM's worker threads keep spinning for a while after a parallel
     kernel and would slow torch's own thread pool down, which would make the
-    library look slower than it is.
+    library look slower than it is; for the same reason a switch from one
+    child to the other first waits ``switch_pause`` seconds.
 
     ``fault`` is a test hook: ``fault(schedule)`` may return "crash" or "hang"
     to make the child segfault or hang on that candidate.
@@ -337,7 +443,11 @@ class LocalRunner:
     min_repeat_seconds: float = 0.01
     fault: Callable[[Schedule], str | None] | None = None
     restarts: int = 0
+    # after the other child ran, wait until its thread pool sleeps: TVM's workers spin
+    # ~50 ms after a parallel kernel and would steal the cores from torch's threads
+    switch_pause: float = 0.2
     _children: dict[str, _Child] = field(default_factory=dict, repr=False)
+    _last_role: str = field(default="", repr=False)
 
     def _ask(self, role: str, msg: tuple, timeout: float) -> tuple:
         """Send ``msg`` to the ``role`` child and wait; a dead or stuck child becomes a status."""
@@ -384,6 +494,9 @@ class LocalRunner:
                 return MeasureResult(b.schedule, "run_error", (), f"workload setup failed: {error}",
                                      b.seconds)
             self._children[role].loaded = workload.key
+        if self._last_role and self._last_role != role:
+            time.sleep(self.switch_pause)
+        self._last_role = role
         fault = self.fault(b.schedule) if self.fault else None
         status, samples, error = self._ask(
             role, ("run", b.artifact, fault, self.repeats, self.warmup, self.min_repeat_seconds),

@@ -9,8 +9,8 @@ its loop becomes the loop), so no combination fails to build; equal code from
 different knobs is caught later by the fingerprint.
 
 Contractions also have an **extern (library) candidate**, ``EXTERN``: the
-kernel body run through the matching torch call (``torch.matmul``,
-``F.conv2d``) by the reference interpreter. It is measured like any other
+kernel body run as the bare torch calls eager would make (``torch.matmul``,
+``F.conv2d`` and the epilogue; ``measure.LibraryKernel``). It is measured like any other
 candidate, so a tuned kernel is never slower than the library; the driver
 runs a kernel whose chosen schedule ``is_extern`` through that path.
 """

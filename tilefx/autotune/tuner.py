@@ -175,6 +175,8 @@ class Tuner:
         default = _default_schedule(kernel_op, self.target, bindings)
         first = [default] + ([EXTERN] if space.has_extern else [])
         strategy.exclude(first)
+        ranked = sorted((r for r in past if r.ok and r.median), key=lambda r: r.median)
+        strategy.seed([default] + [r.schedule for r in ranked[:4] if not is_extern(r.schedule)])
         goal = max(0, opts.trials - done_before)
         deadline = None if opts.seconds is None else t_start + opts.seconds
         cost_per_candidate: list[float] = []
@@ -212,6 +214,8 @@ class Tuner:
                 finally:
                     cost_per_candidate.append((time.perf_counter() - t0) / max(1, len(measured)))
                     strategy.update(measured)
+            if space.has_extern and res.trials:
+                self._rematch(workload)
         except KeyboardInterrupt:
             log.warning("tilefx tune: interrupted while tuning %s; keeping the %d measurements "
                         "made (a rerun resumes)", res.name, res.trials)
@@ -234,6 +238,36 @@ class Tuner:
             model = AnalyticalModel(bindings)
         return make_strategy(self.options.strategy, space, kernel=kernel_op, target=self.target,
                              model=model, seed=self.options.seed)
+
+    def _rematch(self, workload: Workload, rounds: int = 2) -> None:
+        """Measure the library candidate and the best TVM schedule again, in turns.
+
+        The library was measured first and the best TVM candidate maybe minutes
+        later; on a machine whose load drifts that decides the choice, not the
+        code. Re-running both back to back (``rounds`` times each, stored as
+        extra measurements; ``db.best`` takes each candidate's best median)
+        makes the drift hit both alike.
+        """
+        from tilefx.autotune.measure import EXTERN_ARTIFACT, BuildResult
+
+        tkey = self.target.key()
+        records = [r for r in self.db.records(workload.key, tkey) if r.ok and r.median]
+        tvm = min((r for r in records if not is_extern(r.schedule)), key=lambda r: r.median,
+                  default=None)
+        lib = self.db.lookup_fingerprint(workload.key, tkey, extern_fingerprint(self.target))
+        if tvm is None or lib is None:
+            return
+        build = self.builder.build(workload, [tvm.schedule])[0]  # in the kernel cache by now
+        if build.status != "ok":
+            return
+        pair = [(build, tvm.fingerprint), (BuildResult(EXTERN, "ok", EXTERN_ARTIFACT),
+                                           lib.fingerprint)]
+        for i in range(rounds):
+            for build, fp in (pair if i % 2 == 0 else pair[::-1]):
+                r = self.runner.run(workload, [build])[0]
+                if r.status == "ok":
+                    cid = self.db.add_candidate(workload.key, tkey, r.schedule.to_json(), fp)
+                    self.db.add_measurement(cid, list(r.samples), r.status, r.error)
 
     def _measure(self, workload: Workload, new: list[tuple[Schedule, str]],
                  on_result: Callable[[MeasureResult], None]) -> None:

@@ -267,8 +267,13 @@ def _load_kernels(root: Path, manifest: dict[str, Any], graph: Graph) -> dict[tu
         except (KeyError, TypeError, AttributeError, ValueError) as e:
             raise ArtifactError(f"{root / MANIFEST}: kernel entry {row!r:.200} is invalid "
                                 f"({type(e).__name__}: {e}); the artifact is damaged") from None
-        if backend in ("interpreter", "library"):  # torch runs the kernel body, as at compile
-            table[key] = InterpretedKernel(op, str(row.get("reason", "extern library candidate")))
+        if backend == "library":  # the tuner chose the library call: the same torch calls
+            from tilefx.autotune.measure import LibraryKernel
+
+            table[key] = LibraryKernel(op, dict(key[1]))
+            continue
+        if backend == "interpreter":  # torch runs the kernel body, as at compile
+            table[key] = InterpretedKernel(op, str(row.get("reason", "interpreted kernel")))
             continue
         file = row.get("file")
         if backend != "tvm" or not isinstance(file, str):

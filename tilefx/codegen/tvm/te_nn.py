@@ -13,7 +13,7 @@ import math
 
 from tvm import te, tirx, topi
 
-from tilefx.codegen.tvm.te_ops import TeContext, out_dtype, shape_of, te_op
+from tilefx.codegen.tvm.te_ops import TeContext, dt, out_dtype, shape_of, te_op
 from tilefx.ir.graph import Op
 
 
@@ -56,17 +56,82 @@ def _at_row(t: te.Tensor, idx: tuple, axis: int):
     return t[tuple(src)]
 
 
+def fast_exp(x: tirx.PrimExpr, *, edges: bool = True) -> tirx.PrimExpr:
+    """exp(x) as a vectorizable polynomial (float32; other dtypes keep ``te.exp``).
+
+    TVM lowers ``exp`` to ``llvm.exp``, which LLVM scalarizes into one libm call
+    per lane; in softmax that call was 90% of the time. This is Cephes' expf:
+    exp(x) = 2^n * p(r) with r = x - n*ln2 split in two constants, relative error
+    ~1 ulp. Inputs below -87 give exactly 0 (what softmax's masked -inf entries
+    need), above ln(FLT_MAX) inf, NaN gives NaN; ``edges=False`` skips the last
+    two for callers whose inputs are never above 0 (softmax's x - max: 15% faster).
+    """
+    dtype = dt(x)
+    if dtype != "float32":
+        return te.exp(x)
+    c = lambda v: tirx.const(v, dtype)  # noqa: E731
+    # Let-bound temporaries: each is used several times, and inlining the whole
+    # expression into every use would grow it exponentially
+    xv, nv, rv = tirx.Var("exp_x", dtype), tirx.Var("exp_n", dtype), tirx.Var("exp_r", dtype)
+    p = c(1.9875691500e-4)
+    for k in (1.3981999507e-3, 8.3334519073e-3, 4.1665795894e-2, 1.6666665459e-1, 5.0000001201e-1):
+        p = p * rv + c(k)
+    # 2^(n-1) * 2: n reaches 128 near FLT_MAX, whose 2^n has no float32 exponent
+    scale = tirx.reinterpret(dtype, tirx.shift_left(
+        tirx.Cast("int32", nv) + tirx.const(126, "int32"), tirx.const(23, "int32")))
+    y = (p * rv * rv + rv + c(1.0)) * scale * c(2.0)
+    # edges as libm: 0 below the range, inf above it, NaN stays NaN (min/max would drop it)
+    if edges:
+        y = tirx.Select(xv > c(88.7228), c(math.inf), y)
+        y = tirx.Select(tirx.isnan(xv), xv, y)
+    y = tirx.Select(xv < c(-87.0), c(0.0), y)
+    xc = tirx.max(tirx.min(xv, c(88.72)), c(-87.0))
+    y = tirx.Let(rv, xc - nv * c(0.693359375) - nv * c(-2.12194440e-4), y)
+    y = tirx.Let(nv, tirx.floor(xc * c(1.44269504088896341) + c(0.5)), y)
+    return tirx.Let(xv, x, y)
+
+
+def fast_tanh(x: tirx.PrimExpr) -> tirx.PrimExpr:
+    """tanh through ``fast_exp``: TVM's own lowering is the same formula on ``llvm.exp``,
+    scalarized per lane (it made a GELU-tanh epilogue cost more than its matmul)."""
+    dtype = dt(x)
+    if dtype != "float32":
+        return te.tanh(x)
+    # each Let-bound expression may appear once in the tree: bind what is used twice
+    xv, ev = tirx.Var("tanh_x", dtype), tirx.Var("tanh_e", dtype)
+    t = (tirx.const(1.0, dtype) - ev) / (tirx.const(1.0, dtype) + ev)
+    t = tirx.Let(ev, fast_exp(tirx.const(-2.0, dtype) * tirx.abs(xv)), t)
+    sign = tirx.Select(xv < tirx.const(0.0, dtype), tirx.const(-1.0, dtype), tirx.const(1.0, dtype))
+    return tirx.Let(xv, x, t * sign)
+
+
+def fast_sigmoid(x: tirx.PrimExpr) -> tirx.PrimExpr:
+    """1 / (1 + exp(-x)) through ``fast_exp`` (float32; other dtypes keep ``te.sigmoid``)."""
+    dtype = dt(x)
+    if dtype != "float32":
+        return te.sigmoid(x)
+    one = tirx.const(1.0, dtype)
+    return one / (one + fast_exp(-x))
+
+
 @te_op("softmax", "log_softmax")
 def _softmax(ctx, op, ins):
     (x,) = ins
     axis = op.attr("dim") % len(x.shape)
     base = ctx.name(op)
     mx = _row_reduce(x, axis, "max", f"{base}_max")
-    sm = _row_reduce(x, axis, "sum", f"{base}_sum",
-                     lambda idx: te.exp(x[idx] - _at_row(mx, idx, axis)))
+    one = tirx.const(1.0, x.dtype)
     if op.name == "softmax":
-        body = lambda *i: te.exp(x[i] - _at_row(mx, i, axis)) / _at_row(sm, i, axis)  # noqa: E731
+        # exp once per element into a row buffer (the schedule keeps blocks named
+        # *_rowbuf per row, in L1), then sum it and scale it; times the reciprocal:
+        # LLVM hoists 1/sum out of the row loop, a divide per element would not be
+        ex = te.compute(x.shape, lambda *i: fast_exp(x[i] - _at_row(mx, i, axis), edges=False),
+                        name=f"{base}_rowbuf")
+        sm = _row_reduce(ex, axis, "sum", f"{base}_sum")
+        body = lambda *i: ex[i] * (one / _at_row(sm, i, axis))  # noqa: E731
     else:
+        sm = _row_reduce(x, axis, "sum", f"{base}_sum",
+                         lambda idx: fast_exp(x[idx] - _at_row(mx, idx, axis), edges=False))
         body = lambda *i: x[i] - _at_row(mx, i, axis) - te.log(_at_row(sm, i, axis))  # noqa: E731
     return [te.compute(shape_of(op), body, name=base)]
 
@@ -79,18 +144,23 @@ def _layer_norm(ctx, op, ins):
     count, dt, eps = math.prod(inner), out_dtype(op), op.attr("eps", 1e-5)
     base = ctx.name(op)
     rows = [int(d) for d in x.shape[:rank - n]]
+    inv = tirx.const(1.0 / count, dt)
 
     def reduce_rows(value, name):
         ks = [te.reduce_axis((0, d), name=f"{name}_k{i}") for i, d in enumerate(inner)]
         return te.compute(rows, lambda *r: te.sum(value(tuple(r) + tuple(ks)), axis=ks), name=name)
 
-    mean = reduce_rows(lambda i: x[i] / tirx.const(count, dt), f"{base}_mean")
-    var = reduce_rows(lambda i: (x[i] - mean[i[:rank - n]]) * (x[i] - mean[i[:rank - n]])
-                      / tirx.const(count, dt), f"{base}_var")
+    # two passes over the row (sum, then squared deviations): the row stays in L1
+    # and this is as accurate as PyTorch's; scaling by 1/count happens per row
+    total = reduce_rows(lambda i: x[i], f"{base}_mean")
+
+    def centered(i):
+        return x[i] - total[i[:rank - n]] * inv
+    sq = reduce_rows(lambda i: centered(i) * centered(i), f"{base}_var")
 
     def body(*i):
         r, c = i[:rank - n], i[rank - n:]
-        return (x[i] - mean[r]) * te.rsqrt(var[r] + tirx.const(eps, dt)) * w[c] + b[c]
+        return centered(i) * te.rsqrt(sq[r] * inv + tirx.const(eps, dt)) * w[c] + b[c]
     return [te.compute(shape_of(op), body, name=base)]
 
 
@@ -150,6 +220,14 @@ def _adaptive_avg_pool(ctx, op, ins):
     OH, OW = op.attr("output_size")
     dt = out_dtype(op)
     # window o covers [floor(o*H/OH), ceil((o+1)*H/OH)); reduce over the widest one
+    base = ctx.name(op)
+    if (OH, OW) == (1, 1):
+        # global pooling: one plain sum per (n, c), no window bounds to test
+        ry, rx = te.reduce_axis((0, H), name="ry"), te.reduce_axis((0, W), name="rx")
+        summed = te.compute(shape_of(op), lambda n, c, oh, ow: te.sum(x[n, c, ry, rx], axis=[ry, rx]),
+                            name=f"{base}_sum")
+        inv = tirx.const(1.0 / (H * W), dt)
+        return [te.compute(shape_of(op), lambda *i: summed[i] * inv, name=base)]
     kh = max(-(-(o + 1) * H // OH) - (o * H // OH) for o in range(OH))
     kw = max(-(-(o + 1) * W // OW) - (o * W // OW) for o in range(OW))
     ry, rx = te.reduce_axis((0, kh), name="ry"), te.reduce_axis((0, kw), name="rx")
@@ -157,7 +235,6 @@ def _adaptive_avg_pool(ctx, op, ins):
     def bounds(o, size, out):
         return tirx.floordiv(o * size, out), tirx.floordiv((o + 1) * size + out - 1, out)
 
-    base = ctx.name(op)
 
     def total(n, c, oh, ow):
         (h0, h1), (w0, w1) = bounds(oh, H, OH), bounds(ow, W, OW)

@@ -129,7 +129,7 @@ def _gelu(approximate: str) -> Callable[[tirx.PrimExpr], tirx.PrimExpr]:
         c = lambda v: tirx.const(v, dt(x))  # noqa: E731
         if approximate == "tanh":
             inner = c(math.sqrt(2.0 / math.pi)) * (x + c(0.044715) * x * x * x)
-            return c(0.5) * x * (c(1.0) + te.tanh(inner))
+            return c(0.5) * x * (c(1.0) + _fast("fast_tanh")(inner))
         return c(0.5) * x * (c(1.0) + _erf(x * c(1.0 / math.sqrt(2.0))))
     return fn
 
@@ -158,12 +158,21 @@ def _logical_not(x: tirx.PrimExpr) -> tirx.PrimExpr:
     return tirx.Cast(dt(x), x == _zero(x))
 
 
+def _fast(name: str) -> Callable[[tirx.PrimExpr], tirx.PrimExpr]:
+    # exp / tanh / sigmoid as vectorizable polynomials (te_nn.fast_exp explains why)
+    def fn(x: tirx.PrimExpr) -> tirx.PrimExpr:
+        from tilefx.codegen.tvm import te_nn
+
+        return getattr(te_nn, name)(x)
+    return fn
+
+
 UNARY_FNS: dict[str, Callable[[tirx.PrimExpr], tirx.PrimExpr]] = {
     "neg": lambda x: -x,
-    "exp": te.exp, "log": te.log, "sqrt": te.sqrt, "rsqrt": te.rsqrt, "abs": te.abs,
+    "exp": _fast("fast_exp"), "log": te.log, "sqrt": te.sqrt, "rsqrt": te.rsqrt, "abs": te.abs,
     "relu": lambda x: tirx.max(x, _zero(x)),
-    "sigmoid": te.sigmoid, "tanh": te.tanh,
-    "silu": lambda x: x * te.sigmoid(x),
+    "sigmoid": _fast("fast_sigmoid"), "tanh": _fast("fast_tanh"),
+    "silu": lambda x: x * _fast("fast_sigmoid")(x),
     "hardswish": lambda x: x * _hardsigmoid(x),
     "hardsigmoid": _hardsigmoid,
     "erf": _erf,

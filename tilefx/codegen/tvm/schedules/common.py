@@ -46,6 +46,7 @@ def attempt(what: str, fn: Callable[[], Any]) -> Any:
         return True if result is None else result
     except Exception as e:  # noqa: BLE001 - tvm raises its own error types
         log.debug("schedule step skipped (%s): %s", what, str(e).splitlines()[0] if str(e) else e)
+        log.log(5, "%s", e)
         return None
 
 
@@ -57,7 +58,7 @@ def inline_intermediates(sch: s_tir.Schedule, keep: Callable[[Any], bool] = lamb
         for block in reversed(blocks(sch)):
             if is_output(sch, block) or is_reduction(sch, block) or keep(block):
                 continue
-            if attempt("compute_inline", lambda: sch.compute_inline(block)) is not None or \
+            if attempt("compute_inline", lambda b=block: sch.compute_inline(b)) is not None or \
                     _gone(sch, block):
                 changed = True
                 break
@@ -122,3 +123,24 @@ def spatial_loops(sch: s_tir.Schedule, block: Any) -> tuple[list[Any], list[Any]
 
 def vars_in(expr: Any) -> set[str]:
     return {v.name for v in undefined_vars(expr)}
+
+
+def loop_kinds(sch: s_tir.Schedule, block: Any) -> list[str]:
+    """For each loop around ``block``: "spatial", "reduce", "mixed" or "unused", by the
+    kinds of the block iterators whose bindings use the loop's variable."""
+    loops = sch.get_loops(block)
+    if not loops:
+        return []
+    realize = sch.get(loops[-1]).body
+    if not isinstance(realize, s_tir.SBlockRealize):
+        return ["mixed"] * len(loops)
+    used: dict[str, set[str]] = {}
+    for iv, value in zip(realize.block.iter_vars, realize.iter_values):
+        kind = "reduce" if iv.iter_type == tirx.IterVar.CommReduce else "spatial"
+        for name in vars_in(value):
+            used.setdefault(name, set()).add(kind)
+    out = []
+    for lp in loops:
+        kinds = used.get(sch.get(lp).loop_var.name, set())
+        out.append(kinds.pop() if len(kinds) == 1 else "mixed" if kinds else "unused")
+    return out
