@@ -14,13 +14,15 @@ import time
 import statistics
 import sys
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Callable, Iterator
 
 ROOT = Path(__file__).resolve().parents[2]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
+
+from tilefx.ir.builder import kernel_op  # noqa: E402,F401  (the scripts import it from here)
 
 DEVICE = "cuda"  # the scripts run on the GPU; a dry run on CPU (interpreter) patches this
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
@@ -116,18 +118,6 @@ def first(out: Any) -> torch.Tensor:
     return out[0] if isinstance(out, (list, tuple)) else out
 
 
-def kernel_op(kind: str, input_types: Sequence[Any], body_fn: Callable[..., Any], name: str = "k") -> Any:
-    from tilefx.ir import GraphBuilder, Op, Value
-    from tilefx.ir.graph import freeze_attrs
-
-    b = GraphBuilder(name)
-    ins = [b.input(t, f"a{i}") for i, t in enumerate(input_types)]
-    outs = body_fn(b, *ins)
-    outs = [outs] if isinstance(outs, Value) else list(outs)
-    body = b.finish(outs)
-    args = tuple(Value(f"x{i}", t) for i, t in enumerate(input_types))
-    results = tuple(Value(f"y{i}", v.type) for i, v in enumerate(outs))
-    return Op("kernel", args, results, freeze_attrs({"kind": kind, "name": name}), body)
 
 
 # --------------------------------------------------------------------- tuning

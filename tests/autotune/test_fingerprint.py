@@ -15,8 +15,8 @@ import torch
 from tilefx.autotune.fingerprint import fingerprint, lowered_module, scheduled_module
 from tilefx.codegen.schedule import Schedule
 from tilefx.codegen.target import Target
-from tilefx.ir import DType, GraphBuilder, Op, TensorType, Value
-from tilefx.ir.graph import freeze_attrs
+from tilefx.ir import DType, Op, TensorType
+from tilefx.ir.builder import kernel_op
 
 os.environ.setdefault("TVM_BIND_THREADS", "0")
 ROOT = Path(__file__).resolve().parents[2]
@@ -28,15 +28,6 @@ def f32(*shape) -> TensorType:
     return TensorType(DType.float32, shape)
 
 
-def kernel_op(kind, input_types, body_fn, name="k", input_names=None) -> Op:
-    b = GraphBuilder(name)
-    names = input_names or [f"a{i}" for i in range(len(input_types))]
-    outs = body_fn(b, *[b.input(t, n) for t, n in zip(input_types, names)])
-    outs = [outs] if isinstance(outs, Value) else list(outs)
-    body = b.finish(outs)
-    args = tuple(Value(f"x{i}", t) for i, t in enumerate(input_types))
-    results = tuple(Value(f"y{i}", v.type) for i, v in enumerate(outs))
-    return Op("kernel", args, results, freeze_attrs({"kind": kind, "name": name}), body)
 
 
 def relu(*shape) -> Op:

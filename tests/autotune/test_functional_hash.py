@@ -10,24 +10,15 @@ import torch.nn.functional as F
 
 from tilefx.autotune.functional_hash import (functional_hash, outputs_match, reference_inputs,
                                              reference_outputs, workload_key)
-from tilefx.ir import DType, GraphBuilder, Op, TensorType, Value
-from tilefx.ir.graph import freeze_attrs
+from tilefx.ir import DType, Op, TensorType
 from tilefx.ir.types import symbol
+from tilefx.ir.builder import kernel_op
 
 
 def f32(*shape) -> TensorType:
     return TensorType(DType.float32, shape)
 
 
-def kernel_op(kind, input_types, body_fn, name="k", input_names=None) -> Op:
-    b = GraphBuilder(name)
-    names = input_names or [f"a{i}" for i in range(len(input_types))]
-    outs = body_fn(b, *[b.input(t, n) for t, n in zip(input_types, names)])
-    outs = [outs] if isinstance(outs, Value) else list(outs)
-    body = b.finish(outs)
-    args = tuple(Value(f"x{i}", t) for i, t in enumerate(input_types))
-    results = tuple(Value(f"y{i}", v.type) for i, v in enumerate(outs))
-    return Op("kernel", args, results, freeze_attrs({"kind": kind, "name": name}), body)
 
 
 def pointwise(fn, *types, **kw) -> Op:

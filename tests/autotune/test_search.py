@@ -12,8 +12,8 @@ from tilefx.autotune.search import (EvolutionarySearch, GridSearch, RandomModel,
 from tilefx.autotune.space import EXTERN, SearchSpace, is_extern
 from tilefx.codegen.schedule import Schedule
 from tilefx.codegen.target import Target
-from tilefx.ir import DType, GraphBuilder, Op, TensorType, Value
-from tilefx.ir.graph import freeze_attrs
+from tilefx.ir import DType, TensorType
+from tilefx.ir.builder import kernel_op
 
 TARGET = Target(cores=4, vector_bytes=32)
 
@@ -22,15 +22,6 @@ def f32(*shape: int) -> TensorType:
     return TensorType(DType.float32, shape)
 
 
-def kernel_op(kind, input_types, body_fn, name="k") -> Op:
-    """A ``kernel`` op whose body is ``body_fn(builder, *inputs)``."""
-    b = GraphBuilder(name)
-    outs = body_fn(b, *[b.input(t, f"a{i}") for i, t in enumerate(input_types)])
-    outs = [outs] if isinstance(outs, Value) else list(outs)
-    body = b.finish(outs)
-    return Op("kernel", tuple(Value(f"x{i}", t) for i, t in enumerate(input_types)),
-              tuple(Value(f"y{i}", v.type) for i, v in enumerate(outs)),
-              freeze_attrs({"kind": kind, "name": name}), body)
 
 
 def _matmul(m: int = 256, k: int = 256, n: int = 256):

@@ -16,8 +16,8 @@ from tilefx.autotune.measure import LocalBuilder, LocalRunner
 from tilefx.autotune.space import EXTERN
 from tilefx.autotune.tuner import TuneOptions, Tuner, format_summary, parse_budget
 from tilefx.codegen.target import Target
-from tilefx.ir import DType, GraphBuilder, Op, TensorType, Value
-from tilefx.ir.graph import freeze_attrs
+from tilefx.ir import DType, TensorType
+from tilefx.ir.builder import kernel_op
 
 TARGET = Target.host_cpu()
 
@@ -26,14 +26,6 @@ def f32(*shape: int) -> TensorType:
     return TensorType(DType.float32, shape)
 
 
-def kernel_op(kind, input_types, body_fn, name="k") -> Op:
-    b = GraphBuilder(name)
-    outs = body_fn(b, *[b.input(t, f"a{i}") for i, t in enumerate(input_types)])
-    outs = [outs] if isinstance(outs, Value) else list(outs)
-    body = b.finish(outs)
-    return Op("kernel", tuple(Value(f"x{i}", t) for i, t in enumerate(input_types)),
-              tuple(Value(f"y{i}", v.type) for i, v in enumerate(outs)),
-              freeze_attrs({"kind": kind, "name": name}), body)
 
 
 def _relu_add(name="pw", n=256):

@@ -4,13 +4,13 @@ build it, run it destination-passing and compare with a PyTorch reference."""
 from __future__ import annotations
 
 import os
-from typing import Callable, Sequence
+from typing import Sequence
 
 import pytest
 import torch
 
-from tilefx.ir import DType, GraphBuilder, Op, TensorType, Value
-from tilefx.ir.graph import freeze_attrs
+from tilefx.ir import DType, Op, TensorType
+from tilefx.ir.builder import kernel_op  # noqa: F401  (re-exported for the tests)
 
 os.environ.setdefault("TVM_BIND_THREADS", "0")
 
@@ -22,16 +22,6 @@ def f32(*shape: int) -> TensorType:
     return TensorType(DType.float32, shape)
 
 
-def kernel_op(kind: str, input_types: Sequence[TensorType],
-              body_fn: Callable[..., Value | Sequence[Value]], name: str = "k") -> Op:
-    b = GraphBuilder(name)
-    ins = [b.input(t, f"a{i}") for i, t in enumerate(input_types)]
-    outs = body_fn(b, *ins)
-    outs = [outs] if isinstance(outs, Value) else list(outs)
-    body = b.finish(outs)
-    args = tuple(Value(f"x{i}", t) for i, t in enumerate(input_types))
-    results = tuple(Value(f"y{i}", v.type) for i, v in enumerate(outs))
-    return Op("kernel", args, results, freeze_attrs({"kind": kind, "name": name}), body)
 
 
 def random_input(t: TensorType, gen: torch.Generator) -> torch.Tensor:

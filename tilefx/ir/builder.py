@@ -102,3 +102,17 @@ class GraphBuilder:
 
     def finish(self, outputs: Sequence[Value]) -> Graph:
         return Graph(self.name, tuple(self.inputs), tuple(self.ops), tuple(outputs), dict(self.constants))
+
+
+def kernel_op(kind: str, input_types: Sequence[TensorType], body_fn: Any, name: str = "k",
+              input_names: Sequence[str] | None = None) -> Op:
+    """A ``kernel`` op whose body ``body_fn(builder, *inputs)`` builds (returning one value
+    or several): how tests, benchmarks and tools make a kernel without running fusion."""
+    b = GraphBuilder(name)
+    names = list(input_names or [f"a{i}" for i in range(len(input_types))])
+    outs = body_fn(b, *[b.input(t, n) for t, n in zip(input_types, names)])
+    outs = [outs] if isinstance(outs, Value) else list(outs)
+    body = b.finish(outs)
+    args = tuple(Value(f"x{i}", t) for i, t in enumerate(input_types))
+    results = tuple(Value(f"y{i}", v.type) for i, v in enumerate(outs))
+    return Op("kernel", args, results, freeze_attrs({"kind": kind, "name": name}), body)

@@ -9,14 +9,14 @@ from __future__ import annotations
 
 import os
 import warnings
-from typing import Callable, Sequence
+from typing import Sequence
 
 os.environ["TRITON_INTERPRET"] = "1"
 
 import torch  # noqa: E402
 
-from tilefx.ir import DType, GraphBuilder, Op, TensorType, Value  # noqa: E402
-from tilefx.ir.graph import freeze_attrs  # noqa: E402
+from tilefx.ir import DType, Op, TensorType  # noqa: E402
+from tilefx.ir.builder import kernel_op  # noqa: F401,E402  (re-exported for the tests)
 
 TORCH = {DType.float32: torch.float32, DType.float16: torch.float16, DType.bfloat16: torch.bfloat16,
          DType.int64: torch.int64, DType.int32: torch.int32, DType.bool: torch.bool}
@@ -30,16 +30,6 @@ def f32(*shape: int) -> TensorType:
     return TensorType(DType.float32, shape)
 
 
-def kernel_op(kind: str, input_types: Sequence[TensorType],
-              body_fn: Callable[..., Value | Sequence[Value]], name: str = "k") -> Op:
-    b = GraphBuilder(name)
-    ins = [b.input(ty, f"a{i}") for i, ty in enumerate(input_types)]
-    outs = body_fn(b, *ins)
-    outs = [outs] if isinstance(outs, Value) else list(outs)
-    body = b.finish(outs)
-    args = tuple(Value(f"x{i}", ty) for i, ty in enumerate(input_types))
-    results = tuple(Value(f"y{i}", v.type) for i, v in enumerate(outs))
-    return Op("kernel", args, results, freeze_attrs({"kind": kind, "name": name}), body)
 
 
 def rand(ty: TensorType, seed: int = 0) -> torch.Tensor:
