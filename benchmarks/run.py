@@ -35,25 +35,6 @@ from typing import Any, Callable
 os.environ.setdefault("TVM_BIND_THREADS", "0")
 
 
-def _steady_malloc() -> None:
-    """Fix glibc's mmap/trim thresholds (what MALLOC_MMAP_THRESHOLD_ does).
-
-    Measured: once TVM/LLVM has built a kernel in a process, glibc returns
-    freed tensor memory to the OS, so every torch op of a few MB page-faults
-    its output again (LayerNorm+GELU 512x768 5x slower). Eager runs in this
-    process after tilefx compiled: without this its times would be inflated.
-    """
-    import ctypes
-
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-        libc.mallopt(-3, 64 << 20)   # M_MMAP_THRESHOLD
-        libc.mallopt(-1, 256 << 20)  # M_TRIM_THRESHOLD
-    except OSError:
-        pass
-
-
-_steady_malloc()
 
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # run as a script: make `benchmarks` and `tilefx` importable
@@ -63,7 +44,9 @@ import torch  # noqa: E402
 from torch.utils._pytree import tree_leaves  # noqa: E402
 
 from benchmarks.models import ZOO, ZooModel  # noqa: E402
-from benchmarks.stats import compile_stats  # noqa: E402
+from benchmarks.stats import compile_stats, steady_malloc  # noqa: E402
+
+steady_malloc()
 
 RTOL, ATOL = 1e-3, 1e-4
 ROUNDS = 5  # timing rounds; see time_interleaved

@@ -58,3 +58,21 @@ def compile_stats(compiled: Any) -> CompileStats:
     seconds = sum(sum(r.seconds.values()) for r in records)
     interpreted = sum(1 for k in kernels if getattr(k, "backend", "tvm") == "interpreter")
     return CompileStats(len(kernels), interpreted, len(fallbacks), seconds, tuple(problems))
+
+
+def steady_malloc() -> None:
+    """Fix glibc's mmap/trim thresholds (what MALLOC_MMAP_THRESHOLD_ does).
+
+    Measured: once TVM/LLVM has built a kernel in a process, glibc returns
+    freed tensor memory to the OS, so every torch op of a few MB page-faults
+    its output again (LayerNorm+GELU 512x768 5x slower). Eager runs in this
+    process after tilefx compiled: without this its times would be inflated.
+    """
+    import ctypes
+
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        libc.mallopt(-3, 64 << 20)   # M_MMAP_THRESHOLD
+        libc.mallopt(-1, 256 << 20)  # M_TRIM_THRESHOLD
+    except OSError:
+        pass

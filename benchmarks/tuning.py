@@ -37,26 +37,6 @@ from typing import Any, Callable
 os.environ.setdefault("TVM_BIND_THREADS", "0")
 
 
-def _steady_malloc() -> None:
-    """Fix glibc's mmap/trim thresholds (what MALLOC_MMAP_THRESHOLD_ does).
-
-    Measured: once TVM/LLVM has built a kernel in a process, glibc returns
-    freed tensor memory to the OS, so every torch op of a few MB page-faults
-    its output again (736 faults a call, LayerNorm+GELU 512x768 5x slower).
-    Fixed thresholds keep torch's numbers honest in this process.
-    """
-    import ctypes
-
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-        libc.mallopt(-3, 64 << 20)   # M_MMAP_THRESHOLD
-        libc.mallopt(-1, 256 << 20)  # M_TRIM_THRESHOLD
-    except OSError:
-        pass
-
-
-_steady_malloc()
-
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
@@ -64,44 +44,39 @@ if str(ROOT) not in sys.path:
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
-from tilefx.ir import DType, GraphBuilder, Op, TensorType, Value  # noqa: E402
+from benchmarks.stats import steady_malloc  # noqa: E402
+
+from tilefx.ir import DType, Op, TensorType  # noqa: E402
+from tilefx.ir.builder import kernel_op  # noqa: E402
 from tilefx.ir.graph import freeze_attrs  # noqa: E402
+
+steady_malloc()
 
 
 def _f32(*shape: int) -> TensorType:
     return TensorType(DType.float32, shape)
 
 
-def _kernel(kind: str, types: list[TensorType], body: Callable, name: str) -> Op:
-    b = GraphBuilder(name)
-    outs = body(b, *[b.input(t, f"a{i}") for i, t in enumerate(types)])
-    outs = [outs] if isinstance(outs, Value) else list(outs)
-    g = b.finish(outs)
-    return Op("kernel", tuple(Value(f"x{i}", t) for i, t in enumerate(types)),
-              tuple(Value(f"y{i}", v.type) for i, v in enumerate(outs)),
-              freeze_attrs({"kind": kind, "name": name}), g)
-
-
 def _mm(n: int) -> tuple[Op, Callable, list]:
-    op = _kernel("contraction", [_f32(n, n), _f32(n, n)], lambda b, x, w: b.op("matmul", x, w),
-                 f"matmul{n}")
+    op = kernel_op("contraction", [_f32(n, n), _f32(n, n)], lambda b, x, w: b.op("matmul", x, w),
+                   f"matmul{n}")
     return op, lambda x, w: x @ w, [(n, n), (n, n)]
 
 
 def _conv() -> tuple[Op, Callable, list]:
-    op = _kernel("contraction", [_f32(1, 64, 56, 56), _f32(64, 64, 3, 3)],
+    op = kernel_op("contraction", [_f32(1, 64, 56, 56), _f32(64, 64, 3, 3)],
                  lambda b, x, w: b.op("conv2d", x, w, padding=(1, 1)), "conv3x3_64")
     return op, lambda x, w: F.conv2d(x, w, padding=1), [(1, 64, 56, 56), (64, 64, 3, 3)]
 
 
 def _dwconv() -> tuple[Op, Callable, list]:
-    op = _kernel("contraction", [_f32(1, 96, 56, 56), _f32(96, 1, 3, 3)],
+    op = kernel_op("contraction", [_f32(1, 96, 56, 56), _f32(96, 1, 3, 3)],
                  lambda b, x, w: b.op("conv2d", x, w, padding=(1, 1), groups=96), "dwconv3x3_96")
     return op, lambda x, w: F.conv2d(x, w, padding=1, groups=96), [(1, 96, 56, 56), (96, 1, 3, 3)]
 
 
 def _ln_gelu() -> tuple[Op, Callable, list]:
-    op = _kernel("reduction", [_f32(512, 768), _f32(768), _f32(768)],
+    op = kernel_op("reduction", [_f32(512, 768), _f32(768), _f32(768)],
                  lambda b, x, w, c: b.op("gelu", b.op("layer_norm", x, w, c, normalized_ndim=1),
                                          approximate="none"), "layernorm_gelu")
     return op, lambda x, w, c: F.gelu(F.layer_norm(x, (768,), w, c)), [(512, 768), (768,), (768,)]
@@ -171,7 +146,7 @@ def final_comparison(row: dict[str, Any], args: argparse.Namespace, target: Any)
     "torch" is the kernel body as bare torch calls (``LibraryKernel``) in the
     runner's torch-only child: for a contraction the library candidate, for a
     fused kernel eager's unfused ops. It is not timed in this process, where
-    TVM has built kernels (see ``_steady_malloc``).
+    TVM has built kernels (see ``benchmarks.stats.steady_malloc``).
     """
     from tilefx.autotune.measure import (EXTERN_ARTIFACT, BuildResult, LocalBuilder,
                                          LocalRunner, Workload)
