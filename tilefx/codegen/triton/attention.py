@@ -32,6 +32,7 @@ from tilefx.codegen.triton.emit import (
     program_id,
     shape_of,
     tl_type,
+    the_anchor,
 )
 from tilefx.codegen.triton.matmul import input_precision
 from tilefx.codegen.triton.ops import delinearize
@@ -46,10 +47,7 @@ LOG2E = 1.4426950408889634
 
 
 def anchor_of(body: Graph) -> Op:
-    found = [op for op in body.ops if op.name == "attention"]
-    if len(found) != 1:
-        raise NotImplementedError(f"attention kernel with {len(found)} attention ops")
-    return found[0]
+    return the_anchor(body, {"attention"}, "attention")
 
 
 def space(body: Graph) -> dict[str, list[Any]]:

@@ -22,7 +22,7 @@ from typing import Any
 
 from tilefx.codegen.schedule import Schedule
 from tilefx.codegen.triton import library
-from tilefx.codegen.triton.emit import Emitter, Var, next_pow2, shape_of, tl_type
+from tilefx.codegen.triton.emit import Emitter, Var, next_pow2, shape_of, tl_type, the_anchor
 from tilefx.codegen.triton.matmul import _all, grouped_tiles, input_precision
 from tilefx.codegen.triton.ops import delinearize
 from tilefx.codegen.triton.pointwise import arg_names
@@ -38,10 +38,7 @@ SPACE: dict[str, list[Any]] = {
 
 
 def anchor_of(body: Graph) -> Op:
-    found = [op for op in body.ops if op.name == "conv2d"]
-    if len(found) != 1:
-        raise NotImplementedError(f"contraction kernel with {len(found)} conv2d ops")
-    return found[0]
+    return the_anchor(body, {"conv2d"}, "contraction")
 
 
 def space(body: Graph) -> dict[str, list[Any]]:

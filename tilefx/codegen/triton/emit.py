@@ -30,7 +30,7 @@ import math
 import re
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Iterator, Mapping, Sequence
+from typing import Collection, Iterator, Mapping, Sequence
 
 import sympy
 
@@ -267,3 +267,12 @@ class Emitter:
             raise NotImplementedError(f"op {op.name!r} has no Triton emission rule (the kernel "
                                       f"runs in the interpreter)")
         return rule(self, op, idx, mask)
+
+
+def the_anchor(body: Graph, names: Collection[str], what: str) -> Op:
+    """The one op of ``names`` a template is built around (a matmul, a conv2d...); a body
+    with none or several is not that template's kernel."""
+    found = [op for op in body.ops if op.name in names]
+    if len(found) != 1:
+        raise NotImplementedError(f"{what} kernel with {len(found)} {'/'.join(sorted(names))} ops")
+    return found[0]

@@ -25,7 +25,17 @@ from typing import Any
 
 from tilefx.codegen.schedule import Schedule
 from tilefx.codegen.triton import library
-from tilefx.codegen.triton.emit import Emitter, Var, broadcast_index, next_pow2, numel, program_id, shape_of, tl_type
+from tilefx.codegen.triton.emit import (
+    Emitter,
+    Var,
+    broadcast_index,
+    next_pow2,
+    numel,
+    program_id,
+    shape_of,
+    tl_type,
+    the_anchor,
+)
 from tilefx.codegen.triton.ops import delinearize
 from tilefx.codegen.triton.pointwise import arg_names
 from tilefx.codegen.triton.source import HEADER, KernelSource
@@ -39,10 +49,7 @@ SPACE: dict[str, list[Any]] = {
 
 
 def anchor_of(body: Graph) -> Op:
-    found = [op for op in body.ops if op.name == "matmul"]
-    if len(found) != 1:
-        raise NotImplementedError(f"contraction kernel with {len(found)} matmuls")
-    return found[0]
+    return the_anchor(body, {"matmul"}, "contraction")
 
 
 def space(body: Graph) -> dict[str, list[Any]]:

@@ -17,7 +17,16 @@ from __future__ import annotations
 from typing import Any
 
 from tilefx.codegen.schedule import Schedule
-from tilefx.codegen.triton.emit import Emitter, Var, literal, next_pow2, numel, program_id, shape_of
+from tilefx.codegen.triton.emit import (
+    Emitter,
+    Var,
+    literal,
+    next_pow2,
+    numel,
+    program_id,
+    shape_of,
+    the_anchor,
+)
 from tilefx.codegen.triton.ops import delinearize
 from tilefx.codegen.triton.pointwise import arg_names
 from tilefx.codegen.triton.source import HEADER, KernelSource
@@ -28,10 +37,7 @@ SPACE: dict[str, list[Any]] = {"BLOCK": [64, 128, 256, 512, 1024], "num_warps": 
 
 
 def anchor_of(body: Graph) -> Op:
-    found = [op for op in body.ops if op.name in POOLS]
-    if len(found) != 1:
-        raise NotImplementedError(f"pooling kernel with {len(found)} pooling ops")
-    return found[0]
+    return the_anchor(body, POOLS, "pooling")
 
 
 def default_schedule(body: Graph, target: Any = None) -> Schedule:
