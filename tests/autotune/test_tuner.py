@@ -275,3 +275,30 @@ def test_cli_tune(tmp_path, cache_dir, capsys):
     assert code == 0, out
     assert "distinct kernels" in out and "| kernel |" in out and "candidates measured" in out
     assert main(["tune", f"{src}:f", "--input", "4x16", "--time", "soon"]) == 2
+
+
+@pytest.mark.parametrize("tuned_faster", [True, False])
+def test_the_whole_graph_decides_between_tuned_and_default(tmp_path, cache_dir, monkeypatch,
+                                                           tuned_faster):
+    """Tuned kernels that make the model slower are not kept: the graph is timed both ways."""
+    import tilefx
+    from tilefx.compiler import driver
+
+    monkeypatch.setenv("TILEFX_TUNE_WORKERS", "0")
+    calls = []
+
+    def fake_median_ms(fn, inputs, repeats=9):  # called tuned, default, tuned, default...
+        calls.append(fn)
+        is_tuned = len(calls) % 2 == 1
+        return 1.0 if is_tuned == tuned_faster else 2.0
+
+    monkeypatch.setattr(driver, "_median_ms", fake_median_ms)
+    x = torch.randn(8, 32)
+    cm = tilefx.compile(_scaled_softmax, options=driver.CompileOptions(
+        tune_trials=2, tune_db=str(tmp_path / "check.db")))
+    torch.testing.assert_close(cm(x), _scaled_softmax(x), rtol=1e-4, atol=1e-5)
+    (rec,) = cm.records
+    kept = "tuned" if tuned_faster else "default"
+    assert f"kept the {kept} schedules" in rec.tuning_check
+    assert "tuning check:" in cm.report()
+    assert len(calls) == 6  # three interleaved rounds

@@ -85,6 +85,7 @@ class CompileRecord:
     seconds: dict[str, float] = field(default_factory=dict)  # stage -> seconds
     buffers: list[str] = field(default_factory=list)         # buffer plan per binding
     tuning: list[Any] = field(default_factory=list)          # autotune.KernelTuneResult
+    tuning_check: str = ""  # tuned vs default schedules, timed on the whole graph
 
     def add_time(self, stage: str, seconds: float) -> None:
         self.seconds[stage] = self.seconds.get(stage, 0.0) + seconds
@@ -113,6 +114,8 @@ class CompileRecord:
             from tilefx.autotune.tuner import format_summary
 
             lines += ["tuning:", format_summary(self.tuning)]
+        if self.tuning_check:
+            lines.append(f"tuning check: {self.tuning_check}")
         return "\n".join(lines)
 
 
@@ -329,11 +332,59 @@ def compile_graph(captured: Any, target: str | Target | None = None,
     if example_inputs is not None:
         from tilefx.compiler.runtime import bind_symbols
 
-        compiled.plan_for(bind_symbols(graph, [t.contiguous() for t in example_inputs]))
+        inputs = [t.contiguous() for t in example_inputs]
+        compiled.plan_for(bind_symbols(graph, inputs))
         if options.tune_trials:  # tuning happened while building: stop its processes
             from tilefx.autotune.tuner import close_sessions
 
             close_sessions()
+            compiled = _keep_tuning_if_it_pays(compiled, graph, tgt, options, inputs)
     log.info("tilefx: compiled %s: %d kernels, %d fallbacks in %.2fs", record.name,
              len(record.kernels), len(record.fallbacks), sum(record.seconds.values()))
     return compiled
+
+
+
+def _median_ms(fn: Any, inputs: list, repeats: int = 9) -> float:
+    import statistics
+
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn(*inputs)
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times) * 1e3
+
+
+def _keep_tuning_if_it_pays(tuned: CompiledGraph, graph: Graph, target: Target,
+                            options: CompileOptions, inputs: list) -> CompiledGraph:
+    """Time the whole graph with the tuned schedules and with the defaults; keep the faster.
+
+    Kernels are tuned one by one in an isolated runner, with warm caches and the machine to
+    themselves. In the model they run between other kernels, and a library (torch) kernel
+    between TVM kernels competes with TVM's still-spinning worker threads: a ResNet whose
+    every kernel was tuned faster ran 1.7x slower. So the model itself decides.
+    """
+    record = tuned.record
+    plain_record = CompileRecord(record.name, target=record.target)
+    plain = CompiledGraph(graph, make_builder(target, replace(options, tune_trials=0),
+                                              plain_record), lambda bindings, plan: None,
+                          cuda_graphs=options.cuda_graphs)
+    for g in (tuned, plain):  # build and warm up both
+        g(*inputs)
+        g(*inputs)
+    tuned_ms, plain_ms = [], []
+    for _ in range(3):  # interleaved rounds, so a change of load hits both alike
+        tuned_ms.append(_median_ms(tuned, inputs))
+        plain_ms.append(_median_ms(plain, inputs))
+    t, p = min(tuned_ms), min(plain_ms)
+    keep_tuned = t <= p
+    record.tuning_check = (f"whole graph on the example inputs: tuned {t:.3f} ms, default "
+                           f"schedules {p:.3f} ms -> kept the "
+                           f"{'tuned' if keep_tuned else 'default'} schedules")
+    log.info("tilefx: %s", record.tuning_check)
+    if keep_tuned:
+        return tuned
+    record.kernels = plain_record.kernels  # what runs now
+    plain.record = record
+    return plain
