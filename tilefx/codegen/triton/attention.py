@@ -37,7 +37,7 @@ from tilefx.codegen.triton.emit import (
 from tilefx.codegen.triton.matmul import input_precision
 from tilefx.codegen.triton.ops import delinearize
 from tilefx.codegen.triton.pointwise import arg_names
-from tilefx.codegen.triton.source import HEADER, KernelSource
+from tilefx.codegen.triton.source import KernelSource, one_kernel_module
 from tilefx.ir.graph import Graph, Op
 from tilefx.ir.types import DType
 
@@ -189,11 +189,7 @@ def emit(body: Graph, name: str, schedule: Schedule) -> KernelSource:
         e.store(f"out{j}", out, idx, omask, zero=None if L > 1 and EV > 1 else "(offs_m * 0 + offs_dv * 0)")
     warps, stages = int(s["num_warps"]), int(s["num_stages"])
     grid = f"({-(-L // bm)}, {numel(batch)})" if batch else f"({-(-L // bm)},)"
-    text = "\n".join([
-        HEADER, "@triton.jit",
-        f"def {name}({', '.join(ins + outs)}, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, "
-        f"BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr):", *e.lines, "",
-        f"def launch({', '.join(ins + outs)}):",
-        f"    {name}[{grid}]({', '.join(ins + outs)}, BLOCK_M={bm}, BLOCK_N={bn}, BLOCK_D={bd}, "
-        f"BLOCK_DV={bdv}, num_warps={warps}, num_stages={stages})", ""])
+    text = one_kernel_module(name, ins + outs, e.lines, grid,
+                             {"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_D": bd, "BLOCK_DV": bdv},
+                             {"num_warps": warps, "num_stages": stages})
     return KernelSource(name, text, (("num_stages", stages), ("num_warps", warps)), s)

@@ -26,7 +26,7 @@ from tilefx.codegen.triton.emit import Emitter, Var, next_pow2, shape_of, tl_typ
 from tilefx.codegen.triton.matmul import _all, grouped_tiles, input_precision
 from tilefx.codegen.triton.ops import delinearize
 from tilefx.codegen.triton.pointwise import arg_names
-from tilefx.codegen.triton.source import HEADER, KernelSource
+from tilefx.codegen.triton.source import KernelSource, one_kernel_module
 from tilefx.ir.graph import Graph, Op
 from tilefx.ir.types import DType
 
@@ -123,13 +123,9 @@ def implicit_gemm(body: Graph, name: str, op: Op, schedule: Schedule) -> KernelS
         if shape_of(v) != out_shape:
             raise NotImplementedError(f"conv kernel output %{v.name} is not on the conv's result")
         e.store(f"out{j}", v, idx, mask, zero=None if m > 1 and n > 1 else "(offs_m * 0 + offs_n * 0)")
-    text = "\n".join([
-        HEADER, "@triton.jit",
-        f"def {name}({', '.join(ins + outs)}, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, "
-        f"BLOCK_K: tl.constexpr):", *e.lines, "",
-        f"def launch({', '.join(ins + outs)}):",
-        f"    {name}[({tm * tn},)]({', '.join(ins + outs)}, BLOCK_M={bm}, BLOCK_N={bn}, BLOCK_K={bk}, "
-        f"num_warps={warps}, num_stages={stages})", ""])
+    text = one_kernel_module(name, ins + outs, e.lines, f"({tm * tn},)",
+                             {"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk},
+                             {"num_warps": warps, "num_stages": stages})
     return KernelSource(name, text, (("num_stages", stages), ("num_warps", warps)),
                         Schedule.of(impl="triton", BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, GROUP_M=gm,
                                     num_warps=warps, num_stages=stages))

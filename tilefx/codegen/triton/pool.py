@@ -29,7 +29,7 @@ from tilefx.codegen.triton.emit import (
 )
 from tilefx.codegen.triton.ops import delinearize
 from tilefx.codegen.triton.pointwise import arg_names
-from tilefx.codegen.triton.source import HEADER, KernelSource
+from tilefx.codegen.triton.source import KernelSource, one_kernel_module
 from tilefx.ir.graph import Graph, Op
 
 POOLS = ("max_pool2d", "avg_pool2d", "adaptive_avg_pool2d")
@@ -113,10 +113,8 @@ def emit(body: Graph, name: str, schedule: Schedule) -> KernelSource:
         if shape_of(v) != out_shape:
             raise NotImplementedError(f"pooling kernel output %{v.name} is not on the pooled shape")
         e.store(f"out{j}", v, (n, c, oh, ow), xmask, offset="xindex")
-    text = "\n".join([HEADER, "@triton.jit", f"def {name}({', '.join(ins + outs)}, BLOCK: tl.constexpr):",
-                      *e.lines, "", f"def launch({', '.join(ins + outs)}):",
-                      f"    {name}[({-(-total // block)},)]({', '.join(ins + outs)}, BLOCK={block}, "
-                      f"num_warps={warps})", ""])
+    text = one_kernel_module(name, ins + outs, e.lines, f"({-(-total // block)},)",
+                             {"BLOCK": block}, {"num_warps": warps})
     return KernelSource(name, text, (("num_warps", warps),), Schedule.of(BLOCK=block, num_warps=warps))
 
 

@@ -45,6 +45,17 @@ class KernelSource:
     schedule: Schedule | None = None         # the schedule after clamping to the problem
 
 
+def one_kernel_module(name: str, params: list[str], lines: list[str], grid: str,
+                      constexprs: dict[str, int], launch_meta: dict[str, int]) -> str:
+    """Source of a module with one ``@triton.jit`` kernel (block sizes as constexprs) and the
+    ``launch(*params)`` that runs it on ``grid``."""
+    args = ", ".join(params)
+    consts = ", ".join(f"{k}: tl.constexpr" for k in constexprs)
+    values = ", ".join(f"{k}={v}" for k, v in {**constexprs, **launch_meta}.items())
+    return "\n".join([HEADER, "@triton.jit", f"def {name}({args}, {consts}):", *lines, "",
+                      f"def launch({args}):", f"    {name}[{grid}]({args}, {values})", ""])
+
+
 def normalized(text: str, name: str) -> str:
     lines = []
     for line in text.replace(name, "K").splitlines():
