@@ -13,9 +13,10 @@ warm-up): PyTorch eager; ``torch.compile`` default (inductor); optionally
 ``mode="max-autotune"`` (its autotune tables silenced); tilefx with default
 schedules launched eagerly from Python ("no graph") and replayed from a CUDA
 graph ("graph", the default for static shapes); tilefx with every kernel tuned
-over a few candidates (``common.tuned_build``, capped by ``--tune-seconds`` per
-model), replayed from a CUDA graph. The speedups are against inductor; the last
-row is their geometric mean.
+by the real tuner (``tilefx.compile(..., tune=--tune)``: ``--tune`` candidates per
+kernel, default and library included, or a time budget per kernel like ``2s``; one
+tuning database in a temp dir for the whole run), replayed from a CUDA graph.
+The speedups are against inductor; the last row is their geometric mean.
 
 Kernels: matmul 4096^3 fp16 (tilefx's default schedule and a few other configs
 vs cuBLAS via torch.matmul) and attention batch 4 x 16 heads, seq 2048, head
@@ -30,9 +31,10 @@ import math
 import sys
 import time
 import traceback
+from pathlib import Path
 from typing import Any, Callable
 
-from common import (DTYPES, Report, compile_tuned, cuda_time_ms, environment, first, kernel_op, progress,
+from common import (DTYPES, Report, cuda_time_ms, environment, first, kernel_op, progress,
                     quiet, zoo_model)
 
 import torch
@@ -49,11 +51,16 @@ def _inductor_quiet() -> None:
     logging.getLogger("torch._inductor").setLevel(logging.ERROR)
 
 
-def _tilefx(model: Any, cuda_graphs: bool) -> Any:
+def _tilefx(model: Any, cuda_graphs: bool, tune: str = "0", tune_db: str | None = None) -> Any:
+    """tilefx for cuda; with ``tune`` every kernel is tuned (on the first call) into ``tune_db``."""
     import tilefx
+    from tilefx.autotune.tuner import parse_budget
     from tilefx.compiler.driver import CompileOptions
 
-    return tilefx.compile(model, options=CompileOptions(target="cuda", cuda_graphs=cuda_graphs))
+    trials, seconds = parse_budget(tune)
+    return tilefx.compile(model, options=CompileOptions(
+        target="cuda", cuda_graphs=cuda_graphs, tune_trials=tune if seconds else trials,
+        tune_db=tune_db))
 
 
 def _graph_note(fn: Any) -> str:
@@ -65,26 +72,30 @@ def _graph_note(fn: Any) -> str:
 
 
 def bench_zoo(report: Report, models: list[str], dtype_name: str, repeats: int, max_autotune: bool,
-              tune_seconds: float) -> None:
+              tune: str) -> None:
+    import tempfile
+
+    tune_db = str(Path(tempfile.mkdtemp(prefix="tilefx-bench-tune-")) / "tuning.db")
     dtype = DTYPES[dtype_name]
-    cols = ["eager", "inductor"] + (["max-autotune"] if max_autotune else []) + \
+    # reduce-overhead is inductor with CUDA graphs: the fair peer of "tilefx graph"
+    cols = ["eager", "inductor", "reduce-overhead"] + (["max-autotune"] if max_autotune else []) + \
         ["tilefx no graph", "tilefx graph", "tilefx tuned graph"]
     report(f"\n## zoo ({dtype_name}), ms per call (median of {repeats})\n")
     report("| model | batch | " + " | ".join(cols) + " | tilefx graph vs inductor | tuned vs inductor "
-           "| max err tuned | notes |")
-    report("|---|---|" + "---|" * len(cols) + "---|---|---|---|")
-    ratios: dict[str, list[float]] = {"graph": [], "tuned": []}
+           "| tuned vs reduce-overhead | max err tuned | notes |")
+    report("|---|---|" + "---|" * len(cols) + "---|---|---|---|---|")
+    ratios: dict[str, list[float]] = {"graph": [], "tuned": [], "tuned_ro": []}
     for name in models:
         t_model = time.perf_counter()
         model, inputs = zoo_model(name, dtype, bench=True)
         runners: dict[str, Callable[[], Any]] = {
             "eager": lambda m=model: m,
             "inductor": lambda m=model: torch.compile(m),
+            "reduce-overhead": lambda m=model: torch.compile(m, mode="reduce-overhead"),
             "max-autotune": lambda m=model: torch.compile(m, mode="max-autotune"),
             "tilefx no graph": lambda m=model: _tilefx(m, False),
             "tilefx graph": lambda m=model: _tilefx(m, True),
-            "tilefx tuned graph": lambda m=model, x=inputs: compile_tuned(m, x, cuda_graphs=True,
-                                                                          budget_s=tune_seconds),
+            "tilefx tuned graph": lambda m=model: _tilefx(m, True, tune=tune, tune_db=tune_db),
         }
         ms: dict[str, str] = {}
         err, notes = "-", []
@@ -113,19 +124,20 @@ def bench_zoo(report: Report, models: list[str], dtype_name: str, repeats: int, 
                 torch._dynamo.reset()
                 progress(f"{name} {col}: {ms[col]} ms ({time.perf_counter() - t0:.0f} s)")
         cells = []
-        for key, col in (("graph", "tilefx graph"), ("tuned", "tilefx tuned graph")):
+        for key, base, col in (("graph", "inductor", "tilefx graph"), ("tuned", "inductor", "tilefx tuned graph"),
+                               ("tuned_ro", "reduce-overhead", "tilefx tuned graph")):
             try:
-                r = float(ms["inductor"]) / float(ms[col])
+                r = float(ms[base]) / float(ms[col])
                 ratios[key].append(r)
                 cells.append(f"{r:.2f}x")
             except (ValueError, KeyError):
                 cells.append("-")
         batch = inputs[0].shape[0]
         report(f"| {name} | {batch} | " + " | ".join(ms.get(c, "-") for c in cols) +
-               f" | {cells[0]} | {cells[1]} | {err} | {'; '.join(notes)[:120]} |")
+               f" | {cells[0]} | {cells[1]} | {cells[2]} | {err} | {'; '.join(notes)[:120]} |")
         progress(f"{name} done in {time.perf_counter() - t_model:.0f} s")
     geo = [f"{math.exp(sum(map(math.log, r)) / len(r)):.2f}x" if r else "-" for r in ratios.values()]
-    report("| geomean | | " + " | ".join("" for _ in cols) + f" | {geo[0]} | {geo[1]} | | |")
+    report("| geomean | | " + " | ".join("" for _ in cols) + f" | {geo[0]} | {geo[1]} | {geo[2]} | | |")
 
 
 def _best(rows: list[tuple[str, float]]) -> tuple[str, float]:
@@ -147,7 +159,7 @@ def bench_matmul(report: Report, repeats: int) -> None:
     lib = cuda_time_ms(lambda: torch.matmul(a, b, out=out), repeats=repeats)
     ref = a @ b
     default = default_schedule(op)
-    configs = [("default " + " ".join(f"{k}={v}" for k, v in default.items()), default)]
+    configs = [("default " + " ".join(f"{k}={v}" for k, v in default.as_dict().items()), default)]
     for bm, bn, bk, w, s in [(128, 256, 64, 8, 4), (256, 128, 64, 8, 3), (128, 128, 64, 8, 4),
                              (128, 128, 64, 4, 4), (128, 128, 32, 4, 4)]:
         configs.append((f"{bm}x{bn}x{bk} w{w} s{s}", Schedule.of(
@@ -227,10 +239,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--dtype", default="fp16", choices=sorted(DTYPES))
     p.add_argument("--repeats", type=int, default=50)
     p.add_argument("--max-autotune", action="store_true", help="also time torch.compile max-autotune (slow)")
-    p.add_argument("--tune-seconds", type=float, default=45.0, help="tuning budget per zoo model")
+    p.add_argument("--tune", default="4", help="tilefx tuned: candidates per kernel (4), or a time "
+                   "budget per kernel (2s)")
+    p.add_argument("--tune-seconds", type=float, help=argparse.SUPPRESS)  # replaced by --tune
     p.add_argument("--skip-zoo", action="store_true")
     p.add_argument("--skip-kernels", action="store_true")
     args = p.parse_args(argv)
+    if args.tune_seconds is not None:
+        progress("--tune-seconds is replaced by --tune (candidates or a time budget per kernel); "
+                 f"ignoring it, tuning with --tune {args.tune}")
     if not torch.cuda.is_available():
         print("no CUDA device")
         return 1
@@ -243,7 +260,7 @@ def main(argv: list[str] | None = None) -> int:
         bench_attention(report, args.repeats)
         progress(f"kernels done at {time.perf_counter() - start:.0f} s")
     if not args.skip_zoo:
-        bench_zoo(report, args.models.split(","), args.dtype, args.repeats, args.max_autotune, args.tune_seconds)
+        bench_zoo(report, args.models.split(","), args.dtype, args.repeats, args.max_autotune, args.tune)
     report(f"\ntotal {time.perf_counter() - start:.0f} s")
     return 0
 

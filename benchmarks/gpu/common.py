@@ -1,6 +1,6 @@
 """Shared pieces of the GPU scripts: CUDA-event timing, the environment line, zoo
-models moved to a device and dtype, hand-built kernel ops, and a small per-kernel
-tuner over the Triton schedule spaces (library candidates included).
+models moved to a device and dtype, hand-built kernel ops. (Tuning goes through the
+real tuner: ``tilefx.compile(..., tune=N)``, or ``tune_check.py``.)
 
 Nothing here imports TVM: the GPU machine may not have it.
 """
@@ -8,9 +8,7 @@ Nothing here imports TVM: the GPU machine may not have it.
 from __future__ import annotations
 
 import contextlib
-import itertools
 import platform
-import time
 import statistics
 import sys
 from pathlib import Path
@@ -116,106 +114,3 @@ def zoo_model(name: str, dtype: torch.dtype, batch: int | None = None, bench: bo
 
 def first(out: Any) -> torch.Tensor:
     return out[0] if isinstance(out, (list, tuple)) else out
-
-
-
-
-# --------------------------------------------------------------------- tuning
-
-def candidates(op: Any, bindings: dict, limit: int) -> list[Any]:
-    """The default schedule, the library candidate, then a spread of the space."""
-    from tilefx.codegen.triton import default_schedule, schedule_space
-
-    default = default_schedule(op, bindings=bindings)
-    space = schedule_space(op, bindings=bindings)
-    out = [default]
-    if "library" in space.get("impl", []):
-        out.append(default.with_(impl="library"))
-    kind = op.attr("kind")
-    if "BLOCK_M" in space and "BLOCK_K" in space:  # matmul: the Hopper defaults, then Inductor-like
-        from tilefx.codegen.triton.matmul import HOPPER_CONFIGS
-
-        for bm, bn, bk, w, s in [*HOPPER_CONFIGS, (128, 128, 32, 4, 3), (128, 64, 32, 4, 4),
-                                 (64, 64, 32, 4, 5), (64, 32, 32, 2, 5)]:
-            out.append(default.with_(impl="triton", BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk,
-                                     num_warps=w, num_stages=s))
-    elif "BLOCK_D" in space or ("BLOCK_M" in space and "BLOCK_N" in space):  # attention
-        for bm, bn, w, s in itertools.product((64, 128), (32, 64, 128), (4, 8), (2, 3)):
-            out.append(default.with_(impl="triton", BLOCK_M=bm, BLOCK_N=bn, num_warps=w, num_stages=s))
-    elif kind == "reduction" and "RBLOCK" in space:
-        for xb, w in ((1, 4), (2, 4), (4, 8), (8, 8)):
-            out.append(default.with_(XBLOCK=xb, num_warps=w))
-        out.append(default.with_(persistent=False, XBLOCK=1, RBLOCK=1024, num_warps=8))
-    elif "BLOCK" in space:
-        for blk, w in ((256, 2), (512, 4), (1024, 4), (2048, 8)):
-            out.append(default.with_(BLOCK=blk, num_warps=w))
-    return out[:limit]
-
-
-def random_like(v: Any, bindings: dict) -> torch.Tensor:
-    from tilefx.compiler.runtime import concrete_shape, torch_dtype
-
-    shape, dtype = concrete_shape(v.type, bindings), torch_dtype(v.type.dtype)
-    if dtype == torch.bool:
-        return torch.rand(shape, device=DEVICE) > 0.5
-    if not dtype.is_floating_point:
-        return torch.zeros(shape, dtype=dtype, device=DEVICE)
-    return torch.randn(shape, device=DEVICE).to(dtype)
-
-
-def tuned_build(limit: int = 8, budget_s: float = 60.0, log: list[str] | None = None) -> Callable[..., Any]:
-    """A kernel builder for ``CompiledGraph``: measure up to ``limit`` candidates per
-    kernel, keep the fastest. Identical kernels (a repeated block) are tuned once;
-    once ``budget_s`` seconds are spent, the remaining kernels take their default
-    schedule (each Triton candidate costs a compile, ~1 s)."""
-    from tilefx.codegen.triton import build_kernel
-    from tilefx.compiler.driver import kernel_key
-
-    start = time.perf_counter()
-    memo: dict[tuple, Any] = {}
-
-    def build(op: Any, bindings: dict) -> Any:
-        key = (kernel_key(op), tuple(sorted((str(s), v) for s, v in bindings.items())))
-        if key in memo:
-            return memo[key]
-        if time.perf_counter() - start > budget_s:
-            memo[key] = build_kernel(op, None, None, bindings=bindings)
-            return memo[key]
-        ins = [random_like(v, bindings) for v in op.inputs]
-        outs = [random_like(v, bindings) for v in op.results]
-        seen, best = set(), None
-        for schedule in candidates(op, bindings, limit):
-            try:
-                k = build_kernel(op, None, schedule, bindings=bindings)
-                if k.fingerprint in seen:
-                    continue
-                seen.add(k.fingerprint)
-                ms = cuda_time_ms(lambda k=k: k(*ins, *outs), warmup=3, repeats=10)
-            except Exception as e:  # noqa: BLE001 - a candidate that fails is skipped
-                if log is not None:
-                    log.append(f"{op.attr('name')} {schedule}: {type(e).__name__}: {e}"[:200])
-                continue
-            if best is None or ms < best[0]:
-                best = (ms, k)
-        if best is None:
-            best = (0.0, build_kernel(op, None, None, bindings=bindings))
-        if log is not None:
-            log.append(f"{op.attr('name')}: {best[1].schedule} {best[0]:.3f} ms")
-        memo[key] = best[1]
-        return best[1]
-    return build
-
-
-def compile_tuned(model: torch.nn.Module, inputs: tuple, log: list[str] | None = None,
-                  cuda_graphs: bool | None = None, limit: int = 8, budget_s: float = 60.0) -> Callable[..., Any]:
-    """tilefx for cuda with every kernel tuned over a few candidates (flat tensor inputs)."""
-    from tilefx.compiler.capture import capture
-    from tilefx.compiler.driver import CompileOptions, CompileRecord, lower_and_optimize
-    from tilefx.compiler.runtime import CompiledGraph
-
-    options = CompileOptions(target="cuda")
-    record = CompileRecord(type(model).__name__, target="cuda")
-    graph = lower_and_optimize(capture(model, inputs), options, record)
-    compiled = CompiledGraph(graph, tuned_build(limit, budget_s, log=log), cuda_graphs=cuda_graphs)
-    compiled(*inputs)  # builds (tunes) now
-    return compiled

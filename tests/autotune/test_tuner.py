@@ -302,3 +302,61 @@ def test_the_whole_graph_decides_between_tuned_and_default(tmp_path, cache_dir, 
     assert f"kept the {kept} schedules" in rec.tuning_check
     assert "tuning check:" in cm.report()
     assert len(calls) == 6  # three interleaved rounds
+    # a warm recompile takes the decision from the database: the model is not timed again
+    calls.clear()
+    cm2 = tilefx.compile(_scaled_softmax, options=driver.CompileOptions(
+        tune_trials=2, tune_db=str(tmp_path / "check.db")))
+    torch.testing.assert_close(cm2(x), _scaled_softmax(x), rtol=1e-4, atol=1e-5)
+    assert calls == []
+    assert f"kept the {kept} schedules (decided earlier" in cm2.records[0].tuning_check
+
+
+def test_warm_recompile_skips_the_functional_hash_and_finished_searches(tmp_path, runner,
+                                                                       monkeypatch):
+    """The warm path: the workload key comes from the IR hash, and a search that ran out of
+    new code (fewer distinct schedules than trials) is not searched again."""
+    import importlib
+
+    functional_hash = importlib.import_module("tilefx.autotune.functional_hash")
+    op = _relu_add(n=8)  # a tiny space: fewer distinct programs than the trials asked for
+    first = _tuner(tmp_path, runner, trials=64)
+    res = first.tune_kernel(op)
+    assert 0 < res.trials < 64 and first.db.tuning_state(res.workload_key, TARGET.key())[1]
+
+    def no_reference_run(*a, **k):
+        raise AssertionError("the functional hash was computed again")
+
+    monkeypatch.setattr(functional_hash, "workload_key", no_reference_run)
+    monkeypatch.setattr(functional_hash, "functional_hash", no_reference_run)
+    again = _tuner(tmp_path, runner, trials=64)
+    res2 = again.tune_kernel(_relu_add(name="renamed", n=8))
+    assert res2.from_db and again.measurements == 0 and res2.workload_key == res.workload_key
+    assert res2.best == res.best and res2.default_seconds is not None
+    # other IR text (another size) is a new workload: the hash is needed, and asked for
+    with pytest.raises(AssertionError, match="computed again"):
+        again.tune_kernel(_relu_add(n=16))
+
+
+def test_version_1_database_gains_the_new_tables(tmp_path):
+    import sqlite3
+
+    from tilefx.autotune import database
+
+    path = tmp_path / "old.db"
+    conn = sqlite3.connect(path)
+    for statement in database._SCHEMA.split("CREATE TABLE IF NOT EXISTS kernel_keys")[0].split(";"):
+        if statement.strip():
+            conn.execute(statement)
+    conn.execute(f"PRAGMA application_id = {database.APPLICATION_ID}")
+    conn.execute("PRAGMA user_version = 1")
+    conn.execute("INSERT INTO workloads VALUES ('w', 'ir', 'fh', 0)")
+    conn.commit()
+    conn.close()
+    with database.TuningDatabase(path) as db:
+        assert db.workload("w") == ("ir", "fh")  # kept, not moved aside
+        db.set_tuning_state("w", "t", 8, False)
+        db.set_tuning_state("w", "t", 4, True)
+        assert db.tuning_state("w", "t") == (8, True)
+        db.set_graph_decision("g", "t", True, 1.0, 2.0)
+        assert db.graph_decision("g", "t") == (True, 1.0, 2.0)
+    assert sqlite3.connect(path).execute("PRAGMA user_version").fetchone()[0] == 2

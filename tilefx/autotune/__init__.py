@@ -4,7 +4,8 @@ candidates, and remember every result.
 - ``tuner``: the tuning loop (``Tuner``, ``TuneOptions``); ``space`` and
   ``search``: what may be chosen and in which order (``SearchSpace``,
   strategies, the ``analytical`` cost model); ``measure``: builder pool and
-  isolated runner.
+  isolated runner; ``measure_cuda``: the Triton space, fingerprint, builder
+  and runner (CUDA events, cold L2) used on cuda targets.
 - ``database``: the SQLite tuning database (``TuningDatabase``, ``Record``).
 - ``fingerprint``: the identity of a candidate's generated code; equal
   fingerprints mean identical code, measured once.

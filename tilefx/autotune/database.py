@@ -11,6 +11,11 @@ hash), ``candidates`` (one schedule of a workload on a target, with the
 fingerprint of the code it generates and the cost-model features version),
 ``measurements`` (latency samples or the error of one run) and ``targets``
 (target key -> target JSON, so the cost model can rebuild a ``Target``).
+Three small tables make a warm recompile cheap: ``kernel_keys`` (hash of a
+kernel's IR text -> its workload key, so the functional hash, a reference run,
+is computed once), ``tuning_state`` (how many trials a workload was tuned
+with and whether its space ran out, so a finished search is not resumed) and
+``graph_decisions`` (the whole-graph check of tuned vs default schedules).
 It is the memory of the tuner (``lookup_fingerprint``: code already
 measured is never measured again) and the training set of the cost model
 (``records``).
@@ -43,7 +48,7 @@ from typing import Any, Iterator, Sequence
 
 log = logging.getLogger("tilefx.autotune.database")
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: kernel_keys, tuning_state, graph_decisions (added to a v1 file in place)
 APPLICATION_ID = 0x74667462  # "tftb": marks the file as a tilefx tuning database
 BUSY_TIMEOUT_MS = 60_000
 STATUSES = ("ok", "build_error", "run_error", "timeout", "wrong_result")
@@ -82,7 +87,29 @@ CREATE TABLE IF NOT EXISTS targets (
     key TEXT PRIMARY KEY,
     target_json TEXT NOT NULL
 );
+CREATE TABLE IF NOT EXISTS kernel_keys (
+    ir_hash TEXT PRIMARY KEY,
+    workload_key TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS tuning_state (
+    workload_key TEXT NOT NULL,
+    target_key TEXT NOT NULL,
+    trials INTEGER NOT NULL,
+    exhausted INTEGER NOT NULL,
+    PRIMARY KEY (workload_key, target_key)
+);
+CREATE TABLE IF NOT EXISTS graph_decisions (
+    graph_key TEXT NOT NULL,
+    target_key TEXT NOT NULL,
+    keep_tuned INTEGER NOT NULL,
+    tuned_ms REAL,
+    default_ms REAL,
+    created REAL NOT NULL,
+    PRIMARY KEY (graph_key, target_key)
+);
 """
+_TABLES = {"workloads", "candidates", "measurements", "targets", "kernel_keys", "tuning_state",
+           "graph_decisions"}
 
 
 # connections inherited through fork, kept referenced so they are never closed in the child
@@ -246,8 +273,10 @@ class TuningDatabase:
         missing = {"workloads", "candidates", "measurements"} - tables
         if version < 1 or missing:
             raise _NotOurs(f"schema version {version} with tables {sorted(missing)} missing")
-        if "targets" not in tables:  # made before the table existed: tables are only added
+        if _TABLES - tables:  # made by an older tilefx: tables are only ever added
             _create_schema(conn)
+        if version < SCHEMA_VERSION:
+            conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
 
     def _move_aside(self, problem: str) -> None:
         stamp = time.strftime("%Y%m%d-%H%M%S")
@@ -320,10 +349,59 @@ class TuningDatabase:
                       (int(candidate_id), json.dumps(samples), _median(samples), status,
                        str(error), time.time() if created is None else created))
 
+    def remember_workload_key(self, ir_hash: str, workload_key: str) -> None:
+        self._execute("INSERT OR REPLACE INTO kernel_keys (ir_hash, workload_key) VALUES (?, ?)",
+                      (ir_hash, workload_key))
+
+    def set_tuning_state(self, workload_key: str, target_key: str, trials: int,
+                         exhausted: bool) -> None:
+        """Record that the workload was searched with ``trials`` (kept if larger before) and
+        whether its space ran out of new code."""
+        self._execute(
+            "INSERT INTO tuning_state (workload_key, target_key, trials, exhausted) "
+            "VALUES (?, ?, ?, ?) ON CONFLICT (workload_key, target_key) DO UPDATE SET "
+            "trials = MAX(trials, excluded.trials), exhausted = MAX(exhausted, excluded.exhausted)",
+            (workload_key, target_key, int(trials), int(bool(exhausted))))
+
+    def set_graph_decision(self, graph_key: str, target_key: str, keep_tuned: bool,
+                           tuned_ms: float, default_ms: float) -> None:
+        self._execute("INSERT OR REPLACE INTO graph_decisions (graph_key, target_key, keep_tuned, "
+                      "tuned_ms, default_ms, created) VALUES (?, ?, ?, ?, ?, ?)",
+                      (graph_key, target_key, int(keep_tuned), tuned_ms, default_ms, time.time()))
+
     # -- reading ----------------------------------------------------------------------------
 
+    def known_workload_key(self, ir_hash: str) -> str | None:
+        """The workload key remembered for a kernel with this IR hash, or None."""
+        row = self._execute("SELECT workload_key FROM kernel_keys WHERE ir_hash = ?",
+                            (ir_hash,)).fetchone()
+        return row[0] if row else None
+
+    def tuning_state(self, workload_key: str, target_key: str) -> tuple[int, bool] | None:
+        """(largest trials searched with, space exhausted) of a workload, or None."""
+        row = self._execute("SELECT trials, exhausted FROM tuning_state WHERE workload_key = ? "
+                            "AND target_key = ?", (workload_key, target_key)).fetchone()
+        return (int(row[0]), bool(row[1])) if row else None
+
+    def graph_decision(self, graph_key: str, target_key: str) -> tuple[bool, float, float] | None:
+        """(keep tuned, tuned ms, default ms) of an earlier whole-graph check, or None."""
+        row = self._execute("SELECT keep_tuned, tuned_ms, default_ms FROM graph_decisions "
+                            "WHERE graph_key = ? AND target_key = ?",
+                            (graph_key, target_key)).fetchone()
+        return (bool(row[0]), row[1], row[2]) if row else None
+
+    def lookup_schedule(self, workload_key: str, target_key: str,
+                        schedule_json: str) -> Record | None:
+        """The fastest ok measurement of this schedule (no fingerprint needed), else the latest."""
+        rows = self._execute(
+            _RECORD_SELECT + "WHERE c.workload_key = ? AND c.target_key = ? AND c.schedule_json = ? "
+            "ORDER BY (m.status = 'ok') DESC, CASE WHEN m.status = 'ok' THEN m.median END ASC, "
+            "m.id DESC LIMIT 1", (workload_key, target_key, _canonical_json(schedule_json))
+        ).fetchall()
+        return _record(rows[0]) if rows else None
+
     def lookup_fingerprint(self, workload_key: str, target_key: str,
-                           fingerprint: str) -> Measurement | None:
+                           fingerprint: str) -> Record | None:
         """A measurement of code with this fingerprint: the fastest ok one, else the latest."""
         rows = self._execute(
             _RECORD_SELECT + "WHERE c.workload_key = ? AND c.target_key = ? AND c.fingerprint = ? "

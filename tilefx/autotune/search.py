@@ -189,6 +189,12 @@ class EvolutionarySearch(_Base):
                 kids[child] = dist.index(min(dist))
         return kids
 
+    def update(self, results: Sequence[Any]) -> None:
+        super().update(results)
+        observe = getattr(self.model, "observe", None)  # a learned model retrains online
+        if observe is not None and results:
+            observe(self.kernel, results, self.target)
+
     def propose(self, n: int) -> list[Schedule]:
         out: list[Schedule] = []
         n_random = sum(1 for _ in range(n) if self.rng.random() < self.epsilon)

@@ -12,7 +12,10 @@ Contractions also have an **extern (library) candidate**, ``EXTERN``: the
 kernel body run as the bare torch calls eager would make (``torch.matmul``,
 ``F.conv2d`` and the epilogue; ``measure.LibraryKernel``). It is measured like any other
 candidate, so a tuned kernel is never slower than the library; the driver
-runs a kernel whose chosen schedule ``is_extern`` through that path.
+runs a kernel whose chosen schedule ``is_extern`` through that path. On a
+cuda target the space is the Triton template's and ``EXTERN`` is its library
+implementation (cuBLAS / torch SDPA plus a generated epilogue kernel; see
+``measure_cuda``).
 """
 
 from __future__ import annotations
@@ -52,8 +55,12 @@ class SearchSpace:
         return SearchSpace(tuple(clean), has_extern)
 
     @staticmethod
-    def for_kernel(kernel_op: Any, target: Any) -> SearchSpace:
+    def for_kernel(kernel_op: Any, target: Any, bindings: Any = None) -> SearchSpace:
         """The space of a ``kernel`` op's template on ``target``."""
+        if getattr(target, "kind", "cpu") == "cuda":  # Triton templates, their library impl extern
+            from tilefx.autotune.measure_cuda import triton_space
+
+            return triton_space(kernel_op, bindings)
         from tilefx.codegen.tvm import schedule_space
 
         kind = kernel_op.attr("kind")

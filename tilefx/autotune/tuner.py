@@ -28,12 +28,15 @@ the database at once. So:
 from __future__ import annotations
 
 import functools
+import hashlib
 import logging
 import os
 import re
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping
+
+import numpy as np
 
 from tilefx.autotune.measure import LocalBuilder, LocalRunner, MeasureResult, Workload
 from tilefx.autotune.space import EXTERN, SearchSpace, is_extern
@@ -114,6 +117,10 @@ class _Known:
 
 
 def extern_fingerprint(target: Any) -> str:
+    if target.kind == "cuda":  # the Triton template's library impl (measure_cuda.LIBRARY)
+        from tilefx.autotune import measure_cuda
+
+        return measure_cuda.extern_fingerprint(target)
     return f"extern-torch-{target.key()}"
 
 
@@ -133,6 +140,11 @@ class Tuner:
 
             db = TuningDatabase(self.options.db_path)
         self.db = db
+        if self.target.kind == "cuda":  # Triton candidates, built and timed in this process
+            from tilefx.autotune.measure_cuda import CudaRunner, TritonBuilder
+
+            builder = builder or TritonBuilder()
+            runner = runner or CudaRunner(repeats=self.options.repeats)
         self.builder = builder or LocalBuilder(workers=self.options.workers)
         self.runner = runner or LocalRunner(timeout=self.options.timeout,
                                             repeats=self.options.repeats,
@@ -146,15 +158,11 @@ class Tuner:
 
     def tune_kernel(self, kernel_op: Any, bindings: Mapping[Any, int] | None = None
                     ) -> KernelTuneResult:
-        from tilefx.autotune.functional_hash import functional_hash, workload_key
-        from tilefx.ir.printer import print_graph
-
         t_start = time.perf_counter()
         opts, tkey = self.options, self.target.key()
         names = {(getattr(k, "name", k)): int(v) for k, v in (bindings or {}).items()}
         bindings = names or None
-        wkey = workload_key(kernel_op, bindings)
-        self.db.add_workload(wkey, print_graph(kernel_op.body), functional_hash(kernel_op, bindings))
+        wkey = self._workload_key(kernel_op, bindings)
         self.db.add_target(tkey, self.target.to_json())  # the cost model rebuilds Targets from it
         res = KernelTuneResult(kernel_op.attr("name") or "kernel", kernel_op.attr("kind"), wkey)
         workload = Workload(kernel_op, self.target, tuple(sorted(names.items())), wkey)
@@ -164,12 +172,14 @@ class Tuner:
         if self.interrupted:  # Ctrl-C earlier in this run: no more measuring
             res.interrupted = True
             return self._finish(res, kernel_op, bindings, t_start)
-        if past and (done_before >= opts.trials or
+        state = self.db.tuning_state(wkey, tkey)  # a finished search is not resumed
+        finished = state is not None and (state[1] or state[0] >= opts.trials)
+        if past and (done_before >= opts.trials or finished or
                      (opts.seconds is not None and self.db.best(wkey, tkey))):
             res.from_db = True
             return self._finish(res, kernel_op, bindings, t_start)
 
-        space = SearchSpace.for_kernel(kernel_op, self.target)
+        space = SearchSpace.for_kernel(kernel_op, self.target, bindings)
         strategy = self._strategy(space, kernel_op, bindings)
         strategy.update([_Known(r.schedule, r.median if r.ok else None) for r in past])
         default = _default_schedule(kernel_op, self.target, bindings)
@@ -181,13 +191,14 @@ class Tuner:
         deadline = None if opts.seconds is None else t_start + opts.seconds
         cost_per_candidate: list[float] = []
         bar = _progress(res.name, goal if opts.seconds is None else None, opts.progress)
-        idle_rounds = 0
+        idle_rounds, exhausted = 0, False
         try:
             while res.trials < goal and (deadline is None or time.perf_counter() < deadline):
                 proposals = first + strategy.propose(min(opts.batch, goal - res.trials))
                 first = []
                 if not proposals:
-                    break  # the space is exhausted
+                    exhausted = True
+                    break
                 new: list[tuple[Schedule, str]] = []
                 for s in proposals:
                     fp = extern_fingerprint(self.target) if is_extern(s) else \
@@ -200,7 +211,8 @@ class Tuner:
                     seen.add(fp)
                     new.append((s, fp))
                 idle_rounds = 0 if new else idle_rounds + 1
-                if idle_rounds > 50:
+                if idle_rounds > 50:  # only code already measured comes up
+                    exhausted = True
                     break
                 new = new[:max(1, goal - res.trials)] if goal else []
                 if not new:
@@ -216,6 +228,8 @@ class Tuner:
                     strategy.update(measured)
             if space.has_extern and res.trials:
                 self._rematch(workload)
+            self.db.set_tuning_state(wkey, tkey, opts.trials if opts.seconds is None else
+                                     done_before + res.trials, exhausted)
         except KeyboardInterrupt:
             log.warning("tilefx tune: interrupted while tuning %s; keeping the %d measurements "
                         "made (a rerun resumes)", res.name, res.trials)
@@ -228,10 +242,37 @@ class Tuner:
             res.saved_seconds = res.dup_skipped * sum(cost_per_candidate) / len(cost_per_candidate)
         return self._finish(res, kernel_op, bindings, t_start)
 
+    def _workload_key(self, kernel_op: Any, bindings: Mapping[str, int] | None) -> str:
+        """The kernel's workload key, remembered in the database by the hash of its IR.
+
+        The functional hash runs the kernel's reference (seconds for a large conv);
+        a warm recompile finds the key by the IR text instead.
+        """
+        from tilefx.autotune.functional_hash import HASH_VERSION, functional_hash, workload_key
+        from tilefx.ir.printer import print_graph
+
+        text = print_graph(kernel_op.body)
+        unnamed = text.split("(", 1)[-1]  # "graph @conv2d_3(...": the name changes nothing
+        h = hashlib.sha256(f"{HASH_VERSION}|{kernel_op.attr('kind')}|"
+                           f"{sorted((bindings or {}).items())}|{unnamed}".encode())
+        for name, array in sorted(kernel_op.body.constants.items()):  # printed by name only
+            h.update(name.encode() + np.ascontiguousarray(np.asarray(array)).tobytes())
+        ir_hash = h.hexdigest()
+        key = self.db.known_workload_key(ir_hash)
+        if key is None:
+            key = workload_key(kernel_op, bindings)
+            self.db.add_workload(key, text, functional_hash(kernel_op, bindings))
+            self.db.remember_workload_key(ir_hash, key)
+        return key
+
     def _strategy(self, space: SearchSpace, kernel_op: Any, bindings: Any) -> Any:
         from tilefx.autotune.search import make_strategy
 
         model = self.model
+        if model is None and self.options.strategy == "evolutionary":
+            from tilefx.cost_model import default_model  # learned: local, else shipped
+
+            model = default_model(self.target, bindings)
         if model is None and self.options.strategy == "evolutionary":
             from tilefx.autotune.analytical import AnalyticalModel
 
@@ -314,9 +355,10 @@ class Tuner:
         if best is not None:
             res.best, res.best_seconds = best.schedule, best.median
         default = _default_schedule(kernel_op, self.target, bindings)
-        try:
-            rec = self.db.lookup_fingerprint(res.workload_key, tkey,
-                                             _fingerprint(kernel_op, default, self.target, bindings))
+        try:  # by schedule first: lowering for a fingerprint is the slow way
+            rec = self.db.lookup_schedule(res.workload_key, tkey, default.to_json()) or \
+                self.db.lookup_fingerprint(res.workload_key, tkey,
+                                           _fingerprint(kernel_op, default, self.target, bindings))
             res.default_seconds = rec.median if rec is not None and rec.ok else None
         except Exception as e:  # noqa: BLE001 - only the summary needs it
             log.debug("no default fingerprint for %s: %s", res.name, e)
@@ -334,12 +376,20 @@ class Tuner:
 
 
 def _default_schedule(kernel_op: Any, target: Any, bindings: Any) -> Schedule:
+    if target.kind == "cuda":
+        from tilefx.autotune import measure_cuda
+
+        return measure_cuda.default_schedule(kernel_op, target, bindings)
     from tilefx.codegen.tvm import default_schedule
 
     return default_schedule(kernel_op, target, bindings=bindings)
 
 
 def _fingerprint(kernel_op: Any, schedule: Schedule, target: Any, bindings: Any) -> str:
+    if target.kind == "cuda":
+        from tilefx.autotune import measure_cuda
+
+        return measure_cuda.fingerprint(kernel_op, schedule, target, bindings)
     from tilefx.autotune.fingerprint import fingerprint
 
     return fingerprint(kernel_op, schedule, target, bindings)
@@ -395,10 +445,6 @@ def tuned_schedule(kernel_op: Any, target: Any, bindings: Mapping[Any, int] | No
     tune = getattr(options, "tune_trials", 0)
     trials, seconds = parse_budget(tune)
     if not trials and seconds is None:
-        return None, None
-    if target.kind != "cpu":
-        log.warning("tilefx tune: autotuning supports CPU targets only; kernel %s uses its "
-                    "default schedule on %s", kernel_op.attr("name"), target.kind)
         return None, None
     db_path = getattr(options, "tune_db", None)
     key = (str(tune), str(db_path), target.key())

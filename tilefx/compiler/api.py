@@ -168,9 +168,10 @@ class CompiledModule:
 
     def __init__(self, model: Callable, target: str | Any = "cpu", *, dynamic: bool = False,
                  options: CompileOptions | None = None, passes: Any = None,
-                 tune: int | str = 0) -> None:
+                 tune: int | str = 0, prune: float = 0.0, prune_block: tuple[int, int] = (1, 1)) -> None:
         if options is None:
-            options = CompileOptions(target=target, passes=passes, tune_trials=tune)
+            options = CompileOptions(target=target, passes=passes, tune_trials=tune,
+                                     prune=prune, prune_block=tuple(prune_block))
         self.model = model
         self.options = options
         self.dynamic = dynamic
@@ -256,7 +257,7 @@ def _compile_class(cls: type, kwargs: dict) -> type:
 
 def compile(model: Any = None, target: str | Any = "cpu", *, dynamic: bool = False,
             options: CompileOptions | None = None, passes: Any = None,
-            tune: int | str = 0) -> Any:
+            tune: int | str = 0, prune: float = 0.0, prune_block: tuple[int, int] = (1, 1)) -> Any:
     """Compile ``model`` (nn.Module, function, or nn.Module class) with tilefx.
 
     Without ``model`` it returns a decorator. On an nn.Module class it returns a
@@ -264,8 +265,13 @@ def compile(model: Any = None, target: str | Any = "cpu", *, dynamic: bool = Fal
     autotunes each kernel with N candidate schedules (``tune="30s"``: a time
     budget per kernel); results go to the tuning database, so a second compile
     of the same model measures nothing.
+    ``prune=0.9`` (opt-in, changes outputs) zeroes the smallest 90% of each
+    contraction weight, by ``prune_block`` blocks, and reports the change; sparse
+    weights then run as block-sparse kernels where that measures faster.
     """
     kwargs = dict(target=target, dynamic=dynamic, options=options, passes=passes, tune=tune)
+    if prune:  # opt-in, lossy: passes/prune.py reports every weight it changes
+        kwargs.update(prune=prune, prune_block=tuple(prune_block))
     if model is None:
         return lambda m: compile(m, **kwargs)
     import torch

@@ -187,6 +187,9 @@ def build_parser() -> argparse.ArgumentParser:
     from tilefx.compiler.cli_tune import add_parser as add_tune  # tune
 
     add_tune(sub)
+    from tilefx.compiler.cli_cost import add_parser as add_cost  # collect, train-cost-model
+
+    add_cost(sub)
     return parser
 
 

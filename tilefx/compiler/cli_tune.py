@@ -27,7 +27,7 @@ def add_parser(sub: Any) -> None:
     p.add_argument("model", metavar="MODEL", help="path/to/file.py:attr or package.module:attr")
     p.add_argument("--input", metavar="SPEC", type=parse_input_spec, action="append",
                    required=True, help=f"one per model input: {SPEC_HELP}")
-    p.add_argument("--target", default="cpu", help="cpu (the host) or cpu:<llvm mcpu>")
+    p.add_argument("--target", default="cpu", help="cpu (the host), cpu:<llvm mcpu> or cuda")
     budget = p.add_mutually_exclusive_group()
     budget.add_argument("--trials", type=int, default=32, help="new candidates per kernel (32)")
     budget.add_argument("--time", metavar="BUDGET", help="time budget per kernel, e.g. 30s, 2m")

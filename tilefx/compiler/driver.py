@@ -46,6 +46,8 @@ class CompileOptions:
     tune_db: str | None = None  # tuning database path (None: $TILEFX_CACHE_DIR/tuning.db)
     strict: bool = False      # raise on a kernel build failure instead of interpreting it
     cuda_graphs: bool | None = None  # replay static-shape cuda graphs; None: TILEFX_CUDA_GRAPHS
+    prune: float = 0.0        # opt-in magnitude pruning (lossy, reported): fraction zeroed
+    prune_block: tuple[int, int] = (1, 1)  # pruned together: (bk, bn) blocks of W[K, N]
 
     def resolved_target(self) -> Target:
         from tilefx.codegen.target import Target
@@ -86,6 +88,7 @@ class CompileRecord:
     buffers: list[str] = field(default_factory=list)         # buffer plan per binding
     tuning: list[Any] = field(default_factory=list)          # autotune.KernelTuneResult
     tuning_check: str = ""  # tuned vs default schedules, timed on the whole graph
+    notes: list[str] = field(default_factory=list)  # per-layer pass decisions (sparsity)
 
     def add_time(self, stage: str, seconds: float) -> None:
         self.seconds[stage] = self.seconds.get(stage, 0.0) + seconds
@@ -116,6 +119,7 @@ class CompileRecord:
             lines += ["tuning:", format_summary(self.tuning)]
         if self.tuning_check:
             lines.append(f"tuning check: {self.tuning_check}")
+        lines += self.notes
         return "\n".join(lines)
 
 
@@ -202,6 +206,10 @@ def _build_one(op: Op, target: Target, bindings: Mapping[sympy.Symbol, int],
     if built is not None:
         _BUILT.move_to_end(key)
         return built
+    if schedule is not None and schedule.get("extern") and target.kind == "cuda":
+        from tilefx.autotune.measure_cuda import resolve
+
+        schedule = resolve(schedule)  # the Triton template's library impl: what was measured
     if schedule is not None and schedule.get("extern"):  # tuning chose the library call
         from tilefx.autotune.measure import LibraryKernel
 
@@ -228,6 +236,29 @@ def _fallback_records(fallbacks: Any) -> list[FallbackRecord]:
     return out
 
 
+def _sparsity_options(passes: Any, options: CompileOptions) -> tuple[Any, Any]:
+    """Pass options with pruning and the sparse/dense chooser: on the CPU a measured
+    one (both kernels timed); elsewhere sparsity is off (no sparse GPU kernel yet)."""
+    from tilefx.passes.pipeline import PassOptions
+    from tilefx.passes.sparsity import MeasuredChooser
+
+    passes = passes or PassOptions()
+    if options.prune:
+        passes = replace(passes, prune=options.prune, prune_block=tuple(options.prune_block))
+    target = options.resolved_target()
+    if target.kind != "cpu":
+        return replace(passes, sparsity=False), None
+    if not passes.sparsity or passes.sparse_chooser is not None:
+        return passes, passes.sparse_chooser
+
+    def measure(layer: Any, block: tuple[int, int]) -> tuple[float, float]:
+        from tilefx.codegen.tvm.schedules.sparse import measure_layer
+
+        return measure_layer(layer, block, target)
+    chooser = MeasuredChooser(measure, target=target.key())
+    return replace(passes, sparse_chooser=chooser), chooser
+
+
 def lower_and_optimize(captured: Any, options: CompileOptions, record: CompileRecord,
                        trace: bool = False) -> Graph:
     """Frontend then passes; fills the IR, fallbacks and timings of ``record``."""
@@ -245,6 +276,11 @@ def lower_and_optimize(captured: Any, options: CompileOptions, record: CompileRe
         from tilefx.passes.pipeline import PassOptions
 
         passes = PassOptions(decompose_attention=False)  # the Triton backend has fused attention
+    passes, chooser = _sparsity_options(passes, options)
+    if passes.sparsity and passes.permute and passes.permute_log is None:
+        from tilefx.passes.permute import PermutationLog
+
+        passes = replace(passes, permute_log=PermutationLog())  # per-layer block counts, reported
     if trace:
         from tilefx.passes import optimize_with_trace
 
@@ -253,6 +289,10 @@ def lower_and_optimize(captured: Any, options: CompileOptions, record: CompileRe
         from tilefx.passes import optimize
 
         graph = optimize(lowered.graph, passes)
+    if passes.permute_log is not None:
+        record.notes += [f"permute: {d.line()}" for d in passes.permute_log.decisions]
+    if chooser is not None:
+        record.notes += [f"sparsity: {d.line()}" for d in chooser.decisions]
     record.add_time("passes", time.perf_counter() - t0)
     record.optimized_ir = graph
     return graph
@@ -333,7 +373,7 @@ def compile_graph(captured: Any, target: str | Target | None = None,
         from tilefx.compiler.runtime import bind_symbols
 
         inputs = [t.contiguous() for t in example_inputs]
-        compiled.plan_for(bind_symbols(graph, inputs))
+        compiled.plan_for(bind_symbols(graph, inputs), inputs[0].device if inputs else None)
         if options.tune_trials:  # tuning happened while building: stop its processes
             from tilefx.autotune.tuner import close_sessions
 
@@ -348,10 +388,17 @@ def compile_graph(captured: Any, target: str | Target | None = None,
 def _median_ms(fn: Any, inputs: list, repeats: int = 9) -> float:
     import statistics
 
+    import torch
+
+    # GPU kernels run asynchronously: time until they are done, not until they are queued
+    on_gpu = any(getattr(t, "is_cuda", False) for t in inputs)
+    sync = torch.cuda.synchronize if on_gpu else (lambda: None)
+    sync()
     times = []
     for _ in range(repeats):
         t0 = time.perf_counter()
         fn(*inputs)
+        sync()
         times.append(time.perf_counter() - t0)
     return statistics.median(times) * 1e3
 
@@ -363,13 +410,40 @@ def _keep_tuning_if_it_pays(tuned: CompiledGraph, graph: Graph, target: Target,
     Kernels are tuned one by one in an isolated runner, with warm caches and the machine to
     themselves. In the model they run between other kernels, and a library (torch) kernel
     between TVM kernels competes with TVM's still-spinning worker threads: a ResNet whose
-    every kernel was tuned faster ran 1.7x slower. So the model itself decides.
+    every kernel was tuned faster ran 1.7x slower. So the model itself decides, once: the
+    decision is stored in the tuning database under the graph, its input shapes and the
+    chosen schedules, so a warm recompile does not time the model again.
     """
+    from tilefx.autotune.database import TuningDatabase
+
     record = tuned.record
     plain_record = CompileRecord(record.name, target=record.target)
     plain = CompiledGraph(graph, make_builder(target, replace(options, tune_trials=0),
                                               plain_record), lambda bindings, plan: None,
                           cuda_graphs=options.cuda_graphs)
+    key = _graph_key(graph, record, inputs)
+    with TuningDatabase(options.tune_db) as db:
+        known = db.graph_decision(key, target.key())
+        if known is None:
+            keep_tuned, t, p = _time_tuned_and_plain(tuned, plain, inputs)
+            db.set_graph_decision(key, target.key(), keep_tuned, t, p)
+        else:
+            keep_tuned, t, p = known
+    record.tuning_check = (f"whole graph on the example inputs: tuned {t:.3f} ms, default "
+                           f"schedules {p:.3f} ms -> kept the "
+                           f"{'tuned' if keep_tuned else 'default'} schedules"
+                           + (" (decided earlier, from the tuning database)" if known else ""))
+    log.info("tilefx: %s", record.tuning_check)
+    if keep_tuned:
+        return tuned
+    plain(*inputs)  # build now, not on the user's first call
+    record.kernels = plain_record.kernels  # what runs now
+    plain.record = record
+    return plain
+
+
+def _time_tuned_and_plain(tuned: CompiledGraph, plain: CompiledGraph,
+                          inputs: list) -> tuple[bool, float, float]:
     for g in (tuned, plain):  # build and warm up both
         g(*inputs)
         g(*inputs)
@@ -378,13 +452,18 @@ def _keep_tuning_if_it_pays(tuned: CompiledGraph, graph: Graph, target: Target,
         tuned_ms.append(_median_ms(tuned, inputs))
         plain_ms.append(_median_ms(plain, inputs))
     t, p = min(tuned_ms), min(plain_ms)
-    keep_tuned = t <= p
-    record.tuning_check = (f"whole graph on the example inputs: tuned {t:.3f} ms, default "
-                           f"schedules {p:.3f} ms -> kept the "
-                           f"{'tuned' if keep_tuned else 'default'} schedules")
-    log.info("tilefx: %s", record.tuning_check)
-    if keep_tuned:
-        return tuned
-    record.kernels = plain_record.kernels  # what runs now
-    plain.record = record
-    return plain
+    return t <= p, t, p
+
+
+def _graph_key(graph: Graph, record: CompileRecord, inputs: list) -> str:
+    """What the whole-graph decision depends on: the graph, the input shapes and the tuned
+    schedule of every kernel (a retuned kernel asks again)."""
+    import hashlib
+
+    from tilefx.ir.printer import print_graph
+
+    h = hashlib.sha256(print_graph(graph).encode())
+    h.update(repr([(tuple(t.shape), str(t.dtype)) for t in inputs]).encode())
+    for k in record.kernels:
+        h.update(f"|{k.name}:{k.bindings}:{k.schedule}".encode())
+    return h.hexdigest()

@@ -1,4 +1,57 @@
-"""The learned hardware cost model (XGBoost over schedule features): not written yet.
+"""The learned hardware cost model: predicts how fast a (Kernel, Schedule, Target) runs.
 
-Until it exists the tuner ranks candidates with ``tilefx.autotune.analytical``.
+- ``features``: the versioned feature vector of a candidate (loop-nest walk of
+  the scheduled TIR + knobs + target facts), ``FEATURES`` documents each entry;
+- ``model``: ``LearnedModel`` (XGBoost, pairwise ranking or log-latency
+  regression), JSON save/load, online boosting as measurements arrive;
+- ``dataset`` / ``train`` / ``metrics``: tuning database -> split by workload
+  -> held-out pairwise accuracy, Kendall tau, top-k -> model file;
+- ``workloads``: the zoo kernels + generated family ``tilefx collect`` measures.
+
+The tuner ranks candidates with ``default_model(target)``: a local model
+(``$TILEFX_CACHE_DIR/cost_model/<target key>.json``, what ``tilefx
+train-cost-model -o`` may write), else the shipped ``default_x86.json`` for
+x86 CPUs, else None (the tuner then uses ``autotune.analytical``). Nothing
+here measures; xgboost is imported only when a model is used.
 """
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any, Mapping
+
+log = logging.getLogger("tilefx.cost_model")
+
+SHIPPED = {"x86_64": Path(__file__).with_name("default_x86.json")}
+
+
+def local_model_path(target: Any) -> Path:
+    from tilefx.autotune.cache_dir import cache_root
+
+    return Path(cache_root()) / "cost_model" / f"{target.key()}.json"
+
+
+def default_model(target: Any, bindings: Mapping[Any, int] | None = None) -> Any:
+    """The learned model to rank ``target``'s candidates with, or None (use the analytical one)."""
+    if getattr(target, "kind", "cpu") != "cpu":
+        return None
+    import importlib.util
+
+    if importlib.util.find_spec("xgboost") is None:  # the `tune` extra is not installed
+        log.debug("xgboost is not installed: candidates are ranked by the analytical model")
+        return None
+    candidates = [local_model_path(target)]
+    arch = str(getattr(target, "mtriple", "")).split("-")[0]
+    if arch in SHIPPED:
+        candidates.append(SHIPPED[arch])
+    for path in candidates:
+        if not path.is_file():
+            continue
+        try:
+            from tilefx.cost_model.model import LearnedModel
+
+            return LearnedModel.load(path).with_bindings(bindings)
+        except Exception as e:  # noqa: BLE001 - no xgboost, old feature version: analytical
+            log.warning("cost model %s not used (%s); ranking with the analytical model", path, e)
+    return None

@@ -226,6 +226,20 @@ def _matmul(ctx: RefContext, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return torch.matmul(a, b)
 
 
+@reference("bsr_matmul")
+def _bsr_matmul(ctx: RefContext, x: torch.Tensor, data: torch.Tensor, indices: torch.Tensor,
+                indptr: torch.Tensor) -> torch.Tensor:
+    # densify W[K, N] from its block columns (see ir/ops/sparse.py), then contract
+    nnzb, bk, bn = data.shape
+    axis = ctx.attrs["axis"] % x.dim()
+    kb, nb = x.shape[axis] // bk, indptr.numel() - 1
+    col = torch.repeat_interleave(torch.arange(nb), torch.diff(indptr.long()))
+    blocks = torch.zeros(kb, nb, bk, bn, dtype=x.dtype)
+    blocks[indices.long(), col] = data
+    w = blocks.permute(0, 2, 1, 3).reshape(kb * bk, nb * bn)
+    return torch.movedim(torch.matmul(torch.movedim(x, axis, -1), w), -1, axis)
+
+
 @reference("conv2d")
 def _conv2d(ctx: RefContext, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
     a = ctx.attrs

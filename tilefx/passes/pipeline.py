@@ -10,6 +10,7 @@ from globals; the environment only controls instruments (``TILEFX_VERIFY``,
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from tilefx.ir.graph import Graph
 from tilefx.passes.canonicalize import canonicalize
@@ -17,6 +18,9 @@ from tilefx.passes.cleanup import cse, dce
 from tilefx.passes.fold import fold_batch_norm, fold_constants
 from tilefx.passes.fusion import fuse
 from tilefx.passes.manager import GraphPass, Instrument, PassManager, TraceInstrument, env_instruments
+from tilefx.passes.permute import permute_channels
+from tilefx.passes.prune import prune_weights
+from tilefx.passes.sparsity import mark_sparse_kernels, sparsify
 
 
 @dataclass(frozen=True)
@@ -25,6 +29,12 @@ class PassOptions:
     decompose_attention: bool = True  # False keeps `attention` whole (its own kernel)
     fold_constants: bool = True
     verify: bool | None = None  # None: TILEFX_VERIFY decides
+    sparsity: bool = True       # constant weights >= half zeros may become bsr_matmul (exact)
+    sparse_chooser: Any = None  # passes.sparsity.Chooser; None: the analytical estimate
+    prune: float = 0.0          # opt-in magnitude pruning: fraction of weights zeroed (lossy)
+    prune_block: tuple[int, int] = (1, 1)  # (bk, bn) blocks of W[K, N] pruned together
+    permute: bool = True        # hidden-channel permutation clustering sparse weights (exact)
+    permute_log: Any = None     # passes.permute.PermutationLog: per-layer block counts, for reports
 
 
 def pipeline(options: PassOptions | None = None) -> list[GraphPass]:
@@ -33,9 +43,13 @@ def pipeline(options: PassOptions | None = None) -> list[GraphPass]:
         canonicalize.bind(decompose_attention=o.decompose_attention),  # batch_norm -> x*s+t, attention -> softmax
         fold_constants if o.fold_constants else None,                   # all-const ops -> new consts
         fold_batch_norm if o.fold_constants else None,                  # conv [+b] * s -> conv(W*s) [+b*s]
+        prune_weights.bind(amount=o.prune, block=tuple(o.prune_block)) if o.prune else None,  # opt-in, lossy
+        permute_channels.bind(report=o.permute_log) if o.sparsity and o.permute else None,  # fewer blocks
+        sparsify.bind(chooser=o.sparse_chooser) if o.sparsity else None,  # sparse weights -> bsr_matmul
         cse,                                                            # equal ops and equal weights once
         dce,                                                            # unused ops and weights dropped
         fuse if o.fuse else None,                                       # ops -> kernel ops
+        mark_sparse_kernels if o.fuse and o.sparsity else None,         # bsr kernels -> sparse_contraction
     ]
     return [p for p in passes if p is not None]
 

@@ -29,9 +29,11 @@ _MEMO: dict[tuple[str, str], BuiltKernel] = {}
 
 
 def template_for(kernel_op: Op) -> ModuleType:
-    from tilefx.codegen.triton import attention, conv, matmul, pointwise, pool, reduction
+    from tilefx.codegen.triton import attention, conv, matmul, pointwise, pool, reduction, sparse
 
     kind = kernel_op.attr("kind")
+    if kind == "sparse_contraction":
+        return sparse
     if kind == "pointwise":
         return pointwise
     if kind == "reduction":

@@ -296,3 +296,6 @@ def _conv2d(ctx, op, ins):
         return te.sum(xp[n, c, oh * sh + ry * dh, ow * sw + rx * dw] * w[oc, rc, ry, rx],
                       axis=[rc, ry, rx])
     return [te.compute(shape_of(op), body, name=base)]
+
+
+from tilefx.codegen.tvm.schedules import sparse as _sparse  # noqa: E402,F401  (registers bsr_matmul)

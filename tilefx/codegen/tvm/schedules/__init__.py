@@ -14,13 +14,14 @@ from tilefx.codegen.schedule import Schedule
 from tilefx.codegen.target import Target
 from tilefx.ir.graph import Op
 
-KINDS = ("pointwise", "reduction", "contraction")
+KINDS = ("pointwise", "reduction", "contraction", "sparse_contraction")
 
 
 def template(kind: str) -> ModuleType:
-    from tilefx.codegen.tvm.schedules import contraction, pointwise, reduction
+    from tilefx.codegen.tvm.schedules import contraction, pointwise, reduction, sparse
 
-    templates = {"pointwise": pointwise, "reduction": reduction, "contraction": contraction}
+    templates = {"pointwise": pointwise, "reduction": reduction, "contraction": contraction,
+                 "sparse_contraction": sparse}
     if kind not in templates:
         raise ValueError(f"no TVM schedule template for kernel kind {kind!r} (have {KINDS})")
     return templates[kind]

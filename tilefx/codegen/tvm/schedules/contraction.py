@@ -48,7 +48,7 @@ def space(kernel_op: Op, target: Target) -> dict[str, list[Any]]:
     anchor = _anchor(kernel_op)
     if anchor is not None and anchor.name == "conv2d":
         return conv.space(anchor, target)
-    return matmul.space(anchor, target)
+    return matmul.space(anchor, target, kernel_op.body)
 
 
 def default_schedule(kernel_op: Op, target: Target) -> Schedule:

@@ -29,10 +29,15 @@ from tilefx.codegen.target import Target
 from tilefx.ir.graph import Op
 
 
-def space(anchor: Op | None, target: Target) -> dict[str, list[Any]]:
+def space(anchor: Op | None, target: Target, body: Any = None) -> dict[str, list[Any]]:
     lanes = target.vector_lanes(4)
+    bn = prepacked_b(anchor, body)
     # tile_k is kept for the tuner's sake but has one value: the K loop runs whole
     # inside the register tile (see the module docstring), so it is not blocked
+    if bn:  # B was packed at compile time (passes/packing.py): its panel width is the register tile
+        return {"tile_m": [16, 32, 64, 128], "tile_n": [bn * 2, bn * 4, bn * 8], "tile_k": [0],
+                "reg_m": [2, 4, 6, 8], "reg_n": [bn], "unroll_k": [1, 2, 4, 8], "pack_b": [False],
+                "parallel": [True, False]}
     return {"tile_m": [16, 32, 64, 128], "tile_n": [lanes * 2, lanes * 4, lanes * 8],
             "tile_k": [0], "reg_m": [2, 4, 6, 8], "reg_n": [lanes, lanes * 2], "unroll_k": [1, 2, 4, 8],
             "pack_b": [True, False], "parallel": [True, False]}
@@ -45,13 +50,38 @@ def _transposed_b(anchor: Op | None, body: Any) -> bool:
     return any(op.name == "permute" and op.results[0] == anchor.inputs[1] for op in body.ops)
 
 
+def prepacked_b(anchor: Op | None, body: Any) -> int:
+    """The panel width ``bn`` if B is a weight packed at compile time, read through
+    ``reshape(permute(Wp[N/bn, K, bn], [1, 0, 2]), [K, N])`` (``passes/packing.py``), else 0."""
+    if anchor is None or body is None:
+        return 0
+    producers = body.producers()
+    reshape = producers.get(anchor.inputs[1].name)
+    perm = producers.get(reshape.inputs[0].name) if reshape is not None and reshape.name == "reshape" \
+        else None
+    if perm is None or perm.name != "permute" or tuple(perm.attr("dims")) != (1, 0, 2):
+        return 0
+    return int(perm.inputs[0].type.shape[2])
+
+
 def default_schedule(anchor: Op | None, target: Target, body: Any = None) -> Schedule:
     lanes = target.vector_lanes(4)
     # 8 x 32 fp32 accumulators = 16 of AVX-512's 32 registers, leaving room for
     # the B vectors and A broadcasts; with 16-byte vectors 8 x 8 is the same share
     reg_m = 8 if lanes >= 16 else 4
-    return Schedule.of(tile_m=64, tile_n=8 * lanes, tile_k=0, reg_m=reg_m, reg_n=2 * lanes, unroll_k=4,
+    reg_n = prepacked_b(anchor, body) or 2 * lanes  # a packed weight's panel is the register tile
+    return Schedule.of(tile_m=64, tile_n=4 * reg_n, tile_k=0, reg_m=reg_m, reg_n=reg_n, unroll_k=4,
                        pack_b=_transposed_b(anchor, body), parallel=target.cores > 1)
+
+
+def register_n(n: int, schedule: Schedule, target: Target) -> int:
+    """The register tile width ``apply`` uses for an ``N``-wide output: what a packing
+    pass must use as its panel width so the kernel reads whole panels."""
+    from tilefx.codegen.tvm.schedules import common as c
+
+    lanes = target.vector_lanes(4)
+    reg_n = c.pow2_divisor(n, schedule.get("reg_n", 2 * lanes))
+    return reg_n if reg_n >= 4 else c.divisor_near(n, schedule.get("reg_n", 2 * lanes))
 
 
 def apply(sch: Any, anchor: Any, schedule: Schedule, target: Target) -> list[Any]:
@@ -64,9 +94,7 @@ def apply(sch: Any, anchor: Any, schedule: Schedule, target: Target) -> list[Any
     M, N, K = (c.loop_extent(sch, lp) for lp in (i, j, k))
     reg_m = c.divisor_near(M, schedule.get("reg_m", 4))
     tile_m = c.divisor_near(M // reg_m, max(1, schedule.get("tile_m", 64) // reg_m)) * reg_m
-    reg_n = c.pow2_divisor(N, schedule.get("reg_n", 2 * lanes))
-    if reg_n < 4:
-        reg_n = c.divisor_near(N, schedule.get("reg_n", 2 * lanes))
+    reg_n = register_n(N, schedule, target)
     tile_n = c.divisor_near(N // reg_n, max(1, schedule.get("tile_n", 8 * lanes) // reg_n)) * reg_n
     unroll_k = c.divisor_near(K, schedule.get("unroll_k", 4))
     if schedule.get("parallel", True):

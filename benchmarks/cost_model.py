@@ -1,0 +1,294 @@
+"""The learned cost model on CPU: held-out ranking metrics, ablation, and guided search.
+
+    python benchmarks/cost_model.py --db /tmp/cm.db                  # metrics + plots + search
+    python benchmarks/cost_model.py --db /tmp/cm.db --no-search      # metrics only
+
+1. **Ranking** (TenSet's evaluation): the database's workloads are split into
+   ``--folds`` groups (sklearn ``GroupKFold``: no workload in both train and
+   test); per fold the models are trained on the others and scored on it.
+   Reported per model, averaged over held-out workloads: pairwise accuracy,
+   Kendall tau, top-1 and top-5 score. Models: XGBoost pairwise-rank and
+   log-latency regression, the random model, the hand-written analytical
+   model; ablation of the feature groups (knobs + kernel shape only; all but
+   the analytical estimate; all).
+2. **Predicted vs measured** latency of the held-out candidates (regression
+   model, PNG).
+3. **Search**: the kernels of ``benchmarks/tuning.py`` (held out of the
+   training data by ``cost_model.workloads.HELD_OUT``) are tuned from nothing
+   (no default schedule, no database seed, as TenSet's search experiments) by
+   random search, the evolutionary search ranked by the analytical model and
+   by the learned model (trained on the whole database, retrained online),
+   ``--trials`` measurements each, ``--seeds`` seeds. Measurements are shared
+   through a fingerprint cache (equal code is measured once for all
+   strategies, so they see the same noise). Curves of best-so-far vs trials
+   (normalized to the best any run found) go to PNG; the table gives trials
+   to 95% of that best.
+
+Writes ``benchmarks/results/cost-model-cpu-<date>.md`` and PNGs beside it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+os.environ.setdefault("TVM_BIND_THREADS", "0")
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+import numpy as np  # noqa: E402
+
+
+def ranking(ds: Any, X: np.ndarray, folds: int, seed: int) -> tuple[dict, dict, Any]:
+    from sklearn.model_selection import GroupKFold
+
+    from tilefx.cost_model.features import NAMES, NO_ANALYTICAL, SHAPE_AND_KNOBS
+    from tilefx.cost_model.metrics import evaluate
+    from tilefx.cost_model.train import evaluate_split
+
+    g, t = ds.groups(), ds.seconds()
+    scores: dict[str, np.ndarray] = {}
+    pred_log = np.zeros(len(t))
+    for train, test in GroupKFold(n_splits=folds).split(X, groups=g):
+        rows, models = evaluate_split(ds, X, train, test, seed=seed, baselines=False)
+        for name, m in models.items():
+            scores.setdefault(f"xgboost {name}", np.zeros(len(t)))[test] = m.score_matrix(X[test])
+        pred_log[test] = models["regression"].score_matrix(X[test])
+        for label, cols in (("knobs + shape only", SHAPE_AND_KNOBS),
+                            ("no analytical feature", NO_ANALYTICAL)):
+            _, ms = evaluate_split(ds, X, train, test, objectives=("rank",), columns=cols,
+                                   seed=seed, baselines=False)
+            scores.setdefault(f"rank, {label}", np.zeros(len(t)))[test] = ms["rank"].score_matrix(X[test])
+    from tilefx.cost_model.train import baseline_scores
+
+    rows_all = np.arange(len(t))
+    scores["random"] = baseline_scores(ds, rows_all, "random", seed)
+    scores["analytical"] = baseline_scores(ds, rows_all, "analytical")
+    metrics = {name: evaluate(t, s, g) for name, s in scores.items()}
+    return metrics, {"pred_log": pred_log, "names": NAMES}, scores
+
+
+def repeat_noise(db: Any) -> str:
+    """How far two measurements of the same template candidate disagree (the noise ceiling)."""
+    from collections import defaultdict
+
+    runs: dict[int, list[float]] = defaultdict(list)
+    for r in db.records():
+        if r.ok and r.samples and "extern" not in r.schedule_json:
+            runs[r.candidate_id].append(min(r.samples))
+    ratios = [max(v) / min(v) for v in runs.values() if len(v) > 1]
+    if not ratios:
+        return "no candidate was measured twice."
+    q = np.percentile(ratios, [25, 50, 75, 90])
+    return (f"{len(ratios)} candidates measured more than once (the tuner re-measures the best "
+            f"against the library) differ between runs by a factor of {q[0]:.2f} / {q[1]:.2f} / "
+            f"{q[2]:.2f} / {q[3]:.2f} (25th / 50th / 75th / 90th percentile, fastest window).")
+
+
+def plot_pred(ds: Any, pred_log: np.ndarray, path: Path) -> None:
+    from benchmarks.png_plot import COLORS, Chart
+
+    t = ds.seconds()
+    kinds = np.array([s.kernel.attr("kind") for s in ds.samples])
+    chart = Chart(520, 460, "predicted vs measured (held out)", xlabel="measured ms",
+                  ylabel="predicted ms", xlog=True, ylog=True)
+    chart.diagonal = True
+    for kind, color in zip(("contraction", "reduction", "pointwise"), COLORS):
+        m = kinds == kind
+        if m.any():
+            chart.scatter(t[m] * 1e3, 2.0 ** -pred_log[m] * 1e3, color=color, label=kind)
+    chart.save(path)
+
+
+# ------------------------------------------------------------------ search experiment
+
+class SharedMeasurer:
+    """Builds and runs candidates, measuring each fingerprint once for every strategy."""
+
+    def __init__(self, op: Any, target: Any, repeats: int) -> None:
+        from tilefx.autotune.measure import LocalBuilder, LocalRunner, Workload
+
+        self.op, self.target = op, target
+        self.workload = Workload(op, target, (), op.attr("name"))
+        self.builder = LocalBuilder(workers=0)
+        self.runner = LocalRunner(repeats=repeats, min_repeat_seconds=0.005)
+        self.cache: dict[str, float | None] = {}
+        self.measured = 0
+
+    def __call__(self, schedules: list[Any]) -> list[float | None]:
+        from tilefx.autotune.fingerprint import fingerprint
+
+        fps = [fingerprint(self.op, s, self.target) for s in schedules]
+        todo = {fp: s for fp, s in zip(fps, schedules) if fp not in self.cache}
+        if todo:
+            builds = self.builder.build(self.workload, list(todo.values()))
+            for fp, r in zip(todo, self.runner.run(self.workload, builds)):
+                self.cache[fp] = r.seconds
+                self.measured += 1
+        return [self.cache[fp] for fp in fps]
+
+    def close(self) -> None:
+        self.builder.close()
+        self.runner.close()
+
+
+class _Result:
+    def __init__(self, schedule: Any, seconds: float | None) -> None:
+        self.schedule, self.seconds = schedule, seconds
+
+
+def search_run(op: Any, target: Any, strategy: str, model: Any, seed: int, trials: int,
+               batch: int, measure: SharedMeasurer, pool: int = 512) -> list[float]:
+    from tilefx.autotune.analytical import AnalyticalModel
+    from tilefx.autotune.search import EvolutionarySearch, make_strategy
+    from tilefx.autotune.space import SearchSpace
+
+    space = SearchSpace.for_kernel(op, target)
+    if strategy == "random":
+        strat = make_strategy("random", space, seed=seed)
+    else:
+        ranker = AnalyticalModel() if "analytical" in strategy else model.with_bindings(None)
+        strat = EvolutionarySearch(space, ranker, op, target, pool=pool, seed=seed)
+    history: list[float] = []
+    best = float("inf")
+    while len(history) < trials:
+        props = strat.propose(min(batch, trials - len(history)))
+        if not props:
+            break
+        secs = measure(props)
+        strat.update([_Result(s, t) for s, t in zip(props, secs)])
+        for t in secs:
+            best = min(best, t) if t else best
+            history.append(best)
+    return history
+
+
+def plot_curves(curves: dict[str, dict[str, list[list[float]]]], path: Path) -> None:
+    from benchmarks.png_plot import COLORS, Chart, save_row
+
+    charts = []
+    for case, per in curves.items():
+        best = min(min(h) for runs in per.values() for h in runs)
+        chart = Chart(330, 280, case, xlabel="trials", ylabel="best so far / best")
+        chart.ylim = (0.0, 1.02)
+        chart.hlines = [0.95]
+        for (name, runs), color in zip(per.items(), COLORS):
+            n = min(len(h) for h in runs)
+            m = np.mean([[best / x for x in h[:n]] for h in runs], axis=0)
+            label = {"random": "random", "evolutionary (analytical)": "evo analytical",
+                     "evolutionary (learned)": "evo learned"}.get(name, name)
+            chart.line(np.arange(1, n + 1), m, color=color, label=label)
+        charts.append(chart)
+    save_row(charts, path)
+
+
+def search(args: argparse.Namespace, model: Any) -> tuple[dict, dict]:
+    from benchmarks.tuning import CASES, trials_to
+
+    from tilefx.codegen.target import Target
+
+    target = Target.host_cpu()
+    strategies = ["random", "evolutionary (analytical)", "evolutionary (learned)"]
+    curves: dict[str, dict[str, list[list[float]]]] = {}
+    table: dict[str, dict[str, Any]] = {}
+    for case in args.cases:
+        op = CASES[case]()[0]
+        measure = SharedMeasurer(op, target, args.repeats)
+        t0 = time.perf_counter()
+        try:
+            per = {s: [search_run(op, target, s, model, seed, args.trials, args.batch, measure,
+                                  args.pool)
+                       for seed in range(args.seeds)] for s in strategies}
+        finally:
+            measure.close()
+        curves[case] = per
+        best = min(min(h) for runs in per.values() for h in runs)
+        table[case] = {"best": best, "measured": measure.measured, "seconds": time.perf_counter() - t0}
+        for s, runs in per.items():
+            got = [trials_to(h, best) for h in runs]
+            table[case][s] = (statistics.mean(g if g else args.trials + 1 for g in got), got)
+        print(case, {k: v for k, v in table[case].items()}, flush=True)
+    return curves, table
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--db", required=True)
+    p.add_argument("--folds", type=int, default=5)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--no-search", action="store_true")
+    p.add_argument("--cases", default="mm512,mm1024,conv3x3,dwconv,ln_gelu")
+    p.add_argument("--trials", type=int, default=32)
+    p.add_argument("--seeds", type=int, default=2)
+    p.add_argument("--batch", type=int, default=4)
+    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--pool", type=int, default=512, help="candidates ranked per round")
+    p.add_argument("--model", help="model JSON for the search (default: train on --db)")
+    p.add_argument("--out", default=None)
+    args = p.parse_args(argv)
+    args.cases = [c for c in args.cases.split(",") if c]
+
+    from tilefx.autotune.database import TuningDatabase
+    from tilefx.cost_model.dataset import load_dataset, resolve_target_key
+    from tilefx.cost_model.metrics import format_metrics
+    from tilefx.cost_model.model import LearnedModel
+
+    date = datetime.date.today()
+    res = ROOT / "benchmarks" / "results"
+    with TuningDatabase(args.db) as db:
+        key = resolve_target_key(db, "cpu")
+        ds = load_dataset(db, key)
+        counts = db.count()
+        noise = repeat_noise(db)
+    t0 = time.perf_counter()
+    X = ds.features()
+    feat_s = (time.perf_counter() - t0) / max(len(ds.samples), 1)
+    metrics, extra, _ = ranking(ds, X, args.folds, args.seed)
+    plot_pred(ds, extra["pred_log"], res / f"cost-model-pred-vs-measured-{date}.png")
+    load = " / ".join(f"{x:.1f}" for x in os.getloadavg())
+    out = [f"# Learned cost model on CPU ({date})", "",
+           f"Command: `python benchmarks/cost_model.py {' '.join(argv or sys.argv[1:])}`. "
+           f"Database: {counts['workloads']} workloads, {counts['candidates']} candidates, "
+           f"{counts['measurements']} measurements; {len(ds.samples)} ok template candidates over "
+           f"{len(ds.workloads)} workloads used. Target `{key}`. Load average at the end: {load} "
+           "(shared 2-core machine: **latencies are noisy**).", "",
+           f"Feature extraction (scheduling + loop-nest walk): {feat_s * 1e3:.1f} ms per candidate "
+           "(uncached, under load).", "",
+           f"Measurement noise: {noise}", "",
+           f"## Ranking on held-out workloads ({args.folds}-fold GroupKFold by workload)", "",
+           format_metrics(metrics), "",
+           "![predicted vs measured](cost-model-pred-vs-measured-" + f"{date}.png)", ""]
+    if not args.no_search:
+        model = LearnedModel.load(args.model) if args.model else LearnedModel.train(
+            X, ds.seconds(), ds.groups(), key, objective="rank", seed=args.seed)
+        curves, table = search(args, model)
+        plot_curves(curves, res / f"cost-model-search-{date}.png")
+        strategies = ["random", "evolutionary (analytical)", "evolutionary (learned)"]
+        out += ["## Search from nothing: trials to 95% of the best found (mean over seeds; "
+                f"{args.trials} trials, {args.seeds} seeds, batch {args.batch})", "",
+                "| case | best ms | " + " | ".join(strategies) + " | learned / random | distinct measured |",
+                "|---|---:|" + "---:|" * (len(strategies) + 2)]
+        for case, row in table.items():
+            cells = [f"{row[s][0]:.1f} ({','.join(str(g) if g else '>' + str(args.trials) for g in row[s][1])})"
+                     for s in strategies]
+            ratio = row["evolutionary (learned)"][0] / row["random"][0]
+            out.append(f"| {case} | {row['best'] * 1e3:.3f} | " + " | ".join(cells) +
+                       f" | {ratio:.2f} | {row['measured']} |")
+        out += ["", f"![search curves](cost-model-search-{date}.png)", ""]
+    text = "\n".join(out) + "\n"
+    path = Path(args.out) if args.out else res / f"cost-model-cpu-{date}.md"
+    path.write_text(text)
+    print(text)
+    print(f"written to {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,406 @@
+"""Tuning Triton kernels: the cuda half of the tuner's space, fingerprint, builder and runner.
+
+``tuner.Tuner`` is one loop for both backends. On a target of kind ``cuda``
+it takes these pieces instead of the TVM ones (``space``, ``fingerprint``,
+``measure.LocalBuilder``/``LocalRunner``); the workload keys (functional
+hash), the database, the search strategies and the correctness guard are
+the same.
+
+- ``triton_space``: the Triton template's knobs (``codegen/triton``). Where
+  the template has a library implementation (``impl="library"``: cuBLAS,
+  cuDNN or torch SDPA through torch, plus the epilogue as one generated
+  pointwise kernel) it is the space's *extern candidate*: the tuner's
+  ``EXTERN`` schedule builds as ``LIBRARY`` (``resolve``), is measured
+  first like on CPU, and the driver builds it the same way, so a tuned
+  kernel is never slower than the library.
+- ``fingerprint``: sha256 of the generated module after the template has
+  clamped block sizes to the problem, normalized (comments, blank lines and
+  the kernel's name removed; the constexprs are literals in the launch
+  line), plus the launch meta (num_warps, num_stages), the Triton version,
+  the target key and whether Triton interprets. Equal fingerprint, equal
+  code: measured once. Code equal to the library candidate's takes the
+  extern fingerprint, so the library is measured once whichever schedule
+  asks for it.
+- ``TritonBuilder`` builds in this process (emitting the source is cheap;
+  Triton compiles on the first launch, so on a GPU the builder launches
+  each candidate once on the workload's inputs: a compile error or too
+  much shared memory is a ``build_error``, never raised).
+- ``CudaRunner`` runs each candidate once on ``reference_inputs`` (on the
+  device) into NaN-filled outputs and compares them with
+  ``reference_outputs`` (``wrong_result`` on a mismatch: never chosen),
+  then times it like ``triton.testing.do_bench``: warm-up for
+  ``warmup_seconds``, then ``repeats`` or more calls (enough for
+  ``rep_seconds``, at most ``max_repeats``), each between two CUDA events
+  and after zeroing a 256 MB buffer so L2 starts cold; the samples are
+  stored, their median is the latency.
+
+Under ``TRITON_INTERPRET=1`` (CI: no GPU) the same kernels run on CPU
+tensors in Triton's interpreter and are timed with ``time.perf_counter``;
+every such measurement says so in its note (the record's ``error`` field),
+and the fingerprints differ from compiled code's, so interpreter timings
+never stand for GPU ones.
+
+Limits: the GPU work runs in the tuning process. A candidate that raises is
+recorded and tuning goes on, but one that hangs cannot be stopped and one
+that faults the CUDA context (an illegal address) spoils the process; the
+templates mask every access, so neither is expected. fp32 contractions
+checked while ``torch.backends.cuda.matmul.allow_tf32`` is on (the user
+opted into TF32) are compared at fp16 tolerance.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import math
+import os
+import time
+import warnings
+from dataclasses import dataclass, field
+from typing import Any, Callable, Mapping, Sequence
+
+from tilefx.autotune.measure import BuildResult, MeasureResult, Workload
+from tilefx.autotune.space import SearchSpace, is_extern
+from tilefx.codegen.schedule import Schedule
+
+log = logging.getLogger("tilefx.autotune.cuda")
+
+# the library implementation of the matmul, conv and attention templates (what EXTERN builds)
+LIBRARY = Schedule.of(impl="library", EPILOGUE_BLOCK=1024)
+FINGERPRINT_VERSION = 1
+FLUSH_BYTES = 256 * 1024 * 1024    # zeroed before each timed call: larger than any L2 (50 MB on H100)
+INTERPRETER_NOTE = "TRITON_INTERPRET=1: timed with time.perf_counter on CPU tensors, not GPU time"
+
+
+def interpreting() -> bool:
+    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+
+
+def resolve(schedule: Schedule | None) -> Schedule | None:
+    """The Triton schedule a tuner schedule builds: ``EXTERN`` is the template's library impl."""
+    return LIBRARY if is_extern(schedule) else schedule
+
+
+def _symbols(bindings: Mapping[Any, int] | None) -> dict[Any, int] | None:
+    """Tuner bindings (symbol names) as the Triton backend wants them (sympy symbols)."""
+    if not bindings:
+        return None
+    from tilefx.ir.types import symbol
+
+    return {symbol(k) if isinstance(k, str) else k: int(v) for k, v in bindings.items()}
+
+
+# ------------------------------------------------------------------ space, fingerprint
+
+def triton_space(kernel_op: Any, bindings: Mapping[Any, int] | None = None) -> SearchSpace:
+    """The Triton template's space; ``impl="library"`` becomes the extern candidate."""
+    from tilefx.codegen.triton.templates import space, template_for
+
+    try:
+        knobs = space(kernel_op, _symbols(bindings))
+    except NotImplementedError:  # symbolic shapes and no bindings: the knobs alone
+        module = template_for(kernel_op)
+        knobs = {k: list(v) for k, v in module.SPACE.items()}
+    impl = list(knobs.get("impl", ()))
+    has_extern = "library" in impl
+    if has_extern and len(impl) > 1:  # measured once as EXTERN, not sampled over and over
+        knobs["impl"] = [v for v in impl if v != "library"]
+    return SearchSpace.of(knobs, has_extern=has_extern)
+
+
+def default_schedule(kernel_op: Any, target: Any, bindings: Mapping[Any, int] | None) -> Schedule:
+    from tilefx.codegen.triton import default_schedule as default
+
+    return default(kernel_op, target, bindings=_symbols(bindings))
+
+
+def extern_fingerprint(target: Any) -> str:
+    return f"extern-library-{target.key()}" + ("-interpret" if interpreting() else "")
+
+
+def _code_fingerprint(kernel_op: Any, schedule: Schedule, target: Any,
+                      bindings: Mapping[Any, int] | None) -> str:
+    import triton
+
+    from tilefx.codegen.triton.source import fingerprint as source_fingerprint
+    from tilefx.codegen.triton.templates import emit_source
+
+    source, _ = emit_source(kernel_op, schedule, target, _symbols(bindings))
+    text = (f"triton-fp{FINGERPRINT_VERSION}|{source_fingerprint(source)}|{target.key()}|"
+            f"triton {triton.__version__}|interpret {interpreting()}")
+    return hashlib.sha256(text.encode()).hexdigest()[:32]
+
+
+# id(kernel op), bindings -> (the op, fingerprint of its library code or ""); the op is
+# kept so that its id cannot be reused while the entry lives
+_LIBRARY_FP: dict[tuple, tuple[Any, str]] = {}
+
+
+def _library_fingerprint(kernel_op: Any, target: Any, bindings: Mapping[Any, int] | None) -> str:
+    key = (id(kernel_op), target.key(), interpreting(),
+           tuple(sorted((str(k), int(v)) for k, v in (bindings or {}).items())))
+    hit = _LIBRARY_FP.get(key)
+    if hit is not None and hit[0] is kernel_op:
+        return hit[1]
+    try:
+        fp = _code_fingerprint(kernel_op, LIBRARY, target, bindings) \
+            if triton_space(kernel_op, bindings).has_extern else ""
+    except Exception:  # noqa: BLE001 - no library code: nothing is equal to it
+        fp = ""
+    if len(_LIBRARY_FP) > 256:
+        _LIBRARY_FP.clear()
+    _LIBRARY_FP[key] = (kernel_op, fp)
+    return fp
+
+
+def fingerprint(kernel_op: Any, schedule: Schedule, target: Any,
+                bindings: Mapping[Any, int] | None = None) -> str:
+    """Identity of the Triton code ``schedule`` generates (see the module docstring)."""
+    if is_extern(schedule):
+        return extern_fingerprint(target)
+    try:
+        fp = _code_fingerprint(kernel_op, schedule, target, bindings)
+    except Exception as e:  # noqa: BLE001 - the builder reports it as a build_error
+        log.debug("cannot emit %s for fingerprinting: %s", schedule, e)
+        return "emit-error-" + hashlib.sha256(schedule.to_json().encode()).hexdigest()[:24]
+    if fp == _library_fingerprint(kernel_op, target, bindings):
+        return extern_fingerprint(target)
+    return fp
+
+
+# ---------------------------------------------------------------------- device data
+
+@dataclass
+class _DeviceData:
+    """A workload's reference inputs on the device and its reference outputs (on CPU)."""
+
+    key: str
+    device: str
+    inputs: list
+    want: list
+    dtypes: list
+
+
+_DATA: dict[tuple[str, str], _DeviceData] = {}
+
+
+class NoDeviceError(RuntimeError):
+    """Tuning for cuda without a GPU (and without the interpreter): nothing can be measured."""
+
+
+def device() -> str:
+    """Where candidates run: the GPU, or the CPU when Triton interprets."""
+    if interpreting():
+        return "cpu"
+    import torch
+
+    if not torch.cuda.is_available():
+        raise NoDeviceError("tuning for target cuda needs a CUDA device (torch sees none); set "
+                           "TRITON_INTERPRET=1 to run the Triton kernels on CPU instead")
+    return "cuda"
+
+
+def _device_data(workload: Workload) -> _DeviceData:
+    from tilefx.autotune.functional_hash import reference_inputs, reference_outputs
+
+    dev = device()
+    data = _DATA.get((workload.key, dev))
+    if data is None:
+        bindings = workload.bindings_dict() or None
+        inputs = [t.contiguous() for t in reference_inputs(workload.kernel, bindings)]
+        want = reference_outputs(workload.kernel, inputs, bindings)
+        dtypes = [_check_dtype(workload.kernel, r.type.dtype) for r in workload.kernel.results]
+        data = _DeviceData(workload.key, dev, [t.to(dev) for t in inputs], want, dtypes)
+        _DATA.clear()  # one workload at a time: the tuner finishes a kernel before the next
+        _DATA[(workload.key, dev)] = data
+    return data
+
+
+def _check_dtype(kernel_op: Any, dtype: Any) -> Any:
+    """The dtype whose tolerance checks an output: fp16's for fp32 contractions under TF32."""
+    from tilefx.ir.types import DType
+
+    if dtype == DType.float32 and kernel_op.attr("kind") == "contraction":
+        import torch
+
+        if torch.backends.cuda.matmul.allow_tf32:
+            return DType.float16
+    return dtype
+
+
+def _fresh_outputs(data: _DeviceData) -> list:
+    import torch
+
+    return [torch.full_like(w, float("nan"), device=data.device) if w.is_floating_point()
+            else torch.zeros_like(w, device=data.device) for w in data.want]
+
+
+def _kernel(workload: Workload, schedule: Schedule) -> Any:
+    from tilefx.codegen.triton import build_kernel
+
+    return build_kernel(workload.kernel, workload.target, resolve(schedule),
+                        bindings=_symbols(workload.bindings_dict()))
+
+
+def _call(fn: Callable, args: Sequence[Any]) -> None:
+    with warnings.catch_warnings():  # the interpreter's numpy warns on masked-off lanes
+        warnings.simplefilter("ignore", RuntimeWarning)
+        fn(*args)
+
+
+def _error(e: BaseException) -> str:
+    lines = f"{type(e).__name__}: {e}".strip().splitlines()
+    return (lines[0] if lines else type(e).__name__)[:500]
+
+
+# ------------------------------------------------------------------------- builder
+
+@dataclass
+class TritonBuilder:
+    """Emit, load and (on a GPU) compile candidates in this process.
+
+    ``fault`` is a test hook: ``fault(schedule) == "build"`` makes that build fail.
+    """
+
+    fault: Callable[[Schedule], str | None] | None = None
+
+    def build(self, workload: Workload, schedules: Sequence[Schedule]) -> list[BuildResult]:
+        return [self._build_one(workload, s) for s in schedules]
+
+    def _build_one(self, workload: Workload, schedule: Schedule) -> BuildResult:
+        t0 = time.perf_counter()
+        try:
+            if self.fault is not None and self.fault(schedule) == "build":
+                raise RuntimeError("injected build failure (test hook)")
+            built = _kernel(workload, schedule)
+            data = _device_data(workload)
+            if data.device == "cuda":  # Triton compiles on the first launch
+                import torch
+
+                built(*data.inputs, *_fresh_outputs(data))
+                torch.cuda.synchronize()
+            return BuildResult(schedule, "ok", built.fingerprint, "", time.perf_counter() - t0)
+        except NoDeviceError:
+            raise  # no GPU at all: nothing to record, every candidate would fail
+        except Exception as e:  # noqa: BLE001 - a failed candidate is data, not a crash
+            return BuildResult(schedule, "build_error", "", _error(e), time.perf_counter() - t0)
+
+    def close(self) -> None:
+        _DATA.clear()
+
+
+# -------------------------------------------------------------------------- runner
+
+@dataclass
+class CudaRunner:
+    """Check and time built candidates on the GPU (or in the interpreter); see the module doc.
+
+    ``fault`` is a test hook: ``fault(schedule)`` may return "raise" (the run raises) or
+    "wrong" (the outputs are corrupted after the call, as a miscompiled kernel would).
+    """
+
+    repeats: int = 10                # at least this many timed calls
+    warmup_seconds: float = 0.025    # do_bench's warm-up
+    rep_seconds: float = 0.1         # do_bench's measuring time
+    max_repeats: int = 200           # samples stored per candidate, at most
+    fault: Callable[[Schedule], str | None] | None = None
+    _flush: Any = field(default=None, repr=False)
+
+    def run(self, workload: Workload, builds: Sequence[BuildResult],
+            on_result: Callable[[MeasureResult], None] | None = None) -> list[MeasureResult]:
+        results = []
+        for b in builds:
+            results.append(self._run_one(workload, b))
+            if on_result is not None:
+                on_result(results[-1])
+        return results
+
+    def _run_one(self, workload: Workload, b: BuildResult) -> MeasureResult:
+        if b.status != "ok":
+            return MeasureResult(b.schedule, "build_error", (), b.error, b.seconds)
+        t0 = time.perf_counter()
+        try:
+            status, samples, note = self._measure(workload, b.schedule)
+        except Exception as e:  # noqa: BLE001 - recorded as run_error; tuning goes on
+            status, samples, note = "run_error", (), _error(e)
+        return MeasureResult(b.schedule, status, tuple(samples), note, b.seconds,
+                             time.perf_counter() - t0)
+
+    def _measure(self, workload: Workload, schedule: Schedule) -> tuple[str, list[float], str]:
+        from tilefx.autotune.functional_hash import outputs_match
+
+        data = _device_data(workload)
+        fn = _kernel(workload, schedule)
+        fault = self.fault(schedule) if self.fault is not None else None
+        if fault == "raise":
+            raise RuntimeError("injected run failure (test hook)")
+        outs = _fresh_outputs(data)
+        args = [*data.inputs, *outs]
+        _call(fn, args)
+        if fault == "wrong":
+            outs[0].add_(1.0)
+        for i, (got, ref, dtype) in enumerate(zip(outs, data.want, data.dtypes)):
+            got = got.cpu()
+            if not outputs_match(got, ref, dtype):
+                err = (got.double() - ref.double()).abs().max().item() \
+                    if got.is_floating_point() else "-"
+                return "wrong_result", [], f"output {i} differs from the reference (max abs err {err})"
+        if data.device == "cuda":
+            return "ok", self._time_cuda(fn, args), ""
+        return "ok", self._time_interpreted(fn, args), INTERPRETER_NOTE
+
+    def _time_cuda(self, fn: Callable, args: list) -> list[float]:
+        import torch
+
+        if self._flush is None:
+            self._flush = torch.empty(FLUSH_BYTES // 4, dtype=torch.int32, device="cuda")
+        return time_cuda(fn, args, repeats=self.repeats, warmup_seconds=self.warmup_seconds,
+                         rep_seconds=self.rep_seconds, max_repeats=self.max_repeats,
+                         flush=self._flush)
+
+    def _time_interpreted(self, fn: Callable, args: list) -> list[float]:
+        _call(fn, args)  # warm-up
+        samples = []
+        for _ in range(max(1, self.repeats)):
+            t0 = time.perf_counter()
+            _call(fn, args)
+            samples.append(max(time.perf_counter() - t0, 1e-9))
+        return samples
+
+    def close(self) -> None:
+        self._flush = None
+        _DATA.clear()
+
+
+def time_cuda(fn: Callable, args: Sequence[Any] = (), *, repeats: int = 10,
+              warmup_seconds: float = 0.025, rep_seconds: float = 0.1, max_repeats: int = 200,
+              flush: Any = None) -> list[float]:
+    """Seconds per call of ``fn(*args)`` on the GPU, ``triton.testing.do_bench``-style:
+    warm-up, then each call between two CUDA events after zeroing ``flush`` (a buffer
+    larger than L2; one of ``FLUSH_BYTES`` is made when not given) so L2 starts cold."""
+    import torch
+
+    if flush is None:
+        flush = torch.empty(FLUSH_BYTES // 4, dtype=torch.int32, device="cuda")
+    fn(*args)
+    torch.cuda.synchronize()
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    for _ in range(5):
+        flush.zero_()
+        fn(*args)
+    end.record()
+    torch.cuda.synchronize()
+    estimate = max(start.elapsed_time(end) / 5 * 1e-3, 1e-7)  # seconds, flush included
+    for _ in range(max(1, math.ceil(warmup_seconds / estimate))):
+        fn(*args)
+    n = min(max_repeats, max(repeats, math.ceil(rep_seconds / estimate)))
+    starts = [torch.cuda.Event(enable_timing=True) for _ in range(n)]
+    ends = [torch.cuda.Event(enable_timing=True) for _ in range(n)]
+    for s, e in zip(starts, ends):
+        flush.zero_()  # before the start event: not timed
+        s.record()
+        fn(*args)
+        e.record()
+    torch.cuda.synchronize()
+    return [s.elapsed_time(e) * 1e-3 for s, e in zip(starts, ends)]

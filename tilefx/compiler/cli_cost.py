@@ -1,0 +1,116 @@
+"""``tilefx collect`` and ``tilefx train-cost-model``: the cost model's data and training.
+
+    tilefx collect --db /tmp/cm.db --trials 24 --workloads zoo,family
+    tilefx train-cost-model --db /tmp/cm.db --target cpu -o model.json
+
+``collect`` measures random schedules (the tuner with ``RandomSearch``, so
+fingerprint deduplication, correctness checks and resumability come with it)
+of every kernel of a workload set (``cost_model.workloads``: the zoo's kernels
+plus a generated family; the kernels of ``benchmarks/tuning.py`` are held
+out) into a tuning database. Contractions get ``--trials`` candidates,
+reductions two thirds and pointwise kernels half of that (their spaces are
+small). A rerun skips the workloads the database already has enough of.
+
+``train-cost-model`` reads the database, splits by workload, trains the
+XGBoost model, prints held-out metrics and writes the model JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+from typing import Any
+
+
+def add_parser(sub: Any) -> None:
+    """Register ``collect`` and ``train-cost-model`` on ``cli.py``'s subparsers."""
+    p = sub.add_parser("collect", help="measure random schedules of a workload set into a "
+                       "tuning database (cost-model training data)")
+    p.add_argument("--db", required=True, help="tuning database file to fill")
+    p.add_argument("--trials", type=int, default=24, help="candidates per contraction kernel")
+    p.add_argument("--workloads", default="zoo,family",
+                   help="comma list of zoo, family or zoo model names (default zoo,family)")
+    p.add_argument("--target", default="cpu", help="cpu (the host) or cpu:<llvm mcpu>")
+    p.add_argument("--repeats", type=int, default=5, help="timing windows per candidate")
+    p.add_argument("--limit", type=int, default=0, help="at most this many workloads (0: all)")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=cmd_collect)
+
+    t = sub.add_parser("train-cost-model", help="train the learned cost model on a tuning database")
+    t.add_argument("--db", required=True, help="tuning database with measurements")
+    t.add_argument("--target", default="cpu", help="cpu (the host) or a target key in the db")
+    t.add_argument("-o", "--output", required=True, help="model JSON to write")
+    t.add_argument("--objective", choices=("rank", "regression"), default="rank",
+                   help="pairwise ranking (default) or regression on log latency")
+    t.add_argument("--test-fraction", type=float, default=0.25,
+                   help="share of workloads held out for the printed metrics")
+    t.add_argument("--seed", type=int, default=0)
+    t.set_defaults(func=cmd_train)
+
+
+def _trials(kind: str, trials: int) -> int:
+    if kind == "pointwise":
+        return max(4, trials // 2)
+    if kind == "reduction":
+        return max(6, 2 * trials // 3)
+    return trials
+
+
+def cmd_collect(args: argparse.Namespace) -> int:
+    from tilefx.autotune.database import TuningDatabase
+    from tilefx.autotune.tuner import TuneOptions, Tuner
+    from tilefx.codegen.target import Target
+    from tilefx.compiler.cli import CLIError
+    from tilefx.cost_model.workloads import workload_set
+
+    if args.trials < 2:
+        raise CLIError(f"--trials must be at least 2, got {args.trials}")
+    try:
+        kernels = workload_set(args.workloads)
+        target = Target.parse(args.target)
+    except (ValueError, RuntimeError) as e:
+        raise CLIError(str(e)) from None
+    # a fixed shuffle: a collection stopped early still covers every kind and source
+    random.Random(0).shuffle(kernels)
+    if args.limit:
+        kernels = kernels[:args.limit]
+    db = TuningDatabase(args.db)
+    print(f"tilefx collect: {len(kernels)} workloads on {target.key()} into {args.db}", flush=True)
+    tuner = Tuner(target, TuneOptions(trials=args.trials, strategy="random", repeats=args.repeats,
+                                      progress=False), db=db)
+    bar = None
+    if not args.no_progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=len(kernels), desc="collect", unit="workload")
+    try:
+        for op in kernels:
+            # one tuner (builder pool, runner child) for all; the budget depends on the kind
+            tuner.options.trials = _trials(op.attr("kind"), args.trials)
+            res = tuner.tune_kernel(op)
+            if bar is not None:
+                bar.update(1)
+                bar.set_postfix_str(f"{res.name}: {res.trials} new" + (" (db)" if res.from_db else ""))
+            if res.interrupted:
+                print("interrupted: measurements so far are saved; rerun to resume")
+                return 130
+    finally:
+        if bar is not None:
+            bar.close()
+        tuner.close()
+    print(db.summary().splitlines()[0])
+    db.close()
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from tilefx.compiler.cli import CLIError
+    from tilefx.cost_model.train import DatasetTooSmall, train_from_db
+
+    try:
+        report = train_from_db(args.db, args.target, args.output, objective=args.objective,
+                               test_fraction=args.test_fraction, seed=args.seed)
+    except (DatasetTooSmall, ValueError, FileNotFoundError) as e:
+        raise CLIError(str(e)) from None
+    print(report)
+    return 0

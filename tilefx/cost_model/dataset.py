@@ -1,0 +1,133 @@
+"""Training data from the tuning database: one row per measured candidate.
+
+The database keeps every measurement (a candidate may have several: reruns,
+the tuner's re-matching of the best against the library); a candidate's
+latency is its fastest timing window over its ``ok`` runs. Not the median:
+on a loaded machine a window that lost the CPU to another process reads in
+multiples of the scheduler's time slice (4 ms), and the fastest window is
+the estimate least touched by that. Failed candidates and the
+extern (library) candidate are left out: the model ranks template schedules.
+Kernels are rebuilt from the workload's IR text (``parse_graph``), their kind
+inferred from the body (``features.kernel_kind``), so a database from another
+machine or an exported JSONL file is enough to train on.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+log = logging.getLogger("tilefx.cost_model")
+
+
+@dataclass(frozen=True)
+class Sample:
+    workload_key: str
+    kernel: Any          # the ``kernel`` Op rebuilt from the database
+    schedule: Any        # Schedule
+    seconds: float
+
+
+@dataclass(frozen=True)
+class Dataset:
+    samples: tuple[Sample, ...]
+    target: Any          # the codegen Target the measurements were made on
+    target_key: str
+
+    @property
+    def workloads(self) -> list[str]:
+        return sorted({s.workload_key for s in self.samples})
+
+    def groups(self) -> np.ndarray:
+        index = {w: i for i, w in enumerate(self.workloads)}
+        return np.array([index[s.workload_key] for s in self.samples])
+
+    def seconds(self) -> np.ndarray:
+        return np.array([s.seconds for s in self.samples], dtype=np.float64)
+
+    def features(self, *, nest: bool = True) -> np.ndarray:
+        from tilefx.cost_model.features import feature_matrix
+
+        rows = []
+        by_kernel: dict[str, list[int]] = {}
+        for i, s in enumerate(self.samples):
+            by_kernel.setdefault(s.workload_key, []).append(i)
+        out = None
+        for idx in by_kernel.values():
+            k = self.samples[idx[0]].kernel
+            m = feature_matrix(k, [self.samples[i].schedule for i in idx], self.target, nest=nest)
+            rows.append((idx, m))
+        for idx, m in rows:
+            if out is None:
+                out = np.zeros((len(self.samples), m.shape[1]), dtype=np.float32)
+            out[idx] = m
+        return out if out is not None else np.zeros((0, 0), dtype=np.float32)
+
+
+def kernel_from_ir(ir_text: str, name: str = "kernel") -> Any:
+    """A ``kernel`` op around a body printed in the database (kind inferred)."""
+    from tilefx.cost_model.features import kernel_kind
+    from tilefx.ir.graph import Op, Value, freeze_attrs
+    from tilefx.ir.parser import parse_graph
+
+    body = parse_graph(ir_text, {})
+    args = tuple(Value(f"x{i}", v.type) for i, v in enumerate(body.inputs))
+    results = tuple(Value(f"y{i}", v.type) for i, v in enumerate(body.outputs))
+    return Op("kernel", args, results, freeze_attrs({"kind": kernel_kind(body), "name": name}), body)
+
+
+def resolve_target_key(db: Any, target: str) -> str:
+    """``target`` as a key of the database: ``cpu`` means the host's key if the database
+    has it, else its only CPU target."""
+    from tilefx.codegen.target import Target
+
+    keys = sorted({r[0] for r in db._execute("SELECT DISTINCT target_key FROM candidates")})
+    if target in keys:
+        return target
+    if target in ("cpu", "llvm"):
+        host = Target.host_cpu().key()
+        if host in keys:
+            return host
+        cpus = [k for k in keys if k.startswith("cpu-")]
+        if len(cpus) == 1:
+            return cpus[0]
+        raise ValueError(f"database has CPU targets {cpus}; pass one with --target")
+    raise ValueError(f"target {target!r} is not in the database (it has {keys or 'none'})")
+
+
+def load_dataset(db: Any, target_key: str) -> Dataset:
+    """Every ok template candidate of ``target_key`` in ``db`` (a TuningDatabase)."""
+    from tilefx.autotune.space import is_extern
+    from tilefx.codegen.schedule import Schedule
+    from tilefx.codegen.target import Target
+
+    tj = db.target_json(target_key)
+    target = Target.from_json(tj) if tj else Target.host_cpu()
+    best: dict[tuple[str, str], float] = {}
+    for r in db.records(target_key=target_key):
+        if not r.ok or not r.samples:
+            continue
+        key = (r.workload_key, r.schedule_json)
+        best[key] = min(best.get(key, float("inf")), float(min(r.samples)))
+    kernels: dict[str, Any] = {}
+    samples = []
+    for (wkey, sjson), seconds in sorted(best.items()):
+        schedule = Schedule.from_json(sjson)
+        if is_extern(schedule):
+            continue
+        if wkey not in kernels:
+            found = db.workload(wkey)
+            if found is None:
+                continue
+            try:
+                kernels[wkey] = kernel_from_ir(found[0], wkey[:12])
+            except Exception as e:  # noqa: BLE001 - an unreadable workload is skipped, not fatal
+                log.warning("cost model: workload %s cannot be rebuilt from its IR (%s); skipped",
+                            wkey, e)
+                kernels[wkey] = None
+        if kernels[wkey] is not None:
+            samples.append(Sample(wkey, kernels[wkey], schedule, seconds))
+    return Dataset(tuple(samples), target, target_key)

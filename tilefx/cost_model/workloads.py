@@ -1,0 +1,153 @@
+"""The workloads the cost model learns from: the zoo's kernels and a generated family.
+
+``tilefx collect`` measures random schedules of these into a tuning database;
+``benchmarks/cost_model.py`` splits them by workload. The family covers the
+three template kinds at shapes the zoo does not have (square and skinny
+matmuls with and without epilogues, dense / 1x1 / strided / depthwise convs,
+softmax, LayerNorm, row sums, elementwise chains).
+
+The kernels of ``benchmarks/tuning.py`` (matmul 512 and 1024, conv3x3 64ch at
+56x56, depthwise 96ch at 56x56, LayerNorm+GELU 512x768) are **held out**:
+``HELD_OUT`` lists their anchor signatures and ``workload_set`` drops any
+kernel with one, so the shipped model has never seen them.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+from typing import Any, Callable
+
+log = logging.getLogger("tilefx.cost_model")
+
+# (anchor op, input shapes) of benchmarks/tuning.py's cases: never trained on
+HELD_OUT = {
+    ("matmul", ((512, 512), (512, 512))),
+    ("matmul", ((1024, 1024), (1024, 1024))),
+    ("conv2d", ((1, 64, 56, 56), (64, 64, 3, 3))),
+    ("conv2d", ((1, 96, 56, 56), (96, 1, 3, 3))),
+    ("layer_norm", ((512, 768), (768,), (768,))),
+}
+
+ANCHORS = ("matmul", "conv2d", "layer_norm", "softmax", "sum", "mean", "amax", "max_pool2d")
+
+
+def signature(kernel_op: Any) -> tuple[str, tuple] | None:
+    """(anchor op name, input shapes) of a kernel: what ``HELD_OUT`` compares."""
+    for op in kernel_op.body.ops:
+        if op.name in ANCHORS:
+            shapes = tuple(tuple(int(d) for d in v.type.shape) if v.type.is_static else ()
+                           for v in op.inputs)
+            return op.name, shapes
+    return None
+
+
+def _f32(*shape: int) -> Any:
+    from tilefx.ir import DType, TensorType
+
+    return TensorType(DType.float32, shape)
+
+
+def _kernel(kind: str, shapes: list[tuple[int, ...]], body: Callable, name: str) -> Any:
+    from tilefx.ir.builder import kernel_op
+
+    return kernel_op(kind, [_f32(*s) for s in shapes], body, name)
+
+
+def family_kernels() -> list[Any]:
+    """Generated matmul / conv / reduction / pointwise kernels (fixed shapes, deterministic)."""
+    ks: list[Any] = []
+    for m, k, n in [(64, 256, 512), (128, 128, 1024), (256, 512, 256), (384, 384, 384),
+                    (96, 768, 768), (256, 1024, 128), (16, 512, 2048), (768, 256, 256),
+                    (200, 320, 640), (1024, 64, 1024), (48, 2048, 96), (640, 640, 64)]:
+        ks.append(_kernel("contraction", [(m, k), (k, n)], lambda b, x, w: b.op("matmul", x, w),
+                          f"mm_{m}x{k}x{n}"))
+    for m, k, n in [(128, 512, 512), (320, 256, 768)]:  # with a bias + GELU epilogue
+        ks.append(_kernel("contraction", [(m, k), (k, n), (n,)],
+                          lambda b, x, w, c: b.op("gelu", b.op("add", b.op("matmul", x, w), c),
+                                                  approximate="none"), f"mm_gelu_{m}x{k}x{n}"))
+    convs = [((1, 32, 28, 28), (64, 32, 3, 3), 1, 1, 1), ((1, 128, 14, 14), (128, 128, 3, 3), 1, 1, 1),
+             ((1, 16, 56, 56), (32, 16, 3, 3), 1, 1, 1), ((1, 64, 28, 28), (256, 64, 1, 1), 1, 0, 1),
+             ((1, 256, 14, 14), (64, 256, 1, 1), 1, 0, 1), ((1, 32, 56, 56), (64, 32, 3, 3), 2, 1, 1),
+             ((1, 64, 28, 28), (64, 1, 3, 3), 1, 1, 64), ((1, 192, 14, 14), (192, 1, 3, 3), 1, 1, 192),
+             ((1, 32, 56, 56), (32, 1, 3, 3), 1, 1, 32), ((1, 48, 40, 40), (96, 48, 3, 3), 1, 1, 1)]
+    for x, w, stride, pad, groups in convs:
+        ks.append(_kernel("contraction", [x, w], lambda b, a, k, s=stride, p=pad, g=groups: b.op(
+            "conv2d", a, k, stride=(s, s), padding=(p, p), groups=g),
+            f"conv_{x[1]}x{x[2]}_{w[0]}k{w[2]}s{stride}g{groups}"))
+    for r, c in [(256, 512), (1024, 128), (64, 2048)]:
+        ks.append(_kernel("reduction", [(r, c)], lambda b, x: b.op("softmax", x, dim=-1),
+                          f"softmax_{r}x{c}"))
+    for r, c in [(128, 1024), (256, 384), (1024, 256)]:
+        ks.append(_kernel("reduction", [(r, c), (c,), (c,)],
+                          lambda b, x, w, c_: b.op("layer_norm", x, w, c_, normalized_ndim=1),
+                          f"layernorm_{r}x{c}"))
+    ks.append(_kernel("reduction", [(256, 1024), (1024,), (1024,)], lambda b, x, w, c: b.op(
+        "gelu", b.op("layer_norm", x, w, c, normalized_ndim=1), approximate="none"),
+        "layernorm_gelu_256x1024"))
+    for r, c in [(512, 256), (64, 4096)]:
+        ks.append(_kernel("reduction", [(r, c)], lambda b, x: b.op("sum", x, dims=(-1,)),
+                          f"rowsum_{r}x{c}"))
+    for n, c in [(64, 1024), (256, 3072), (128, 2048), (1024, 1000)]:
+        ks.append(_kernel("pointwise", [(n, c), (c,)], lambda b, x, y: b.op(
+            "relu", b.op("add", x, y)), f"add_relu_{n}x{c}"))
+    ks.append(_kernel("pointwise", [(256, 3072)], lambda b, x: b.op("gelu", x, approximate="none"),
+                      "gelu_256x3072"))
+    ks.append(_kernel("pointwise", [(128, 2048), (128, 2048)], lambda b, x, y: b.op(
+        "sigmoid", b.op("add", b.op("mul", x, y), x)), "mul_add_sigmoid_128x2048"))
+    return ks
+
+
+def zoo_kernels(models: list[str] | None = None) -> list[Any]:
+    """The distinct kernels of the zoo models (``benchmarks/models``) at their smallest batch.
+
+    Needs a source checkout (the zoo is not part of the installed package).
+    """
+    root = Path(__file__).resolve().parents[2]
+    if str(root) not in sys.path:
+        sys.path.insert(0, str(root))
+    try:
+        from benchmarks.models import ZOO
+    except ImportError as e:
+        raise RuntimeError(f"the model zoo (benchmarks/models) is not importable from {root} "
+                           f"({e}); run from a tilefx source checkout or use --workloads family"
+                           ) from e
+    from tilefx.compiler.cli_tune import model_kernels
+
+    out: list[Any] = []
+    for name in models or list(ZOO):
+        if name not in ZOO:
+            raise ValueError(f"unknown zoo model {name!r}; have {', '.join(ZOO)}")
+        entry = ZOO[name]
+        kernels, bindings, _ = model_kernels(entry.build(), entry.make_inputs(
+            batch=entry.batches[0], seed=0), "cpu")
+        if bindings:  # symbolic shapes: the collector measures static kernels only
+            log.info("zoo model %s has symbolic shapes %s; skipped", name, bindings)
+            continue
+        out.extend(kernels)
+    return out
+
+
+def workload_set(spec: str = "zoo,family") -> list[Any]:
+    """Kernels named by ``spec`` (comma list of ``zoo``, ``family`` or zoo model names),
+    without the held-out benchmark kernels, deduplicated by structure."""
+    from tilefx.compiler.driver import kernel_key
+
+    kernels: list[Any] = []
+    for part in [p.strip() for p in spec.split(",") if p.strip()]:
+        if part == "family":
+            kernels += family_kernels()
+        elif part == "zoo":
+            kernels += zoo_kernels()
+        else:
+            kernels += zoo_kernels([part])
+    seen: set[Any] = set()
+    out = []
+    for k in kernels:
+        key = kernel_key(k)
+        if key in seen or signature(k) in HELD_OUT:
+            continue
+        seen.add(key)
+        out.append(k)
+    return out
