@@ -1,8 +1,9 @@
 """Sparse vs dense contractions: tilefx's block-sparse TVM kernel against the dense ones.
 
     python -m benchmarks.sparsity                 # CPU: Linear 4096x4096 (batch 1/16/128), 1x1 conv
-    python -m benchmarks.sparsity --quick         # fewer cases (~4 min)
+    python -m benchmarks.sparsity --quick         # fewer cases (batch 1/16 + conv)
     python -m benchmarks.sparsity --smoke         # 512x512, one pattern: checks the script
+    python -m benchmarks.sparsity --packing       # zoo linear kernels, tuned: packed vs row-major weight
     python -m benchmarks.sparsity --target cuda   # GPU: cuBLAS vs torch sparse options (H100/H200)
 
 For each shape, sparsity pattern (unstructured = 1x1 blocks, or bk x bn blocks)
@@ -196,53 +197,11 @@ def markdown(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def bench_cuda(repeats: int) -> None:
-    """GPU: cuBLAS dense vs torch's sparse options (the Triton sparse kernel is not written yet)."""
-    import torch
+def bench_cuda(quick: bool = False, markdown_path: str | None = None) -> None:
+    """GPU: cuBLAS vs the Triton block-sparse kernel, torch sparse and 2:4 (``sparsity_gpu.py``)."""
+    from benchmarks import sparsity_gpu
 
-    if not torch.cuda.is_available():
-        raise SystemExit("--target cuda needs a CUDA GPU")
-    rng = np.random.default_rng(0)
-    k = n = 4096
-    for batch in (1, 16, 128):
-        x = torch.randn(batch, k, device="cuda", dtype=torch.float16)
-        for s in (0.5, 0.9):
-            w = torch.from_numpy(sparse_weight(rng, k, n, (32, 32), s)).cuda().half()
-            wt = w.T.contiguous()
-            dense = _cuda_ms(torch.matmul, [x, w], repeats)
-            bsr = wt.to_sparse_bsr((32, 32))
-            try:
-                sp = _cuda_ms(torch.sparse.mm, [bsr, x.T], repeats)
-            except (RuntimeError, NotImplementedError):
-                sp = None
-            line = f"cuda batch {batch} {s:.0%} (32x32 blocks): cublas {dense:.4f} ms, torch bsr {_fmt(sp)}"
-            try:  # 2:4 semi-structured (Ampere+), on a 2:4-pruned copy of the weight
-                from torch.sparse import to_sparse_semi_structured
-
-                mask = torch.tensor([1, 1, 0, 0], device="cuda", dtype=torch.bool).repeat(n * k // 4)
-                w24 = to_sparse_semi_structured((wt.flatten() * mask).reshape(n, k))
-                xp = x if batch >= 16 else torch.nn.functional.pad(x, (0, 0, 0, 16 - batch))
-                xt = xp.T.contiguous()
-                line += f", 2:4 {_cuda_ms(torch.mm, [w24, xt], repeats):.4f} ms"
-            except Exception as e:  # noqa: BLE001 - GPU/library dependent
-                line += f", 2:4 n/a ({type(e).__name__})"
-            print(line, flush=True)
-
-
-def _cuda_ms(fn, args: list, repeats: int) -> float:
-    import torch
-
-    for _ in range(3):
-        fn(*args)
-    torch.cuda.synchronize()
-    samples = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        for _ in range(20):
-            fn(*args)
-        torch.cuda.synchronize()
-        samples.append((time.perf_counter() - t0) / 20 * 1e3)
-    return float(np.median(samples))
+    sparsity_gpu.main(quick, markdown_path)
 
 
 def bench_zoo(names: list[str], repeats: int, block: tuple[int, int] = (4, 4)) -> list[str]:
@@ -280,11 +239,76 @@ def bench_zoo(names: list[str], repeats: int, block: tuple[int, int] = (4, 4)) -
     return lines
 
 
+def bench_packing(names: list[str], repeats: int, trials: int) -> list[str]:
+    """Tuned linear kernels of zoo models with their weight pre-packed in panels
+    (``passes/packing.py``) vs the same tuned schedule on the row-major weight."""
+    import tempfile
+
+    import torch
+
+    from benchmarks.models import ZOO
+    from tilefx.autotune.space import is_extern
+    from tilefx.autotune.tuner import TuneOptions, Tuner
+    from tilefx.codegen.target import Target
+    from tilefx.codegen.tvm import build_kernel, default_schedule
+    from tilefx.codegen.tvm.schedules.matmul import register_n
+    from tilefx.compiler.capture import capture
+    from tilefx.compiler.frontend import lower_to_ir
+    from tilefx.passes import PassOptions, optimize
+    from tilefx.passes.packing import pack_weights
+
+    target, lines = Target.host_cpu(), []
+    for name in names:
+        entry = ZOO[name]
+        inputs = entry.make_inputs(entry.bench_batch, bench=True)
+        graph = optimize(lower_to_ir(capture(entry.build(), tuple(inputs))).graph, PassOptions())
+        chosen: dict[str, tuple] = {}
+        with tempfile.TemporaryDirectory() as tmp:
+            tuner = Tuner(target, TuneOptions(trials=trials, workers=1, progress=False, repeats=5,
+                                              db_path=f"{tmp}/t.db"))
+            try:
+                for op in graph.ops:
+                    if op.name != "kernel" or op.attr("kind") != "contraction":
+                        continue
+                    res = tuner.tune_kernel(op)
+                    ok = sorted((r for r in tuner.db.records(res.workload_key, target.key())
+                                 if r.ok and r.median and not is_extern(r.schedule)), key=lambda r: r.median)
+                    sched = ok[0].schedule if ok else default_schedule(op, target)
+                    chosen[op.attr("name")] = (sched, register_n(int(op.results[0].type.shape[-1]), sched,
+                                                                 target))
+            finally:
+                tuner.close()
+        widths = {k: bn for k, (_, bn) in chosen.items()}
+        packed = pack_weights.bind(pack_factor=lambda op, w=widths: w.get(op.attr("name")))(graph)
+        by_name = {op.attr("name"): op for op in packed.ops if op.name == "kernel"}
+        for op in graph.ops:
+            if op.attr("name") not in chosen or by_name[op.attr("name")] is op:
+                continue  # not a matmul on a constant weight, or one panel (nothing to pack)
+            sched, bn = chosen[op.attr("name")]
+            times = []
+            # the same tuned schedule; on panels its register width is the panel width already
+            for g, kop, s in ((graph, op, sched),
+                              (packed, by_name[op.attr("name")], sched.with_(pack_b=False, reg_n=bn))):
+                consts = {c.results[0].name: torch.from_numpy(g.constants[c.attr("name")]).clone()
+                          for c in g.ops if c.name == "const" and c.attr("name")}
+                args = [consts[v.name] if v.name in consts else torch.randn(*v.type.shape)
+                        for v in kop.inputs]
+                out = torch.empty(*kop.results[0].type.shape)
+                times.append(_ms(build_kernel(kop, target, schedule=s), args + [out], repeats))
+            x, w = op.inputs[0].type.shape, op.inputs[1].type.shape
+            lines.append(f"| {name} | {op.attr('name')} | {list(x)} @ {list(w)} | {sched} | "
+                         f"{times[0]:.3f} | {times[1]:.3f} | {times[0] / times[1]:.2f}x |")
+            print(lines[-1], flush=True)
+    return lines
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--target", default="cpu", choices=["cpu", "cuda"])
     p.add_argument("--quick", action="store_true", help="fewer cases: batch 1/16 + conv, blocks 1x1 "
                    "and 4x16, 50/80/90/95%%")
+    p.add_argument("--packing", nargs="*", help="instead: tuned zoo linear kernels with packed "
+                   "vs row-major weights (default mlp transformer_encoder)")
     p.add_argument("--smoke", action="store_true", help="512x512, one pattern (checks the script)")
     p.add_argument("--tune-trials", type=int, default=8, help="tuner candidates per dense shape")
     p.add_argument("--repeats", type=int, default=5)
@@ -292,8 +316,11 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--zoo", nargs="*", help="instead: pruned zoo models end to end "
                    "(default mlp transformer_encoder)")
     a = p.parse_args(argv)
+    if a.packing is not None:
+        bench_packing(a.packing or ["mlp", "transformer_encoder"], a.repeats, a.tune_trials)
+        return None
     if a.target == "cuda":
-        return bench_cuda(a.repeats)
+        return bench_cuda(a.quick, a.markdown)
     if a.zoo is not None:
         bench_zoo(a.zoo or ["mlp", "transformer_encoder"], a.repeats)
         return None

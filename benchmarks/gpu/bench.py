@@ -113,6 +113,7 @@ def bench_zoo(report: Report, models: list[str], dtype_name: str, repeats: int, 
                     out = first(fn(*inputs)).float()
                     if col == "tilefx tuned graph":
                         err = f"{(out - ref).abs().max().item():.1e}"
+                        progress(f"{name} tuning check: {fn.records[-1].tuning_check}")
                     ms[col] = f"{cuda_time_ms(lambda f=fn, x=inputs: f(*x), warmup=10, repeats=repeats):.3f}"
                     if col in ("tilefx graph", "tilefx tuned graph"):
                         note = _graph_note(fn)

@@ -2,7 +2,8 @@
 
     python benchmarks/gpu/roofline.py --model resnet18 --dtype fp16
 
-For each tilefx kernel (default schedules): GPU time alone (CUDA events, median), FLOPs and
+For each tilefx kernel (default schedules): GPU time alone (a CUDA graph of 20 calls, CUDA
+events, median), FLOPs and
 bytes from its IR, achieved TFLOP/s and GB/s against *measured* peaks (cuBLAS fp16 4096^3 and
 a 1 GiB device copy), and which bound it is nearer to. Then inductor's (default mode) kernels
 from the profiler, top by total time, to see where the two differ. Markdown to stdout and
@@ -40,6 +41,18 @@ def _tensor(v, bindings: dict) -> torch.Tensor:
     return torch.zeros(shape, device="cuda", dtype=dtype)
 
 
+def graphed_ms(fn, calls: int = 20) -> float:
+    """GPU time of one call, from a CUDA graph of ``calls`` back-to-back calls: timing single
+    launches from Python measures the launch latency (~20-50 us), not the kernel."""
+    fn()
+    torch.cuda.synchronize()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        for _ in range(calls):
+            fn()
+    return cuda_time_ms(graph.replay, warmup=3, repeats=20) / calls
+
+
 def tilefx_kernels(model: torch.nn.Module, inputs: tuple) -> list[tuple[str, str, float, float, float]]:
     """(name, fused ops, ms, flops, bytes) of every kernel, in graph order."""
     from tilefx.autotune.analytical import _contraction_flops
@@ -57,7 +70,7 @@ def tilefx_kernels(model: torch.nn.Module, inputs: tuple) -> list[tuple[str, str
             continue
         fn = compiled._build_kernel(op, bindings)
         args = [_tensor(v, bindings) for v in (*op.inputs, *op.results)]
-        ms = cuda_time_ms(lambda f=fn, a=args: f(*a), warmup=5, repeats=30)
+        ms = graphed_ms(lambda f=fn, a=args: f(*a))
         flops = _contraction_flops(op.body) if op.attr("kind") == "contraction" else \
             float(sum(a.numel() for a in args[len(op.inputs):]))
         nbytes = float(sum(a.numel() * a.element_size() for a in args))

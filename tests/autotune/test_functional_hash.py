@@ -179,3 +179,23 @@ def test_guard_accepts_compiled_kernel_and_rejects_a_wrong_one():
         got = [torch.full((16, 32), float("nan"))]
         build_kernel(op, Target.host_cpu(), use_cache=False)(*inputs, *got)
         assert outputs_match(got, want) is expected
+
+
+def test_sparse_kernels_get_a_valid_block_structure():
+    """Random int32 indices would index outside the weight: reference inputs of a
+    bsr_matmul kernel hold a valid structure, so it can be hashed and tuned."""
+    from tilefx.passes.sparsity import from_bsr
+
+    i32 = lambda *s: TensorType(DType.int32, s)  # noqa: E731
+    f32 = lambda *s: TensorType(DType.float32, s)  # noqa: E731
+    op = kernel_op("sparse_contraction", [f32(3, 32), f32(6, 4, 4), i32(6), i32(5)],
+                   lambda b, x, d, i, p: b.op("bsr_matmul", x, d, i, p), name="sparse")
+    x, data, indices, indptr = reference_inputs(op)
+    assert indptr.tolist() == [0, 1, 3, 4, 6] and int(indices.max()) < 32 // 4
+    for j in range(4):  # distinct K blocks within a column
+        col = indices[indptr[j]:indptr[j + 1]].tolist()
+        assert col == sorted(set(col))
+    (out,) = reference_outputs(op, [x, data, indices, indptr])
+    w = from_bsr(data.numpy(), indices.numpy(), indptr.numpy(), 32)
+    torch.testing.assert_close(out.float(), x @ torch.from_numpy(w), rtol=1e-5, atol=1e-5)
+    assert functional_hash(op) == functional_hash(op)

@@ -147,3 +147,21 @@ def test_online_update_adapts_to_the_measured_kernel(synthetic):
     assert before != after  # an online booster now ranks this kernel
     assert pairwise_accuracy(t[rows], np.array(after)) >= pairwise_accuracy(
         t[rows], np.array(before)) - 0.05
+
+
+def test_collect_fills_a_database_and_resumes(tmp_path, capsys):
+    from tilefx.autotune.database import TuningDatabase
+
+    db = str(tmp_path / "c.db")
+    args = ["collect", "--db", db, "--trials", "2", "--workloads", "family", "--limit", "1",
+            "--no-progress", "--repeats", "2"]
+    assert main(args) == 0
+    with TuningDatabase(db) as d:
+        first = d.count()
+        assert first["workloads"] == 1 and first["measurements"] >= 2
+        assert all(r.ok and r.median > 0 for r in d.records())
+    assert main(args) == 0  # a rerun finds the workload complete: nothing measured again
+    with TuningDatabase(db) as d:
+        assert d.count() == first
+    assert main(["collect", "--db", db, "--trials", "1"]) == 2
+    assert "--trials must be at least 2" in capsys.readouterr().err

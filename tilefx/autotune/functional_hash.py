@@ -77,8 +77,9 @@ def reference_inputs(kernel_op: Op, bindings: Mapping[Any, int] | None = None,
 
     from tilefx.ir.interpreter import torch_dtype
 
+    body = _body(kernel_op, bindings)
     tensors = []
-    for i, v in enumerate(_body(kernel_op, bindings).inputs):
+    for i, v in enumerate(body.inputs):
         gen = torch.Generator().manual_seed(1_000_003 * seed + 7919 * i + 17)
         shape, dtype = tuple(int(d) for d in v.type.shape), v.type.dtype
         if dtype == DType.bool:
@@ -92,7 +93,31 @@ def reference_inputs(kernel_op: Op, bindings: Mapping[Any, int] | None = None,
             raise ValueError(f"kernel {kernel_op.attr('name')!r}: cannot make a random input of "
                              f"dtype {dtype.short} for %{v.name}")
         tensors.append(t.contiguous())
+    _valid_sparse_structure(body, tensors)
     return tensors
+
+
+def _valid_sparse_structure(body: Graph, tensors: list[torch.Tensor]) -> None:
+    """Random indices would point outside a ``bsr_matmul``'s weight: give its ``indices`` and
+    ``indptr`` inputs a valid block structure instead (blocks spread evenly over the block
+    columns, at distinct seeded K positions)."""
+    import torch
+
+    where = {v.name: i for i, v in enumerate(body.inputs)}
+    for op in body.ops:
+        if op.name != "bsr_matmul" or not all(v.name in where for v in op.inputs[2:4]):
+            continue
+        x, data = op.inputs[0].type, op.inputs[1].type
+        nnzb, bk = int(data.shape[0]), int(data.shape[1])
+        axis = op.attr("axis") % x.rank
+        k_blocks = int(x.shape[axis]) // bk
+        n_blocks = int(op.inputs[3].type.shape[0]) - 1
+        gen = torch.Generator().manual_seed(nnzb * 31 + n_blocks)
+        indptr = torch.tensor([j * nnzb // n_blocks for j in range(n_blocks + 1)], dtype=torch.int32)
+        indices = torch.cat([torch.randperm(k_blocks, generator=gen)[:int(indptr[j + 1] - indptr[j])]
+                             .sort().values for j in range(n_blocks)]).to(torch.int32)
+        tensors[where[op.inputs[2].name]] = indices.contiguous()
+        tensors[where[op.inputs[3].name]] = indptr.contiguous()
 
 
 def _widen(t: TensorType) -> TensorType:

@@ -238,7 +238,9 @@ def _fallback_records(fallbacks: Any) -> list[FallbackRecord]:
 
 def _sparsity_options(passes: Any, options: CompileOptions) -> tuple[Any, Any]:
     """Pass options with pruning and the sparse/dense chooser: on the CPU a measured
-    one (both kernels timed); elsewhere sparsity is off (no sparse GPU kernel yet)."""
+    one (both kernels timed); on cuda the same with the GPU's blocks (>= 16x16), fp16
+    weights too, and the Triton kernels timed on the device (an estimate when there is
+    no GPU, e.g. under TRITON_INTERPRET=1); elsewhere sparsity is off."""
     from tilefx.passes.pipeline import PassOptions
     from tilefx.passes.sparsity import MeasuredChooser
 
@@ -246,10 +248,13 @@ def _sparsity_options(passes: Any, options: CompileOptions) -> tuple[Any, Any]:
     if options.prune:
         passes = replace(passes, prune=options.prune, prune_block=tuple(options.prune_block))
     target = options.resolved_target()
-    if target.kind != "cpu":
+    if target.kind not in ("cpu", "cuda"):
         return replace(passes, sparsity=False), None
     if not passes.sparsity or passes.sparse_chooser is not None:
         return passes, passes.sparse_chooser
+    if target.kind == "cuda":
+        chooser = _cuda_sparse_chooser(target)
+        return replace(passes, sparse_chooser=chooser), chooser
 
     def measure(layer: Any, block: tuple[int, int]) -> tuple[float, float]:
         from tilefx.codegen.tvm.schedules.sparse import measure_layer
@@ -257,6 +262,55 @@ def _sparsity_options(passes: Any, options: CompileOptions) -> tuple[Any, Any]:
         return measure_layer(layer, block, target)
     chooser = MeasuredChooser(measure, target=target.key())
     return replace(passes, sparse_chooser=chooser), chooser
+
+
+def _packing_options(passes: Any, options: CompileOptions) -> Any:
+    """Weight packing (opt-in): the panel width of each linear kernel is the register width
+    of the schedule it would be built with (tuned if tuning is on, else the default)."""
+    if not passes.pack_weights or passes.pack_factor is not None:
+        return passes
+    if options.resolved_target().kind != "cpu":
+        return replace(passes, pack_weights=False)  # the Triton template does not read panels
+    from tilefx.passes.packing import PackingLog
+
+    target = options.resolved_target()
+
+    def pack_factor(op: Op) -> int | None:
+        from tilefx.codegen.tvm.schedules.matmul import register_n
+
+        schedule = None
+        if options.tune_trials:
+            from tilefx.autotune.tuner import tuned_schedule
+
+            schedule, _ = tuned_schedule(op, target, None, options)
+        if schedule is not None and schedule.get("extern"):
+            return None  # the library call wins: nothing reads panels
+        schedule = schedule or _backend(target, "default_schedule")(op, target)
+        return register_n(int(op.results[0].type.shape[-1]), schedule, target)
+    return replace(passes, pack_factor=pack_factor, pack_log=passes.pack_log or PackingLog())
+
+
+def _cuda_sparse_chooser(target: Target) -> Any:
+    import os
+
+    from tilefx.ir.types import DType
+    from tilefx.passes.sparsity import CUDA_BREAK_EVEN, AnalyticalChooser, MeasuredChooser
+
+    estimate = AnalyticalChooser(dict(CUDA_BREAK_EVEN), dtypes=(DType.float32, DType.float16))
+    try:
+        import torch
+
+        gpu = torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET", "0") in ("", "0")
+    except ImportError:
+        gpu = False
+    if not gpu:
+        return estimate
+
+    def measure(layer: Any, block: tuple[int, int]) -> tuple[float, float]:
+        from tilefx.codegen.triton.sparse import measure_layer
+
+        return measure_layer(layer, block, target)
+    return MeasuredChooser(measure, target=target.key(), estimate=estimate)
 
 
 def lower_and_optimize(captured: Any, options: CompileOptions, record: CompileRecord,
@@ -281,6 +335,7 @@ def lower_and_optimize(captured: Any, options: CompileOptions, record: CompileRe
         from tilefx.passes.permute import PermutationLog
 
         passes = replace(passes, permute_log=PermutationLog())  # per-layer block counts, reported
+    passes = _packing_options(passes, options)
     if trace:
         from tilefx.passes import optimize_with_trace
 
@@ -289,6 +344,8 @@ def lower_and_optimize(captured: Any, options: CompileOptions, record: CompileRe
         from tilefx.passes import optimize
 
         graph = optimize(lowered.graph, passes)
+    if passes.pack_log is not None:
+        record.notes += [f"packing: {ln}" for ln in passes.pack_log.lines]
     if passes.permute_log is not None:
         record.notes += [f"permute: {d.line()}" for d in passes.permute_log.decisions]
     if chooser is not None:

@@ -17,6 +17,7 @@ here measures; xgboost is imported only when a model is used.
 
 from __future__ import annotations
 
+import functools
 import logging
 from pathlib import Path
 from typing import Any, Mapping
@@ -24,6 +25,14 @@ from typing import Any, Mapping
 log = logging.getLogger("tilefx.cost_model")
 
 SHIPPED = {"x86_64": Path(__file__).with_name("default_x86.json")}
+
+
+@functools.lru_cache(maxsize=4)
+def _load(path: str, mtime: float) -> Any:
+    # one parse per file version: the tuner asks once per kernel
+    from tilefx.cost_model.model import LearnedModel
+
+    return LearnedModel.load(path)
 
 
 def local_model_path(target: Any) -> Path:
@@ -49,9 +58,7 @@ def default_model(target: Any, bindings: Mapping[Any, int] | None = None) -> Any
         if not path.is_file():
             continue
         try:
-            from tilefx.cost_model.model import LearnedModel
-
-            return LearnedModel.load(path).with_bindings(bindings)
+            return _load(str(path), path.stat().st_mtime).with_bindings(bindings)
         except Exception as e:  # noqa: BLE001 - no xgboost, old feature version: analytical
             log.warning("cost model %s not used (%s); ranking with the analytical model", path, e)
     return None

@@ -18,6 +18,7 @@ from tilefx.passes.cleanup import cse, dce
 from tilefx.passes.fold import fold_batch_norm, fold_constants
 from tilefx.passes.fusion import fuse
 from tilefx.passes.manager import GraphPass, Instrument, PassManager, TraceInstrument, env_instruments
+from tilefx.passes.packing import pack_weights
 from tilefx.passes.permute import permute_channels
 from tilefx.passes.prune import prune_weights
 from tilefx.passes.sparsity import mark_sparse_kernels, sparsify
@@ -35,6 +36,9 @@ class PassOptions:
     prune_block: tuple[int, int] = (1, 1)  # (bk, bn) blocks of W[K, N] pruned together
     permute: bool = True        # hidden-channel permutation clustering sparse weights (exact)
     permute_log: Any = None     # passes.permute.PermutationLog: per-layer block counts, for reports
+    pack_weights: bool = False  # linear weights stored as [N/bn, K, bn] panels (exact; opt-in)
+    pack_factor: Any = None     # kernel op -> panel width (the driver's: from its schedule)
+    pack_log: Any = None        # passes.packing.PackingLog
 
 
 def pipeline(options: PassOptions | None = None) -> list[GraphPass]:
@@ -50,6 +54,8 @@ def pipeline(options: PassOptions | None = None) -> list[GraphPass]:
         dce,                                                            # unused ops and weights dropped
         fuse if o.fuse else None,                                       # ops -> kernel ops
         mark_sparse_kernels if o.fuse and o.sparsity else None,         # bsr kernels -> sparse_contraction
+        pack_weights.bind(pack_factor=o.pack_factor, report=o.pack_log)  # weights in the kernel's layout
+        if o.fuse and o.pack_weights else None,
     ]
     return [p for p in passes if p is not None]
 

@@ -57,6 +57,11 @@ BLOCKS: tuple[Block, ...] = ((1, 16), (4, 16), (16, 16), (4, 4), (1, 4), (1, 1))
 BREAK_EVEN: dict[Block, float] = {(1, 16): 0.5, (4, 16): 0.5, (16, 16): 0.5, (4, 4): 0.4,
                                   (1, 4): 0.2, (1, 1): 0.05}
 CONV_FACTOR = 0.3  # conv1x1 4x16 broke even near 85-90% zeros (density ~0.15), 1x1 at 90%
+# On cuda (the Triton kernel, codegen/triton/sparse.py, vs cuBLAS): only blocks that
+# tl.dot takes (>= 16 both ways). Measured on an H100 (benchmarks/results/
+# sparsity-gpu-h100-2026-11-26.md, fp16 Linear 4096x4096, default schedule): 16x16 and
+# 32x32 blocks broke even between 70% and 80% zeros (0.96-1.05x at 70%, 1.16-1.29x at 80%).
+CUDA_BREAK_EVEN: dict[Block, float] = {(16, 16): 0.25, (16, 32): 0.25, (32, 16): 0.25, (32, 32): 0.25}
 REPRESENTATIVE_ROWS = 16  # rows assumed for a symbolic batch when estimating/measuring
 
 
@@ -169,6 +174,7 @@ class AnalyticalChooser:
 
     break_even: dict[Block, float] = field(default_factory=lambda: dict(BREAK_EVEN))
     decisions: list[SparseDecision] = field(default_factory=list)
+    dtypes: tuple[DType, ...] = (DType.float32,)  # weight dtypes worth looking at
 
     def estimate(self, layer: SparseLayer) -> tuple[Block | None, float, float, float]:
         """(best block, its density, dense ms, sparse ms) by the FLOP model."""
@@ -234,7 +240,8 @@ def _concrete(dims: tuple) -> tuple[int, ...]:
     return tuple(int(d) if getattr(d, "is_number", True) else REPRESENTATIVE_ROWS for d in dims)
 
 
-def candidate(rw: Rewriter, op: Op) -> SparseLayer | None:
+def candidate(rw: Rewriter, op: Op, blocks: tuple[Block, ...] = BLOCKS,
+              dtypes: tuple[DType, ...] = (DType.float32,)) -> SparseLayer | None:
     """The layer behind ``op`` if it is a contraction on a sparse enough constant weight."""
     if op.name == "matmul":
         w = rw.const_array(op.inputs[1])
@@ -250,12 +257,12 @@ def candidate(rw: Rewriter, op: Op) -> SparseLayer | None:
         kind, axis = "conv1x1", 1
     else:
         return None
-    if op.inputs[0].type.dtype != DType.float32 or w.dtype != np.float32 or w.size == 0:
+    if op.inputs[0].type.dtype not in dtypes or w.dtype.kind != "f" or w.size == 0:
         return None
     kn = as_kn(w)
     if 1.0 - np.count_nonzero(kn) / kn.size < MIN_ZEROS:
         return None
-    densities = tuple((b, block_density(kn, b)) for b in BLOCKS if fits(kn.shape, b))
+    densities = tuple((b, block_density(kn, b)) for b in blocks if fits(kn.shape, b))
     name = rw.producer(op.inputs[1]).attr("name") or op.results[0].name
     return SparseLayer(name, kind, _concrete(op.inputs[0].type.shape), axis, kn, densities)
 
@@ -265,9 +272,13 @@ def sparsify(graph: Graph, chooser: Chooser | None = None) -> Graph:
     chooser = chooser if chooser is not None else AnalyticalChooser()
     rw = Rewriter(graph)
     changed = False
+    # the blocks and dtypes the chooser can price (its break-even table; cuda: >= 16x16, fp16)
+    est = chooser.estimate if isinstance(getattr(chooser, "estimate", None), AnalyticalChooser) else chooser
+    blocks = tuple(getattr(est, "break_even", None) or BLOCKS)
+    dtypes = tuple(getattr(est, "dtypes", (DType.float32,)))
     for op in graph.ops:
         op = op.with_inputs(tuple(rw.get(v) for v in op.inputs))
-        layer = candidate(rw, op)
+        layer = candidate(rw, op, blocks, dtypes)
         decision = chooser.choose(layer) if layer is not None else None
         if decision is None or not decision.sparse or decision.block is None:
             rw.emit(op)

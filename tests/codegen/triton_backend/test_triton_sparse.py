@@ -136,6 +136,27 @@ def test_two_four_pattern_check():
     assert not semi24.available(F16, 4096, 4096) or torch.cuda.is_available()
 
 
+def test_compile_for_cuda_picks_the_sparse_triton_kernel():
+    """End to end under the interpreter: a 16x16-block-sparse Linear compiled for cuda becomes
+    one sparse_contraction kernel (bias and GELU fused) chosen by the GPU estimate."""
+    import tilefx
+
+    torch.manual_seed(0)
+    lin = torch.nn.Linear(64, 96)
+    with torch.no_grad():
+        keep = (torch.rand(96 // 16, 64 // 16) < 0.15).repeat_interleave(16, 0).repeat_interleave(16, 1)
+        keep[0, 0] = True
+        lin.weight *= keep
+    model = torch.nn.Sequential(lin, torch.nn.GELU()).eval()
+    x = torch.randn(5, 64)
+    cm = tilefx.compile(model, target="cuda")
+    with torch.no_grad():
+        torch.testing.assert_close(cm(x), model(x), rtol=1e-4, atol=1e-4)
+    report = cm.report()
+    assert "sparse_contraction <- bsr_matmul + add + gelu (triton" in report
+    assert "sparse 16x16" in report and "interpreter" not in report
+
+
 # ------------------------------------------------------------------ on a GPU
 
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
@@ -197,3 +218,24 @@ def test_semi24_candidate_on_gpu():
     op2, consts2 = bsr_kernel(t(F16, rows, k), w2, (16, 16))
     with pytest.raises(ValueError, match="not 2:4"):
         _on_gpu(op2, [x, *(a.cuda() for a in consts2)], Schedule.of(impl="semi24"))
+
+
+@pytest.mark.gpu
+@needs_cuda
+@pytest.mark.usefixtures("compiled")
+def test_compile_fp16_sparse_linear_on_gpu_measures_both_kernels():
+    import tilefx
+
+    torch.manual_seed(0)
+    lin = torch.nn.Linear(1024, 1024)
+    with torch.no_grad():
+        keep = (torch.rand(1024 // 32, 1024 // 32) < 0.1).repeat_interleave(32, 0).repeat_interleave(32, 1)
+        lin.weight *= keep
+    model = torch.nn.Sequential(lin, torch.nn.ReLU()).cuda().half().eval()
+    x = torch.randn(4, 1024, device="cuda", dtype=torch.float16)
+    cm = tilefx.compile(model, target="cuda")
+    with torch.no_grad():
+        torch.testing.assert_close(cm(x), model(x), rtol=2e-2, atol=2e-2)
+    report = cm.report()
+    assert "measured dense" in report, report  # the MeasuredChooser timed both on the GPU
+    assert "interpreter" not in report

@@ -104,7 +104,7 @@ def bsr_linear(x: Any, data: Any, indices: Any, indptr: Any, axis: int) -> Any:
     w24 = _weight(data, indices, indptr, k)
     xm = torch.movedim(x, axis, -1)
     lead = xm.shape[:-1]
-    x2d = xm.reshape(-1, k)
+    x2d = xm.reshape(-1, k).contiguous()
     rows = x2d.shape[0]
     if rows % ROW_MULTIPLE:
         x2d = F.pad(x2d, (0, 0, 0, ROW_MULTIPLE - rows % ROW_MULTIPLE))

@@ -195,3 +195,40 @@ def emit(body: Graph, name: str, schedule: Schedule) -> KernelSource:
                              {"BLOCK_M": bm, "BK": BK, "BN": BN, "STEP": step * BK},
                              {"num_warps": warps, "num_stages": stages})
     return KernelSource(name, text, (("num_stages", stages), ("num_warps", warps)), s)
+
+
+# --------------------------------------------------------------- measurement
+
+def measure_layer(layer: Any, block: tuple[int, int], target: Any = None) -> tuple[float, float]:
+    """Seconds of the default dense kernel (Triton or cuBLAS, ``matmul.py``'s choice) and of
+    this template's default kernel for ``layer`` (a ``passes.sparsity.SparseLayer``) on the
+    GPU, CUDA-event medians with a cold L2: the GPU ``MeasuredChooser``'s ``measure``."""
+    import numpy as np
+    import torch
+
+    from tilefx.autotune.measure_cuda import time_cuda
+    from tilefx.codegen.triton import build_kernel
+    from tilefx.ir.builder import kernel_op
+    from tilefx.ir.types import TensorType
+    from tilefx.passes.sparsity import to_bsr
+
+    dtype = DType.float16 if layer.weight.dtype == np.float16 else DType.float32
+    tdt = torch.float16 if dtype == DType.float16 else torch.float32
+    k, n = layer.kn
+    rows = layer.rows
+    ty = lambda *shape: TensorType(dtype, shape)  # noqa: E731
+    dense = kernel_op("contraction", [ty(rows, k), ty(k, n)], lambda b, x, w: b.op("matmul", x, w),
+                      name="dense")
+    data, idx, ptr = to_bsr(layer.weight, block)
+    i32 = lambda a: TensorType(DType.int32, a.shape)  # noqa: E731
+    sparse = kernel_op("sparse_contraction", [ty(rows, k), ty(*data.shape), i32(idx), i32(ptr)],
+                       lambda b, x, d, i, p: b.op("bsr_matmul", x, d, i, p, axis=-1), name="sparse")
+    x = torch.randn(rows, k, device="cuda", dtype=tdt)
+    out = torch.empty(rows, n, device="cuda", dtype=tdt)
+    d_args = [x, torch.from_numpy(np.ascontiguousarray(layer.weight)).to("cuda", tdt), out]
+    s_args = [x, *(torch.from_numpy(a).cuda() for a in (data, idx, ptr)), torch.empty_like(out)]
+    times = []
+    for op, args in ((dense, d_args), (sparse, s_args)):
+        fn = build_kernel(op, target)
+        times.append(float(np.median(time_cuda(fn, args, repeats=10, rep_seconds=0.02))))
+    return times[0], times[1]
