@@ -92,19 +92,32 @@ def repeat_noise(db: Any) -> str:
             f"{q[2]:.2f} / {q[3]:.2f} (25th / 50th / 75th / 90th percentile, fastest window).")
 
 
-def plot_pred(ds: Any, pred_log: np.ndarray, path: Path) -> None:
-    from benchmarks.png_plot import COLORS, Chart
+def _pyplot() -> Any:
+    import matplotlib
 
+    matplotlib.use("Agg")  # files only, no display
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_pred(ds: Any, pred_log: np.ndarray, path: Path) -> None:
+    plt = _pyplot()
     t = ds.seconds()
     kinds = np.array([s.kernel.attr("kind") for s in ds.samples])
-    chart = Chart(520, 460, "predicted vs measured (held out)", xlabel="measured ms",
-                  ylabel="predicted ms", xlog=True, ylog=True)
-    chart.diagonal = True
-    for kind, color in zip(("contraction", "reduction", "pointwise"), COLORS):
+    fig, ax = plt.subplots(figsize=(5.5, 5))
+    for kind in ("contraction", "reduction", "pointwise"):
         m = kinds == kind
         if m.any():
-            chart.scatter(t[m] * 1e3, 2.0 ** -pred_log[m] * 1e3, color=color, label=kind)
-    chart.save(path)
+            ax.scatter(t[m] * 1e3, 2.0 ** -pred_log[m] * 1e3, s=4, label=kind)
+    lo, hi = t.min() * 1e3, t.max() * 1e3
+    ax.plot([lo, hi], [lo, hi], color="black", linewidth=0.8)
+    ax.set(xscale="log", yscale="log", xlabel="measured ms", ylabel="predicted ms",
+           title="predicted vs measured (held-out workloads)")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
 
 
 # ------------------------------------------------------------------ search experiment
@@ -171,22 +184,21 @@ def search_run(op: Any, target: Any, strategy: str, model: Any, seed: int, trial
 
 
 def plot_curves(curves: dict[str, dict[str, list[list[float]]]], path: Path) -> None:
-    from benchmarks.png_plot import COLORS, Chart, save_row
-
-    charts = []
-    for case, per in curves.items():
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, len(curves), figsize=(3.4 * len(curves), 3.2), squeeze=False)
+    for ax, (case, per) in zip(axes[0], curves.items()):
         best = min(min(h) for runs in per.values() for h in runs)
-        chart = Chart(330, 280, case, xlabel="trials", ylabel="best so far / best")
-        chart.ylim = (0.0, 1.02)
-        chart.hlines = [0.95]
-        for (name, runs), color in zip(per.items(), COLORS):
+        for name, runs in per.items():
             n = min(len(h) for h in runs)
-            m = np.mean([[best / x for x in h[:n]] for h in runs], axis=0)
-            label = {"random": "random", "evolutionary (analytical)": "evo analytical",
-                     "evolutionary (learned)": "evo learned"}.get(name, name)
-            chart.line(np.arange(1, n + 1), m, color=color, label=label)
-        charts.append(chart)
-    save_row(charts, path)
+            mean = np.mean([[best / x for x in h[:n]] for h in runs], axis=0)
+            ax.plot(np.arange(1, n + 1), mean, label=name)
+        ax.axhline(0.95, color="gray", linestyle=":", linewidth=0.8)
+        ax.set(title=case, xlabel="trials", ylim=(0.0, 1.02))
+    axes[0][0].set_ylabel("best so far / best (mean over seeds)")
+    axes[0][-1].legend(fontsize=7, loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
 
 
 def search(args: argparse.Namespace, model: Any) -> tuple[dict, dict]:

@@ -422,8 +422,22 @@ class _Child:
             self.proc.join(5)
 
 
+class RunsInOrder:
+    """``run`` for a runner that measures one build at a time (its ``_run_one``)."""
+
+    def run(self, workload: Workload, builds: Sequence[BuildResult],
+            on_result: Callable[[MeasureResult], None] | None = None) -> list[MeasureResult]:
+        """Measure ``builds`` in order; ``on_result`` sees each result as soon as it exists."""
+        results = []
+        for b in builds:
+            results.append(self._run_one(workload, b))  # type: ignore[attr-defined]
+            if on_result is not None:
+                on_result(results[-1])
+        return results
+
+
 @dataclass
-class LocalRunner:
+class LocalRunner(RunsInOrder):
     """Measure built candidates in isolated child processes; see the module docstring.
 
     TVM kernels and the extern library candidate run in two different
@@ -469,16 +483,6 @@ class LocalRunner:
     def _drop(self, role: str) -> None:
         self._children.pop(role).kill()
         self.restarts += 1
-
-    def run(self, workload: Workload, builds: Sequence[BuildResult],
-            on_result: Callable[[MeasureResult], None] | None = None) -> list[MeasureResult]:
-        """Measure ``builds`` in order; ``on_result`` sees each result as soon as it exists."""
-        results = []
-        for b in builds:
-            results.append(self._run_one(workload, b))
-            if on_result is not None:
-                on_result(results[-1])
-        return results
 
     def _run_one(self, workload: Workload, b: BuildResult) -> MeasureResult:
         if b.status != "ok":

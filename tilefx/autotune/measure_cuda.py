@@ -59,7 +59,7 @@ import warnings
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, Sequence
 
-from tilefx.autotune.measure import BuildResult, MeasureResult, Workload
+from tilefx.autotune.measure import BuildResult, MeasureResult, RunsInOrder, Workload
 from tilefx.autotune.space import SearchSpace, is_extern
 from tilefx.codegen.schedule import Schedule
 
@@ -292,7 +292,7 @@ class TritonBuilder:
 # -------------------------------------------------------------------------- runner
 
 @dataclass
-class CudaRunner:
+class CudaRunner(RunsInOrder):
     """Check and time built candidates on the GPU (or in the interpreter); see the module doc.
 
     ``fault`` is a test hook: ``fault(schedule)`` may return "raise" (the run raises) or
@@ -305,15 +305,6 @@ class CudaRunner:
     max_repeats: int = 200           # samples stored per candidate, at most
     fault: Callable[[Schedule], str | None] | None = None
     _flush: Any = field(default=None, repr=False)
-
-    def run(self, workload: Workload, builds: Sequence[BuildResult],
-            on_result: Callable[[MeasureResult], None] | None = None) -> list[MeasureResult]:
-        results = []
-        for b in builds:
-            results.append(self._run_one(workload, b))
-            if on_result is not None:
-                on_result(results[-1])
-        return results
 
     def _run_one(self, workload: Workload, b: BuildResult) -> MeasureResult:
         if b.status != "ok":

@@ -42,7 +42,7 @@ import numpy as np
 from tilefx.ir.graph import Graph, Op, Value, freeze_attrs
 from tilefx.ir.types import TensorType
 from tilefx.passes.manager import graph_pass
-from tilefx.passes.rewrite import all_names, use_counts
+from tilefx.passes.rewrite import all_names, unique_name, use_counts
 
 log = logging.getLogger("tilefx.passes.packing")
 
@@ -119,7 +119,7 @@ def pack_weights(graph: Graph, pack_factor: PackFactor | None = None,
         if bn <= 1 or bn >= n or n % bn:
             ops.append(op)
             continue
-        packed_name = _fresh(f"{name}_packed{bn}", taken)
+        packed_name = unique_name(f"{name}_packed{bn}", taken)
         constants[packed_name] = pack_panels(w, bn)
         ptype = TensorType(op.inputs[index].type.dtype, (n // bn, k, bn))
         pv = Value(packed_name, ptype)
@@ -144,7 +144,7 @@ def _repack_kernel(op: Op, index: int, packed: Value, taken: set[str]) -> Op:
     old = body.inputs[index]
     new_in = Value(packed.name, packed.type)
     nb, k, bn = packed.type.shape
-    t = Value(_fresh(f"{old.name}_panels", taken), TensorType(old.type.dtype, (k, nb, bn)))
+    t = Value(unique_name(f"{old.name}_panels", taken), TensorType(old.type.dtype, (k, nb, bn)))
     permute = Op("permute", (new_in,), (t,), freeze_attrs({"dims": [1, 0, 2]}))
     reshape = Op("reshape", (t,), (old,), freeze_attrs({"shape": [int(k), int(nb * bn)]}))
     inputs = body.inputs[:index] + (new_in,) + body.inputs[index + 1:]
@@ -157,13 +157,6 @@ def _values(body: Graph) -> list[Value]:
     return list(body.inputs) + [r for o in body.ops for r in o.results]
 
 
-def _fresh(hint: str, taken: set[str]) -> str:
-    name, i = hint, 0
-    while name in taken:
-        i += 1
-        name = f"{hint}{i}"
-    taken.add(name)
-    return name
 
 
 def packed_weights(graph: Graph) -> list[str]:

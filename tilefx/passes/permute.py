@@ -50,7 +50,7 @@ import numpy as np
 from tilefx.ir.graph import Graph, Op, Value, freeze_attrs
 from tilefx.ir.ops import Category, get_op
 from tilefx.passes.manager import graph_pass
-from tilefx.passes.rewrite import all_names, use_counts
+from tilefx.passes.rewrite import all_names, unique_name, use_counts
 from tilefx.passes.sparsity import MIN_ZEROS, Block, as_kn, block_mask
 
 log = logging.getLogger("tilefx.passes.permute")
@@ -322,7 +322,7 @@ def _apply(graph: Graph, moved: list[tuple[Chain, np.ndarray]], block: Block, be
             arr = graph.constants[names[op.result.name]]
             for axis, perm in todo[op.result.name]:
                 arr = np.take(arr, perm, axis=axis)
-            new_name = _fresh(f"{names[op.result.name]}_perm", taken)
+            new_name = unique_name(f"{names[op.result.name]}_perm", taken)
             constants[new_name] = np.ascontiguousarray(arr)
             op = Op("const", (), op.results, freeze_attrs({**op.attr_dict, "name": new_name}))
         ops.append(op)
@@ -339,13 +339,6 @@ def _apply(graph: Graph, moved: list[tuple[Chain, np.ndarray]], block: Block, be
     return graph.replace(ops=tuple(ops), constants=constants)
 
 
-def _fresh(hint: str, taken: set[str]) -> str:
-    name, i = hint, 0
-    while name in taken:
-        i += 1
-        name = f"{hint}{i}"
-    taken.add(name)
-    return name
 
 
 def nonzero_blocks(graph: Graph, block: Block = DEFAULT_BLOCK) -> dict[str, int]:

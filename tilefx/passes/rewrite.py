@@ -204,3 +204,13 @@ def rewrite_graph(graph: Graph, rules: Mapping[str, Sequence[Rule]]) -> Graph:
     for op in graph.ops:
         rw.rewrite(op)
     return rw.finish() if rw.changed else graph
+
+
+def unique_name(hint: str, taken: set[str]) -> str:
+    """``hint``, or ``hint1``, ``hint2``... : the first not in ``taken`` (which it joins)."""
+    name, i = hint, 0
+    while name in taken:
+        i += 1
+        name = f"{hint}{i}"
+    taken.add(name)
+    return name
