@@ -48,6 +48,7 @@ class CompileOptions:
     cuda_graphs: bool | None = None  # replay static-shape cuda graphs; None: TILEFX_CUDA_GRAPHS
     prune: float = 0.0        # opt-in magnitude pruning (lossy, reported): fraction zeroed
     prune_block: tuple[int, int] = (1, 1)  # pruned together: (bk, bn) blocks of W[K, N]
+    fusion_check: bool = False  # cpu: the latency model (measuring when unsure) vets each fusion
 
     def resolved_target(self) -> Target:
         from tilefx.codegen.target import Target
@@ -89,6 +90,7 @@ class CompileRecord:
     tuning: list[Any] = field(default_factory=list)          # autotune.KernelTuneResult
     tuning_check: str = ""  # tuned vs default schedules, timed on the whole graph
     notes: list[str] = field(default_factory=list)  # per-layer pass decisions (sparsity)
+    fusion_decisions: list[Any] = field(default_factory=list)  # cost_model.advisor.FusionDecision
 
     def add_time(self, stage: str, seconds: float) -> None:
         self.seconds[stage] = self.seconds.get(stage, 0.0) + seconds
@@ -336,6 +338,14 @@ def lower_and_optimize(captured: Any, options: CompileOptions, record: CompileRe
 
         passes = replace(passes, permute_log=PermutationLog())  # per-layer block counts, reported
     passes = _packing_options(passes, options)
+    advisor = None
+    if options.fusion_check and options.resolved_target().kind == "cpu" and passes.fusion_advisor is None:
+        from tilefx.cost_model.advisor import default_advisor
+
+        advisor = default_advisor(options.resolved_target())
+        if advisor is None:
+            record.notes.append("fusion: no latency model (xgboost or the model file missing); rules only")
+        passes = replace(passes, fusion_advisor=advisor)
     if trace:
         from tilefx.passes import optimize_with_trace
 
@@ -350,6 +360,9 @@ def lower_and_optimize(captured: Any, options: CompileOptions, record: CompileRe
         record.notes += [f"permute: {d.line()}" for d in passes.permute_log.decisions]
     if chooser is not None:
         record.notes += [f"sparsity: {d.line()}" for d in chooser.decisions]
+    if advisor is not None:
+        record.notes += [f"fusion: {ln}" for ln in advisor.lines()]
+        record.fusion_decisions = list(advisor.decisions)
     record.add_time("passes", time.perf_counter() - t0)
     record.optimized_ir = graph
     return graph

@@ -39,6 +39,14 @@ constants are copied into the body rather than passed in. ``kind`` is
 ``contraction`` if the group has a matmul/conv2d, else ``reduction`` if it has a
 reduction-category op, else ``pointwise``. An ``attention`` op that was not
 decomposed becomes a kernel of its own, kind ``contraction``.
+
+An optional *advisor* (``fuse.bind(advisor=...)``, ``PassOptions.fusion_advisor``)
+is asked at each merge that puts an epilogue or prologue into a contraction or
+reduction group: ``advisor.should_fuse(fused_kernel, separate_kernels)`` gets the
+would-be fused ``kernel`` op and the kernels it would replace and returns
+whether to merge; on "no" the op is grouped as if the anchor were not there.
+The pass itself never builds or times code: the advisor (``cost_model.advisor``,
+handed in by the driver) does. Without one the rules above decide alone.
 """
 
 from __future__ import annotations
@@ -46,6 +54,7 @@ from __future__ import annotations
 import heapq
 import logging
 from dataclasses import dataclass, field
+from typing import Any, Sequence
 
 from tilefx.ir.graph import Graph, Op, Value, freeze_attrs
 from tilefx.ir.ops import Category, get_op
@@ -86,8 +95,9 @@ def _same_shape(a: tuple[Dim, ...], b: tuple[Dim, ...] | None) -> bool:
 
 
 class _Fuser:
-    def __init__(self, graph: Graph) -> None:
+    def __init__(self, graph: Graph, advisor: Any = None) -> None:
         self.graph = graph
+        self.advisor = advisor
         self.ops = graph.ops
         self.producer: dict[str, int] = {r.name: i for i, op in enumerate(self.ops) for r in op.results}
         self.users: dict[str, list[int]] = {}
@@ -176,6 +186,26 @@ class _Fuser:
         self.group_of.append(target.gid)
         return target
 
+    def acyclic(self, i: int, candidates: list[int]) -> list[int]:
+        """The groups of ``candidates`` that ``merge`` would take (it picks the same ones)."""
+        chosen: list[int] = []
+        for g in candidates:
+            if not self.creates_cycle(i, chosen + [g]):
+                chosen.append(g)
+        return chosen
+
+    def advised(self, i: int, groups: Sequence[int]) -> bool:
+        """The advisor's word on merging op ``i`` with ``groups`` (asked only where an anchor is involved)."""
+        anchored = any(self.groups[g].anchor for g in groups) or \
+            get_op(self.ops[i].name).category in ANCHORS
+        if self.advisor is None or not groups or not anchored:
+            return True
+        fused = self.kernel_op(_Group(-1, sorted([m for g in groups for m in self.groups[g].members] + [i])),
+                               "advice_fused")
+        separate = [self.kernel_op(self.groups[g], f"advice_part{n}") for n, g in enumerate(groups)]
+        separate.append(self.kernel_op(_Group(-1, [i]), f"advice_part{len(groups)}"))
+        return bool(self.advisor.should_fuse(fused, separate))
+
     def exported_only_to(self, gid: int, i: int) -> bool:
         """Every value of group ``gid`` that leaves it is read by op ``i`` alone."""
         members = set(self.groups[gid].members)
@@ -211,7 +241,10 @@ class _Fuser:
         for g in self.input_groups(i):
             group = self.groups[g]
             if group.anchor and _same_shape(shape, group.anchor_shape) and not self.creates_cycle(i, [g]):
-                return self.merge(i, [g] + self.injective_inputs(i)) or group  # g goes first: never None
+                chosen = self.acyclic(i, [g] + self.injective_inputs(i))
+                if not self.advised(i, chosen):
+                    break  # the advisor says the epilogue runs faster on its own
+                return self.merge(i, chosen) or group  # g goes first: never None
         return self.join_pointwise(i)
 
     def injective_inputs(self, i: int) -> list[int]:
@@ -222,10 +255,14 @@ class _Fuser:
     def join_pointwise(self, i: int) -> _Group:
         return self.merge(i, self.pointwise_inputs(i)) or self.new_group(i)
 
-    join_prologue = join_pointwise  # a reduction takes its pointwise producers in
+    def join_prologue(self, i: int) -> _Group:
+        """A reduction takes its pointwise producers in (unless the advisor says no)."""
+        chosen = self.acyclic(i, self.pointwise_inputs(i))
+        return (self.merge(i, chosen) if self.advised(i, chosen) else None) or self.new_group(i)
 
     def join_injective_prologue(self, i: int) -> _Group:
-        return self.merge(i, self.injective_inputs(i)) or self.new_group(i)
+        chosen = self.acyclic(i, self.injective_inputs(i))
+        return (self.merge(i, chosen) if self.advised(i, chosen) else None) or self.new_group(i)
 
     def join_alone(self, i: int) -> _Group:
         return self.new_group(i, anchor="contraction", sealed=True)
@@ -317,8 +354,8 @@ class _Fuser:
 
 
 @graph_pass("fusion")
-def fuse(graph: Graph) -> Graph:
-    fused = dce(_Fuser(graph).run())
+def fuse(graph: Graph, advisor: Any = None) -> Graph:
+    fused = dce(_Fuser(graph, advisor).run())
     log.debug("fusion: %d ops -> %d kernels", len(graph.ops), len(kernels(fused)))
     return fused
 

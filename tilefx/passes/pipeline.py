@@ -39,6 +39,7 @@ class PassOptions:
     pack_weights: bool = False  # linear weights stored as [N/bn, K, bn] panels (exact; opt-in)
     pack_factor: Any = None     # kernel op -> panel width (the driver's: from its schedule)
     pack_log: Any = None        # passes.packing.PackingLog
+    fusion_advisor: Any = None  # .should_fuse(fused, separate) -> bool (cost_model.advisor); None: rules only
 
 
 def pipeline(options: PassOptions | None = None) -> list[GraphPass]:
@@ -52,7 +53,7 @@ def pipeline(options: PassOptions | None = None) -> list[GraphPass]:
         sparsify.bind(chooser=o.sparse_chooser) if o.sparsity else None,  # sparse weights -> bsr_matmul
         cse,                                                            # equal ops and equal weights once
         dce,                                                            # unused ops and weights dropped
-        fuse if o.fuse else None,                                       # ops -> kernel ops
+        fuse.bind(advisor=o.fusion_advisor) if o.fuse else None,        # ops -> kernel ops
         mark_sparse_kernels if o.fuse and o.sparsity else None,         # bsr kernels -> sparse_contraction
         pack_weights.bind(pack_factor=o.pack_factor, report=o.pack_log)  # weights in the kernel's layout
         if o.fuse and o.pack_weights else None,

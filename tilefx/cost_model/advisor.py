@@ -1,0 +1,184 @@
+"""The fusion advisor: does fusing an epilogue/prologue into an anchor kernel pay?
+
+``passes/fusion.py`` asks ``advisor.should_fuse(fused, separate)`` where it
+would merge elementwise/injective ops into a contraction or reduction group
+(``fused`` is the would-be ``kernel`` op, ``separate`` the kernels it replaces).
+The advisor predicts each kernel's latency at its default schedule with a
+**regression** model (``-log2 seconds``; a rank model's scores compare only
+within one workload, never a fused kernel with its parts) and fuses when
+
+    predicted fused <= sum(predicted separate) * (1 - margin).
+
+When the ratio fused / separate falls in the ``unsure`` band (0.8..1.25 by
+default) and a measurer is set, both sides are built (TVM default schedules)
+and timed in-process, and the measurement decides: fuse unless the separate
+kernels measure faster by more than ``tolerance`` (3%: isolated timings on a
+shared machine wobble by that much, and the fused kernel's saved round trip
+through memory shows less in isolation than inside the model). Decisions are cached by
+the kernels' computation (``driver.kernel_key``: name-blind IR text), so a
+transformer's repeated layers cost one decision. ``decisions`` keeps every
+one for the compile report (``FusionDecision.line``).
+
+The shipped model ``default_x86_latency.json`` was trained with
+
+    python -m tilefx train-cost-model --db /tmp/cm2.db --objective regression \\
+        -o tilefx/cost_model/default_x86_latency.json
+
+(on a read-only copy of /tmp/cm2.db: 81 workloads / 3950 candidates measured
+on a quiet x86 machine; every workload used for the final model).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence
+
+log = logging.getLogger("tilefx.cost_model.advisor")
+
+LATENCY_MODEL = Path(__file__).with_name("default_x86_latency.json")
+UNSURE = (0.8, 1.25)   # predicted fused/separate ratios the model is not trusted on
+SYMBOL_SIZE = 8        # a dynamic dim's size when the advisor is given no binding
+
+Measurer = Callable[[Any, Any, Mapping[Any, int]], float]   # (kernel, target, bindings) -> seconds
+
+
+@dataclass(frozen=True)
+class FusionDecision:
+    fused: str                      # the fused kernel's ops, e.g. "matmul+add+gelu"
+    parts: int                      # how many separate kernels it replaces
+    predicted_fused_ms: float
+    predicted_separate_ms: float
+    fuse: bool
+    measured_fused_ms: float | None = None
+    measured_separate_ms: float | None = None
+
+    @property
+    def measured(self) -> bool:
+        return self.measured_fused_ms is not None
+
+    def line(self) -> str:
+        s = (f"{self.fused}: predicted {self.predicted_fused_ms:.4f} ms fused vs "
+             f"{self.predicted_separate_ms:.4f} ms in {self.parts} kernels")
+        if self.measured:
+            s += f"; measured {self.measured_fused_ms:.4f} vs {self.measured_separate_ms:.4f} ms"
+        return s + (" -> fuse" if self.fuse else " -> keep separate")
+
+
+def _ops_of(kernel: Any) -> str:
+    return "+".join(op.name for op in kernel.body.ops if op.name != "const")
+
+
+def _free_symbols(kernel: Any) -> set[Any]:
+    out: set[Any] = set()
+    for v in (*kernel.inputs, *kernel.results):
+        out |= set(v.type.free_symbols())
+    return out
+
+
+def measure_kernel(kernel: Any, target: Any, bindings: Mapping[Any, int]) -> float:
+    """Median seconds of ``kernel`` built at its default schedule, on its reference inputs."""
+    import sympy
+    import torch
+
+    from tilefx.autotune.functional_hash import reference_inputs
+    from tilefx.codegen.tvm import build_kernel
+    from tilefx.codegen.tvm.schedules.sparse import time_call
+    from tilefx.ir.interpreter import torch_dtype
+
+    fn = build_kernel(kernel, target, bindings=dict(bindings) or None)
+    inputs = reference_inputs(kernel, dict(bindings) or None)
+    outs = [torch.empty([int(sympy.sympify(d).subs(bindings)) for d in r.type.shape],
+                        dtype=torch_dtype(r.type.dtype)) for r in kernel.results]
+    return time_call(fn, [*inputs, *outs], repeats=5, min_seconds=0.005)
+
+
+class FusionAdvisor:
+    """``should_fuse(fused, separate)`` for ``passes.fusion``: a model's word, measured when unsure."""
+
+    def __init__(self, target: Any, model: Any, *, measurer: Measurer | None = measure_kernel,
+                 margin: float = 0.0, unsure: tuple[float, float] = UNSURE, tolerance: float = 0.03,
+                 bindings: Mapping[Any, int] | None = None) -> None:
+        self.target, self.model, self.measurer = target, model, measurer
+        self.margin, self.unsure, self.tolerance = margin, unsure, tolerance
+        self.bindings = dict(bindings or {})
+        self.decisions: list[FusionDecision] = []
+        self._cache: dict[tuple[str, ...], bool] = {}
+        self.asked = 0
+
+    def _bindings(self, kernel: Any) -> dict[Any, int]:
+        by_name = {str(k): int(v) for k, v in self.bindings.items()}
+        return {s: by_name.get(str(s), SYMBOL_SIZE) for s in _free_symbols(kernel)}
+
+    def predict_seconds(self, kernel: Any) -> float:
+        """Predicted seconds of ``kernel`` at its default schedule (regression model)."""
+        from tilefx.codegen.tvm import default_schedule
+
+        b = self._bindings(kernel)
+        schedule = default_schedule(kernel, self.target, bindings=b or None)
+        model = self.model.with_bindings(b) if hasattr(self.model, "with_bindings") else self.model
+        score = model.predict(kernel, [schedule], self.target)[0]
+        return float(2.0 ** (-score))
+
+    def _measure(self, kernels: Sequence[Any]) -> float:
+        assert self.measurer is not None
+        return sum(self.measurer(k, self.target, self._bindings(k)) for k in kernels)
+
+    def should_fuse(self, fused: Any, separate: Sequence[Any]) -> bool:
+        from tilefx.compiler.driver import kernel_key
+
+        self.asked += 1
+        key = (kernel_key(fused), *sorted(kernel_key(k) for k in separate))
+        if key in self._cache:
+            return self._cache[key]
+        pf = self.predict_seconds(fused)
+        ps = sum(self.predict_seconds(k) for k in separate)
+        fuse = pf <= ps * (1.0 - self.margin)
+        mf = ms = None
+        lo, hi = self.unsure
+        if self.measurer is not None and lo <= pf / ps <= hi:
+            try:
+                mf, ms = self._measure([fused]), self._measure(separate)
+                fuse = mf <= ms * (1.0 + self.tolerance)
+            except Exception as e:  # noqa: BLE001 - a kernel that does not build: trust the model
+                log.warning("fusion advisor: could not measure %s (%s); deciding by the model",
+                            _ops_of(fused), e)
+                mf = ms = None
+        d = FusionDecision(_ops_of(fused), len(separate), pf * 1e3, ps * 1e3, fuse,
+                           None if mf is None else mf * 1e3, None if ms is None else ms * 1e3)
+        log.debug("fusion advisor: %s", d.line())
+        self.decisions.append(d)
+        self._cache[key] = fuse
+        return fuse
+
+    def lines(self) -> list[str]:
+        """Report lines: one per rejected or measured fusion, then a count."""
+        out = [d.line() for d in self.decisions if not d.fuse or d.measured]
+        rejected = sum(not d.fuse for d in self.decisions)
+        measured = sum(d.measured for d in self.decisions)
+        out.append(f"{len(self.decisions)} fusions considered ({self.asked} asked), "
+                   f"{rejected} rejected, {measured} measured")
+        return out
+
+
+def latency_model(target: Any) -> Any:
+    """The shipped regression model for x86 CPU targets, or None (no xgboost, other arch)."""
+    import importlib.util
+
+    if getattr(target, "kind", "cpu") != "cpu" or importlib.util.find_spec("xgboost") is None:
+        return None
+    if str(getattr(target, "mtriple", "")).split("-")[0] != "x86_64" or not LATENCY_MODEL.is_file():
+        return None
+    from tilefx.cost_model.model import LearnedModel
+
+    try:
+        return LearnedModel.load(LATENCY_MODEL)
+    except Exception as e:  # noqa: BLE001 - an old feature version: no advice, rules only
+        log.warning("latency model %s not used (%s); fusion follows the rules", LATENCY_MODEL, e)
+        return None
+
+
+def default_advisor(target: Any, bindings: Mapping[Any, int] | None = None) -> FusionAdvisor | None:
+    model = latency_model(target)
+    return None if model is None else FusionAdvisor(target, model, bindings=bindings)
