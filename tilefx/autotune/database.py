@@ -46,13 +46,14 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
+from tilefx.autotune.db_file import LockFile, foreign_header, is_corruption
+
 log = logging.getLogger("tilefx.autotune.database")
 
 SCHEMA_VERSION = 2  # 2: kernel_keys, tuning_state, graph_decisions (added to a v1 file in place)
 APPLICATION_ID = 0x74667462  # "tftb": marks the file as a tilefx tuning database
 BUSY_TIMEOUT_MS = 60_000
 STATUSES = ("ok", "build_error", "run_error", "timeout", "wrong_result")
-_SQLITE_MAGIC = b"SQLite format 3\x00"
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS workloads (
@@ -203,7 +204,7 @@ class TuningDatabase:
             if problem is not None:
                 # judge again and move aside under a lock file, so that of several processes
                 # finding the same bad file one moves it, and none moves the fresh database
-                with _LockFile(self.path.with_name(self.path.name + ".lock")):
+                with LockFile(self.path.with_name(self.path.name + ".lock")):
                     problem = self._try_open()
                     if problem is not None:
                         self._move_aside(problem)
@@ -212,7 +213,7 @@ class TuningDatabase:
 
     def _try_open(self) -> str | None:
         """Open ``self._conn``; or say why the file is not a usable tuning database."""
-        problem = _foreign_header(self.path)
+        problem = foreign_header(self.path)
         if problem is not None:
             return problem
         try:
@@ -221,7 +222,7 @@ class TuningDatabase:
         except _NotOurs as e:
             return str(e)
         except sqlite3.DatabaseError as e:
-            if not _is_corruption(e):  # locked, read-only, disk full: not the file's fault
+            if not is_corruption(e):  # locked, read-only, disk full: not the file's fault
                 raise DatabaseError(
                     f"cannot open the tuning database {self.path}: {e}. Check the folder's "
                     "permissions and free space, or point TILEFX_CACHE_DIR elsewhere") from e
@@ -548,51 +549,6 @@ def _create_schema(conn: sqlite3.Connection) -> None:
     for statement in _SCHEMA.split(";"):
         if statement.strip():
             conn.execute(statement)
-
-
-def _foreign_header(path: Path) -> str | None:
-    """Why ``path`` is certainly not an SQLite file, or None (missing, empty or SQLite)."""
-    try:
-        with open(path, "rb") as f:
-            head = f.read(len(_SQLITE_MAGIC))
-    except FileNotFoundError:
-        return None
-    if not head or head == _SQLITE_MAGIC:
-        return None
-    return f"it does not start with the SQLite header (first bytes {head[:8]!r})"
-
-
-class _LockFile:
-    """An exclusive advisory lock on a side file (``flock``; a no-op where there is none)."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self._fd: int | None = None
-
-    def __enter__(self) -> _LockFile:
-        try:
-            import fcntl
-        except ImportError:  # Windows: the rename race this guards against is left open
-            return self
-        self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-        fcntl.flock(self._fd, fcntl.LOCK_EX)
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        if self._fd is not None:
-            import fcntl
-
-            fcntl.flock(self._fd, fcntl.LOCK_UN)
-            os.close(self._fd)
-            self._fd = None
-
-
-def _is_corruption(e: sqlite3.DatabaseError) -> bool:
-    """SQLITE_CORRUPT / SQLITE_NOTADB: the file's content is bad (not a lock or I/O error)."""
-    code = getattr(e, "sqlite_errorcode", None)
-    if code is not None:
-        return code & 0xFF in (11, 26)
-    return not isinstance(e, sqlite3.OperationalError)
 
 
 def _canonical_json(text: str) -> str:

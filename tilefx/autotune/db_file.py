@@ -1,0 +1,58 @@
+"""What a tuning-database file is, below SQL: the header check that tells a foreign file
+from ours, the SQLite error codes that mean "corrupt" (not "locked"), and the lock file
+under which exactly one process moves a bad file aside (used by ``database.py``).
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+from pathlib import Path
+from typing import Any
+
+_SQLITE_MAGIC = b"SQLite format 3\x00"
+
+
+def foreign_header(path: Path) -> str | None:
+    """Why ``path`` is certainly not an SQLite file, or None (missing, empty or SQLite)."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(len(_SQLITE_MAGIC))
+    except FileNotFoundError:
+        return None
+    if not head or head == _SQLITE_MAGIC:
+        return None
+    return f"it does not start with the SQLite header (first bytes {head[:8]!r})"
+
+
+class LockFile:
+    """An exclusive advisory lock on a side file (``flock``; a no-op where there is none)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._fd: int | None = None
+
+    def __enter__(self) -> LockFile:
+        try:
+            import fcntl
+        except ImportError:  # Windows: the rename race this guards against is left open
+            return self
+        self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        fcntl.flock(self._fd, fcntl.LOCK_EX)
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if self._fd is not None:
+            import fcntl
+
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
+            os.close(self._fd)
+            self._fd = None
+
+
+def is_corruption(e: sqlite3.DatabaseError) -> bool:
+    """SQLITE_CORRUPT / SQLITE_NOTADB: the file's content is bad (not a lock or I/O error)."""
+    code = getattr(e, "sqlite_errorcode", None)
+    if code is not None:
+        return code & 0xFF in (11, 26)
+    return not isinstance(e, sqlite3.OperationalError)
