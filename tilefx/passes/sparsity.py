@@ -53,10 +53,10 @@ BLOCKS: tuple[Block, ...] = ((1, 16), (4, 16), (16, 16), (4, 4), (1, 4), (1, 1))
 # by block, for linear layers (row loop nest), from benchmarks/sparsity.py on
 # znver4 (2 shared cores, noisy: benchmarks/results/sparsity-cpu-2026-11-26.md):
 # 4x16 and 4x4 won at every tested sparsity >= 50% (batch 1..128), 1x1 only from
-# 95% at batch 16. 1x1 convs (column loop nest) break even later: CONV_FACTOR.
+# 95% at batch 16. 1x1 convs (column loop nest, flat spatial vectors) broke even at
+# the same densities: 50% zeros with 4x4/4x16 blocks, 70% unstructured.
 BREAK_EVEN: dict[Block, float] = {(1, 16): 0.5, (4, 16): 0.5, (16, 16): 0.5, (4, 4): 0.4,
                                   (1, 4): 0.2, (1, 1): 0.05}
-CONV_FACTOR = 0.3  # conv1x1 4x16 broke even near 85-90% zeros (density ~0.15), 1x1 at 90%
 # On cuda (the Triton kernel, codegen/triton/sparse.py, vs cuBLAS): only blocks that
 # tl.dot takes (>= 16 both ways). Measured on an H100 (benchmarks/results/
 # sparsity-gpu-h100-2026-11-26.md, fp16 Linear 4096x4096, default schedule): 16x16 and
@@ -183,7 +183,7 @@ class AnalyticalChooser:
         best: tuple[Block | None, float, float] = (None, 1.0, math.inf)
         for block, density in layer.densities:
             # at the break-even density sparse time == dense time
-            even = self.break_even.get(block, 0.01) * (CONV_FACTOR if layer.kind == "conv1x1" else 1.0)
+            even = self.break_even.get(block, 0.01)
             sparse_ms = dense_ms * density / even
             if sparse_ms < best[2]:
                 best = (block, density, sparse_ms)
