@@ -142,3 +142,37 @@ def test_real_advisor_compiled_zoo_model_matches_eager(name):
     torch.testing.assert_close(out, ref, rtol=1e-4, atol=1e-4)
     notes = [n for r in compiled.records for n in r.notes if n.startswith("fusion:")]
     assert notes and "fusions considered" in notes[-1]
+
+
+class _KindModel:
+    """A fake regression model: -log2 seconds from the kernel kind and the block's nonzeros."""
+
+    def predict(self, kernel, schedules, target):
+        if kernel.attr("kind") == "sparse_contraction":
+            data = kernel.body.inputs[1].type.shape
+            nnz = int(data[0]) * int(data[1]) * int(data[2])
+            return [-math.log2(1e-9 * nnz + 1e-5 * int(data[1] == 1))]  # 1x1 blocks pay a penalty
+        return [-math.log2(1e-3)]
+
+
+def test_sparse_estimate_names_the_cheapest_predicted_block_and_the_chooser_confirms():
+    import numpy as np
+
+    from tilefx.cost_model.advisor import SparseEstimate
+    from tilefx.passes.sparsity import MeasuredChooser, SparseLayer
+
+    layer = SparseLayer("w", "linear", (4, 64), 1, np.zeros((64, 32), np.float32),
+                        (((1, 1), 0.1), ((4, 4), 0.1), ((4, 16), 0.5)))
+    est = SparseEstimate(TARGET, _KindModel())
+    block, density, dense_ms, sparse_ms = est.estimate(layer)
+    assert block == (4, 4) and density == 0.1
+    assert dense_ms == pytest.approx(1.0) and sparse_ms < dense_ms
+    timed = []
+
+    def measure(lay, blk):  # the confirmation: sparse measured slower, so dense is kept
+        timed.append(blk)
+        return 1e-3, 2e-3
+
+    chooser = MeasuredChooser(measure, target="test-learned", estimate=est)
+    d = chooser.choose(layer)
+    assert timed == [(4, 4)] and not d.sparse and d.block == (4, 4)

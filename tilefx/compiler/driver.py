@@ -262,7 +262,12 @@ def _sparsity_options(passes: Any, options: CompileOptions) -> tuple[Any, Any]:
         from tilefx.codegen.tvm.schedules.sparse import measure_layer
 
         return measure_layer(layer, block, target)
-    chooser = MeasuredChooser(measure, target=target.key())
+    from tilefx.cost_model.advisor import sparse_estimate
+
+    # the latency model picks the block and whether it is worth a look; a timing confirms
+    estimate = sparse_estimate(target)
+    chooser = MeasuredChooser(measure, target=target.key()) if estimate is None else \
+        MeasuredChooser(measure, target=target.key(), estimate=estimate)
     return replace(passes, sparse_chooser=chooser), chooser
 
 

@@ -19,13 +19,16 @@ the kernels' computation (``driver.kernel_key``: name-blind IR text), so a
 transformer's repeated layers cost one decision. ``decisions`` keeps every
 one for the compile report (``FusionDecision.line``).
 
-The shipped model ``default_x86_latency.json`` was trained with
+The shipped model ``default_x86_latency.json`` (feature version 2) was trained with
 
-    python -m tilefx train-cost-model --db /tmp/cm2.db --objective regression \\
+    tilefx collect --db cm5.db --workloads sparse --trials 8      # added to the quiet cm2.db
+    tilefx train-cost-model --db cm5.db --target cpu --objective regression \
         -o tilefx/cost_model/default_x86_latency.json
 
-(on a read-only copy of /tmp/cm2.db: 81 workloads / 3950 candidates measured
-on a quiet x86 machine; every workload used for the final model).
+on a copy of the quiet-machine database of ``benchmarks/results/cost-model-cpu-2026-11-26.md``
+plus 88 ``bsr_matmul`` kernels and their dense counterparts (175 workloads, 4080 candidates;
+every workload used for the final model). ``SparseEstimate`` (below) is the sparsity pass's
+use of it.
 """
 
 from __future__ import annotations
@@ -182,3 +185,67 @@ def latency_model(target: Any) -> Any:
 def default_advisor(target: Any, bindings: Mapping[Any, int] | None = None) -> FusionAdvisor | None:
     model = latency_model(target)
     return None if model is None else FusionAdvisor(target, model, bindings=bindings)
+
+
+# ------------------------------------------------------------- sparse or dense
+
+def predicted_seconds(model: Any, kernel: Any, target: Any) -> float:
+    """Seconds the regression ``model`` predicts for a static ``kernel`` at its default schedule."""
+    from tilefx.codegen.tvm import default_schedule
+
+    return float(2.0 ** (-model.predict(kernel, [default_schedule(kernel, target)], target)[0]))
+
+
+class SparseEstimate:
+    """The sparsity pass's estimate from the latency model: for a layer, the dense kernel and
+    a ``bsr_matmul`` kernel per candidate block (with that block's nonzero count) are predicted;
+    the cheapest block is returned with both times. ``MeasuredChooser`` then times the two
+    kernels it names when the prediction is close enough to matter, so the model chooses and a
+    measurement confirms. Same contract as ``AnalyticalChooser.estimate``."""
+
+    def __init__(self, target: Any, model: Any) -> None:
+        self.target, self.model = target, model
+
+    def estimate(self, layer: Any) -> tuple[Any, float, float, float]:
+        """(best block, its density, dense ms, sparse ms)."""
+        k, n = layer.kn
+        dense_ms = predicted_seconds(self.model, _dense_kernel(layer), self.target) * 1e3
+        best: tuple[Any, float, float] = (None, 1.0, float("inf"))
+        for block, density in layer.densities:
+            nnzb = max(1, round(density * (k // block[0]) * (n // block[1])))
+            ms = predicted_seconds(self.model, _sparse_kernel(layer, block, nnzb), self.target) * 1e3
+            if ms < best[2]:
+                best = (block, density, ms)
+        return best[0], best[1], dense_ms, best[2]
+
+
+def _dense_kernel(layer: Any) -> Any:
+    from tilefx.ir import DType, TensorType
+    from tilefx.ir.builder import kernel_op
+
+    k, n = layer.kn
+    f32 = lambda *s: TensorType(DType.float32, s)  # noqa: E731
+    if layer.kind == "conv1x1":
+        return kernel_op("contraction", [f32(*layer.x_shape), f32(n, k, 1, 1)],
+                         lambda b, x, w: b.op("conv2d", x, w), "dense_conv1x1")
+    return kernel_op("contraction", [f32(layer.rows, k), f32(k, n)],
+                     lambda b, x, w: b.op("matmul", x, w), "dense_matmul")
+
+
+def _sparse_kernel(layer: Any, block: tuple[int, int], nnzb: int) -> Any:
+    from tilefx.ir import DType, TensorType
+    from tilefx.ir.builder import kernel_op
+
+    k, n = layer.kn
+    x = layer.x_shape if layer.kind == "conv1x1" else (layer.rows, k)
+    axis = 1 if layer.kind == "conv1x1" else -1
+    types = [TensorType(DType.float32, tuple(x)), TensorType(DType.float32, (nnzb, *block)),
+             TensorType(DType.int32, (nnzb,)), TensorType(DType.int32, (n // block[1] + 1,))]
+    return kernel_op("sparse_contraction", types,
+                     lambda b, a, d, i, p: b.op("bsr_matmul", a, d, i, p, axis=axis), "bsr")
+
+
+def sparse_estimate(target: Any) -> SparseEstimate | None:
+    """The learned estimate for ``target``, or None (no model: the analytical one is used)."""
+    model = latency_model(target)
+    return None if model is None else SparseEstimate(target, model)

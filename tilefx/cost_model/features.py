@@ -33,7 +33,7 @@ import numpy as np
 
 log = logging.getLogger("tilefx.cost_model")
 
-FEATURE_VERSION = 1
+FEATURE_VERSION = 2  # 2: data-dependent loops (bsr_matmul's nonzero blocks) get their mean extent
 
 # every knob of every CPU template (codegen/tvm/schedules/*.space): -1 where a template has none
 KNOBS = ("accumulators", "fuse_rows", "pack_b", "pack_w", "parallel", "reg_m", "reg_n", "reg_oc",
@@ -183,23 +183,25 @@ def _expr_ops(e: Any, ops: dict[str, int], loads: list[Any]) -> None:
         _expr_ops(e.body, ops, loads)
 
 
-def _walk(stmt: Any, loops: list[_Loop], env: dict[Any, Any], out: list[_Store]) -> None:
+def _walk(stmt: Any, loops: list[_Loop], env: dict[Any, Any], out: list[_Store],
+          dynamic: int = 1) -> None:
+    """``dynamic``: the extent assumed for a loop whose extent is data (not a constant)."""
     n = type(stmt).__name__
     if n == "For":
-        loops.append(_Loop(stmt.loop_var, _int(stmt.extent), _KINDS.get(int(stmt.kind), "serial")))
-        _walk(stmt.body, loops, env, out)
+        loops.append(_Loop(stmt.loop_var, _int(stmt.extent, dynamic), _KINDS.get(int(stmt.kind), "serial")))
+        _walk(stmt.body, loops, env, out, dynamic)
         loops.pop()
     elif n == "SeqStmt":
         for s in stmt.seq:
-            _walk(s, loops, env, out)
+            _walk(s, loops, env, out, dynamic)
     elif n == "SBlockRealize":
         inner = dict(env)
         for iv, value in zip(stmt.block.iter_vars, stmt.iter_values):
             inner[iv.var] = value
         block = stmt.block
         if block.init is not None:
-            _walk(block.init, loops, inner, out)
-        _walk(block.body, loops, inner, out)
+            _walk(block.init, loops, inner, out, dynamic)
+        _walk(block.body, loops, inner, out, dynamic)
     elif n == "BufferStore":
         ops: dict[str, int] = {}
         loads: list[Any] = []
@@ -210,11 +212,11 @@ def _walk(stmt: Any, loops: list[_Loop], env: dict[Any, Any], out: list[_Store])
                      for ld in loads]
         out.append(_Store(list(loops), env, accesses, ops, math.prod(lp.extent for lp in loops)))
     elif n == "IfThenElse":
-        _walk(stmt.then_case, loops, env, out)
+        _walk(stmt.then_case, loops, env, out, dynamic)
         if stmt.else_case is not None:
-            _walk(stmt.else_case, loops, env, out)
+            _walk(stmt.else_case, loops, env, out, dynamic)
     elif hasattr(stmt, "body"):
-        _walk(stmt.body, loops, env, out)
+        _walk(stmt.body, loops, env, out, dynamic)
 
 
 def _ev(e: Any, env: Mapping[Any, Any], vals: Mapping[Any, int]) -> int:
@@ -284,10 +286,19 @@ def _footprint(acc: _Access, lstrides: list[int], loops: list[_Loop], first: int
     return min(elems, numel) * _itemsize(acc.buffer)
 
 
-def _nest_features(mod: Any, target: Any) -> dict[str, float]:
+def _dynamic_extent(kernel_op: Any) -> int:
+    """Mean nonzero blocks per block column of a ``bsr_matmul`` (its data-dependent loop), else 1."""
+    for op in kernel_op.body.ops:
+        if op.name == "bsr_matmul":
+            nnzb, cols = _int(op.inputs[1].type.shape[0]), _int(op.inputs[3].type.shape[0]) - 1
+            return max(1, round(nnzb / max(cols, 1)))
+    return 1
+
+
+def _nest_features(mod: Any, target: Any, dynamic: int = 1) -> dict[str, float]:
     func = next(iter(mod.functions.values()))
     stores: list[_Store] = []
-    _walk(func.body, [], {}, stores)
+    _walk(func.body, [], {}, stores, dynamic)
     f: dict[str, float] = {}
     if not stores:
         return f
@@ -449,7 +460,8 @@ def features(kernel_op: Any, schedule: Any, target: Any,
         from tilefx.autotune.fingerprint import scheduled_module
 
         try:
-            f.update(_nest_features(scheduled_module(kernel_op, target, schedule, bindings), target))
+            f.update(_nest_features(scheduled_module(kernel_op, target, schedule, bindings), target,
+                                    _dynamic_extent(kernel_op)))
         except Exception as e:  # noqa: BLE001 - a candidate that cannot be scheduled: knobs only
             log.debug("no loop-nest features for %s %s: %s", kernel_op.attr("name"), schedule, e)
     f.update({"cores": target.cores, "lanes": target.vector_lanes(4), "l1": _l2(target.l1_bytes),

@@ -99,6 +99,44 @@ def family_kernels() -> list[Any]:
     return ks
 
 
+def sparse_kernels() -> list[Any]:
+    """Block-sparse ``bsr_matmul`` kernels (linear and 1x1 conv) over densities and blocks, and
+    the dense kernels of the same shapes: what the sparsity pass's dense-vs-sparse estimate
+    (``advisor.SparseEstimate``) learns from. Reference inputs give them a valid structure."""
+    from tilefx.ir import DType, TensorType
+
+    def i32(n: int) -> Any:
+        return TensorType(DType.int32, (n,))
+
+    ks: list[Any] = []
+    for (m, k, n) in [(1, 4096, 1024), (16, 1024, 2048), (128, 2048, 512), (4, 512, 4096)]:
+        ks.append(_kernel("contraction", [(m, k), (k, n)], lambda b, x, w: b.op("matmul", x, w),
+                          f"dense_mm_{m}x{k}x{n}"))
+        for bk, bn in [(1, 1), (4, 4), (4, 16), (16, 16)]:
+            for density in (0.05, 0.1, 0.25, 0.5):
+                nnzb = max(1, int(density * (k // bk) * (n // bn)))
+                ks.append(_sparse(f"bsr_mm_{m}x{k}x{n}_{bk}x{bn}_{density}", [(m, k)],
+                                  (nnzb, bk, bn), i32(nnzb), i32(n // bn + 1), axis=-1))
+    for (c, o, hw) in [(256, 256, 28), (128, 512, 14)]:
+        ks.append(_kernel("contraction", [(1, c, hw, hw), (o, c, 1, 1)],
+                          lambda b, x, w: b.op("conv2d", x, w), f"dense_conv1x1_{c}_{o}_{hw}"))
+        for bk, bn in [(1, 1), (4, 4), (4, 16)]:
+            for density in (0.05, 0.1, 0.25, 0.5):
+                nnzb = max(1, int(density * (c // bk) * (o // bn)))
+                ks.append(_sparse(f"bsr_conv_{c}_{o}_{hw}_{bk}x{bn}_{density}",
+                                  [(1, c, hw, hw)], (nnzb, bk, bn), i32(nnzb),
+                                  i32(o // bn + 1), axis=1))
+    return ks
+
+
+def _sparse(name: str, x: list[tuple[int, ...]], data: tuple[int, int, int], indices: Any,
+            indptr: Any, axis: int) -> Any:
+    from tilefx.ir.builder import kernel_op
+
+    return kernel_op("sparse_contraction", [_f32(*x[0]), _f32(*data), indices, indptr],
+                     lambda b, a, d, i, p: b.op("bsr_matmul", a, d, i, p, axis=axis), name)
+
+
 def zoo_kernels(models: list[str] | None = None) -> list[Any]:
     """The distinct kernels of the zoo models (``benchmarks/models``) at their smallest batch.
 
@@ -130,7 +168,7 @@ def zoo_kernels(models: list[str] | None = None) -> list[Any]:
 
 
 def workload_set(spec: str = "zoo,family") -> list[Any]:
-    """Kernels named by ``spec`` (comma list of ``zoo``, ``family`` or zoo model names),
+    """Kernels named by ``spec`` (comma list of ``zoo``, ``family``, ``sparse`` or zoo model names),
     without the held-out benchmark kernels, deduplicated by structure."""
     from tilefx.compiler.driver import kernel_key
 
@@ -138,6 +176,8 @@ def workload_set(spec: str = "zoo,family") -> list[Any]:
     for part in [p.strip() for p in spec.split(",") if p.strip()]:
         if part == "family":
             kernels += family_kernels()
+        elif part == "sparse":
+            kernels += sparse_kernels()
         elif part == "zoo":
             kernels += zoo_kernels()
         else:

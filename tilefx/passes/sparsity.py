@@ -35,7 +35,7 @@ import hashlib
 import logging
 import math
 from dataclasses import dataclass, field
-from typing import Callable, Protocol
+from typing import Any, Callable, Protocol
 
 import numpy as np
 
@@ -207,7 +207,7 @@ class MeasuredChooser:
 
     measure: MeasureFn
     target: str = "cpu"
-    estimate: AnalyticalChooser = field(default_factory=AnalyticalChooser)
+    estimate: Any = field(default_factory=AnalyticalChooser)  # .estimate(layer): analytical or learned
     decisions: list[SparseDecision] = field(default_factory=list)
     margin: float = 0.5  # measure only when the estimate says sparse is < 1/margin x dense
 
