@@ -28,7 +28,7 @@ holds the dispatch and the shared accumulator/epilogue steps. Knobs, per op:
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 from tilefx.codegen.schedule import Schedule
 from tilefx.codegen.target import Target
@@ -77,7 +77,8 @@ def apply(sch: Any, schedule: Schedule, target: Target) -> None:
     anchor = anchors[0]
     op = conv if c.block_name(sch, anchor).startswith("conv2d") else matmul
     handled = op.apply(sch, anchor, schedule, target)
-    _leftovers(sch, {c.block_name(sch, b) for b in handled}, target, c)
+    names = {c.block_name(sch, b) for b in handled}
+    schedule_leftovers(sch, lambda b: c.block_name(sch, b) in names, target, c)
 
 
 def local_accumulator(sch: Any, anchor: Any, c: Any) -> tuple[Any, list[Any]]:
@@ -134,18 +135,19 @@ def pack_operand(sch: Any, block: Any, index: int, index_map: Any, c: Any) -> An
     return cache
 
 
-def _leftovers(sch: Any, handled: set[str], target: Target, c: Any) -> None:
-    """Blocks the op schedule did not place (pad, packing, unrelated outputs): run
-    them up front, the outer loops fused and parallel, the last one vectorized."""
+def schedule_leftovers(sch: Any, skip: Callable[[Any], bool], target: Target, c: Any,
+                       parallel: bool = True) -> None:
+    """Blocks the op schedule did not place (pad, packing, an epilogue, unrelated outputs),
+    except those ``skip`` names: the outer loops fused and parallel, the last one vectorized."""
     lanes = target.vector_lanes(4)
     for b in c.blocks(sch):
-        if c.block_name(sch, b) in handled:
+        if skip(b):
             continue
         spatial, reduce = c.spatial_loops(sch, b)
         if reduce or not spatial:
             continue
         if len(spatial) > 1:
             outer = sch.fuse(*spatial[:-1])
-            if c.loop_extent(sch, outer) > 1:
+            if parallel and c.loop_extent(sch, outer) > 1:
                 c.attempt("leftover parallel", lambda outer=outer: sch.parallel(outer))
         c.attempt("leftover vectorize", lambda b=b: vectorize_inner(sch, b, lanes, c))

@@ -39,20 +39,6 @@ from tilefx.ir.graph import Op
 EXTERN_NAME = "bsr_matmul"
 
 
-def _divisor_near(extent: int, target: int) -> int:
-    for f in range(min(target, extent), 0, -1):
-        if extent % f == 0:
-            return f
-    return 1
-
-
-def _pow2_divisor(extent: int, limit: int) -> int:
-    f = 1
-    while f * 2 <= limit and extent % (f * 2) == 0:
-        f *= 2
-    return f
-
-
 def _unravel(flat: Any, dims: list[int]) -> list[Any]:
     """Indices of ``flat`` over row-major ``dims`` (constant extents: TVM simplifies)."""
     out = []
@@ -64,19 +50,21 @@ def _unravel(flat: Any, dims: list[int]) -> list[Any]:
 
 def loop_plan(shape: list[int], axis: int, bn: int, lanes: int = 16) -> dict[str, int]:
     """The register tile for input ``shape`` contracted on ``axis`` with ``bn``-wide blocks."""
+    from tilefx.codegen.tvm.schedules.common import divisor_near, pow2_divisor
+
     a = math.prod(shape[:axis])
     if axis == len(shape) - 1:
         # reg_m x bn accumulators; 8 rows x one vector leaves registers for loads
-        return {"reg_m": _divisor_near(a, 8 if bn <= lanes else 4), "vec": 1, "rows": 1}
+        return {"reg_m": divisor_near(a, 8 if bn <= lanes else 4), "vec": 1, "rows": 1}
     # bn x vec accumulators, vectorized along the flattened (contiguous) spatial axes
     w = math.prod(shape[axis + 1:])
     if w % lanes == 0:
-        return {"reg_m": 1, "vec": lanes, "rows": _divisor_near(bn, 16)}
+        return {"reg_m": 1, "vec": lanes, "rows": divisor_near(bn, 16)}
     if w <= 2 * lanes:
-        return {"reg_m": 1, "vec": w, "rows": _divisor_near(bn, 8)}
+        return {"reg_m": 1, "vec": w, "rows": divisor_near(bn, 8)}
     # e.g. a 7x7 map (49): 7 lanes beat scalar code
-    return {"reg_m": 1, "vec": max(_pow2_divisor(w, lanes), _divisor_near(w, lanes)),
-            "rows": _divisor_near(bn, 16)}
+    return {"reg_m": 1, "vec": max(pow2_divisor(w, lanes), divisor_near(w, lanes)),
+            "rows": divisor_near(bn, 16)}
 
 
 def bsr_extern(x: Any, data: Any, indices: Any, indptr: Any, axis: int, name: str) -> Any:
@@ -169,7 +157,7 @@ def default_schedule(kernel_op: Op, target: Target) -> Schedule:
 def apply(sch: Any, schedule: Schedule, target: Target) -> None:
     """Inline the epilogue into one output pass; run it parallel and vectorized."""
     from tilefx.codegen.tvm.schedules import common as c
-    from tilefx.codegen.tvm.schedules.contraction import vectorize_inner
+    from tilefx.codegen.tvm.schedules.contraction import schedule_leftovers
 
     def is_extern(b: Any) -> bool:
         return c.block_name(sch, b).startswith(EXTERN_NAME)
@@ -177,18 +165,7 @@ def apply(sch: Any, schedule: Schedule, target: Target) -> None:
     if c.attempt("find root block", lambda: sch.get_sblock("root")) is None:
         return  # the extern alone writes the output: nothing left to schedule
     c.inline_intermediates(sch, keep=is_extern)
-    lanes = target.vector_lanes(4)
-    for b in c.blocks(sch):
-        if is_extern(b):
-            continue
-        spatial, reduce = c.spatial_loops(sch, b)
-        if reduce or not spatial:
-            continue
-        if len(spatial) > 1:
-            outer = sch.fuse(*spatial[:-1])
-            if schedule.get("parallel", True) and c.loop_extent(sch, outer) > 1:
-                c.attempt("epilogue parallel", lambda outer=outer: sch.parallel(outer))
-        c.attempt("epilogue vectorize", lambda b=b: vectorize_inner(sch, b, lanes, c))
+    schedule_leftovers(sch, is_extern, target, c, parallel=schedule.get("parallel", True))
 
 
 def register_te() -> None:
