@@ -359,4 +359,4 @@ def test_version_1_database_gains_the_new_tables(tmp_path):
         assert db.tuning_state("w", "t") == (8, True)
         db.set_graph_decision("g", "t", True, 1.0, 2.0)
         assert db.graph_decision("g", "t") == (True, 1.0, 2.0)
-    assert sqlite3.connect(path).execute("PRAGMA user_version").fetchone()[0] == 2
+    assert sqlite3.connect(path).execute("PRAGMA user_version").fetchone()[0] == database.SCHEMA_VERSION

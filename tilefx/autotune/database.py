@@ -14,8 +14,10 @@ fingerprint of the code it generates and the cost-model features version),
 Three small tables make a warm recompile cheap: ``kernel_keys`` (hash of a
 kernel's IR text -> its workload key, so the functional hash, a reference run,
 is computed once), ``tuning_state`` (how many trials a workload was tuned
-with and whether its space ran out, so a finished search is not resumed) and
-``graph_decisions`` (the whole-graph check of tuned vs default schedules).
+with and whether its space ran out, so a finished search is not resumed),
+``graph_decisions`` (the whole-graph check of tuned vs default schedules) and
+``pass_decisions`` (a pass's measured choice for one layer, e.g. sparsity's
+dense vs sparse, as JSON that the pass writes and validates itself).
 It is the memory of the tuner (``lookup_fingerprint``: code already
 measured is never measured again) and the training set of the cost model
 (``records``).
@@ -50,7 +52,7 @@ from tilefx.autotune.db_file import LockFile, foreign_header, is_corruption
 
 log = logging.getLogger("tilefx.autotune.database")
 
-SCHEMA_VERSION = 2  # 2: kernel_keys, tuning_state, graph_decisions (added to a v1 file in place)
+SCHEMA_VERSION = 3  # 2: kernel_keys, tuning_state, graph_decisions; 3: pass_decisions (added in place)
 APPLICATION_ID = 0x74667462  # "tftb": marks the file as a tilefx tuning database
 BUSY_TIMEOUT_MS = 60_000
 STATUSES = ("ok", "build_error", "run_error", "timeout", "wrong_result")
@@ -108,9 +110,17 @@ CREATE TABLE IF NOT EXISTS graph_decisions (
     created REAL NOT NULL,
     PRIMARY KEY (graph_key, target_key)
 );
+CREATE TABLE IF NOT EXISTS pass_decisions (
+    kind TEXT NOT NULL,
+    key TEXT NOT NULL,
+    target_key TEXT NOT NULL,
+    json TEXT NOT NULL,
+    created REAL NOT NULL,
+    PRIMARY KEY (kind, key, target_key)
+);
 """
 _TABLES = {"workloads", "candidates", "measurements", "targets", "kernel_keys", "tuning_state",
-           "graph_decisions"}
+           "graph_decisions", "pass_decisions"}
 
 
 # connections inherited through fork, kept referenced so they are never closed in the child
@@ -370,7 +380,19 @@ class TuningDatabase:
                       "tuned_ms, default_ms, created) VALUES (?, ?, ?, ?, ?, ?)",
                       (graph_key, target_key, int(keep_tuned), tuned_ms, default_ms, time.time()))
 
+    def set_pass_decision(self, kind: str, key: str, target_key: str, payload: str) -> None:
+        """Store (or replace) a pass's decision for one layer: ``payload`` is JSON the pass
+        reads back and validates itself (``kind`` names the pass, e.g. ``"sparsity"``)."""
+        self._execute("INSERT OR REPLACE INTO pass_decisions (kind, key, target_key, json, created) "
+                      "VALUES (?, ?, ?, ?, ?)", (kind, key, target_key, str(payload), time.time()))
+
     # -- reading ----------------------------------------------------------------------------
+
+    def pass_decision(self, kind: str, key: str, target_key: str) -> str | None:
+        """The JSON text stored by ``set_pass_decision``, or None."""
+        row = self._execute("SELECT json FROM pass_decisions WHERE kind = ? AND key = ? AND "
+                            "target_key = ?", (kind, key, target_key)).fetchone()
+        return row[0] if row else None
 
     def known_workload_key(self, ir_hash: str) -> str | None:
         """The workload key remembered for a kernel with this IR hash, or None."""

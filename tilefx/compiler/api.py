@@ -168,10 +168,11 @@ class CompiledModule:
 
     def __init__(self, model: Callable, target: str | Any = "cpu", *, dynamic: bool = False,
                  options: CompileOptions | None = None, passes: Any = None,
-                 tune: int | str = 0, prune: float = 0.0, prune_block: tuple[int, int] = (1, 1)) -> None:
+                 tune: int | str = 0, prune: float = 0.0, prune_block: tuple[int, int] = (1, 1),
+                 quantize: Any = None) -> None:
         if options is None:
             options = CompileOptions(target=target, passes=passes, tune_trials=tune,
-                                     prune=prune, prune_block=tuple(prune_block))
+                                     prune=prune, prune_block=tuple(prune_block), quantize=quantize)
         self.model = model
         self.options = options
         self.dynamic = dynamic
@@ -257,7 +258,8 @@ def _compile_class(cls: type, kwargs: dict) -> type:
 
 def compile(model: Any = None, target: str | Any = "cpu", *, dynamic: bool = False,
             options: CompileOptions | None = None, passes: Any = None,
-            tune: int | str = 0, prune: float = 0.0, prune_block: tuple[int, int] = (1, 1)) -> Any:
+            tune: int | str = 0, prune: float = 0.0, prune_block: tuple[int, int] = (1, 1),
+            quantize: Any = None) -> Any:
     """Compile ``model`` (nn.Module, function, or nn.Module class) with tilefx.
 
     Without ``model`` it returns a decorator. On an nn.Module class it returns a
@@ -268,10 +270,15 @@ def compile(model: Any = None, target: str | Any = "cpu", *, dynamic: bool = Fal
     ``prune=0.9`` (opt-in, changes outputs) zeroes the smallest 90% of each
     contraction weight, by ``prune_block`` blocks, and reports the change; sparse
     weights then run as block-sparse kernels where that measures faster.
+    ``quantize="int4"`` (opt-in, changes outputs; also ``"int8:16"``, ``BlockQuant``)
+    rounds contraction weights as a block format would (simulated: accuracy, not
+    speed), after grouping outlier channels, and reports weight and output errors.
     """
     kwargs = dict(target=target, dynamic=dynamic, options=options, passes=passes, tune=tune)
     if prune:  # opt-in, lossy: passes/prune.py reports every weight it changes
         kwargs.update(prune=prune, prune_block=tuple(prune_block))
+    if quantize is not None:  # opt-in, lossy: passes/block_quant.py reports the errors
+        kwargs.update(quantize=quantize)
     if model is None:
         return lambda m: compile(m, **kwargs)
     import torch

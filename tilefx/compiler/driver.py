@@ -49,6 +49,7 @@ class CompileOptions:
     prune: float = 0.0        # opt-in magnitude pruning (lossy, reported): fraction zeroed
     prune_block: tuple[int, int] = (1, 1)  # pruned together: (bk, bn) blocks of W[K, N]
     fusion_check: bool = False  # cpu: the latency model (measuring when unsure) vets each fusion
+    quantize: Any = None      # opt-in simulated block quantization: "int4", "int8:16", BlockQuant (lossy)
 
     def resolved_target(self) -> Target:
         from tilefx.codegen.target import Target
@@ -238,88 +239,6 @@ def _fallback_records(fallbacks: Any) -> list[FallbackRecord]:
     return out
 
 
-def _sparsity_options(passes: Any, options: CompileOptions) -> tuple[Any, Any]:
-    """Pass options with pruning and the sparse/dense chooser: on the CPU a measured
-    one (both kernels timed); on cuda the same with the GPU's blocks (>= 16x16), fp16
-    weights too, and the Triton kernels timed on the device (an estimate when there is
-    no GPU, e.g. under TRITON_INTERPRET=1); elsewhere sparsity is off."""
-    from tilefx.passes.pipeline import PassOptions
-    from tilefx.passes.sparsity import MeasuredChooser
-
-    passes = passes or PassOptions()
-    if options.prune:
-        passes = replace(passes, prune=options.prune, prune_block=tuple(options.prune_block))
-    target = options.resolved_target()
-    if target.kind not in ("cpu", "cuda"):
-        return replace(passes, sparsity=False), None
-    if not passes.sparsity or passes.sparse_chooser is not None:
-        return passes, passes.sparse_chooser
-    if target.kind == "cuda":
-        chooser = _cuda_sparse_chooser(target)
-        return replace(passes, sparse_chooser=chooser), chooser
-
-    def measure(layer: Any, block: tuple[int, int]) -> tuple[float, float]:
-        from tilefx.codegen.tvm.schedules.sparse import measure_layer
-
-        return measure_layer(layer, block, target)
-    from tilefx.cost_model.advisor import sparse_estimate
-
-    # the latency model picks the block and whether it is worth a look; a timing confirms
-    estimate = sparse_estimate(target)
-    chooser = MeasuredChooser(measure, target=target.key()) if estimate is None else \
-        MeasuredChooser(measure, target=target.key(), estimate=estimate)
-    return replace(passes, sparse_chooser=chooser), chooser
-
-
-def _packing_options(passes: Any, options: CompileOptions) -> Any:
-    """Weight packing (opt-in): the panel width of each linear kernel is the register width
-    of the schedule it would be built with (tuned if tuning is on, else the default)."""
-    if not passes.pack_weights or passes.pack_factor is not None:
-        return passes
-    if options.resolved_target().kind != "cpu":
-        return replace(passes, pack_weights=False)  # the Triton template does not read panels
-    from tilefx.passes.packing import PackingLog
-
-    target = options.resolved_target()
-
-    def pack_factor(op: Op) -> int | None:
-        from tilefx.codegen.tvm.schedules.matmul import register_n
-
-        schedule = None
-        if options.tune_trials:
-            from tilefx.autotune.tuner import tuned_schedule
-
-            schedule, _ = tuned_schedule(op, target, None, options)
-        if schedule is not None and schedule.get("extern"):
-            return None  # the library call wins: nothing reads panels
-        schedule = schedule or _backend(target, "default_schedule")(op, target)
-        return register_n(int(op.results[0].type.shape[-1]), schedule, target)
-    return replace(passes, pack_factor=pack_factor, pack_log=passes.pack_log or PackingLog())
-
-
-def _cuda_sparse_chooser(target: Target) -> Any:
-    import os
-
-    from tilefx.ir.types import DType
-    from tilefx.passes.sparsity import CUDA_BREAK_EVEN, AnalyticalChooser, MeasuredChooser
-
-    estimate = AnalyticalChooser(dict(CUDA_BREAK_EVEN), dtypes=(DType.float32, DType.float16))
-    try:
-        import torch
-
-        gpu = torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET", "0") in ("", "0")
-    except ImportError:
-        gpu = False
-    if not gpu:
-        return estimate
-
-    def measure(layer: Any, block: tuple[int, int]) -> tuple[float, float]:
-        from tilefx.codegen.triton.sparse import measure_layer
-
-        return measure_layer(layer, block, target)
-    return MeasuredChooser(measure, target=target.key(), estimate=estimate)
-
-
 def lower_and_optimize(captured: Any, options: CompileOptions, record: CompileRecord,
                        trace: bool = False) -> Graph:
     """Frontend then passes; fills the IR, fallbacks and timings of ``record``."""
@@ -332,25 +251,10 @@ def lower_and_optimize(captured: Any, options: CompileOptions, record: CompileRe
     record.fallbacks = _fallback_records(lowered.fallbacks)
 
     t0 = time.perf_counter()
-    passes = options.passes
-    if passes is None and options.resolved_target().kind == "cuda":
-        from tilefx.passes.pipeline import PassOptions
+    from tilefx.compiler.pass_setup import configure_passes
 
-        passes = PassOptions(decompose_attention=False)  # the Triton backend has fused attention
-    passes, chooser = _sparsity_options(passes, options)
-    if passes.sparsity and passes.permute and passes.permute_log is None:
-        from tilefx.passes.permute import PermutationLog
-
-        passes = replace(passes, permute_log=PermutationLog())  # per-layer block counts, reported
-    passes = _packing_options(passes, options)
-    advisor = None
-    if options.fusion_check and options.resolved_target().kind == "cpu" and passes.fusion_advisor is None:
-        from tilefx.cost_model.advisor import default_advisor
-
-        advisor = default_advisor(options.resolved_target())
-        if advisor is None:
-            record.notes.append("fusion: no latency model (xgboost or the model file missing); rules only")
-        passes = replace(passes, fusion_advisor=advisor)
+    setup = configure_passes(options)
+    passes = setup.passes
     if trace:
         from tilefx.passes import optimize_with_trace
 
@@ -359,15 +263,9 @@ def lower_and_optimize(captured: Any, options: CompileOptions, record: CompileRe
         from tilefx.passes import optimize
 
         graph = optimize(lowered.graph, passes)
-    if passes.pack_log is not None:
-        record.notes += [f"packing: {ln}" for ln in passes.pack_log.lines]
-    if passes.permute_log is not None:
-        record.notes += [f"permute: {d.line()}" for d in passes.permute_log.decisions]
-    if chooser is not None:
-        record.notes += [f"sparsity: {d.line()}" for d in chooser.decisions]
-    if advisor is not None:
-        record.notes += [f"fusion: {ln}" for ln in advisor.lines()]
-        record.fusion_decisions = list(advisor.decisions)
+    record.notes += setup.notes()
+    if setup.advisor is not None:
+        record.fusion_decisions = list(setup.advisor.decisions)
     record.add_time("passes", time.perf_counter() - t0)
     record.optimized_ir = graph
     return graph
@@ -454,10 +352,24 @@ def compile_graph(captured: Any, target: str | Target | None = None,
 
             close_sessions()
             compiled = _keep_tuning_if_it_pays(compiled, graph, tgt, options, inputs)
+        if options.quantize is not None:  # lossy: say how much, on the inputs we were given
+            _note_quant_error(compiled, record, inputs)
     log.info("tilefx: compiled %s: %d kernels, %d fallbacks in %.2fs", record.name,
              len(record.kernels), len(record.fallbacks), sum(record.seconds.values()))
     return compiled
 
+
+
+def _note_quant_error(compiled: CompiledGraph, record: CompileRecord, inputs: list) -> None:
+    from tilefx.passes.block_quant import output_error
+
+    try:
+        err = output_error(record.frontend_ir, compiled(*inputs), inputs)
+    except Exception as e:  # the note is a courtesy; the compiled model is fine
+        record.notes.append(f"quantize (simulated): output error not measured ({e})")
+        return
+    log.warning("quantize (simulated): relative output error %.4g on the example inputs", err)
+    record.notes.append(f"quantize (simulated): relative output error {err:.4g} on the example inputs")
 
 
 def _median_ms(fn: Any, inputs: list, repeats: int = 9) -> float:

@@ -38,6 +38,10 @@ the way that has another reader or is a graph output stops the chain.
 
 Every changed layer is recorded (``PermutationLog.decisions``: nonzero blocks
 before/after) and reported by the compile record.
+
+``permute_constants`` (reindex named constants) is shared with
+``permute_heads.py`` (exact orders through attention heads) and ``outliers.py``
+(orders that group outlier channels for block quantization).
 """
 
 from __future__ import annotations
@@ -304,28 +308,13 @@ def permute_channels(graph: Graph, block: Block = DEFAULT_BLOCK, rounds: int = 2
 
 def _apply(graph: Graph, moved: list[tuple[Chain, np.ndarray]], block: Block, before: dict[str, int],
            kn: dict[str, np.ndarray | None], report: PermutationLog | None) -> Graph:
-    # (const value name) -> [(axis, perm)], applied to the original array in order
     todo: dict[str, list[tuple[int, np.ndarray]]] = {}
-    names: dict[str, str] = {}
     for c, perm in moved:
         for w, axis in ((c.producer, c.producer.out_axis), (c.consumer, c.consumer.in_axis)):
             todo.setdefault(w.const.name, []).append((axis, perm))
-            names[w.const.name] = w.name
-        for v, name, axis in c.extras:
+        for v, _, axis in c.extras:
             todo.setdefault(v.name, []).append((axis, perm))
-            names[v.name] = name
-    taken = all_names(graph)
-    constants = dict(graph.constants)
-    ops = []
-    for op in graph.ops:
-        if op.name == "const" and op.result.name in todo:
-            arr = graph.constants[names[op.result.name]]
-            for axis, perm in todo[op.result.name]:
-                arr = np.take(arr, perm, axis=axis)
-            new_name = unique_name(f"{names[op.result.name]}_perm", taken)
-            constants[new_name] = np.ascontiguousarray(arr)
-            op = Op("const", (), op.results, freeze_attrs({**op.attr_dict, "name": new_name}))
-        ops.append(op)
+    out = permute_constants(graph, todo)
     for c, _ in moved:
         for w in (c.producer, c.consumer):
             after = _blocks(kn[w.name], block)
@@ -336,6 +325,27 @@ def _apply(graph: Graph, moved: list[tuple[Chain, np.ndarray]], block: Block, be
                 report.decisions.append(change)
             if kn[w.name] is not None:
                 log.info("permute: %s", change.line())
+    return out
+
+
+def permute_constants(graph: Graph, todo: dict[str, list[tuple[int, np.ndarray]]]) -> Graph:
+    """``graph`` with the named constants reindexed: ``todo`` maps a const op's result name to
+    ``(axis, perm)`` steps, each ``arr = take(arr, perm, axis)`` in order. Every changed array
+    gets a fresh name (``<name>_perm``), so a constant shared with another const op is kept."""
+    if not todo:
+        return graph
+    taken = all_names(graph)
+    constants = dict(graph.constants)
+    ops = []
+    for op in graph.ops:
+        if op.name == "const" and op.result.name in todo and op.attr("name") is not None:
+            arr = graph.constants[op.attr("name")]
+            for axis, perm in todo[op.result.name]:
+                arr = np.take(arr, perm, axis=axis)
+            new_name = unique_name(f"{op.attr('name')}_perm", taken)
+            constants[new_name] = np.ascontiguousarray(arr)
+            op = Op("const", (), op.results, freeze_attrs({**op.attr_dict, "name": new_name}))
+        ops.append(op)
     return graph.replace(ops=tuple(ops), constants=constants)
 
 

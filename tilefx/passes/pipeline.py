@@ -13,11 +13,14 @@ from dataclasses import dataclass
 from typing import Any
 
 from tilefx.ir.graph import Graph
+from tilefx.passes.block_quant import block_quantize
 from tilefx.passes.canonicalize import canonicalize
 from tilefx.passes.cleanup import cse, dce
 from tilefx.passes.fold import fold_batch_norm, fold_constants
 from tilefx.passes.fusion import fuse
+from tilefx.passes.layout import block_layout
 from tilefx.passes.manager import GraphPass, Instrument, PassManager, TraceInstrument, env_instruments
+from tilefx.passes.outliers import group_outliers
 from tilefx.passes.packing import pack_weights
 from tilefx.passes.permute import permute_channels
 from tilefx.passes.prune import prune_weights
@@ -34,11 +37,16 @@ class PassOptions:
     sparse_chooser: Any = None  # passes.sparsity.Chooser; None: the analytical estimate
     prune: float = 0.0          # opt-in magnitude pruning: fraction of weights zeroed (lossy)
     prune_block: tuple[int, int] = (1, 1)  # (bk, bn) blocks of W[K, N] pruned together
+    quantize: Any = None        # passes.block_quant.BlockQuant: opt-in simulated block quantization (lossy)
+    quant_log: Any = None       # passes.block_quant.QuantLog: per-layer errors, for reports
     permute: bool = True        # hidden-channel permutation clustering sparse weights (exact)
     permute_log: Any = None     # passes.permute.PermutationLog: per-layer block counts, for reports
     pack_weights: bool = False  # linear weights stored as [N/bn, K, bn] panels (exact; opt-in)
     pack_factor: Any = None     # kernel op -> panel width (the driver's: from its schedule)
     pack_log: Any = None        # passes.packing.PackingLog
+    layout: bool = False        # conv weights OIHW{i}i{o}o, activations NCHW{c}c between convs (exact; opt-in)
+    block_factor: Any = None    # conv kernel op -> channel block (the driver's: reg_oc of its schedule)
+    layout_log: Any = None      # passes.layout.LayoutLog
     fusion_advisor: Any = None  # .should_fuse(fused, separate) -> bool (cost_model.advisor); None: rules only
 
 
@@ -49,6 +57,10 @@ def pipeline(options: PassOptions | None = None) -> list[GraphPass]:
         fold_constants if o.fold_constants else None,                   # all-const ops -> new consts
         fold_batch_norm if o.fold_constants else None,                  # conv [+b] * s -> conv(W*s) [+b*s]
         prune_weights.bind(amount=o.prune, block=tuple(o.prune_block)) if o.prune else None,  # opt-in, lossy
+        group_outliers.bind(spec=o.quantize, report=o.quant_log)        # outliers share blocks (exact)
+        if o.quantize is not None and o.quantize.group else None,
+        block_quantize.bind(spec=o.quantize, report=o.quant_log)        # opt-in, lossy (simulated)
+        if o.quantize is not None else None,
         permute_channels.bind(report=o.permute_log) if o.sparsity and o.permute else None,  # fewer blocks
         sparsify.bind(chooser=o.sparse_chooser) if o.sparsity else None,  # sparse weights -> bsr_matmul
         cse,                                                            # equal ops and equal weights once
@@ -57,6 +69,8 @@ def pipeline(options: PassOptions | None = None) -> list[GraphPass]:
         mark_sparse_kernels if o.fuse and o.sparsity else None,         # bsr kernels -> sparse_contraction
         pack_weights.bind(pack_factor=o.pack_factor, report=o.pack_log)  # weights in the kernel's layout
         if o.fuse and o.pack_weights else None,
+        block_layout.bind(block_factor=o.block_factor, report=o.layout_log)  # blocked conv layouts
+        if o.fuse and o.layout else None,
     ]
     return [p for p in passes if p is not None]
 

@@ -22,8 +22,22 @@ Choosers (the seam for the learned cost model of ``tilefx/cost_model``):
   measured by ``benchmarks/sparsity.py`` (``BREAK_EVEN``).
 - ``MeasuredChooser``: the analytical pick of block, then both kernels built
   and timed (the ``measure`` callable the compiler driver supplies, so this
-  module never touches a backend); decisions are cached per (weight hash,
-  input shape, block, target) in memory.
+  module never touches a backend); decisions are cached per (weight digest,
+  input shape, dtype, target) in memory and, given a ``store`` (the driver's:
+  the tuning database's ``pass_decisions`` table), on disk, so a compile in a
+  new process measures nothing it measured before.
+
+2:4 semi-structured weights (at most 2 nonzeros in every 4 consecutive along
+K: ``holds_2to4``) have a second sparse candidate on GPUs, a library kernel
+(``codegen/triton/semi24.py``). When the chooser is told which layers it can
+run (``semi24``), it estimates it at ``dense / SEMI24_SPEEDUP`` and, given a
+``measure_2to4``, times it against dense; it is never chosen on an estimate
+alone. A 2:4 pick becomes a ``bsr_matmul {impl = "semi24"}``, which the backend
+builds with that candidate without tuning.
+
+bf16 weights are held as ``cast(const f32 -> bf16)`` (numpy has no bf16; every
+bf16 value is an f32 value): the pass reads the f32 array, converts it in f32
+and casts the new block constants back to bf16, exactly.
 
 Every decision is kept (``chooser.decisions``) and reported per layer by the
 compile record.
@@ -32,9 +46,10 @@ compile record.
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Protocol
 
 import numpy as np
@@ -63,6 +78,13 @@ BREAK_EVEN: dict[Block, float] = {(1, 16): 0.5, (4, 16): 0.5, (16, 16): 0.5, (4,
 # 32x32 blocks broke even between 70% and 80% zeros (0.96-1.05x at 70%, 1.16-1.29x at 80%).
 CUDA_BREAK_EVEN: dict[Block, float] = {(16, 16): 0.25, (16, 32): 0.25, (32, 16): 0.25, (32, 32): 0.25}
 REPRESENTATIVE_ROWS = 16  # rows assumed for a symbolic batch when estimating/measuring
+# The 2:4 library candidate's estimated speedup over dense: the sparse tensor cores' nominal
+# 2x less overheads. Only an estimate: it decides what to time, never the pick itself. (On an
+# H100 with torch 2.11, cuSPARSELt at 4096x4096 and <= 128 rows was 0.03-0.04x of cuBLAS
+# eagerly, ~0.5 ms of host setup a call: benchmarks/sparsity_gpu.py; the timing says no.)
+SEMI24_SPEEDUP = 1.6
+SEMI24_BLOCK: Block = (16, 16)  # the BSR block a 2:4 weight is stored with (all blocks nonzero)
+DECISION_VERSION = 1  # of the stored decision JSON; other versions are ignored
 
 
 # ------------------------------------------------------------- weight helpers
@@ -85,6 +107,16 @@ def block_density(w: np.ndarray, block: Block) -> float:
 
 def fits(shape: tuple[int, int], block: Block) -> bool:
     return shape[0] % block[0] == 0 and shape[1] % block[1] == 0
+
+
+def holds_2to4(w_kn: Any) -> bool:
+    """Whether ``W[K, N]`` (numpy or torch) has at most 2 nonzeros in every 4 consecutive
+    elements along K, i.e. ``W^T`` is 2:4 row-wise."""
+    k, n = w_kn.shape
+    if k % 4:
+        return False
+    nz = (w_kn != 0).reshape(k // 4, 4, n).sum(1)
+    return bool((nz <= 2).all())
 
 
 def to_bsr(w: np.ndarray, block: Block) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -120,8 +152,10 @@ class SparseLayer:
     kind: str                       # "linear" | "conv1x1"
     x_shape: tuple[int, ...]        # concrete (symbolic dims replaced by REPRESENTATIVE_ROWS)
     axis: int                       # contracted axis of x
-    weight: np.ndarray = field(repr=False, compare=False)  # [K, N]
+    weight: np.ndarray = field(repr=False, compare=False)  # [K, N] (bf16: its exact f32 values)
     densities: tuple[tuple[Block, float], ...] = ()
+    dtype: DType = DType.float32    # of the contraction (a bf16 weight's array is f32)
+    two_four: bool = False          # the weight holds the 2:4 pattern along K
 
     @property
     def rows(self) -> int:
@@ -131,9 +165,15 @@ class SparseLayer:
     def kn(self) -> tuple[int, int]:
         return tuple(self.weight.shape)  # type: ignore[return-value]
 
-    def key(self, target: str = "") -> tuple:
-        digest = hashlib.sha1(np.ascontiguousarray(self.weight).tobytes()).hexdigest()[:16]
-        return (digest, self.kn, self.x_shape, self.axis, target)
+    @property
+    def digest(self) -> str:
+        return hashlib.sha1(np.ascontiguousarray(self.weight).tobytes()).hexdigest()[:16]
+
+    def key(self, target: str = "") -> str:
+        """What a decision depends on: the weight's bytes, the shapes, the dtype and the target."""
+        k, n = self.kn
+        return (f"{self.digest}:{self.kind}:{k}x{n}:x{list(self.x_shape)}:axis{self.axis}:"
+                f"{self.dtype.short}:{target}")
 
 
 @dataclass(frozen=True)
@@ -146,17 +186,64 @@ class SparseDecision:
     est_dense_ms: float = 0.0
     est_sparse_ms: float = 0.0
     dense_ms: float | None = None   # measured
-    sparse_ms: float | None = None
+    sparse_ms: float | None = None  # measured, of the block-sparse kernel or (impl semi24) the 2:4 one
     reason: str = ""
+    impl: str = "auto"              # the bsr_matmul's impl: "semi24" for the 2:4 library kernel
+    semi24_ms: float | None = None  # measured 2:4 candidate, when it was timed and lost
 
     def line(self) -> str:
-        pick = f"sparse {self.block[0]}x{self.block[1]}" if self.sparse and self.block else "dense"
+        if self.sparse and self.impl == "semi24":
+            pick = "sparse 2:4 (semi24)"
+        elif self.sparse and self.block:
+            pick = f"sparse {self.block[0]}x{self.block[1]}"
+        else:
+            pick = "dense"
         blk = f"{self.block[0]}x{self.block[1]}" if self.block else "-"
         meas = (f"; measured dense {self.dense_ms:.3f} ms, sparse {self.sparse_ms:.3f} ms"
-                if self.dense_ms is not None and self.sparse_ms is not None else "")
+                if self.dense_ms is not None and self.sparse_ms is not None else
+                f"; measured dense {self.dense_ms:.3f} ms" if self.dense_ms is not None else "")
+        if self.semi24_ms is not None:
+            meas += f", 2:4 {self.semi24_ms:.3f} ms"
         return (f"{self.layer} {self.shape}: {pick} (block {blk} density {self.density:.3f}; "
                 f"estimate dense {self.est_dense_ms:.3f} ms, sparse {self.est_sparse_ms:.3f} ms"
                 f"{meas}){' ' + self.reason if self.reason else ''}")
+
+    def to_json(self, layer: SparseLayer, target: str) -> str:
+        """The stored form: the decision and what it was made for (weight digest, shapes,
+        densities, target), for ``from_json`` to check."""
+        d = {f: getattr(self, f) for f in self.__dataclass_fields__ if f not in ("layer", "shape")}
+        d.update(version=DECISION_VERSION, digest=layer.digest, kn=list(layer.kn),
+                 x_shape=list(layer.x_shape), dtype=layer.dtype.short, target=target,
+                 densities=[[b[0], b[1], dens] for b, dens in layer.densities])
+        return json.dumps(d, sort_keys=True)
+
+    @staticmethod
+    def from_json(payload: dict[str, Any], layer: SparseLayer, target: str) -> SparseDecision:
+        """The stored decision for ``layer``; ``ValueError`` when the row is not one (another
+        version, another weight or shape, a block that does not fit, missing fields)."""
+        version = payload.get("version") if isinstance(payload, dict) else None
+        if version != DECISION_VERSION:
+            raise ValueError(f"decision version {version!r}, want {DECISION_VERSION}")
+        made_for = (payload.get("digest"), payload.get("kn"), payload.get("x_shape"),
+                    payload.get("dtype"), payload.get("target"))
+        want = (layer.digest, list(layer.kn), list(layer.x_shape), layer.dtype.short, target)
+        if made_for != want:
+            raise ValueError(f"made for {made_for}, not for this layer {want}")
+        try:
+            block = payload["block"]
+            block = None if block is None else (int(block[0]), int(block[1]))
+            opt = lambda v: None if v is None else float(v)  # noqa: E731
+            d = SparseDecision(layer.name, describe(layer), bool(payload["sparse"]), block,
+                               float(payload["density"]), float(payload["est_dense_ms"]),
+                               float(payload["est_sparse_ms"]), opt(payload["dense_ms"]),
+                               opt(payload["sparse_ms"]), str(payload["reason"]),
+                               str(payload["impl"]), opt(payload["semi24_ms"]))
+        except (KeyError, TypeError, IndexError) as e:
+            raise ValueError(f"malformed decision ({type(e).__name__}: {e})") from None
+        if d.impl not in ("auto", "triton", "semi24") or (block is not None and not fits(layer.kn, block)) \
+                or (d.sparse and block is None) or (d.impl == "semi24" and not layer.two_four):
+            raise ValueError(f"decision {d.impl} block {block} does not fit W {layer.kn}")
+        return d
 
 
 class Chooser(Protocol):
@@ -175,6 +262,7 @@ class AnalyticalChooser:
     break_even: dict[Block, float] = field(default_factory=lambda: dict(BREAK_EVEN))
     decisions: list[SparseDecision] = field(default_factory=list)
     dtypes: tuple[DType, ...] = (DType.float32,)  # weight dtypes worth looking at
+    semi24: Callable[[SparseLayer], bool] | None = None  # which 2:4 layers the library kernel runs
 
     def estimate(self, layer: SparseLayer) -> tuple[Block | None, float, float, float]:
         """(best block, its density, dense ms, sparse ms) by the FLOP model."""
@@ -189,49 +277,154 @@ class AnalyticalChooser:
                 best = (block, density, sparse_ms)
         return best[0], best[1], dense_ms, best[2]
 
+    def estimate_2to4(self, layer: SparseLayer, dense_ms: float) -> float | None:
+        """The 2:4 library kernel's estimated ms, or None when it cannot run ``layer``."""
+        if not layer.two_four or self.semi24 is None or not fits(layer.kn, SEMI24_BLOCK) \
+                or not self.semi24(layer):
+            return None
+        return dense_ms / SEMI24_SPEEDUP
+
     def choose(self, layer: SparseLayer) -> SparseDecision:
         block, density, dense_ms, sparse_ms = self.estimate(layer)
+        reason = "(estimate only)"
+        est24 = self.estimate_2to4(layer, dense_ms)
+        if est24 is not None:  # a library kernel's speed is not modelled: only a timing may pick it
+            reason = (f"(estimate only; 2:4 candidate estimated {est24:.3f} ms, not picked without "
+                      "a GPU measurement)")
         d = SparseDecision(layer.name, describe(layer), block is not None and sparse_ms < dense_ms,
-                           block, density, dense_ms, sparse_ms, reason="(estimate only)")
+                           block, density, dense_ms, sparse_ms, reason=reason)
         self.decisions.append(d)
         return d
 
 
 MeasureFn = Callable[[SparseLayer, Block], tuple[float, float]]  # -> (dense s, sparse s)
-_DECISION_CACHE: dict[tuple, SparseDecision] = {}
+Measure24Fn = Callable[[SparseLayer], tuple[float, float]]       # -> (dense s, 2:4 s)
+_DECISION_CACHE: dict[str, SparseDecision] = {}
+
+
+class DecisionStore(Protocol):
+    """Where measured decisions outlive the process (``TuningDBStore``)."""
+
+    def get(self, key: str) -> dict[str, Any] | None: ...
+
+    def put(self, key: str, payload: str) -> None: ...
+
+
+@dataclass
+class TuningDBStore:
+    """Measured decisions in the tuning database (``pass_decisions``, kind ``sparsity``),
+    opened for each read or write: a handful per compile. A database that cannot be opened
+    or a row that is not JSON is reported and treated as absent; the compile goes on."""
+
+    path: str | None  # None: the default database under $TILEFX_CACHE_DIR
+    target: str
+    kind: str = "sparsity"
+
+    def get(self, key: str) -> dict[str, Any] | None:
+        from tilefx.autotune.database import TuningDatabase
+
+        try:
+            with TuningDatabase(self.path) as db:
+                text = db.pass_decision(self.kind, key, self.target)
+        except Exception as e:  # noqa: BLE001 - a cache: never fail the compile on it
+            log.warning("sparsity: cannot read decisions from the tuning database %s (%s); "
+                        "measuring instead", self.path or "(default)", e)
+            return None
+        if text is None:
+            return None
+        try:
+            return json.loads(text)
+        except ValueError:
+            log.warning("sparsity: ignoring a stored decision that is not JSON (key %s) in %s; "
+                        "it will be measured again", key, self.path or "(default)")
+            return None
+
+    def put(self, key: str, payload: str) -> None:
+        from tilefx.autotune.database import TuningDatabase
+
+        try:
+            with TuningDatabase(self.path) as db:
+                db.set_pass_decision(self.kind, key, self.target, payload)
+        except Exception as e:  # noqa: BLE001
+            log.warning("sparsity: cannot store a decision in the tuning database %s (%s)",
+                        self.path or "(default)", e)
 
 
 @dataclass
 class MeasuredChooser:
-    """The estimate picks the block; a measurement of both kernels decides."""
+    """The estimate picks the block; a measurement of both kernels decides. With
+    ``measure_2to4``, a 2:4 weight's library kernel is timed too, and the fastest wins."""
 
     measure: MeasureFn
     target: str = "cpu"
     estimate: Any = field(default_factory=AnalyticalChooser)  # .estimate(layer): analytical or learned
     decisions: list[SparseDecision] = field(default_factory=list)
     margin: float = 0.5  # measure only when the estimate says sparse is < 1/margin x dense
+    measure_2to4: Measure24Fn | None = None
+    store: DecisionStore | None = None
 
     def choose(self, layer: SparseLayer) -> SparseDecision:
-        key = layer.key(self.target)
-        if key in _DECISION_CACHE:
-            d = _DECISION_CACHE[key]
-        else:
-            block, density, est_d, est_s = self.estimate.estimate(layer)
-            if block is None or est_s > est_d / self.margin:
-                d = SparseDecision(layer.name, describe(layer), False, block, density, est_d, est_s,
-                                   reason="(estimate: far from break-even, not measured)")
-            else:
-                dense_s, sparse_s = self.measure(layer, block)
-                d = SparseDecision(layer.name, describe(layer), sparse_s < dense_s, block, density,
-                                   est_d, est_s, dense_s * 1e3, sparse_s * 1e3)
-            _DECISION_CACHE[key] = d
+        key = layer.key(self.target) + (":2to4" if self._est24(layer, 1.0) is not None else "")
+        d = _DECISION_CACHE.get(key)
+        if d is None and self.store is not None:
+            d = self._stored(key, layer)
+        if d is None:
+            d = self._decide(layer)
+            if self.store is not None and d.dense_ms is not None:  # estimates are cheap to redo
+                self.store.put(key, d.to_json(layer, self.target))
+        else:  # the same weight may sit under another name in this model
+            d = replace(d, layer=layer.name, shape=describe(layer))
+        _DECISION_CACHE[key] = d
         self.decisions.append(d)
         return d
+
+    def _stored(self, key: str, layer: SparseLayer) -> SparseDecision | None:
+        payload = self.store.get(key) if self.store is not None else None
+        if payload is None:
+            return None
+        try:
+            d = SparseDecision.from_json(payload, layer, self.target)
+        except ValueError as e:
+            log.warning("sparsity: ignoring the stored decision for %s (%s); measuring again",
+                        layer.name, e)
+            return None
+        return replace(d, reason=(d.reason + " " if d.reason else "") + "(from the tuning database)")
+
+    def _est24(self, layer: SparseLayer, dense_ms: float) -> float | None:
+        est = getattr(self.estimate, "estimate_2to4", None)
+        return est(layer, dense_ms) if self.measure_2to4 is not None and est is not None else None
+
+    def _decide(self, layer: SparseLayer) -> SparseDecision:
+        block, density, est_d, est_s = self.estimate.estimate(layer)
+        est24 = self._est24(layer, est_d)
+        worth = block is not None and est_s <= est_d / self.margin
+        if not worth and est24 is None:
+            return SparseDecision(layer.name, describe(layer), False, block, density, est_d, est_s,
+                                  reason="(estimate: far from break-even, not measured)")
+        dense_s = sparse_s = semi_s = None
+        if worth:
+            dense_s, sparse_s = self.measure(layer, block)  # type: ignore[arg-type]
+        if est24 is not None and self.measure_2to4 is not None:
+            dense24, semi_s = self.measure_2to4(layer)
+            dense_s = dense24 if dense_s is None else min(dense_s, dense24)
+        ms = lambda s: None if s is None else s * 1e3  # noqa: E731
+        timed = [(t, name) for t, name in ((sparse_s, "block"), (semi_s, "2:4")) if t is not None]
+        best_s, best = min(timed)
+        if best_s >= dense_s:  # dense wins ties: a sparse pick must be measured faster
+            return SparseDecision(layer.name, describe(layer), False, block, density, est_d, est_s,
+                                  ms(dense_s), ms(sparse_s), semi24_ms=ms(semi_s))
+        if best == "2:4":
+            return SparseDecision(layer.name, describe(layer), True, SEMI24_BLOCK,
+                                  dict(layer.densities).get(SEMI24_BLOCK, 1.0), est_d, est24 or 0.0,
+                                  ms(dense_s), ms(semi_s), impl="semi24")
+        return SparseDecision(layer.name, describe(layer), True, block, density, est_d, est_s,
+                              ms(dense_s), ms(sparse_s), semi24_ms=ms(semi_s))
 
 
 def describe(layer: SparseLayer) -> str:
     k, n = layer.kn
-    return f"x {list(layer.x_shape)} {'conv1x1' if layer.kind == 'conv1x1' else '@'} W [{k}, {n}]"
+    dt = "" if layer.dtype == DType.float32 else f" {layer.dtype.short}"
+    return f"x [{', '.join(map(str, layer.x_shape))}]{dt} {'conv1x1' if layer.kind == 'conv1x1' else '@'} W [{k}, {n}]"
 
 
 # ------------------------------------------------------------- the passes
@@ -240,31 +433,68 @@ def _concrete(dims: tuple) -> tuple[int, ...]:
     return tuple(int(d) if getattr(d, "is_number", True) else REPRESENTATIVE_ROWS for d in dims)
 
 
+def constant_weight(rw: Rewriter, v: Value) -> tuple[np.ndarray, DType] | None:
+    """The array behind a constant weight and its IR dtype: a ``const``, or a bf16 weight
+    held as ``cast(const f32 -> bf16)`` (maybe ``permute``d: an nn.Linear weight's transpose,
+    which constant folding leaves alone in bf16) whose values are bf16 already, so the cast
+    is exact and the array is the weight."""
+    w = rw.const_array(v)
+    if w is not None:
+        return w, v.type.dtype
+    if v.type.dtype != DType.bfloat16:
+        return None
+    perms = []
+    op = rw.producer(v)
+    while op is not None and op.name == "permute":
+        perms.append(tuple(op.attr("dims")))
+        op = rw.producer(op.inputs[0])
+    if op is None or op.name != "cast":
+        return None
+    w = rw.const_array(op.inputs[0])
+    if w is None or w.dtype != np.float32 or (np.ascontiguousarray(w).view(np.uint32) & 0xFFFF).any():
+        return None  # not bf16 values: the cast rounds, and the blocks would have to round alike
+    for dims in reversed(perms):
+        w = np.transpose(w, dims)
+    return np.ascontiguousarray(w), DType.bfloat16
+
+
+def _weight_name(rw: Rewriter, v: Value, fallback: str) -> str:
+    op = rw.producer(v)
+    while op is not None and op.name in ("cast", "permute"):
+        op = rw.producer(op.inputs[0])
+    return (op.attr("name") if op is not None and op.name == "const" else None) or fallback
+
+
 def candidate(rw: Rewriter, op: Op, blocks: tuple[Block, ...] = BLOCKS,
               dtypes: tuple[DType, ...] = (DType.float32,)) -> SparseLayer | None:
     """The layer behind ``op`` if it is a contraction on a sparse enough constant weight."""
+    if op.name not in ("matmul", "conv2d"):
+        return None
+    found = constant_weight(rw, op.inputs[1])
+    if found is None:
+        return None
+    w, dtype = found
     if op.name == "matmul":
-        w = rw.const_array(op.inputs[1])
-        if w is None or w.ndim != 2:
+        if w.ndim != 2:
             return None
         kind, axis = "linear", op.inputs[0].type.rank - 1
-    elif op.name == "conv2d":
-        w = rw.const_array(op.inputs[1])
+    else:
         a = op.attr_dict
-        if (w is None or w.shape[2:] != (1, 1) or tuple(a["stride"]) != (1, 1)
+        if (w.shape[2:] != (1, 1) or tuple(a["stride"]) != (1, 1)
                 or tuple(a["padding"]) != (0, 0) or a["groups"] != 1):
             return None
         kind, axis = "conv1x1", 1
-    else:
-        return None
-    if op.inputs[0].type.dtype not in dtypes or w.dtype.kind != "f" or w.size == 0:
+    if op.inputs[0].type.dtype not in dtypes or dtype != op.inputs[0].type.dtype \
+            or w.dtype.kind != "f" or w.size == 0:
         return None
     kn = as_kn(w)
     if 1.0 - np.count_nonzero(kn) / kn.size < MIN_ZEROS:
         return None
     densities = tuple((b, block_density(kn, b)) for b in blocks if fits(kn.shape, b))
-    name = rw.producer(op.inputs[1]).attr("name") or op.results[0].name
-    return SparseLayer(name, kind, _concrete(op.inputs[0].type.shape), axis, kn, densities)
+    two_four = dtype in (DType.float16, DType.bfloat16) and holds_2to4(kn)
+    name = _weight_name(rw, op.inputs[1], op.results[0].name)
+    return SparseLayer(name, kind, _concrete(op.inputs[0].type.shape), axis, kn, densities, dtype,
+                       two_four)
 
 
 @graph_pass("sparsify")
@@ -280,14 +510,18 @@ def sparsify(graph: Graph, chooser: Chooser | None = None) -> Graph:
         op = op.with_inputs(tuple(rw.get(v) for v in op.inputs))
         layer = candidate(rw, op, blocks, dtypes)
         decision = chooser.choose(layer) if layer is not None else None
-        if decision is None or not decision.sparse or decision.block is None:
+        if decision is None or not decision.sparse or decision.block is None \
+                or not fits(layer.kn, decision.block):
             rw.emit(op)
             continue
         log.info("sparsity: %s", decision.line())
         data, indices, indptr = to_bsr(layer.weight, decision.block)
-        ins = [rw.const(data, f"{layer.name}_bsr_data"), rw.const(indices, f"{layer.name}_bsr_indices"),
+        data_v = rw.const(data, f"{layer.name}_bsr_data")
+        if layer.dtype == DType.bfloat16:  # f32 blocks of bf16 values, cast back exactly
+            data_v = rw.op("cast", data_v, dtype=DType.bfloat16)
+        ins = [data_v, rw.const(indices, f"{layer.name}_bsr_indices"),
                rw.const(indptr, f"{layer.name}_bsr_indptr")]
-        new = rw.make_op("bsr_matmul", [op.inputs[0], *ins], {"axis": layer.axis})
+        new = rw.make_op("bsr_matmul", [op.inputs[0], *ins], {"axis": layer.axis, "impl": decision.impl})
         new = Op(new.name, new.inputs, op.results, new.attrs)  # keep the result's name
         rw.emit(new)
         changed = True

@@ -17,6 +17,17 @@ one generated pointwise kernel, like every library candidate (``library.py``).
 
 Only fp16/bf16, ``K % 64 == 0`` and ``N % 32 == 0`` (what both torch backends
 accept for the sparse operand), on a CUDA device of capability >= 8.0.
+
+Two ways in: the tuner (``impl`` is a knob of the sparse template's space), and
+the sparsity pass, which times this candidate against dense for a 2:4 weight
+(``sparse.measure_2to4``) and, when it wins, marks the ``bsr_matmul`` with
+``impl = "semi24"`` so the default schedule is this one. Timings exclude the
+one-time work (the first call compresses; ``_CACHE`` keeps the result): what
+remains per call on an H100 with torch 2.11 is cuSPARSELt's matmul-plan setup
+inside ``torch._cslt_sparse_mm``, ~0.5 ms of host time (CUTLASS's 2:4 kernels
+run on compute capability 8.x only), so at 4096x4096 it measured 0.02-0.05x of
+cuBLAS eagerly and 0.42-0.58x replayed from a CUDA graph
+(``benchmarks/sparsity_gpu.py --only-2to4``).
 """
 
 from __future__ import annotations
@@ -29,20 +40,11 @@ from tilefx.codegen.schedule import Schedule
 from tilefx.codegen.triton.source import HEADER, KernelSource
 from tilefx.ir.graph import Graph, Op
 from tilefx.ir.types import DType
+from tilefx.passes.sparsity import holds_2to4  # noqa: F401  (re-exported: the pattern check)
 
 MIN_CAPABILITY = (8, 0)
 ROW_MULTIPLE = 16
 _CACHE: dict[int, tuple[Any, Any]] = {}   # id(data) -> (weakref to data, compressed W^T)
-
-
-def holds_2to4(w_kn: Any) -> bool:
-    """Whether ``W[K, N]`` (numpy or torch) has at most 2 nonzeros in every 4 consecutive
-    elements along K, i.e. ``W^T`` is 2:4 row-wise."""
-    k, n = w_kn.shape
-    if k % 4:
-        return False
-    nz = (w_kn != 0).reshape(k // 4, 4, n).sum(1)
-    return bool((nz <= 2).all())
 
 
 def device_ok() -> bool:
@@ -57,9 +59,14 @@ def device_ok() -> bool:
     return bool(torch.cuda.is_available()) and torch.cuda.get_device_capability() >= MIN_CAPABILITY
 
 
+def fits(dtype: DType, k: int, n: int) -> bool:
+    """Whether torch's 2:4 kernels take a ``W[K, N]`` of this dtype and size (any device)."""
+    return dtype in (DType.float16, DType.bfloat16) and k % 64 == 0 and n % 32 == 0
+
+
 def available(dtype: DType, k: int, n: int) -> bool:
     """Whether a ``bsr_matmul`` of these sizes may take the 2:4 candidate on this machine."""
-    return dtype in (DType.float16, DType.bfloat16) and k % 64 == 0 and n % 32 == 0 and device_ok()
+    return fits(dtype, k, n) and device_ok()
 
 
 def compress(w_kn: Any) -> Any:

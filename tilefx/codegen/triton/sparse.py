@@ -26,7 +26,9 @@ the same weight blocks run together and share them in L2.
 
 Knobs (``SPACE``): ``impl`` (``triton``; ``semi24`` = the 2:4 semi-structured
 library candidate, see ``semi24.py``), ``BLOCK_M``, ``STEP_BLOCKS``,
-``num_warps``, ``num_stages``.
+``num_warps``, ``num_stages``. The default schedule follows the anchor's
+``impl`` attribute (set by the sparsity pass from its measurement): ``semi24``
+builds the 2:4 candidate without tuning, where this machine can run it.
 """
 
 from __future__ import annotations
@@ -88,10 +90,21 @@ def default_schedule(body: Graph, target: Any = None) -> Schedule:
     memory bound, so what matters is the number of loads in flight. Taller inputs: up
     to 64 rows per tile (each weight block is then reused by 64 rows)."""
     lay = layout(body)
+    if requested_semi24(body):
+        return Schedule.of(impl="semi24", EPILOGUE_BLOCK=1024)
     bm = max(16, min(64, next_pow2(lay["rows"])))
     step = 1 if lay["bk"] != next_pow2(lay["bk"]) else max(1, min(8, 64 // lay["bk"]))
     return clamp(body, Schedule.of(impl="triton", BLOCK_M=bm, STEP_BLOCKS=step, num_warps=4,
                                    num_stages=3))
+
+
+def requested_semi24(body: Graph) -> bool:
+    """The pass picked the 2:4 kernel for this layer (``impl = "semi24"``) and it can run here."""
+    from tilefx.codegen.triton import semi24
+
+    lay = layout(body)
+    return anchor_of(body).attr("impl") == "semi24" and \
+        semi24.available(lay["dtype"], lay["k"], lay["nb"] * lay["bn"])
 
 
 def clamp(body: Graph, schedule: Schedule) -> Schedule:
@@ -199,21 +212,18 @@ def emit(body: Graph, name: str, schedule: Schedule) -> KernelSource:
 
 # --------------------------------------------------------------- measurement
 
-def measure_layer(layer: Any, block: tuple[int, int], target: Any = None) -> tuple[float, float]:
-    """Seconds of the default dense kernel (Triton or cuBLAS, ``matmul.py``'s choice) and of
-    this template's default kernel for ``layer`` (a ``passes.sparsity.SparseLayer``) on the
-    GPU, CUDA-event medians with a cold L2: the GPU ``MeasuredChooser``'s ``measure``."""
+def _layer_kernels(layer: Any, block: tuple[int, int], impl: str = "auto") -> tuple[Any, Any, list, list]:
+    """The dense and the ``bsr_matmul`` kernel ops of ``layer`` (a ``passes.sparsity.SparseLayer``,
+    viewed as rows x K) and their GPU arguments (fresh random ``x``, the weight, outputs)."""
     import numpy as np
     import torch
 
-    from tilefx.autotune.measure_cuda import time_cuda
-    from tilefx.codegen.triton import build_kernel
     from tilefx.ir.builder import kernel_op
     from tilefx.ir.types import TensorType
     from tilefx.passes.sparsity import to_bsr
 
-    dtype = DType.float16 if layer.weight.dtype == np.float16 else DType.float32
-    tdt = torch.float16 if dtype == DType.float16 else torch.float32
+    dtype = layer.dtype
+    tdt = {DType.float16: torch.float16, DType.bfloat16: torch.bfloat16}.get(dtype, torch.float32)
     k, n = layer.kn
     rows = layer.rows
     ty = lambda *shape: TensorType(dtype, shape)  # noqa: E731
@@ -222,13 +232,46 @@ def measure_layer(layer: Any, block: tuple[int, int], target: Any = None) -> tup
     data, idx, ptr = to_bsr(layer.weight, block)
     i32 = lambda a: TensorType(DType.int32, a.shape)  # noqa: E731
     sparse = kernel_op("sparse_contraction", [ty(rows, k), ty(*data.shape), i32(idx), i32(ptr)],
-                       lambda b, x, d, i, p: b.op("bsr_matmul", x, d, i, p, axis=-1), name="sparse")
+                       lambda b, x, d, i, p: b.op("bsr_matmul", x, d, i, p, axis=-1, impl=impl),
+                       name="sparse")
     x = torch.randn(rows, k, device="cuda", dtype=tdt)
     out = torch.empty(rows, n, device="cuda", dtype=tdt)
+    # bf16 weights arrive as their exact f32 values: the conversion back is exact
     d_args = [x, torch.from_numpy(np.ascontiguousarray(layer.weight)).to("cuda", tdt), out]
-    s_args = [x, *(torch.from_numpy(a).cuda() for a in (data, idx, ptr)), torch.empty_like(out)]
-    times = []
-    for op, args in ((dense, d_args), (sparse, s_args)):
-        fn = build_kernel(op, target)
-        times.append(float(np.median(time_cuda(fn, args, repeats=10, rep_seconds=0.02))))
-    return times[0], times[1]
+    s_args = [x, torch.from_numpy(data).to("cuda", tdt),
+              *(torch.from_numpy(a).cuda() for a in (idx, ptr)), torch.empty_like(out)]
+    return dense, sparse, d_args, s_args
+
+
+def _time(op: Any, args: list, target: Any, schedule: Any = None) -> float:
+    """Median seconds of ``op``'s kernel: built and called once first, so one-time work
+    (Triton compile, the 2:4 weight's compression and cuSPARSELt setup) is not timed."""
+    import numpy as np
+    import torch
+
+    from tilefx.autotune.measure_cuda import time_cuda
+    from tilefx.codegen.triton import build_kernel
+
+    fn = build_kernel(op, target, schedule)
+    fn(*args)
+    torch.cuda.synchronize()
+    return float(np.median(time_cuda(fn, args, repeats=10, rep_seconds=0.02)))
+
+
+def measure_layer(layer: Any, block: tuple[int, int], target: Any = None) -> tuple[float, float]:
+    """Seconds of the default dense kernel (Triton or cuBLAS, ``matmul.py``'s choice) and of
+    this template's default kernel for ``layer`` (a ``passes.sparsity.SparseLayer``) on the
+    GPU, CUDA-event medians with a cold L2: the GPU ``MeasuredChooser``'s ``measure``."""
+    dense, sparse, d_args, s_args = _layer_kernels(layer, block)
+    return _time(dense, d_args, target), _time(sparse, s_args, target)
+
+
+def measure_2to4(layer: Any, target: Any = None) -> tuple[float, float]:
+    """Seconds of the default dense kernel and of the 2:4 library candidate (``semi24``) for a
+    2:4 ``layer``, as ``measure_layer``: the GPU ``MeasuredChooser``'s ``measure_2to4``."""
+    from tilefx.codegen.schedule import Schedule
+    from tilefx.passes.sparsity import SEMI24_BLOCK
+
+    dense, sparse, d_args, s_args = _layer_kernels(layer, SEMI24_BLOCK, impl="semi24")
+    return (_time(dense, d_args, target),
+            _time(sparse, s_args, target, Schedule.of(impl="semi24", EPILOGUE_BLOCK=1024)))

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 from tvm import te, tirx
 
@@ -254,6 +254,15 @@ def _broadcast_to(ctx, op, ins):
 
 # ---------------------------------------------------------------- injective
 
+def _bounded(idx: Sequence[tirx.Var], shape: Sequence[int]) -> Any:
+    from tvm import ir, sym
+
+    analyzer = sym.Analyzer()
+    for v, d in zip(idx, shape):
+        analyzer.bind(v, ir.Range(0, d))
+    return analyzer
+
+
 @te_op("reshape")
 def _reshape(ctx, op, ins):
     (x,) = ins
@@ -267,7 +276,10 @@ def _reshape(ctx, op, ins):
         for d in reversed(in_shape):
             src.append(tirx.floormod(flat, d))
             flat = tirx.floordiv(flat, d)
-        return x[tuple(reversed(src))]
+        # simplified under the index bounds, so a blocked layout's reshape reads as
+        # plain div/mod (``x[c // 16, ..., c % 16]``) that templates can recognize
+        analyzer = _bounded(idx, out_shape)
+        return x[tuple(analyzer.simplify(s) for s in reversed(src))]
     return [te.compute(out_shape, body, name=ctx.name(op))]
 
 

@@ -17,6 +17,11 @@ is a 1x1 convolution (stride 1, no padding) with ``W = w[:, :, 0, 0].T``. The
 result has ``x``'s shape with the contracted axis replaced by N. The operands are
 constants written by ``passes/sparsity.py``; the op is exact (same products, a
 different summation order).
+
+``impl`` says which kernel the pass measured fastest for this layer, for the
+backend to build without tuning: ``"auto"`` (the backend's default), ``"triton"``
+(the block-sparse template) or ``"semi24"`` (the 2:4 semi-structured library
+candidate, GPUs only). A backend that cannot honor it uses its default.
 """
 
 from __future__ import annotations
@@ -26,7 +31,10 @@ from tilefx.ir.ops.shapes import normalize_axis
 from tilefx.ir.types import DType, dims_equal
 
 
-@register_op("bsr_matmul", Category.contraction, inputs=4, attrs={"axis": -1},
+IMPLS = ("auto", "triton", "semi24")
+
+
+@register_op("bsr_matmul", Category.contraction, inputs=4, attrs={"axis": -1, "impl": "auto"},
              doc="x contracted on `axis` with a block-sparse W[K, N] (data [nnzb, bk, bn], "
                  "indices [nnzb], indptr [N/bn + 1])")
 def _bsr_matmul(types, attrs):
@@ -40,6 +48,8 @@ def _bsr_matmul(types, attrs):
         raise TypeError(f"bsr_matmul: block dtype {data.dtype} differs from the input's {x.dtype}")
     if not dims_equal(data.shape[0], indices.shape[0]):
         raise ValueError(f"bsr_matmul: {data.shape[0]} blocks but {indices.shape[0]} indices")
+    if attrs["impl"] not in IMPLS:
+        raise ValueError(f"bsr_matmul: impl {attrs['impl']!r} is not one of {IMPLS}")
     axis = normalize_axis(attrs["axis"], x.rank)
     bk, bn = int(data.shape[1]), int(data.shape[2])
     k = x.shape[axis]

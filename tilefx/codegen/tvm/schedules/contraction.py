@@ -47,7 +47,7 @@ def space(kernel_op: Op, target: Target) -> dict[str, list[Any]]:
 
     anchor = _anchor(kernel_op)
     if anchor is not None and anchor.name == "conv2d":
-        return conv.space(anchor, target)
+        return conv.space(anchor, target, kernel_op.body)
     return matmul.space(anchor, target, kernel_op.body)
 
 
@@ -56,7 +56,7 @@ def default_schedule(kernel_op: Op, target: Target) -> Schedule:
 
     anchor = _anchor(kernel_op)
     if anchor is not None and anchor.name == "conv2d":
-        return conv.default_schedule(anchor, target)
+        return conv.default_schedule(anchor, target, kernel_op.body)
     return matmul.default_schedule(anchor, target, kernel_op.body)
 
 
