@@ -80,6 +80,9 @@ def space(anchor: Op | None, target: Target, body: Any = None) -> dict[str, list
     if packed:  # the weight's block is the register tile (passes/layout.py)
         return {"reg_oc": [packed[1]], "tile_oh": [1, 2, 4], "vec_ow": [2, 4, 6, 8, 16, 32],
                 "pack_w": [False], "parallel": [True, False]}
+    if _grouped(anchor):  # the column-vector loop reads neither reg_oc nor pack_w: no dead knobs
+        return {"reg_oc": [1], "tile_oh": [1, 2, 4], "vec_ow": [2, 4, 6, 8, 16, 32],
+                "pack_w": [False], "parallel": [True, False]}
     return {"reg_oc": [lanes // 2, lanes, 2 * lanes, 4 * lanes], "tile_oh": [1, 2, 4],
             "vec_ow": [2, 4, 6, 8, 16, 32], "pack_w": [True, False], "parallel": [True, False]}
 
