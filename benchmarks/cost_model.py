@@ -18,7 +18,9 @@
    (no default schedule, no database seed, as TenSet's search experiments) by
    random search, the evolutionary search ranked by the analytical model and
    by the learned model (trained on the whole database, retrained online),
-   ``--trials`` measurements each, ``--seeds`` seeds. Measurements are shared
+   ``--trials`` trials each, ``--seeds`` seeds. A trial is a program new to the
+   run: a proposal whose fingerprint the run already measured is skipped, as the
+   Tuner does (its summary's "dup skipped"), not counted. Measurements are shared
    through a fingerprint cache (equal code is measured once for all
    strategies, so they see the same noise). Curves of best-so-far vs trials
    (normalized to the best any run found) go to PNG; the table gives trials
@@ -49,7 +51,7 @@ import numpy as np  # noqa: E402
 def ranking(ds: Any, X: np.ndarray, folds: int, seed: int) -> tuple[dict, dict, Any]:
     from sklearn.model_selection import GroupKFold
 
-    from tilefx.cost_model.features import NAMES, NO_ANALYTICAL, SHAPE_AND_KNOBS
+    from tilefx.cost_model.features import NAMES, NO_ANALYTICAL, NO_DELTA, SHAPE_AND_KNOBS
     from tilefx.cost_model.metrics import evaluate
     from tilefx.cost_model.train import evaluate_split
 
@@ -62,7 +64,8 @@ def ranking(ds: Any, X: np.ndarray, folds: int, seed: int) -> tuple[dict, dict, 
             scores.setdefault(f"xgboost {name}", np.zeros(len(t)))[test] = m.score_matrix(X[test])
         pred_log[test] = models["regression"].score_matrix(X[test])
         for label, cols in (("knobs + shape only", SHAPE_AND_KNOBS),
-                            ("no analytical feature", NO_ANALYTICAL)):
+                            ("no analytical feature", NO_ANALYTICAL),
+                            ("no differences from the default schedule", NO_DELTA)):
             _, ms = evaluate_split(ds, X, train, test, objectives=("rank",), columns=cols,
                                    seed=seed, baselines=False)
             scores.setdefault(f"rank, {label}", np.zeros(len(t)))[test] = ms["rank"].score_matrix(X[test])
@@ -73,6 +76,59 @@ def ranking(ds: Any, X: np.ndarray, folds: int, seed: int) -> tuple[dict, dict, 
     scores["analytical"] = baseline_scores(ds, rows_all, "analytical")
     metrics = {name: evaluate(t, s, g) for name, s in scores.items()}
     return metrics, {"pred_log": pred_log, "names": NAMES}, scores
+
+
+def per_kind(ds: Any, scores: np.ndarray) -> str:
+    """Pairwise accuracy of one model's held-out scores per kernel kind."""
+    from tilefx.cost_model.metrics import evaluate
+
+    kinds = np.array([s.kernel.attr("kind") for s in ds.samples])
+    t, g = ds.seconds(), ds.groups()
+    parts = []
+    for kind in ("contraction", "reduction", "pointwise"):
+        m = kinds == kind
+        if m.any():
+            e = evaluate(t[m], scores[m], g[m])
+            parts.append(f"{kind} {e['pairwise']:.3f} ({int(e['workloads'])} workloads)")
+    return ", ".join(parts)
+
+
+def pair_flips(db: Any) -> str:
+    """The noise ceiling: how often two measurements of a workload's candidates order them
+    differently (split halves of each run's timing windows; repeats across runs)."""
+    from collections import defaultdict
+
+    from tilefx.cost_model.metrics import pairwise_accuracy
+
+    runs: dict[tuple[str, str], list[list[float]]] = defaultdict(list)
+    for r in db.records():
+        if r.ok and len(r.samples) >= 2 and "extern" not in r.schedule_json:
+            runs[(r.workload_key, r.schedule_json)].append(list(r.samples))
+    by_w: dict[str, list[tuple[float, float, float]]] = defaultdict(list)
+    for (w, _), rs in runs.items():
+        by_w[w].append((min(min(x[0::2]) for x in rs), min(min(x[1::2]) for x in rs),
+                        min(min(x) for x in rs)))
+    halves = [pairwise_accuracy(np.array([a for a, _, _ in v]), -np.array([b for _, b, _ in v]))
+              for v in by_w.values() if len(v) > 1]
+    ratios = np.array([np.log(min(rs[0]) / min(rs[1])) for rs in runs.values() if len(rs) > 1])
+    out = f"split-half agreement (windows 0,2,4 vs 1,3 of one run) {np.nanmean(halves):.3f}"
+    if len(ratios):
+        rng = np.random.default_rng(0)
+        sims = []
+        for _ in range(20):  # re-draw every label with the run-to-run ratios of the repeats
+            acc = []
+            for v in by_w.values():
+                if len(v) > 1:
+                    lat = np.array([x for _, _, x in v])
+                    again = lat * np.exp(rng.choice(ratios, len(lat)) * rng.choice([-1, 1], len(lat)))
+                    acc.append(pairwise_accuracy(lat, -again))
+            sims.append(np.nanmean(acc))
+        agree = float(np.mean(sims))
+        ceiling = (1 + np.sqrt(max(2 * agree - 1, 0.0))) / 2
+        out += (f"; two runs (labels re-drawn with the {len(ratios)} repeats' run-to-run ratios) "
+                f"agree on {agree:.3f} of pairs, so a perfect model would score about {ceiling:.3f} "
+                "against one run's labels (if a pair's flips are independent)")
+    return out + "."
 
 
 def repeat_noise(db: Any) -> str:
@@ -135,7 +191,8 @@ class SharedMeasurer:
         self.cache: dict[str, float | None] = {}
         self.measured = 0
 
-    def __call__(self, schedules: list[Any]) -> list[float | None]:
+    def __call__(self, schedules: list[Any]) -> list[tuple[str, float | None]]:
+        """(fingerprint, seconds) per schedule."""
         from tilefx.autotune.fingerprint import fingerprint
 
         fps = [fingerprint(self.op, s, self.target) for s in schedules]
@@ -145,7 +202,7 @@ class SharedMeasurer:
             for fp, r in zip(todo, self.runner.run(self.workload, builds)):
                 self.cache[fp] = r.seconds
                 self.measured += 1
-        return [self.cache[fp] for fp in fps]
+        return [(fp, self.cache[fp]) for fp in fps]
 
     def close(self) -> None:
         self.builder.close()
@@ -171,13 +228,17 @@ def search_run(op: Any, target: Any, strategy: str, model: Any, seed: int, trial
         strat = EvolutionarySearch(space, ranker, op, target, pool=pool, seed=seed)
     history: list[float] = []
     best = float("inf")
+    seen: set[str] = set()  # this run's programs: a proposal equal to one is skipped, as the tuner does
     while len(history) < trials:
         props = strat.propose(min(batch, trials - len(history)))
         if not props:
             break
-        secs = measure(props)
-        strat.update([_Result(s, t) for s, t in zip(props, secs)])
-        for t in secs:
+        measured = measure(props)
+        strat.update([_Result(s, t) for s, (_, t) in zip(props, measured)])
+        for fp, t in measured:
+            if fp in seen:
+                continue  # a duplicate costs no trial (Tuner: "dup skipped")
+            seen.add(fp)
             best = min(best, t) if t else best
             history.append(best)
     return history
@@ -259,10 +320,11 @@ def main(argv: list[str] | None = None) -> int:
         ds = load_dataset(db, key)
         counts = db.count()
         noise = repeat_noise(db)
+        flips = pair_flips(db)
     t0 = time.perf_counter()
     X = ds.features()
     feat_s = (time.perf_counter() - t0) / max(len(ds.samples), 1)
-    metrics, extra, _ = ranking(ds, X, args.folds, args.seed)
+    metrics, extra, all_scores = ranking(ds, X, args.folds, args.seed)
     plot_pred(ds, extra["pred_log"], res / f"cost-model-pred-vs-measured-{date}.png")
     load = " / ".join(f"{x:.1f}" for x in os.getloadavg())
     out = [f"# Learned cost model on CPU ({date})", "",
@@ -276,6 +338,8 @@ def main(argv: list[str] | None = None) -> int:
            f"Measurement noise: {noise}", "",
            f"## Ranking on held-out workloads ({args.folds}-fold GroupKFold by workload)", "",
            format_metrics(metrics), "",
+           f"Per kernel kind (xgboost rank, pairwise): {per_kind(ds, all_scores['xgboost rank'])}.", "",
+           f"Noise ceiling: {flips}", "",
            "![predicted vs measured](cost-model-pred-vs-measured-" + f"{date}.png)", ""]
     if not args.no_search:
         model = LearnedModel.load(args.model) if args.model else LearnedModel.train(

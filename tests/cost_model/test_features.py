@@ -56,6 +56,44 @@ def test_loop_nest_features_follow_the_schedule():
     assert cheap[i["flops"]] == 0 and cheap[i["knob_unroll"]] == 4
 
 
+def test_gathered_vectors_count_as_scalar():
+    # rows of 100: a vector of 4 stays inside a row, a vector of 8 or 16 straddles two rows
+    # of the fused loop (floordiv/floormod by 100): per-lane code, 3x slower when measured
+    row = TensorType(DType.float32, (16, 100))
+    op = kernel_op("pointwise", [row, TensorType(DType.float32, (100,))],
+                   lambda b, x, y: b.op("relu", b.op("add", x, y)), "bias_relu")
+    i = F.INDEX
+    whole = F.features(op, Schedule.of(vectorize=4, unroll=1, parallel=False), TARGET)
+    assert whole[i["vec_frac"]] == 1.0 and whole[i["vec_gather"]] == 0.0
+    for lanes in (8, 16):
+        split = F.features(op, Schedule.of(vectorize=lanes, unroll=1, parallel=False), TARGET)
+        assert split[i["vec_gather"]] == 1.0 and split[i["vec_frac"]] == 0.0
+        assert split[i["loop0_kind"]] == 2.0  # still the vectorized loop in the signature
+
+
+def test_differences_from_the_default_schedule():
+    op = matmul(64, 128, 96)
+    default = default_schedule(op, TARGET)
+    i = F.INDEX
+    at_default = F.features(op, default, TARGET)
+    deltas = [i[f"d_{n}"] for n in F.DELTA_OF]
+    assert not at_default[deltas].any()
+    other = default.with_(parallel=not default.get("parallel"))
+    vec = F.features(op, other, TARGET)
+    assert vec[i["d_knob_parallel"]] == vec[i["knob_parallel"]] - at_default[i["knob_parallel"]] != 0
+    assert vec[i["d_par_extent"]] == vec[i["par_extent"]] - at_default[i["par_extent"]]
+
+
+def test_hottest_store_detail():
+    op = matmul(64, 128, 96)
+    vec = F.features(op, default_schedule(op, TARGET), TARGET)
+    i = F.INDEX
+    sig = [(vec[i[f"loop{k}_kind"]], vec[i[f"loop{k}_spatial"]]) for k in range(F.LEVELS)]
+    assert sig[0] == (2.0, 1.0)            # innermost: the vectorized output columns
+    assert (0.0, 0.0) in sig               # a serial reduction loop (k) around the register tile
+    assert vec[i["w_reg_fp"]] > 0 and vec[i["r0_task_fp"]] > 0 and vec[i["r1_task_fp"]] > 0
+
+
 def test_kernel_kind_from_body():
     assert F.kernel_kind(matmul(16, 16, 16).body) == "contraction"
     assert F.kernel_kind(_pointwise().body) == "pointwise"

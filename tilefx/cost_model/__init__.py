@@ -1,7 +1,8 @@
 """The learned hardware cost model: predicts how fast a (Kernel, Schedule, Target) runs.
 
 - ``features``: the versioned feature vector of a candidate (loop-nest walk of
-  the scheduled TIR + knobs + target facts), ``FEATURES`` documents each entry;
+  the scheduled TIR in ``loopnest`` + knobs + target facts + differences from
+  the kernel's default schedule), ``FEATURES`` documents each entry;
 - ``model``: ``LearnedModel`` (XGBoost, pairwise ranking or log-latency
   regression), JSON save/load, online boosting as measurements arrive;
 - ``dataset`` / ``train`` / ``metrics``: tuning database -> split by workload

@@ -19,7 +19,7 @@ the kernels' computation (``driver.kernel_key``: name-blind IR text), so a
 transformer's repeated layers cost one decision. ``decisions`` keeps every
 one for the compile report (``FusionDecision.line``).
 
-The shipped model ``default_x86_latency.json`` (feature version 2) was trained with
+The shipped model ``default_x86_latency.json`` (feature version 3) was trained with
 
     tilefx collect --db cm5.db --workloads sparse --trials 8      # added to the quiet cm2.db
     tilefx train-cost-model --db cm5.db --target cpu --objective regression \

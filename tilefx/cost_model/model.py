@@ -8,9 +8,17 @@ Two objectives (``benchmarks/cost_model.py`` compares them):
 
 - ``rank``: ``rank:pairwise`` with one query group per workload, labels the
   normalized throughput (best latency of the workload / latency). Only the
-  order inside a workload is learned, which is all the tuner asks for.
+  order inside a workload is learned, which is all the tuner asks for. Every
+  pair of a group is trained on (XGBoost's default keeps only the pairs of
+  the model's current top 32: a group of 63 schedules then loses most of the
+  pairs that the held-out pairwise accuracy counts; all pairs: +0.012 held
+  out), and each round grows ``PARALLEL_TREES`` trees on row/column samples
+  (bagging inside one booster: steadier across seeds).
 - ``regression``: squared error on ``-log2(seconds)``; it must also learn
-  each workload's absolute scale, which the ranking never uses.
+  each workload's absolute scale, which the ranking never uses. It leaves out
+  the ``d_`` features (differences from the default schedule): they are
+  scale-free, and with them the absolute error held out grows (0.559 ->
+  0.576 mean |log2 error| on the latency model's data).
 
 The file is JSON: format tag, ``feature_version``, the target key it was
 trained for, the objective, the feature names and the booster (XGBoost's own
@@ -31,7 +39,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from tilefx.cost_model.features import FEATURE_VERSION, NAMES, feature_matrix
+from tilefx.cost_model.features import FEATURE_VERSION, NAMES, NO_DELTA, feature_matrix
 
 log = logging.getLogger("tilefx.cost_model")
 
@@ -39,6 +47,8 @@ FORMAT = "tilefx-cost-model"
 OBJECTIVES = ("rank", "regression")
 ONLINE_MIN = 6        # measurements of a kernel before the first online update
 ONLINE_ROUNDS = 20
+ALL_PAIRS = 4096      # lambdarank truncation level above any group size: all pairs
+PARALLEL_TREES = 4    # chosen by nested CV (benchmarks/results/cost-model-cpu-2026-11-26.md)
 
 
 class ModelError(ValueError):
@@ -49,7 +59,10 @@ def _params(objective: str, seed: int) -> dict[str, Any]:
     common = {"eta": 0.1, "max_depth": 6, "min_child_weight": 1, "subsample": 0.9,
               "colsample_bytree": 0.9, "seed": seed, "nthread": 1, "verbosity": 0}
     if objective == "rank":
-        return {**common, "objective": "rank:pairwise", "eval_metric": "ndcg"}
+        # topk with k >= any group: every pair of the group
+        return {**common, "objective": "rank:pairwise", "eval_metric": "ndcg",
+                "lambdarank_pair_method": "topk", "lambdarank_num_pair_per_sample": ALL_PAIRS,
+                "num_parallel_tree": PARALLEL_TREES}
     if objective == "regression":
         return {**common, "objective": "reg:squarederror"}
     raise ValueError(f"unknown objective {objective!r}: use one of {', '.join(OBJECTIVES)}")
@@ -100,13 +113,16 @@ class LearnedModel:
     @staticmethod
     def train(X: np.ndarray, seconds: np.ndarray, groups: np.ndarray, target_key: str, *,
               objective: str = "rank", rounds: int = 300, seed: int = 0,
-              columns: Sequence[int] | None = None, meta: dict[str, Any] | None = None
-              ) -> LearnedModel:
+              columns: Sequence[int] | None = None, meta: dict[str, Any] | None = None,
+              params: Mapping[str, Any] | None = None) -> LearnedModel:
+        """``params``: XGBoost parameters over the defaults (variants, nested CV)."""
         import xgboost as xgb
 
+        if objective == "regression" and columns is None:
+            columns = NO_DELTA
         X, y, g = _sorted_by_group(X, _labels(seconds, groups, objective), groups)
         d = _dmatrix(X, y, g if objective == "rank" else None, columns)
-        booster = xgb.train(_params(objective, seed), d, num_boost_round=rounds)
+        booster = xgb.train({**_params(objective, seed), **(params or {})}, d, num_boost_round=rounds)
         return LearnedModel(booster, objective, target_key, columns, meta=meta)
 
     def score_matrix(self, X: np.ndarray, booster: Any = None) -> np.ndarray:
