@@ -291,12 +291,42 @@ def search(args: argparse.Namespace, model: Any) -> tuple[dict, dict]:
     return curves, table
 
 
+def ranking_section(args: argparse.Namespace, argv: list[str] | None, ds: Any, key: str,
+                    counts: dict, noise: str, flips: str, res: Path, date: Any) -> list[str]:
+    """Held-out ranking metrics (and the predicted-vs-measured plot) as markdown lines."""
+    from tilefx.cost_model.metrics import format_metrics
+
+    t0 = time.perf_counter()
+    X = ds.features()
+    feat_s = (time.perf_counter() - t0) / max(len(ds.samples), 1)
+    metrics, extra, all_scores = ranking(ds, X, args.folds, args.seed)
+    plot_pred(ds, extra["pred_log"], res / f"cost-model-pred-vs-measured-{date}.png")
+    load = " / ".join(f"{x:.1f}" for x in os.getloadavg())
+    return [f"# Learned cost model on CPU ({date})", "",
+            f"Command: `python benchmarks/cost_model.py {' '.join(argv or sys.argv[1:])}`. "
+            f"Database: {counts['workloads']} workloads, {counts['candidates']} candidates, "
+            f"{counts['measurements']} measurements; {len(ds.samples)} ok template candidates over "
+            f"{len(ds.workloads)} workloads used. Target `{key}`. Load average at the end: {load} "
+            "(shared 2-core machine: **latencies are noisy**).", "",
+            f"Feature extraction (scheduling + loop-nest walk): {feat_s * 1e3:.1f} ms per candidate "
+            "(uncached, under load).", "",
+            f"Measurement noise: {noise}", "",
+            f"## Ranking on held-out workloads ({args.folds}-fold GroupKFold by workload)", "",
+            format_metrics(metrics), "",
+            f"Per kernel kind (xgboost rank, pairwise): {per_kind(ds, all_scores['xgboost rank'])}.", "",
+            f"Noise ceiling: {flips}", "",
+            "![predicted vs measured](cost-model-pred-vs-measured-" + f"{date}.png)", ""]
+
+
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--db", required=True)
     p.add_argument("--folds", type=int, default=5)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-search", action="store_true")
+    p.add_argument("--no-ranking", action="store_true", help="search only (needs --model)")
     p.add_argument("--cases", default="mm512,mm1024,conv3x3,dwconv,ln_gelu")
     p.add_argument("--trials", type=int, default=32)
     p.add_argument("--seeds", type=int, default=2)
@@ -310,37 +340,25 @@ def main(argv: list[str] | None = None) -> int:
 
     from tilefx.autotune.database import TuningDatabase
     from tilefx.cost_model.dataset import load_dataset, resolve_target_key
-    from tilefx.cost_model.metrics import format_metrics
     from tilefx.cost_model.model import LearnedModel
 
     date = datetime.date.today()
-    res = ROOT / "benchmarks" / "results"
+    # plots go beside the markdown (benchmarks/results/ unless --out says elsewhere)
+    res = Path(args.out).parent if args.out else ROOT / "benchmarks" / "results"
     with TuningDatabase(args.db) as db:
         key = resolve_target_key(db, "cpu")
         ds = load_dataset(db, key)
         counts = db.count()
         noise = repeat_noise(db)
         flips = pair_flips(db)
-    t0 = time.perf_counter()
-    X = ds.features()
-    feat_s = (time.perf_counter() - t0) / max(len(ds.samples), 1)
-    metrics, extra, all_scores = ranking(ds, X, args.folds, args.seed)
-    plot_pred(ds, extra["pred_log"], res / f"cost-model-pred-vs-measured-{date}.png")
-    load = " / ".join(f"{x:.1f}" for x in os.getloadavg())
-    out = [f"# Learned cost model on CPU ({date})", "",
-           f"Command: `python benchmarks/cost_model.py {' '.join(argv or sys.argv[1:])}`. "
-           f"Database: {counts['workloads']} workloads, {counts['candidates']} candidates, "
-           f"{counts['measurements']} measurements; {len(ds.samples)} ok template candidates over "
-           f"{len(ds.workloads)} workloads used. Target `{key}`. Load average at the end: {load} "
-           "(shared 2-core machine: **latencies are noisy**).", "",
-           f"Feature extraction (scheduling + loop-nest walk): {feat_s * 1e3:.1f} ms per candidate "
-           "(uncached, under load).", "",
-           f"Measurement noise: {noise}", "",
-           f"## Ranking on held-out workloads ({args.folds}-fold GroupKFold by workload)", "",
-           format_metrics(metrics), "",
-           f"Per kernel kind (xgboost rank, pairwise): {per_kind(ds, all_scores['xgboost rank'])}.", "",
-           f"Noise ceiling: {flips}", "",
-           "![predicted vs measured](cost-model-pred-vs-measured-" + f"{date}.png)", ""]
+    if args.no_ranking:
+        if not args.model:
+            p.error("--no-ranking needs --model (the model the search ranks with)")
+        X, out = None, [f"# Learned cost model on CPU ({date}): search only", "",
+                        f"Command: `python benchmarks/cost_model.py {' '.join(argv or sys.argv[1:])}`.", ""]
+    else:
+        out = ranking_section(args, argv, ds, key, counts, noise, flips, res, date)
+        X = ds.features()
     if not args.no_search:
         model = LearnedModel.load(args.model) if args.model else LearnedModel.train(
             X, ds.seconds(), ds.groups(), key, objective="rank", seed=args.seed)

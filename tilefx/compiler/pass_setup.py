@@ -131,7 +131,7 @@ def _sparsity_options(passes: Any, options: Any) -> tuple[Any, Any]:
 
 
 def _packing_options(passes: Any, options: Any) -> Any:
-    """Weight packing (opt-in): the panel width of each linear kernel is the register width
+    """Weight packing (CPU, on by default): the panel width of each linear kernel is the register width
     of the schedule it would be built with (tuned if tuning is on, else the default)."""
     passes = _layout_options(passes, options)
     if not passes.pack_weights or passes.pack_factor is not None:
@@ -151,7 +151,7 @@ def _packing_options(passes: Any, options: Any) -> Any:
 
 
 def _layout_options(passes: Any, options: Any) -> Any:
-    """Blocked conv layouts (opt-in): each conv's channel block is the register height
+    """Blocked conv layouts (CPU, on by default): each conv's channel block is the register height
     ``reg_oc`` of the schedule it would be built with (tuned if tuning is on, else the
     default); its lines join the packing notes."""
     if not passes.layout or passes.block_factor is not None:

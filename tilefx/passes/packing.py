@@ -26,8 +26,8 @@ default), and the matmul template recognizes a pre-packed B and pins
 space (``codegen/tvm/schedules/matmul.py: prepacked_b``). The result is
 bitwise the same computation (same loop order, same summation order).
 
-Not packed: conv weights (the conv template packs ``[OC/reg_oc, IC, KH, KW,
-reg_oc]`` per call; a blocked ``OIHW{i}i{o}o`` constant is not done yet),
+Not packed here: conv weights (``passes/layout.py`` stores them blocked as
+``OIHW{i}i{o}o`` with ``NCHW{c}c`` activations),
 weights shared by several kernels, and widths that ``bn`` does not divide.
 """
 

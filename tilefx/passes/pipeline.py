@@ -41,10 +41,10 @@ class PassOptions:
     quant_log: Any = None       # passes.block_quant.QuantLog: per-layer errors, for reports
     permute: bool = True        # hidden-channel permutation clustering sparse weights (exact)
     permute_log: Any = None     # passes.permute.PermutationLog: per-layer block counts, for reports
-    pack_weights: bool = False  # linear weights stored as [N/bn, K, bn] panels (exact; opt-in)
+    pack_weights: bool = True   # linear weights stored as [N/bn, K, bn] panels (exact; CPU: cuda turns it off)
     pack_factor: Any = None     # kernel op -> panel width (the driver's: from its schedule)
     pack_log: Any = None        # passes.packing.PackingLog
-    layout: bool = False        # conv weights OIHW{i}i{o}o, activations NCHW{c}c between convs (exact; opt-in)
+    layout: bool = True         # conv weights OIHW{i}i{o}o, activations NCHW{c}c between convs (exact; CPU)
     block_factor: Any = None    # conv kernel op -> channel block (the driver's: reg_oc of its schedule)
     layout_log: Any = None      # passes.layout.LayoutLog
     fusion_advisor: Any = None  # .should_fuse(fused, separate) -> bool (cost_model.advisor); None: rules only
