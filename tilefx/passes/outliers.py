@@ -49,7 +49,8 @@ from tilefx.passes.cleanup import dce
 from tilefx.passes.block_quant import BlockQuant, QuantLog, quantize_weight, relative_error
 from tilefx.passes.manager import graph_pass
 from tilefx.passes.permute import find_chains, permute_constants
-from tilefx.passes.permute_heads import HeadOrders, HeadSite, HeadView, apply_head_orders, find_heads
+from tilefx.passes.permute_heads import (HeadOrders, HeadSite, HeadView, apply_head_orders, find_heads,
+                                         site_weights)
 
 log = logging.getLogger("tilefx.passes.quantize")
 
@@ -100,7 +101,7 @@ def group_outliers(graph: Graph, spec: BlockQuant | None = None, report: QuantLo
     producers = graph.producers()
     lines: list[str] = []
     sites = find_heads(graph)
-    taken = {v for s in sites for v in _site_values(s)}
+    taken = {v for s in sites for v in site_weights(s)}
 
     todo: dict[str, list[tuple[int, np.ndarray]]] = {}
     for chain in find_chains(graph):
@@ -136,15 +137,6 @@ def group_outliers(graph: Graph, spec: BlockQuant | None = None, report: QuantLo
     if report is not None:
         report.lines += [f"outliers grouped: {ln}" for ln in lines]
     return graph
-
-
-def _site_values(site: HeadSite) -> set[str]:
-    out = {site.out_weight.name}
-    for view in (site.q, site.k, site.v):
-        out.add(view.proj.weight.name)
-        if view.proj.bias is not None:
-            out.add(view.proj.bias.name)
-    return out
 
 
 def _column_rms(graph: Graph, producers: dict, view: HeadView) -> np.ndarray:

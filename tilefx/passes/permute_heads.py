@@ -359,13 +359,14 @@ def find_heads(graph: Graph) -> list[HeadSite]:
     # a weight reordered by two sites would be right for one of them only
     counts: dict[str, int] = {}
     for s in sites:
-        for w in _weights(s):
+        for w in site_weights(s):
             counts[w] = counts.get(w, 0) + 1
     uses = use_counts(graph)
-    return [s for s in sites if all(counts[w] == 1 and uses.get(w, 0) == 1 for w in _weights(s))]
+    return [s for s in sites if all(counts[w] == 1 and uses.get(w, 0) == 1 for w in site_weights(s))]
 
 
-def _weights(site: HeadSite) -> set[str]:
+def site_weights(site: HeadSite) -> set[str]:
+    """Names of the values holding the site's projection weights and biases and Wo."""
     out = {site.out_weight.name}
     for view in (site.q, site.k, site.v):
         out.add(view.proj.weight.name)
