@@ -175,4 +175,5 @@ def test_sparse_estimate_names_the_cheapest_predicted_block_and_the_chooser_conf
 
     chooser = MeasuredChooser(measure, target="test-learned", estimate=est)
     d = chooser.choose(layer)
-    assert timed == [(4, 4)] and not d.sparse and d.block == (4, 4)
+    # the estimate's best first (then its runner-up): both slower, so dense is kept
+    assert timed[0] == (4, 4) and len(timed) <= 2 and not d.sparse and d.block == (4, 4)

@@ -208,15 +208,20 @@ class SparseEstimate:
 
     def estimate(self, layer: Any) -> tuple[Any, float, float, float]:
         """(best block, its density, dense ms, sparse ms)."""
+        ranked, dense_ms = self.rank_blocks(layer)
+        block, density, ms = ranked[0] if ranked else (None, 1.0, float("inf"))
+        return block, density, dense_ms, ms
+
+    def rank_blocks(self, layer: Any) -> tuple[list[tuple[Any, float, float]], float]:
+        """Every block as (block, density, predicted sparse ms), fastest first; dense ms."""
         k, n = layer.kn
         dense_ms = predicted_seconds(self.model, _dense_kernel(layer), self.target) * 1e3
-        best: tuple[Any, float, float] = (None, 1.0, float("inf"))
+        ranked = []
         for block, density in layer.densities:
             nnzb = max(1, round(density * (k // block[0]) * (n // block[1])))
             ms = predicted_seconds(self.model, _sparse_kernel(layer, block, nnzb), self.target) * 1e3
-            if ms < best[2]:
-                best = (block, density, ms)
-        return best[0], best[1], dense_ms, best[2]
+            ranked.append((block, density, ms))
+        return sorted(ranked, key=lambda r: r[2]), dense_ms
 
 
 def _dense_kernel(layer: Any) -> Any:

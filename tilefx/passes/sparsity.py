@@ -360,6 +360,9 @@ class MeasuredChooser:
     estimate: Any = field(default_factory=AnalyticalChooser)  # .estimate(layer): analytical or learned
     decisions: list[SparseDecision] = field(default_factory=list)
     margin: float = 0.5  # measure only when the estimate says sparse is < 1/margin x dense
+    # blocks timed per layer: the estimate's best and runner-up (a learned estimate orders
+    # blocks less well than it separates sparse from dense), when it can rank them
+    timed_blocks: int = 2
     measure_2to4: Measure24Fn | None = None
     store: DecisionStore | None = None
 
@@ -403,7 +406,11 @@ class MeasuredChooser:
                                   reason="(estimate: far from break-even, not measured)")
         dense_s = sparse_s = semi_s = None
         if worth:
-            dense_s, sparse_s = self.measure(layer, block)  # type: ignore[arg-type]
+            for other, other_density in self._blocks_to_time(layer, block, est_d):
+                dense_t, sparse_t = self.measure(layer, other)
+                dense_s = dense_t if dense_s is None else min(dense_s, dense_t)
+                if sparse_s is None or sparse_t < sparse_s:
+                    sparse_s, block, density = sparse_t, other, other_density
         if est24 is not None and self.measure_2to4 is not None:
             dense24, semi_s = self.measure_2to4(layer)
             dense_s = dense24 if dense_s is None else min(dense_s, dense24)
@@ -419,6 +426,17 @@ class MeasuredChooser:
                                   ms(dense_s), ms(semi_s), impl="semi24")
         return SparseDecision(layer.name, describe(layer), True, block, density, est_d, est_s,
                               ms(dense_s), ms(sparse_s), semi24_ms=ms(semi_s))
+
+
+    def _blocks_to_time(self, layer: SparseLayer, best: Block, est_dense: float
+                        ) -> list[tuple[Block, float]]:
+        """The estimate's best block, then its runners-up worth a look (up to ``timed_blocks``)."""
+        rank = getattr(self.estimate, "rank_blocks", None)
+        if rank is None or self.timed_blocks <= 1:
+            return [(best, dict(layer.densities).get(best, 1.0))]
+        ranked, _ = rank(layer)
+        picks = [(b, d) for b, d, ms in ranked if ms <= est_dense / self.margin]
+        return picks[:self.timed_blocks] or [(best, dict(layer.densities).get(best, 1.0))]
 
 
 def describe(layer: SparseLayer) -> str:
