@@ -292,8 +292,10 @@ def search(args: argparse.Namespace, model: Any) -> tuple[dict, dict]:
 
 
 def ranking_section(args: argparse.Namespace, argv: list[str] | None, ds: Any, key: str,
-                    counts: dict, noise: str, flips: str, res: Path, date: Any) -> list[str]:
-    """Held-out ranking metrics (and the predicted-vs-measured plot) as markdown lines."""
+                    counts: dict, noise: str, flips: str, res: Path, date: Any
+                    ) -> tuple[list[str], np.ndarray]:
+    """Held-out ranking metrics (and the predicted-vs-measured plot) as markdown lines, and
+    the feature matrix they were computed on."""
     from tilefx.cost_model.metrics import format_metrics
 
     t0 = time.perf_counter()
@@ -302,7 +304,7 @@ def ranking_section(args: argparse.Namespace, argv: list[str] | None, ds: Any, k
     metrics, extra, all_scores = ranking(ds, X, args.folds, args.seed)
     plot_pred(ds, extra["pred_log"], res / f"cost-model-pred-vs-measured-{date}.png")
     load = " / ".join(f"{x:.1f}" for x in os.getloadavg())
-    return [f"# Learned cost model on CPU ({date})", "",
+    return ([f"# Learned cost model on CPU ({date})", "",
             f"Command: `python benchmarks/cost_model.py {' '.join(argv or sys.argv[1:])}`. "
             f"Database: {counts['workloads']} workloads, {counts['candidates']} candidates, "
             f"{counts['measurements']} measurements; {len(ds.samples)} ok template candidates over "
@@ -315,7 +317,7 @@ def ranking_section(args: argparse.Namespace, argv: list[str] | None, ds: Any, k
             format_metrics(metrics), "",
             f"Per kernel kind (xgboost rank, pairwise): {per_kind(ds, all_scores['xgboost rank'])}.", "",
             f"Noise ceiling: {flips}", "",
-            "![predicted vs measured](cost-model-pred-vs-measured-" + f"{date}.png)", ""]
+            "![predicted vs measured](cost-model-pred-vs-measured-" + f"{date}.png)", ""], X)
 
 
 
@@ -357,8 +359,7 @@ def main(argv: list[str] | None = None) -> int:
         X, out = None, [f"# Learned cost model on CPU ({date}): search only", "",
                         f"Command: `python benchmarks/cost_model.py {' '.join(argv or sys.argv[1:])}`.", ""]
     else:
-        out = ranking_section(args, argv, ds, key, counts, noise, flips, res, date)
-        X = ds.features()
+        out, X = ranking_section(args, argv, ds, key, counts, noise, flips, res, date)
     if not args.no_search:
         model = LearnedModel.load(args.model) if args.model else LearnedModel.train(
             X, ds.seconds(), ds.groups(), key, objective="rank", seed=args.seed)

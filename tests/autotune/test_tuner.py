@@ -18,6 +18,7 @@ from tilefx.autotune.tuner import TuneOptions, Tuner, format_summary, parse_budg
 from tilefx.codegen.target import Target
 from tilefx.ir import DType, TensorType
 from tilefx.ir.builder import kernel_op
+from tests.old_database import old_database
 
 TARGET = Target.host_cpu()
 
@@ -343,12 +344,7 @@ def test_version_1_database_gains_the_new_tables(tmp_path):
     from tilefx.autotune import database
 
     path = tmp_path / "old.db"
-    conn = sqlite3.connect(path)
-    for statement in database._SCHEMA.split("CREATE TABLE IF NOT EXISTS kernel_keys")[0].split(";"):
-        if statement.strip():
-            conn.execute(statement)
-    conn.execute(f"PRAGMA application_id = {database.APPLICATION_ID}")
-    conn.execute("PRAGMA user_version = 1")
+    conn = old_database(path, "kernel_keys", version=1)
     conn.execute("INSERT INTO workloads VALUES ('w', 'ir', 'fh', 0)")
     conn.commit()
     conn.close()

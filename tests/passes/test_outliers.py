@@ -5,7 +5,6 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from tests.passes.passes_testing import assert_same
@@ -22,19 +21,11 @@ from tilefx.passes.permute_heads import HeadOrders, apply_head_orders, find_head
 from tilefx.passes.pipeline import pipeline
 
 
-class FusedQKV(nn.Module):
-    """GPT-2 style: one qkv Linear split by slices, causal SDPA, output projection."""
+def FusedQKV(dim: int = 32, heads: int = 4) -> nn.Module:
+    """GPT-2 style: one qkv Linear split by slices, causal SDPA, output projection (the zoo's)."""
+    from benchmarks.models.gpt2 import CausalSelfAttention
 
-    def __init__(self, dim: int = 32, heads: int = 4) -> None:
-        super().__init__()
-        self.heads, self.qkv, self.proj = heads, nn.Linear(dim, 3 * dim), nn.Linear(dim, dim)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        b, t, d = x.shape
-        q, k, v = self.qkv(x).split(d, dim=2)
-        q, k, v = (z.view(b, t, self.heads, d // self.heads).transpose(1, 2) for z in (q, k, v))
-        y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
-        return self.proj(y.transpose(1, 2).reshape(b, t, d))
+    return CausalSelfAttention(dim, heads)
 
 
 class SeparateQKV(nn.Module):

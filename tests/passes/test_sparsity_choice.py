@@ -24,6 +24,7 @@ from tilefx.ir.types import DType, TensorType
 from tilefx.passes import sparsity
 from tilefx.passes.sparsity import (CUDA_BREAK_EVEN, AnalyticalChooser, MeasuredChooser, TuningDBStore,
                                     holds_2to4, sparsify)
+from tests.old_database import old_database
 
 F16, BF16 = DType.float16, DType.bfloat16
 ROOT = Path(__file__).resolve().parents[2]
@@ -240,15 +241,8 @@ def test_a_new_process_measures_nothing(tmp_path):
 
 
 def test_version_2_database_gains_pass_decisions(tmp_path):
-    from tilefx.autotune import database
-
     path = tmp_path / "v2.db"
-    conn = sqlite3.connect(path)
-    for statement in database._SCHEMA.split("CREATE TABLE IF NOT EXISTS pass_decisions")[0].split(";"):
-        if statement.strip():
-            conn.execute(statement)
-    conn.execute(f"PRAGMA application_id = {database.APPLICATION_ID}")
-    conn.execute("PRAGMA user_version = 2")
+    conn = old_database(path, "pass_decisions", version=2)
     conn.execute("INSERT INTO graph_decisions VALUES ('g', 't', 1, 1.0, 2.0, 0)")
     conn.commit()
     conn.close()

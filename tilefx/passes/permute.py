@@ -54,7 +54,7 @@ import numpy as np
 from tilefx.ir.graph import Graph, Op, Value, freeze_attrs
 from tilefx.ir.ops import Category, get_op
 from tilefx.passes.manager import graph_pass
-from tilefx.passes.rewrite import all_names, unique_name, use_counts
+from tilefx.passes.rewrite import all_names, unique_name, use_counts, value_readers
 from tilefx.passes.sparsity import MIN_ZEROS, Block, as_kn, block_mask
 
 log = logging.getLogger("tilefx.passes.permute")
@@ -186,10 +186,7 @@ def _channel_axis(op: Op) -> int:
 def find_chains(graph: Graph) -> list[Chain]:
     producers = graph.producers()
     uses = use_counts(graph)
-    readers: dict[str, list[Op]] = {}
-    for op in graph.ops:
-        for v in dict.fromkeys(op.inputs):
-            readers.setdefault(v.name, []).append(op)
+    readers = value_readers(graph)
     outputs = {v.name for v in graph.outputs}
     chains = []
     for op in graph.ops:

@@ -37,7 +37,7 @@ import numpy as np
 from tilefx.ir.graph import Graph, Op, Value
 from tilefx.ir.ops import Category, get_op
 from tilefx.passes.permute import ARITHMETIC, permute_constants
-from tilefx.passes.rewrite import use_counts
+from tilefx.passes.rewrite import use_counts, value_readers
 
 log = logging.getLogger("tilefx.passes.permute")
 
@@ -340,10 +340,7 @@ def _output_rows(graph: Graph, producers: dict[str, Op], readers: dict[str, list
 def find_heads(graph: Graph) -> list[HeadSite]:
     """Every attention whose heads can be reordered exactly (see the module doc)."""
     producers = graph.producers()
-    readers: dict[str, list[Op]] = {}
-    for op in graph.ops:
-        for x in dict.fromkeys(op.inputs):
-            readers.setdefault(x.name, []).append(op)
+    readers = value_readers(graph)
     outputs = {v.name for v in graph.outputs}
     sites = []
     for op in graph.ops:

@@ -214,3 +214,12 @@ def unique_name(hint: str, taken: set[str]) -> str:
         name = f"{hint}{i}"
     taken.add(name)
     return name
+
+
+def value_readers(graph: Graph) -> dict[str, list[Op]]:
+    """Value name -> the ops of ``graph`` that read it (an op once, however many times it reads)."""
+    out: dict[str, list[Op]] = {}
+    for op in graph.ops:
+        for v in dict.fromkeys(op.inputs):
+            out.setdefault(v.name, []).append(op)
+    return out
