@@ -1,7 +1,8 @@
-"""The learned cost model on CPU: held-out ranking metrics, ablation, and guided search.
+"""The learned cost model on CPU or GPU: held-out ranking metrics, ablation, and guided search.
 
     python benchmarks/cost_model.py --db /tmp/cm.db                  # metrics + plots + search
     python benchmarks/cost_model.py --db /tmp/cm.db --no-search      # metrics only
+    python benchmarks/cost_model.py --db gpu.db --target cuda        # a cuda database (GPU search)
 
 1. **Ranking** (TenSet's evaluation): the database's workloads are split into
    ``--folds`` groups (sklearn ``GroupKFold``: no workload in both train and
@@ -9,8 +10,9 @@
    Reported per model, averaged over held-out workloads: pairwise accuracy,
    Kendall tau, top-1 and top-5 score. Models: XGBoost pairwise-rank and
    log-latency regression, the random model, the hand-written analytical
-   model; ablation of the feature groups (knobs + kernel shape only; all but
-   the analytical estimate; all).
+   model (on cuda: what the tuner ranked with before the GPU features); ablation
+   of the feature groups (knobs + kernel shape only; all but the analytical or
+   roofline estimate; all).
 2. **Predicted vs measured** latency of the held-out candidates (regression
    model, PNG).
 3. **Search**: the kernels of ``benchmarks/tuning.py`` (held out of the
@@ -24,9 +26,11 @@
    through a fingerprint cache (equal code is measured once for all
    strategies, so they see the same noise). Curves of best-so-far vs trials
    (normalized to the best any run found) go to PNG; the table gives trials
-   to 95% of that best.
+   to 95% of that best. On cuda the cases are cast to ``--dtype`` (float16:
+   what GPU models run), Triton builds and times them on the GPU, and
+   ``dwconv`` (no Triton template: cuDNN only) is skipped.
 
-Writes ``benchmarks/results/cost-model-cpu-<date>.md`` and PNGs beside it.
+Writes ``benchmarks/results/cost-model-<cpu|gpu>-<date>.md`` and PNGs beside it.
 """
 
 from __future__ import annotations
@@ -48,10 +52,24 @@ if str(ROOT) not in sys.path:
 import numpy as np  # noqa: E402
 
 
+def ablations(kind: str) -> tuple[tuple[str, tuple[int, ...]], ...]:
+    """(label, feature columns) of the ablation rows for a target kind."""
+    from tilefx.cost_model.features import NO_ANALYTICAL, NO_DELTA, SHAPE_AND_KNOBS, layout_of
+
+    if kind != "cuda":
+        return (("knobs + shape only", SHAPE_AND_KNOBS), ("no analytical feature", NO_ANALYTICAL),
+                ("no differences from the default schedule", NO_DELTA))
+    names = layout_of("cuda")[1]
+    problem = ("itemsize", "flops", "bytes", "intensity", "m", "n", "k", "batch", "sms",
+               "smem_per_block", "l2", "arch")
+    knobs = tuple(i for i, n in enumerate(names) if n.startswith(("tpl_", "impl_", "knob_")) or n in problem)
+    return (("knobs + shape only", knobs),
+            ("no roofline feature", tuple(i for i, n in enumerate(names) if n != "roofline")))
+
+
 def ranking(ds: Any, X: np.ndarray, folds: int, seed: int) -> tuple[dict, dict, Any]:
     from sklearn.model_selection import GroupKFold
 
-    from tilefx.cost_model.features import NAMES, NO_ANALYTICAL, NO_DELTA, SHAPE_AND_KNOBS
     from tilefx.cost_model.metrics import evaluate
     from tilefx.cost_model.train import evaluate_split
 
@@ -63,9 +81,7 @@ def ranking(ds: Any, X: np.ndarray, folds: int, seed: int) -> tuple[dict, dict, 
         for name, m in models.items():
             scores.setdefault(f"xgboost {name}", np.zeros(len(t)))[test] = m.score_matrix(X[test])
         pred_log[test] = models["regression"].score_matrix(X[test])
-        for label, cols in (("knobs + shape only", SHAPE_AND_KNOBS),
-                            ("no analytical feature", NO_ANALYTICAL),
-                            ("no differences from the default schedule", NO_DELTA)):
+        for label, cols in ablations(ds.target.kind):
             _, ms = evaluate_split(ds, X, train, test, objectives=("rank",), columns=cols,
                                    seed=seed, baselines=False)
             scores.setdefault(f"rank, {label}", np.zeros(len(t)))[test] = ms["rank"].score_matrix(X[test])
@@ -75,7 +91,7 @@ def ranking(ds: Any, X: np.ndarray, folds: int, seed: int) -> tuple[dict, dict, 
     scores["random"] = baseline_scores(ds, rows_all, "random", seed)
     scores["analytical"] = baseline_scores(ds, rows_all, "analytical")
     metrics = {name: evaluate(t, s, g) for name, s in scores.items()}
-    return metrics, {"pred_log": pred_log, "names": NAMES}, scores
+    return metrics, {"pred_log": pred_log}, scores
 
 
 def per_kind(ds: Any, scores: np.ndarray) -> str:
@@ -93,7 +109,7 @@ def per_kind(ds: Any, scores: np.ndarray) -> str:
     return ", ".join(parts)
 
 
-def pair_flips(db: Any) -> str:
+def pair_flips(db: Any, key: str) -> str:
     """The noise ceiling: how often two measurements of a workload's candidates order them
     differently (split halves of each run's timing windows; repeats across runs)."""
     from collections import defaultdict
@@ -101,7 +117,7 @@ def pair_flips(db: Any) -> str:
     from tilefx.cost_model.metrics import pairwise_accuracy
 
     runs: dict[tuple[str, str], list[list[float]]] = defaultdict(list)
-    for r in db.records():
+    for r in db.records(target_key=key):
         if r.ok and len(r.samples) >= 2 and "extern" not in r.schedule_json:
             runs[(r.workload_key, r.schedule_json)].append(list(r.samples))
     by_w: dict[str, list[tuple[float, float, float]]] = defaultdict(list)
@@ -131,12 +147,12 @@ def pair_flips(db: Any) -> str:
     return out + "."
 
 
-def repeat_noise(db: Any) -> str:
+def repeat_noise(db: Any, key: str) -> str:
     """How far two measurements of the same template candidate disagree (the noise ceiling)."""
     from collections import defaultdict
 
     runs: dict[int, list[float]] = defaultdict(list)
-    for r in db.records():
+    for r in db.records(target_key=key):
         if r.ok and r.samples and "extern" not in r.schedule_json:
             runs[r.candidate_id].append(min(r.samples))
     ratios = [max(v) / min(v) for v in runs.values() if len(v) > 1]
@@ -179,23 +195,30 @@ def plot_pred(ds: Any, pred_log: np.ndarray, path: Path) -> None:
 # ------------------------------------------------------------------ search experiment
 
 class SharedMeasurer:
-    """Builds and runs candidates, measuring each fingerprint once for every strategy."""
+    """Builds and runs candidates, measuring each fingerprint once for every strategy
+    (TVM on CPU; Triton, checked and timed on the GPU, on cuda)."""
 
     def __init__(self, op: Any, target: Any, repeats: int) -> None:
         from tilefx.autotune.measure import LocalBuilder, LocalRunner, Workload
 
         self.op, self.target = op, target
         self.workload = Workload(op, target, (), op.attr("name"))
-        self.builder = LocalBuilder(workers=0)
-        self.runner = LocalRunner(repeats=repeats, min_repeat_seconds=0.005)
+        if target.kind == "cuda":
+            from tilefx.autotune.measure_cuda import CudaRunner, TritonBuilder, fingerprint
+
+            self.builder, self.runner, self.fingerprint = TritonBuilder(), CudaRunner(), fingerprint
+        else:
+            from tilefx.autotune.fingerprint import fingerprint
+
+            self.builder = LocalBuilder(workers=0)
+            self.runner = LocalRunner(repeats=repeats, min_repeat_seconds=0.005)
+            self.fingerprint = fingerprint
         self.cache: dict[str, float | None] = {}
         self.measured = 0
 
     def __call__(self, schedules: list[Any]) -> list[tuple[str, float | None]]:
         """(fingerprint, seconds) per schedule."""
-        from tilefx.autotune.fingerprint import fingerprint
-
-        fps = [fingerprint(self.op, s, self.target) for s in schedules]
+        fps = [self.fingerprint(self.op, s, self.target) for s in schedules]
         todo = {fp: s for fp, s in zip(fps, schedules) if fp not in self.cache}
         if todo:
             builds = self.builder.build(self.workload, list(todo.values()))
@@ -262,17 +285,35 @@ def plot_curves(curves: dict[str, dict[str, list[list[float]]]], path: Path) -> 
     plt.close(fig)
 
 
-def search(args: argparse.Namespace, model: Any) -> tuple[dict, dict]:
-    from benchmarks.tuning import CASES, trials_to
+def case_kernel(case: str, target: Any, dtype: str) -> Any:
+    """``benchmarks/tuning.py``'s kernel; on cuda with ``dtype`` operands (None: no Triton
+    template, only the library)."""
+    from benchmarks.tuning import CASES
 
-    from tilefx.codegen.target import Target
+    op = CASES[case]()[0]
+    if target.kind != "cuda":
+        return op
+    from tilefx.autotune.measure_cuda import triton_space
+    from tilefx.cost_model.dataset import kernel_from_ir
+    from tilefx.ir.printer import print_graph
 
-    target = Target.host_cpu()
+    short = {"float16": "f16", "bfloat16": "bf16", "float32": "f32"}[dtype]
+    op = kernel_from_ir(print_graph(op.body).replace("f32[", f"{short}["), op.attr("name"))
+    impl = dict(triton_space(op).knobs).get("impl", ("triton",))
+    return op if any(v != "library" for v in impl) else None
+
+
+def search(args: argparse.Namespace, model: Any, target: Any) -> tuple[dict, dict]:
+    from benchmarks.tuning import trials_to
+
     strategies = ["random", "evolutionary (analytical)", "evolutionary (learned)"]
     curves: dict[str, dict[str, list[list[float]]]] = {}
     table: dict[str, dict[str, Any]] = {}
     for case in args.cases:
-        op = CASES[case]()[0]
+        op = case_kernel(case, target, args.dtype)
+        if op is None:
+            print(f"{case}: no Triton template on {target.key()} (library only); skipped", flush=True)
+            continue
         measure = SharedMeasurer(op, target, args.repeats)
         t0 = time.perf_counter()
         try:
@@ -291,6 +332,33 @@ def search(args: argparse.Namespace, model: Any) -> tuple[dict, dict]:
     return curves, table
 
 
+def _machine(target: Any) -> str:
+    return "GPU" if target.kind == "cuda" else "CPU"
+
+
+def _tag(target: Any) -> str:
+    """File name part: the CPU files keep their names, the GPU ones say so."""
+    return "gpu-" if target.kind == "cuda" else ""
+
+
+def eval_subset(ds: Any, scores: dict[str, np.ndarray], eval_db: str) -> list[str]:
+    """The same held-out scores, counted only on the candidates ``eval_db`` also has: with a
+    database of random schedules, the unbiased sample of each space TenSet evaluates on, while
+    the models also trained on guided ones (``tilefx collect --strategy evolutionary``)."""
+    from tilefx.autotune.database import TuningDatabase
+    from tilefx.cost_model.dataset import load_dataset
+    from tilefx.cost_model.metrics import evaluate, format_metrics
+
+    with TuningDatabase(eval_db) as db:
+        ref = load_dataset(db, ds.target_key)
+    keep = {(s.workload_key, s.schedule.to_json()) for s in ref.samples}
+    mask = np.array([(s.workload_key, s.schedule.to_json()) in keep for s in ds.samples])
+    t, g = ds.seconds(), ds.groups()
+    sub = {name: evaluate(t[mask], sc[mask], g[mask]) for name, sc in scores.items()}
+    return [f"The same held-out scores on the {int(mask.sum())} candidates that `{eval_db}` also has "
+            "(random schedules only):", "", format_metrics(sub), ""]
+
+
 def ranking_section(args: argparse.Namespace, argv: list[str] | None, ds: Any, key: str,
                     counts: dict, noise: str, flips: str, res: Path, date: Any
                     ) -> tuple[list[str], np.ndarray]:
@@ -302,24 +370,23 @@ def ranking_section(args: argparse.Namespace, argv: list[str] | None, ds: Any, k
     X = ds.features()
     feat_s = (time.perf_counter() - t0) / max(len(ds.samples), 1)
     metrics, extra, all_scores = ranking(ds, X, args.folds, args.seed)
-    plot_pred(ds, extra["pred_log"], res / f"cost-model-pred-vs-measured-{date}.png")
+    subset = eval_subset(ds, all_scores, args.eval_db) if args.eval_db else []
+    pred_png = f"cost-model-{_tag(ds.target)}pred-vs-measured-{date}.png"
+    plot_pred(ds, extra["pred_log"], res / pred_png)
     load = " / ".join(f"{x:.1f}" for x in os.getloadavg())
-    return ([f"# Learned cost model on CPU ({date})", "",
+    return ([f"# Learned cost model on {_machine(ds.target)} ({date})", "",
             f"Command: `python benchmarks/cost_model.py {' '.join(argv or sys.argv[1:])}`. "
             f"Database: {counts['workloads']} workloads, {counts['candidates']} candidates, "
             f"{counts['measurements']} measurements; {len(ds.samples)} ok template candidates over "
-            f"{len(ds.workloads)} workloads used. Target `{key}`. Load average at the end: {load} "
-            "(shared 2-core machine: **latencies are noisy**).", "",
-            f"Feature extraction (scheduling + loop-nest walk): {feat_s * 1e3:.1f} ms per candidate "
-            "(uncached, under load).", "",
+            f"{len(ds.workloads)} workloads used. Target `{key}`. Load average at the end: {load}.", "",
+            f"Feature extraction: {feat_s * 1e3:.1f} ms per candidate (uncached).", "",
             f"Measurement noise: {noise}", "",
             f"## Ranking on held-out workloads ({args.folds}-fold GroupKFold by workload)", "",
             format_metrics(metrics), "",
+            *subset,
             f"Per kernel kind (xgboost rank, pairwise): {per_kind(ds, all_scores['xgboost rank'])}.", "",
             f"Noise ceiling: {flips}", "",
-            "![predicted vs measured](cost-model-pred-vs-measured-" + f"{date}.png)", ""], X)
-
-
+            f"![predicted vs measured]({pred_png})", ""], X)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -336,35 +403,44 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--pool", type=int, default=512, help="candidates ranked per round")
     p.add_argument("--model", help="model JSON for the search (default: train on --db)")
+    p.add_argument("--target", default="cpu", help="cpu or cuda: whose measurements to rank, "
+                   "where to search")
+    p.add_argument("--dtype", default="float16", help="operand dtype of the search cases on cuda")
+    p.add_argument("--eval-db", help="also report the held-out metrics on the candidates this "
+                   "database has (e.g. the random-schedule database a guided one grew from)")
     p.add_argument("--out", default=None)
     args = p.parse_args(argv)
     args.cases = [c for c in args.cases.split(",") if c]
 
     from tilefx.autotune.database import TuningDatabase
+    from tilefx.codegen.target import Target
     from tilefx.cost_model.dataset import load_dataset, resolve_target_key
     from tilefx.cost_model.model import LearnedModel
+
+    target = Target.parse(args.target)
+    tag = _tag(target)
 
     date = datetime.date.today()
     # plots go beside the markdown (benchmarks/results/ unless --out says elsewhere)
     res = Path(args.out).parent if args.out else ROOT / "benchmarks" / "results"
     with TuningDatabase(args.db) as db:
-        key = resolve_target_key(db, "cpu")
+        key = resolve_target_key(db, target.kind)
         ds = load_dataset(db, key)
         counts = db.count()
-        noise = repeat_noise(db)
-        flips = pair_flips(db)
+        noise = repeat_noise(db, key)
+        flips = pair_flips(db, key)
     if args.no_ranking:
         if not args.model:
             p.error("--no-ranking needs --model (the model the search ranks with)")
-        X, out = None, [f"# Learned cost model on CPU ({date}): search only", "",
+        X, out = None, [f"# Learned cost model on {_machine(target)} ({date}): search only", "",
                         f"Command: `python benchmarks/cost_model.py {' '.join(argv or sys.argv[1:])}`.", ""]
     else:
         out, X = ranking_section(args, argv, ds, key, counts, noise, flips, res, date)
     if not args.no_search:
         model = LearnedModel.load(args.model) if args.model else LearnedModel.train(
             X, ds.seconds(), ds.groups(), key, objective="rank", seed=args.seed)
-        curves, table = search(args, model)
-        plot_curves(curves, res / f"cost-model-search-{date}.png")
+        curves, table = search(args, model, target)
+        plot_curves(curves, res / f"cost-model-{tag}search-{date}.png")
         strategies = ["random", "evolutionary (analytical)", "evolutionary (learned)"]
         out += ["## Search from nothing: trials to 95% of the best found (mean over seeds; "
                 f"{args.trials} trials, {args.seeds} seeds, batch {args.batch})", "",
@@ -374,11 +450,11 @@ def main(argv: list[str] | None = None) -> int:
             cells = [f"{row[s][0]:.1f} ({','.join(str(g) if g else '>' + str(args.trials) for g in row[s][1])})"
                      for s in strategies]
             ratio = row["evolutionary (learned)"][0] / row["random"][0]
-            out.append(f"| {case} | {row['best'] * 1e3:.3f} | " + " | ".join(cells) +
+            out.append(f"| {case} | {row['best'] * 1e3:.4g} | " + " | ".join(cells) +
                        f" | {ratio:.2f} | {row['measured']} |")
-        out += ["", f"![search curves](cost-model-search-{date}.png)", ""]
+        out += ["", f"![search curves](cost-model-{tag}search-{date}.png)", ""]
     text = "\n".join(out) + "\n"
-    path = Path(args.out) if args.out else res / f"cost-model-cpu-{date}.md"
+    path = Path(args.out) if args.out else res / f"cost-model-{_machine(target).lower()}-{date}.md"
     path.write_text(text)
     print(text)
     print(f"written to {path}")

@@ -163,5 +163,12 @@ def test_collect_fills_a_database_and_resumes(tmp_path, capsys):
     assert main(args) == 0  # a rerun finds the workload complete: nothing measured again
     with TuningDatabase(db) as d:
         assert d.count() == first
+    # a larger budget, guided by the cost model from the best measured so far: only new programs
+    guided = args[:4] + ["12", "--strategy", "evolutionary"] + args[5:]
+    assert main(guided) == 0
+    with TuningDatabase(db) as d:
+        more = d.count()
+        assert more["candidates"] > first["candidates"] and more["workloads"] == 1
+        assert len({r.schedule_json for r in d.records()}) == more["candidates"]
     assert main(["collect", "--db", db, "--trials", "1"]) == 2
     assert "--trials must be at least 2" in capsys.readouterr().err

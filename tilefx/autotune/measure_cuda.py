@@ -45,7 +45,8 @@ recorded and tuning goes on, but one that hangs cannot be stopped and one
 that faults the CUDA context (an illegal address) spoils the process; the
 templates mask every access, so neither is expected. fp32 contractions
 checked while ``torch.backends.cuda.matmul.allow_tf32`` is on (the user
-opted into TF32) are compared at fp16 tolerance.
+opted into TF32), and fp32 convolutions while ``torch.backends.cudnn.allow_tf32``
+is (torch's default), are compared at fp16 tolerance.
 """
 
 from __future__ import annotations
@@ -217,13 +218,17 @@ def _device_data(workload: Workload) -> _DeviceData:
 
 
 def _check_dtype(kernel_op: Any, dtype: Any) -> Any:
-    """The dtype whose tolerance checks an output: fp16's for fp32 contractions under TF32."""
+    """The dtype whose tolerance checks an output: fp16's for fp32 contractions under TF32
+    (matmuls when ``torch.backends.cuda.matmul.allow_tf32`` is on; convolutions also when
+    ``torch.backends.cudnn.allow_tf32`` is, torch's default: cuDNN, the library candidate,
+    then computes in TF32 as eager PyTorch does)."""
     from tilefx.ir.types import DType
 
     if dtype == DType.float32 and kernel_op.attr("kind") == "contraction":
         import torch
 
-        if torch.backends.cuda.matmul.allow_tf32:
+        conv = any(op.name == "conv2d" for op in kernel_op.body.ops)
+        if torch.backends.cuda.matmul.allow_tf32 or (conv and torch.backends.cudnn.allow_tf32):
             return DType.float16
     return dtype
 

@@ -98,8 +98,9 @@ class Target:
 
 def cuda_target(arch: str | None = None) -> Target:
     """A cuda target: facts of the current device when torch sees one (SM count as
-    ``cores``, shared memory per block as ``l1_bytes``, L2 size), else an sm_80 default."""
-    facts: dict[str, Any] = {}
+    ``cores``, shared memory per block as ``l1_bytes``, L2 size), else an H100's sizes (what
+    the Triton templates' defaults are tuned for) under the name sm_80 unless ``arch`` is given."""
+    facts: dict[str, Any] = {"cores": 132, "l1_bytes": 227 * 1024, "l2_bytes": 50 * 1024 * 1024}
     try:
         import torch
 

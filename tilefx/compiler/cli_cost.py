@@ -4,7 +4,8 @@
     tilefx train-cost-model --db /tmp/cm.db --target cpu -o model.json
 
 ``collect`` measures random schedules (the tuner with ``RandomSearch``, so
-fingerprint deduplication, correctness checks and resumability come with it)
+fingerprint deduplication, correctness checks and resumability come with it;
+``--strategy evolutionary`` adds guided ones near each kernel's best)
 of every kernel of a workload set (``cost_model.workloads``: the zoo's kernels
 plus a generated family; the kernels of ``benchmarks/tuning.py`` are held
 out) into a tuning database. Contractions get ``--trials`` candidates,
@@ -30,15 +31,22 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--trials", type=int, default=24, help="candidates per contraction kernel")
     p.add_argument("--workloads", default="zoo,family",
                    help="comma list of zoo, family or zoo model names (default zoo,family)")
-    p.add_argument("--target", default="cpu", help="cpu (the host) or cpu:<llvm mcpu>")
+    p.add_argument("--target", default="cpu", help="cpu (the host), cpu:<llvm mcpu> or cuda")
+    p.add_argument("--dtype", default="float32", choices=("float32", "float16", "bfloat16"),
+                   help="operand dtype of the generated family (GPU models run float16)")
     p.add_argument("--repeats", type=int, default=5, help="timing windows per candidate")
+    p.add_argument("--strategy", choices=("random", "evolutionary"), default="random",
+                   help="random schedules (an unbiased sample of the space), or the cost-model "
+                   "guided search from the database's best (samples near the top, where a ranking "
+                   "must tell close schedules apart)")
     p.add_argument("--limit", type=int, default=0, help="at most this many workloads (0: all)")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=cmd_collect)
 
     t = sub.add_parser("train-cost-model", help="train the learned cost model on a tuning database")
     t.add_argument("--db", required=True, help="tuning database with measurements")
-    t.add_argument("--target", default="cpu", help="cpu (the host) or a target key in the db")
+    t.add_argument("--target", default="cpu",
+                   help="cpu (the host), cuda (the db's cuda target) or a target key in the db")
     t.add_argument("-o", "--output", required=True, help="model JSON to write")
     t.add_argument("--objective", choices=("rank", "regression"), default="rank",
                    help="pairwise ranking (default) or regression on log latency")
@@ -66,8 +74,8 @@ def cmd_collect(args: argparse.Namespace) -> int:
     if args.trials < 2:
         raise CLIError(f"--trials must be at least 2, got {args.trials}")
     try:
-        kernels = workload_set(args.workloads)
         target = Target.parse(args.target)
+        kernels = workload_set(args.workloads, target.kind, args.dtype)
     except (ValueError, RuntimeError) as e:
         raise CLIError(str(e)) from None
     # a fixed shuffle: a collection stopped early still covers every kind and source
@@ -76,8 +84,8 @@ def cmd_collect(args: argparse.Namespace) -> int:
         kernels = kernels[:args.limit]
     db = TuningDatabase(args.db)
     print(f"tilefx collect: {len(kernels)} workloads on {target.key()} into {args.db}", flush=True)
-    tuner = Tuner(target, TuneOptions(trials=args.trials, strategy="random", repeats=args.repeats,
-                                      progress=False), db=db)
+    tuner = Tuner(target, TuneOptions(trials=args.trials, strategy=args.strategy,
+                                      repeats=args.repeats, progress=False), db=db)
     bar = None
     if not args.no_progress:
         from tqdm.auto import tqdm

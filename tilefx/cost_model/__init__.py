@@ -3,6 +3,8 @@
 - ``features``: the versioned feature vector of a candidate (loop-nest walk of
   the scheduled TIR in ``loopnest`` + knobs + target facts + differences from
   the kernel's default schedule), ``FEATURES`` documents each entry;
+  ``gpu_features``: the cuda one (Triton tiling, waves, shared memory,
+  occupancy estimate), ``GPU_FEATURES``;
 - ``model``: ``LearnedModel`` (XGBoost, pairwise ranking or log-latency
   regression), JSON save/load, online boosting as measurements arrive;
 - ``dataset`` / ``train`` / ``metrics``: tuning database -> split by workload
@@ -12,7 +14,8 @@
 The tuner ranks candidates with ``default_model(target)``: a local model
 (``$TILEFX_CACHE_DIR/cost_model/<target key>.json``, what ``tilefx
 train-cost-model -o`` may write), else the shipped ``default_x86.json`` for
-x86 CPUs, else None (the tuner then uses ``autotune.analytical``). Nothing
+x86 CPUs or ``default_cuda.json`` for NVIDIA GPUs, else None (the tuner then
+uses ``autotune.analytical``). Nothing
 here measures; xgboost is imported only when a model is used.
 """
 
@@ -25,7 +28,10 @@ from typing import Any, Mapping
 
 log = logging.getLogger("tilefx.cost_model")
 
-SHIPPED = {"x86_64": Path(__file__).with_name("default_x86.json")}
+# per CPU architecture, and one for cuda (trained on an H100; Triton tiling features carry the
+# SM count and shared memory, so it is the best guess on other NVIDIA GPUs too)
+SHIPPED = {"x86_64": Path(__file__).with_name("default_x86.json"),
+           "cuda": Path(__file__).with_name("default_cuda.json")}
 
 
 @functools.lru_cache(maxsize=4)
@@ -44,15 +50,14 @@ def local_model_path(target: Any) -> Path:
 
 def default_model(target: Any, bindings: Mapping[Any, int] | None = None) -> Any:
     """The learned model to rank ``target``'s candidates with, or None (use the analytical one)."""
-    if getattr(target, "kind", "cpu") != "cpu":
-        return None
     import importlib.util
 
     if importlib.util.find_spec("xgboost") is None:  # the `tune` extra is not installed
         log.debug("xgboost is not installed: candidates are ranked by the analytical model")
         return None
     candidates = [local_model_path(target)]
-    arch = str(getattr(target, "mtriple", "")).split("-")[0]
+    kind = getattr(target, "kind", "cpu")
+    arch = "cuda" if kind == "cuda" else str(getattr(target, "mtriple", "")).split("-")[0]
     if arch in SHIPPED:
         candidates.append(SHIPPED[arch])
     for path in candidates:

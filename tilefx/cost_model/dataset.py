@@ -81,20 +81,20 @@ def kernel_from_ir(ir_text: str, name: str = "kernel") -> Any:
 
 def resolve_target_key(db: Any, target: str) -> str:
     """``target`` as a key of the database: ``cpu`` means the host's key if the database
-    has it, else its only CPU target."""
+    has it, else its only CPU target; ``cuda`` its only cuda target."""
     from tilefx.codegen.target import Target
 
     keys = sorted({r[0] for r in db._execute("SELECT DISTINCT target_key FROM candidates")})
     if target in keys:
         return target
-    if target in ("cpu", "llvm"):
-        host = Target.host_cpu().key()
-        if host in keys:
-            return host
-        cpus = [k for k in keys if k.startswith("cpu-")]
-        if len(cpus) == 1:
-            return cpus[0]
-        raise ValueError(f"database has CPU targets {cpus}; pass one with --target")
+    if target in ("cpu", "llvm", "cuda"):
+        kind = "cuda" if target == "cuda" else "cpu"
+        if kind == "cpu" and Target.host_cpu().key() in keys:
+            return Target.host_cpu().key()
+        same = [k for k in keys if k.startswith(kind + "-")]
+        if len(same) == 1:
+            return same[0]
+        raise ValueError(f"database has {kind} targets {same or 'none'}; pass one with --target")
     raise ValueError(f"target {target!r} is not in the database (it has {keys or 'none'})")
 
 

@@ -23,6 +23,8 @@ in one line.
 
 ``FEATURE_VERSION`` names the layout: a model is refused when its version
 differs (``model.py``). Bump it whenever ``FEATURES`` or their meaning change.
+On a cuda target ``features`` returns ``gpu_features``'s vector instead (its
+own names and version: ``layout_of``).
 
 Sizes and counts enter as ``log2(1 + x)``: latencies span orders of
 magnitude and trees split better on logs. Vectors are cached per (kernel
@@ -233,9 +235,20 @@ def _default_features(kernel_op: Any, target: Any, bindings: Mapping[Any, int] |
     return base
 
 
+def layout_of(target_kind: str) -> tuple[int, tuple[str, ...]]:
+    """(feature version, feature names) of a target kind: CPU candidates are featurized from
+    their TVM loop nest (this module), cuda ones from their Triton tiling (``gpu_features``)."""
+    if target_kind == "cuda":
+        from tilefx.cost_model.gpu_features import GPU_FEATURE_VERSION, GPU_NAMES
+
+        return GPU_FEATURE_VERSION, GPU_NAMES
+    return FEATURE_VERSION, NAMES
+
+
 def features(kernel_op: Any, schedule: Any, target: Any,
              bindings: Mapping[Any, int] | None = None, *, nest: bool = True) -> np.ndarray:
-    """The feature vector (``FEATURES`` order, float32) of one candidate.
+    """The feature vector (``FEATURES`` order, float32; ``GPU_FEATURES`` on a cuda target)
+    of one candidate.
 
     ``nest=False`` skips scheduling and the loop-nest walk (those entries stay
     0): the cheap knob + shape path.
@@ -249,15 +262,20 @@ def features(kernel_op: Any, schedule: Any, target: Any,
     if hit is not None:
         _CACHE.move_to_end(key)
         return hit
-    f = _own_features(kernel_op, schedule, target, bindings, nest)
-    base = _default_features(kernel_op, target, bindings, nest, kernel)
-    if base is not None:
-        for name in DELTA_OF:
-            f[f"d_{name}"] = f.get(name, 0.0) - base.get(name, 0.0)
-    vec = np.zeros(len(NAMES), dtype=np.float32)
+    if target.kind == "cuda":
+        from tilefx.cost_model.gpu_features import GPU_INDEX, gpu_features
+
+        f, index = gpu_features(kernel_op, schedule, target, bindings), GPU_INDEX
+    else:
+        f, index = _own_features(kernel_op, schedule, target, bindings, nest), INDEX
+        base = _default_features(kernel_op, target, bindings, nest, kernel)
+        if base is not None:
+            for name in DELTA_OF:
+                f[f"d_{name}"] = f.get(name, 0.0) - base.get(name, 0.0)
+    vec = np.zeros(len(index), dtype=np.float32)
     for name, value in f.items():
-        if name in INDEX:
-            vec[INDEX[name]] = value
+        if name in index:
+            vec[index[name]] = value
     if len(_CACHE) >= _CACHE_LIMIT:
         _CACHE.popitem(last=False)
     _CACHE[key] = vec
@@ -268,6 +286,6 @@ def feature_matrix(kernel_op: Any, schedules: Sequence[Any], target: Any,
                    bindings: Mapping[Any, int] | None = None, *, nest: bool = True) -> np.ndarray:
     """One row per schedule (``features``)."""
     if not schedules:
-        return np.zeros((0, len(NAMES)), dtype=np.float32)
+        return np.zeros((0, len(layout_of(target.kind)[1])), dtype=np.float32)
     return np.stack([features(kernel_op, s, target, bindings, nest=nest) for s in schedules])
 

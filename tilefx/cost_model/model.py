@@ -39,7 +39,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from tilefx.cost_model.features import FEATURE_VERSION, NAMES, NO_DELTA, feature_matrix
+from tilefx.cost_model.features import NO_DELTA, feature_matrix, layout_of
 
 log = logging.getLogger("tilefx.cost_model")
 
@@ -118,7 +118,7 @@ class LearnedModel:
         """``params``: XGBoost parameters over the defaults (variants, nested CV)."""
         import xgboost as xgb
 
-        if objective == "regression" and columns is None:
+        if objective == "regression" and columns is None and _kind(target_key) == "cpu":
             columns = NO_DELTA
         X, y, g = _sorted_by_group(X, _labels(seconds, groups, objective), groups)
         d = _dmatrix(X, y, g if objective == "rank" else None, columns)
@@ -177,8 +177,9 @@ class LearnedModel:
 
     def to_json(self) -> dict[str, Any]:
         raw = self.booster.save_raw(raw_format="json")
-        return {"format": FORMAT, "feature_version": FEATURE_VERSION, "target_key": self.target_key,
-                "objective": self.objective, "features": list(NAMES),
+        version, names = layout_of(_kind(self.target_key))
+        return {"format": FORMAT, "feature_version": version, "target_key": self.target_key,
+                "objective": self.objective, "features": list(names),
                 "columns": None if self.columns is None else list(self.columns),
                 "meta": self.meta, "booster": json.loads(bytes(raw).decode())}
 
@@ -195,16 +196,23 @@ class LearnedModel:
             raise ModelError(f"cannot read cost model {path}: {e}") from e
         if not isinstance(data, dict) or data.get("format") != FORMAT:
             raise ModelError(f"{path} is not a tilefx cost model (no format {FORMAT!r})")
-        if data.get("feature_version") != FEATURE_VERSION:
+        kind = _kind(str(data.get("target_key", "")))
+        version = layout_of(kind)[0]
+        if data.get("feature_version") != version:
             raise ModelError(
-                f"cost model {path} was trained on features version {data.get('feature_version')}, "
-                f"this tilefx computes version {FEATURE_VERSION}; retrain it with "
+                f"cost model {path} was trained on {kind} features version "
+                f"{data.get('feature_version')}, this tilefx computes version {version}; retrain it with "
                 "`tilefx train-cost-model --db ... -o ...`")
         booster = xgb.Booster()
         booster.load_model(bytearray(json.dumps(data["booster"]).encode()))
         booster.set_param({"nthread": 1})
         return LearnedModel(booster, data["objective"], data["target_key"], data.get("columns"),
                             meta=data.get("meta"))
+
+
+def _kind(target_key: str) -> str:
+    """The target kind of a target key (``Target.key``: "cuda-..." or "cpu-...")."""
+    return "cuda" if target_key.startswith("cuda") else "cpu"
 
 
 def _kernel_id(kernel: Any) -> Any:

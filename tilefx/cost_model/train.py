@@ -88,7 +88,7 @@ def train_from_db(db_path: str, target: str, output: str, *, objective: str = "r
     """Train on ``db_path`` and write ``output``; returns the printed report."""
     from tilefx.autotune.database import TuningDatabase
     from tilefx.cost_model.dataset import load_dataset, resolve_target_key
-    from tilefx.cost_model.features import FEATURE_VERSION
+    from tilefx.cost_model.features import layout_of
     from tilefx.cost_model.metrics import format_metrics
     from tilefx.cost_model.model import LearnedModel
 
@@ -108,6 +108,6 @@ def train_from_db(db_path: str, target: str, output: str, *, objective: str = "r
     model.save(output)
     n_test = len(np.unique(g[test]))
     return (f"tilefx train-cost-model: {len(ds.samples)} measured candidates, {len(ds.workloads)} "
-            f"workloads on {key} (features v{FEATURE_VERSION}, {X.shape[1]} features)\n"
+            f"workloads on {key} (features v{layout_of(ds.target.kind)[0]}, {X.shape[1]} features)\n"
             f"held-out metrics ({n_test} workloads not trained on):\n{format_metrics(rows)}\n"
             f"wrote {objective} model trained on all workloads to {output}")

@@ -2,8 +2,8 @@
 
 ``tilefx collect`` measures random schedules of these into a tuning database;
 ``benchmarks/cost_model.py`` splits them by workload. The family covers the
-three template kinds at shapes the zoo does not have (square and skinny
-matmuls with and without epilogues, dense / 1x1 / strided / depthwise convs,
+three template kinds at shapes the zoo does not have (square, skinny and
+transformer-large matmuls with and without epilogues, dense / 1x1 / strided / depthwise convs,
 softmax, LayerNorm, row sums, elementwise chains).
 
 The kernels of ``benchmarks/tuning.py`` (matmul 512 and 1024, conv3x3 64ch at
@@ -14,6 +14,7 @@ kernel with one, so the shipped model has never seen them.
 
 from __future__ import annotations
 
+import functools
 import logging
 import sys
 from pathlib import Path
@@ -49,18 +50,25 @@ def _f32(*shape: int) -> Any:
     return TensorType(DType.float32, shape)
 
 
-def _kernel(kind: str, shapes: list[tuple[int, ...]], body: Callable, name: str) -> Any:
+def _kernel_of(kind: str, shapes: list[tuple[int, ...]], body: Callable, name: str,
+            dtype: str = "float32") -> Any:
+    from tilefx.ir import DType, TensorType
     from tilefx.ir.builder import kernel_op
 
-    return kernel_op(kind, [_f32(*s) for s in shapes], body, name)
+    return kernel_op(kind, [TensorType(DType[dtype], s) for s in shapes], body, name)
 
 
-def family_kernels() -> list[Any]:
-    """Generated matmul / conv / reduction / pointwise kernels (fixed shapes, deterministic)."""
+def family_kernels(dtype: str = "float32") -> list[Any]:
+    """Generated matmul / conv / reduction / pointwise kernels (fixed shapes, deterministic)
+    with ``dtype`` operands (float16 / bfloat16: what GPU models run)."""
     ks: list[Any] = []
+    _kernel = functools.partial(_kernel_of, dtype=dtype)
     for m, k, n in [(64, 256, 512), (128, 128, 1024), (256, 512, 256), (384, 384, 384),
                     (96, 768, 768), (256, 1024, 128), (16, 512, 2048), (768, 256, 256),
-                    (200, 320, 640), (1024, 64, 1024), (48, 2048, 96), (640, 640, 64)]:
+                    (200, 320, 640), (1024, 64, 1024), (48, 2048, 96), (640, 640, 64),
+                    # transformer-large projections (hidden 1024/2048): K and N both large, where
+                    # B's rows sit 4 KiB apart and copying B into panels pays
+                    (384, 1024, 1024), (128, 1024, 4096), (128, 4096, 1024), (64, 2048, 2048)]:
         ks.append(_kernel("contraction", [(m, k), (k, n)], lambda b, x, w: b.op("matmul", x, w),
                           f"mm_{m}x{k}x{n}"))
     for m, k, n in [(128, 512, 512), (320, 256, 768)]:  # with a bias + GELU epilogue
@@ -110,16 +118,16 @@ def sparse_kernels() -> list[Any]:
 
     ks: list[Any] = []
     for (m, k, n) in [(1, 4096, 1024), (16, 1024, 2048), (128, 2048, 512), (4, 512, 4096)]:
-        ks.append(_kernel("contraction", [(m, k), (k, n)], lambda b, x, w: b.op("matmul", x, w),
-                          f"dense_mm_{m}x{k}x{n}"))
+        ks.append(_kernel_of("contraction", [(m, k), (k, n)], lambda b, x, w: b.op("matmul", x, w),
+                             f"dense_mm_{m}x{k}x{n}"))
         for bk, bn in [(1, 1), (4, 4), (4, 16), (16, 16)]:
             for density in (0.05, 0.1, 0.25, 0.5):
                 nnzb = max(1, int(density * (k // bk) * (n // bn)))
                 ks.append(_sparse(f"bsr_mm_{m}x{k}x{n}_{bk}x{bn}_{density}", [(m, k)],
                                   (nnzb, bk, bn), i32(nnzb), i32(n // bn + 1), axis=-1))
     for (c, o, hw) in [(256, 256, 28), (128, 512, 14)]:
-        ks.append(_kernel("contraction", [(1, c, hw, hw), (o, c, 1, 1)],
-                          lambda b, x, w: b.op("conv2d", x, w), f"dense_conv1x1_{c}_{o}_{hw}"))
+        ks.append(_kernel_of("contraction", [(1, c, hw, hw), (o, c, 1, 1)],
+                             lambda b, x, w: b.op("conv2d", x, w), f"dense_conv1x1_{c}_{o}_{hw}"))
         for bk, bn in [(1, 1), (4, 4), (4, 16)]:
             for density in (0.05, 0.1, 0.25, 0.5):
                 nnzb = max(1, int(density * (c // bk) * (o // bn)))
@@ -137,8 +145,9 @@ def _sparse(name: str, x: list[tuple[int, ...]], data: tuple[int, int, int], ind
                      lambda b, a, d, i, p: b.op("bsr_matmul", a, d, i, p, axis=axis), name)
 
 
-def zoo_kernels(models: list[str] | None = None) -> list[Any]:
-    """The distinct kernels of the zoo models (``benchmarks/models``) at their smallest batch.
+def zoo_kernels(models: list[str] | None = None, target: str = "cpu") -> list[Any]:
+    """The distinct kernels of the zoo models (``benchmarks/models``) at their smallest batch,
+    as the compiler forms them for ``target`` (its layout and fusion decisions differ).
 
     Needs a source checkout (the zoo is not part of the installed package).
     """
@@ -159,7 +168,7 @@ def zoo_kernels(models: list[str] | None = None) -> list[Any]:
             raise ValueError(f"unknown zoo model {name!r}; have {', '.join(ZOO)}")
         entry = ZOO[name]
         kernels, bindings, _ = model_kernels(entry.build(), entry.make_inputs(
-            batch=entry.batches[0], seed=0), "cpu")
+            batch=entry.batches[0], seed=0), target)
         if bindings:  # symbolic shapes: the collector measures static kernels only
             log.info("zoo model %s has symbolic shapes %s; skipped", name, bindings)
             continue
@@ -167,21 +176,22 @@ def zoo_kernels(models: list[str] | None = None) -> list[Any]:
     return out
 
 
-def workload_set(spec: str = "zoo,family") -> list[Any]:
-    """Kernels named by ``spec`` (comma list of ``zoo``, ``family``, ``sparse`` or zoo model names),
-    without the held-out benchmark kernels, deduplicated by structure."""
+def workload_set(spec: str = "zoo,family", target: str = "cpu", dtype: str = "float32") -> list[Any]:
+    """Kernels named by ``spec`` (comma list of ``zoo``, ``family``, ``sparse`` or zoo model names)
+    for ``target``, the family's with ``dtype`` operands, without the held-out benchmark kernels,
+    deduplicated by structure."""
     from tilefx.compiler.driver import kernel_key
 
     kernels: list[Any] = []
     for part in [p.strip() for p in spec.split(",") if p.strip()]:
         if part == "family":
-            kernels += family_kernels()
+            kernels += family_kernels(dtype)
         elif part == "sparse":
             kernels += sparse_kernels()
         elif part == "zoo":
-            kernels += zoo_kernels()
+            kernels += zoo_kernels(target=target)
         else:
-            kernels += zoo_kernels([part])
+            kernels += zoo_kernels([part], target)
     seen: set[Any] = set()
     out = []
     for k in kernels:
