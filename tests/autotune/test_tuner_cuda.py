@@ -240,16 +240,21 @@ def test_gpu_compile_with_tune_matches_eager(tmp_path):
     assert len(rec.tuning) == 2 and all(t.best is not None for t in rec.tuning), rec.report()
 
 
-def test_fp32_contractions_are_checked_at_the_tf32_tolerance_torch_computes_them_at(monkeypatch):
+def test_fp32_contractions_are_checked_at_the_tf32_tolerance_torch_computes_them_at():
     conv = kernel_op("contraction", [_t(DType.float32, 1, 8, 8, 8), _t(DType.float32, 8, 8, 3, 3)],
                      lambda b, x, w: b.op("conv2d", x, w, padding=(1, 1)), name="conv")
     mm = _matmul(dtype=DType.float32)
-    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)
-    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", True)   # torch's default
-    # cuDNN (the library candidate) computes fp32 convolutions in TF32, as eager PyTorch does
-    assert measure_cuda._check_dtype(conv, DType.float32) == DType.float16
-    assert measure_cuda._check_dtype(mm, DType.float32) == DType.float32
-    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
-    assert measure_cuda._check_dtype(conv, DType.float32) == DType.float32
-    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", True)
-    assert measure_cuda._check_dtype(mm, DType.float32) == DType.float16
+    # torch's flag modules proxy these attributes (monkeypatch cannot undo them): set and restore
+    matmul, cudnn = torch.backends.cuda.matmul, torch.backends.cudnn
+    saved = matmul.allow_tf32, cudnn.allow_tf32
+    try:
+        matmul.allow_tf32, cudnn.allow_tf32 = False, True   # torch's defaults
+        # cuDNN (the library candidate) computes fp32 convolutions in TF32, as eager PyTorch does
+        assert measure_cuda._check_dtype(conv, DType.float32) == DType.float16
+        assert measure_cuda._check_dtype(mm, DType.float32) == DType.float32
+        cudnn.allow_tf32 = False
+        assert measure_cuda._check_dtype(conv, DType.float32) == DType.float32
+        matmul.allow_tf32 = True
+        assert measure_cuda._check_dtype(mm, DType.float32) == DType.float16
+    finally:
+        matmul.allow_tf32, cudnn.allow_tf32 = saved
