@@ -110,8 +110,7 @@ def gpu_features(kernel_op: Any, schedule: Any, target: Any,
     from tilefx.autotune.space import is_extern
 
     f: dict[str, float] = {f"knob_{k}": -1.0 for k in GPU_KNOBS}
-    sms = max(1, int(target.cores))
-    f.update({"sms": float(sms), "smem_per_block": _l2(target.l1_bytes), "l2": _l2(target.l2_bytes),
+    f.update({"sms": float(max(1, int(target.cores))), "smem_per_block": _l2(target.l1_bytes), "l2": _l2(target.l2_bytes),
               "arch": float("".join(c for c in (target.arch or "sm_80") if c.isdigit()) or 80)})
     try:
         from tilefx.autotune.measure_cuda import _symbols, resolve
@@ -125,13 +124,12 @@ def gpu_features(kernel_op: Any, schedule: Any, target: Any,
         log.debug("no GPU features for %s %s: %s", kernel_op.attr("name"), schedule, e)
         return f
     f[f"tpl_{tile['template']}"] = 1.0
-    impl = tile.get("impl") or tile["schedule"].get("impl", "triton")
-    f["impl_library"], f["impl_semi24"] = float(impl == "library"), float(impl == "semi24")
+    f["impl_library"], f["impl_semi24"] = float(tile["impl"] == "library"), float(tile["impl"] == "semi24")
     for k in GPU_KNOBS:
         v = tile["schedule"].get(k)
         if v is not None:
             f[f"knob_{k}"] = _l2(float(v))
-    f.update(_launch(tile, target, sms))
+    f.update(_launch(tile, target))
     return f
 
 
@@ -149,7 +147,9 @@ def _tile(template: str, module: Any, body: Any, schedule: Any) -> dict[str, Any
         "reduction", "conv") else schedule
     out: dict[str, Any] = {"template": template, "schedule": s, "bytes": _body_bytes(body),
                            "warps": int(s.get("num_warps", 4)), "stages": int(s.get("num_stages", 1)),
-                           "batch": 1, "n": 1, "bn": 1, "bk": 0, "contraction": False}
+                           "batch": 1, "n": 1, "bn": 1, "bk": 0, "contraction": False,
+                           # as asked (clamping may rewrite it); conv's default is the library
+                           "impl": schedule.get("impl", "library" if template == "conv" else "triton")}
     if template in ("matmul", "conv", "attention", "sparse"):
         out.update(_contraction(template, module, body, s))
         return out
@@ -195,7 +195,7 @@ def _contraction(template: str, module: Any, body: Any, s: Any) -> dict[str, Any
         w = shape_of(anchor.inputs[1])
         no, o, oh, ow = shape_of(anchor.result)
         m, n, k = no * oh * ow, o, w[1] * w[2] * w[3]
-        out.update(impl=s.get("impl", "library"), bn=int(s.get("BLOCK_N", 64)), bk=int(s.get("BLOCK_K", 32)))
+        out.update(bn=int(s.get("BLOCK_N", 64)), bk=int(s.get("BLOCK_K", 32)))
     elif template == "attention":   # Q K^T and P V: two GEMMs
         q, kk = shape_of(anchor.inputs[0]), shape_of(anchor.inputs[1])
         m, n, k, batch, gemms = q[-2], q[-1], kk[-2], _numel(q[:-2]), 2
@@ -212,21 +212,21 @@ def _contraction(template: str, module: Any, body: Any, s: Any) -> dict[str, Any
     return out
 
 
-def _launch(t: dict[str, Any], target: Any, sms: int) -> dict[str, float]:
+def _launch(t: dict[str, Any], target: Any) -> dict[str, float]:
     """Launch, per-program and occupancy entries from ``_tile``'s description."""
     isz, warps, stages = t["itemsize"], max(1, t["warps"]), max(1, t["stages"])
     threads = warps * 32
     programs = max(1, t["programs"])
-    library = (t.get("impl") or t["schedule"].get("impl")) == "library"
     f: dict[str, float] = {"itemsize": float(isz), "flops": _l2(t["flops"]), "bytes": _l2(t["bytes"]),
                            "intensity": _l2(t["flops"] / max(1, t["bytes"])), "m": _l2(t["m"]),
                            "n": _l2(t["n"]), "k": _l2(t["k"]), "batch": _l2(t["batch"])}
     peak = PEAK_FLOPS.get(isz, PEAK_FLOPS[4]) if t["contraction"] else 60e12
     f["roofline"] = _l2(1e6 * (max(t["flops"] / peak, t["bytes"] / DRAM_BYTES_PER_S) + LAUNCH_S))
-    if library:  # the library picks its own tiling: only the problem and the impl are known
+    if t["impl"] == "library":  # the library picks its own tiling: only the problem and the impl are known
         return f
     bm, bn, bk = t["bm"], t["bn"], t["bk"]
     tile_elems = bm * bn
+    sms = max(1, int(target.cores))
     waves = programs / sms
     f.update(programs=_l2(programs), waves=_l2(waves), wave_fill=programs / (math.ceil(waves) * sms),
              sm_fill=min(1.0, waves), tile_elems=_l2(tile_elems),

@@ -51,7 +51,7 @@ def _f32(*shape: int) -> Any:
 
 
 def _kernel_of(kind: str, shapes: list[tuple[int, ...]], body: Callable, name: str,
-            dtype: str = "float32") -> Any:
+               dtype: str = "float32") -> Any:
     from tilefx.ir import DType, TensorType
     from tilefx.ir.builder import kernel_op
 
