@@ -68,7 +68,9 @@ def family_kernels(dtype: str = "float32") -> list[Any]:
                     (200, 320, 640), (1024, 64, 1024), (48, 2048, 96), (640, 640, 64),
                     # transformer-large projections (hidden 1024/2048): K and N both large, where
                     # B's rows sit 4 KiB apart and copying B into panels pays
-                    (384, 1024, 1024), (128, 1024, 4096), (128, 4096, 1024), (64, 2048, 2048)]:
+                    (384, 1024, 1024), (128, 1024, 4096), (128, 4096, 1024), (64, 2048, 2048),
+                    # the same over 1024-2048 tokens: many row blocks share each packed B panel
+                    (2048, 1024, 1024), (1024, 1024, 4096), (1024, 4096, 1024)]:
         ks.append(_kernel("contraction", [(m, k), (k, n)], lambda b, x, w: b.op("matmul", x, w),
                           f"mm_{m}x{k}x{n}"))
     for m, k, n in [(128, 512, 512), (320, 256, 768)]:  # with a bias + GELU epilogue
