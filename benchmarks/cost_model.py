@@ -32,9 +32,9 @@
    mm1024 from 1.2 to 4.8 trials between two runs of the same seeds, while
    the CPU's slowdowns (other tenants) last seconds and only ever add time.
    Curves of best-so-far vs trials (normalized to the best any run found) go
-   to PNG; the table gives trials to 95% of that best. On cuda the cases are cast to ``--dtype`` (float16:
-   what GPU models run), Triton builds and times them on the GPU, and
-   ``dwconv`` (no Triton template: cuDNN only) is skipped.
+   to PNG; the table gives trials to 95% of that best. On cuda the cases are
+   cast to ``--dtype`` (float16: what GPU models run), Triton builds and times
+   them on the GPU, and ``dwconv`` (no Triton template: cuDNN only) is skipped.
 
 Writes ``benchmarks/results/cost-model-<cpu|gpu>-<date>.md`` and PNGs beside it.
 """
@@ -489,7 +489,8 @@ def main(argv: list[str] | None = None) -> int:
                      for s in strategies]
             ratio = row["evolutionary (learned)"][0] / row["random"][0]
             out.append(f"| {case} | {row['best'] * 1e3:.4g} | " + " | ".join(cells) +
-                       f" | {ratio:.2f} | {row['measured']} | {row['apart']:.0%} |")
+                       f" | {ratio:.2f} | {row['measured']} | "
+                       + (f"{row['apart']:.0%} |" if args.retime else "- |"))
         out += ["", f"![search curves](cost-model-{tag}search-{date}.png)", ""]
     text = "\n".join(out) + "\n"
     path = Path(args.out) if args.out else res / f"cost-model-{_machine(target).lower()}-{date}.md"

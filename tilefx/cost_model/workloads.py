@@ -66,10 +66,10 @@ def family_kernels(dtype: str = "float32") -> list[Any]:
     for m, k, n in [(64, 256, 512), (128, 128, 1024), (256, 512, 256), (384, 384, 384),
                     (96, 768, 768), (256, 1024, 128), (16, 512, 2048), (768, 256, 256),
                     (200, 320, 640), (1024, 64, 1024), (48, 2048, 96), (640, 640, 64),
-                    # transformer-large projections (hidden 1024/2048): K and N both large, where
-                    # B's rows sit 4 KiB apart and copying B into panels pays
+                    # transformer-large projections (hidden 1024/2048): K and N both large, B's
+                    # rows 4 KiB apart; over <= 384 tokens copying B into panels does not pay back,
                     (384, 1024, 1024), (128, 1024, 4096), (128, 4096, 1024), (64, 2048, 2048),
-                    # the same over 1024-2048 tokens: many row blocks share each packed B panel
+                    # over 1024-2048 tokens (many row blocks read each packed panel) it does
                     (2048, 1024, 1024), (1024, 1024, 4096), (1024, 4096, 1024)]:
         ks.append(_kernel("contraction", [(m, k), (k, n)], lambda b, x, w: b.op("matmul", x, w),
                           f"mm_{m}x{k}x{n}"))
