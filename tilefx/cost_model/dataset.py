@@ -89,8 +89,9 @@ def resolve_target_key(db: Any, target: str) -> str:
         return target
     if target in ("cpu", "llvm", "cuda"):
         kind = "cuda" if target == "cuda" else "cpu"
-        if kind == "cpu" and Target.host_cpu().key() in keys:
-            return Target.host_cpu().key()
+        host = Target.host_cpu().key() if kind == "cpu" else None
+        if host in keys:
+            return host
         same = [k for k in keys if k.startswith(kind + "-")]
         if len(same) == 1:
             return same[0]
