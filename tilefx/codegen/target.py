@@ -65,7 +65,7 @@ class Target:
         kind, _, cpu = text.partition(":")
         if kind in ("cpu", "llvm"):
             host = Target.host_cpu()
-            return host if not cpu else replace(host, mcpu=cpu)
+            return host if not cpu else for_mcpu(host, cpu)
         if kind == "cuda":
             return cuda_target(cpu or None)
         raise ValueError(f"cannot parse target {text!r}: expected 'cpu', 'cpu:<mcpu>' or 'cuda'")
@@ -94,6 +94,43 @@ class Target:
         data = json.loads(text)
         data["mattr"] = tuple(data.get("mattr", ()))
         return Target(**data)
+
+
+# LLVM CPU names by their widest vector register, for targets named below the host's
+# level ("cpu:haswell" on an AVX-512 machine): schedules size their vectors from
+# ``vector_bytes``, so an AVX2 target must not keep the host's 64-byte width.
+_AVX512_CPUS = ("skylake-avx512", "cascadelake", "cooperlake", "cannonlake", "icelake-client",
+                "icelake-server", "tigerlake", "rocketlake", "sapphirerapids", "emeraldrapids",
+                "graniterapids", "graniterapids-d", "diamondrapids", "znver4", "znver5",
+                "x86-64-v4", "knl", "knm")
+_AVX_CPUS = ("sandybridge", "ivybridge", "haswell", "broadwell", "skylake", "alderlake",
+             "raptorlake", "meteorlake", "arrowlake", "arrowlake-s", "lunarlake", "pantherlake",
+             "gracemont", "sierraforest", "grandridge", "clearwaterforest", "znver1", "znver2",
+             "znver3", "x86-64-v3", "bdver1", "bdver2", "bdver3", "bdver4", "btver2")
+
+
+def vector_bytes_of(mcpu: str) -> int | None:
+    """The widest SIMD register of an x86 LLVM CPU name, or None if it is not one we know."""
+    if mcpu in _AVX512_CPUS:
+        return 64
+    if mcpu in _AVX_CPUS:
+        return 32
+    if mcpu in ("x86-64", "x86-64-v2", "generic", "nehalem", "westmere", "core2", "penryn",
+                "silvermont", "goldmont", "goldmont-plus", "tremont", "btver1", "k8", "amdfam10"):
+        return 16
+    return None
+
+
+def for_mcpu(host: Target, mcpu: str) -> Target:
+    """``host`` compiled for another LLVM CPU: its vector width follows the CPU's, so a
+    ``cpu:haswell`` target builds the AVX2 code an AVX2-only machine runs. An unknown name
+    keeps the host's width and says so."""
+    width = vector_bytes_of(mcpu)
+    if width is None:
+        log.warning("target cpu:%s: unknown LLVM CPU name for the vector width; assuming "
+                    "the host's %d-byte vectors", mcpu, host.vector_bytes)
+        width = host.vector_bytes
+    return replace(host, mcpu=mcpu, vector_bytes=width)
 
 
 def cuda_target(arch: str | None = None) -> Target:
@@ -174,7 +211,8 @@ def _detect_host() -> Target:
 
     flags = _cpu_flags()
     vendor_amd = "AuthenticAMD" in (_read("/proc/cpuinfo") or "")
-    mcpu = os.environ.get("TILEFX_MCPU") or _llvm_host_cpu()
+    forced = os.environ.get("TILEFX_MCPU")
+    mcpu = forced or _llvm_host_cpu()
     if mcpu is None:
         mcpu = "generic"
         for needed, amd, intel in _FLAG_LADDER:
@@ -189,5 +227,7 @@ def _detect_host() -> Target:
                     vector_bytes=vector_bytes,
                     l1_bytes=caches.get(1, 32 * 1024), l2_bytes=caches.get(2, 1024 * 1024),
                     l3_bytes=caches.get(3, 8 * 1024 * 1024))
+    if forced:  # a CPU below the host's level (tests of AVX2 / generic code) gets its width
+        target = for_mcpu(target, forced)
     log.debug("host target: %s", target)
     return target

@@ -224,13 +224,33 @@ def _div(a: tirx.PrimExpr, b: tirx.PrimExpr) -> tirx.PrimExpr:
     return tirx.floordiv(a, b) if "int" in dt(a) else a / b
 
 
+def _pow(a: tirx.PrimExpr, b: tirx.PrimExpr) -> tirx.PrimExpr:
+    """LLVM's pow is float-only: integers go through float64 and back, exact while the
+    result fits in 53 bits (what an integer tensor raised to a small power gives)."""
+    if "int" not in dt(a):
+        return te.power(a, b)
+    wide = te.power(tirx.Cast("float64", a), tirx.Cast("float64", b))
+    return tirx.Cast(dt(a), tirx.round(wide))
+
+
+def _bool_or_arith(on_bool: Callable[[tirx.PrimExpr, tirx.PrimExpr], tirx.PrimExpr],
+                   arith: Callable[[tirx.PrimExpr, tirx.PrimExpr], tirx.PrimExpr]) -> Callable:
+    """torch's arithmetic on bool tensors is logic (``True + True`` is True); LLVM has no
+    bool add or max, and TVM's float-only checks reject it."""
+    return lambda a, b: on_bool(a, b) if dt(a) == "bool" else arith(a, b)
+
+
+_or = lambda a, b: tirx.any(_as_bool(a), _as_bool(b))  # noqa: E731
+_and = lambda a, b: tirx.all(_as_bool(a), _as_bool(b))  # noqa: E731
+
 BINARY_FNS: dict[str, Callable[[tirx.PrimExpr, tirx.PrimExpr], tirx.PrimExpr]] = {
-    "add": lambda a, b: a + b, "sub": lambda a, b: a - b, "mul": lambda a, b: a * b,
-    "div": _div, "pow": te.power, "maximum": tirx.max, "minimum": tirx.min,
+    "add": _bool_or_arith(_or, lambda a, b: a + b), "sub": lambda a, b: a - b,
+    "mul": _bool_or_arith(_and, lambda a, b: a * b),
+    "div": _div, "pow": _pow, "maximum": _bool_or_arith(_or, tirx.max),
+    "minimum": _bool_or_arith(_and, tirx.min),
     "eq": lambda a, b: a == b, "ne": lambda a, b: a != b, "lt": lambda a, b: a < b,
     "le": lambda a, b: a <= b, "gt": lambda a, b: a > b, "ge": lambda a, b: a >= b,
-    "logical_and": lambda a, b: tirx.all(_as_bool(a), _as_bool(b)),
-    "logical_or": lambda a, b: tirx.any(_as_bool(a), _as_bool(b)),
+    "logical_and": _and, "logical_or": _or,
 }
 
 

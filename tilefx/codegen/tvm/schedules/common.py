@@ -92,6 +92,22 @@ def loop_extent(sch: s_tir.Schedule, loop: Any) -> int:
     return int(sch.get(loop).extent)
 
 
+def vectorize(sch: s_tir.Schedule, loop: Any) -> bool:
+    """Vectorize ``loop`` if its body is one block and nothing else; else leave it serial.
+
+    A block moved under another block's loops (``reverse_compute_at``) whose own loops all
+    have extent 1 has no loops of its own: its innermost loop is the shared one, around a
+    whole reduction. TVM accepts ``vectorize`` there and LLVM then computes wrong numbers
+    (a 6x37x64 ``q @ k.T`` with a 1x1 register tile was off by 150%), so every template
+    vectorizes through this check.
+    """
+    if not isinstance(sch.get(loop).body, s_tir.SBlockRealize):
+        log.debug("not vectorized: loop %s holds more than one block", sch.get(loop).loop_var)
+        return False
+    sch.vectorize(loop)
+    return True
+
+
 def parallel_vectorize(sch: s_tir.Schedule, loops: list[Any], *, vectorize: int, unroll: int,
                        parallel: bool, min_parallel: int = 2) -> None:
     """Fuse ``loops``, split as [outer, unroll, vector] and annotate each part."""
@@ -103,7 +119,7 @@ def parallel_vectorize(sch: s_tir.Schedule, loops: list[Any], *, vectorize: int,
     unr = pow2_divisor(extent // vec, unroll) if unroll > 1 else 1
     outer, mid, inner = sch.split(fused, [None, unr, vec])
     if vec > 1:
-        sch.vectorize(inner)
+        vectorize(sch, inner)
     if unr > 1:
         sch.unroll(mid)
     if parallel and loop_extent(sch, outer) >= min_parallel:
