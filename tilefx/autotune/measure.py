@@ -1,7 +1,8 @@
 """Builder pool and isolated runner: turning candidate schedules into latencies.
 
 - ``LocalBuilder`` compiles candidates in a ``ProcessPoolExecutor`` (spawn
-  context: TVM and fork do not mix). A worker builds with
+  context: TVM and fork do not mix; ``workers.py``: the children never run the
+  user's ``__main__`` and die with the tuning process). A worker builds with
   ``codegen.tvm.build_kernel``, which stores the library in the kernel disk
   cache; only the cache key travels back. A compile error is recorded as
   ``build_error``, never raised; a worker that dies or hangs is replaced.
@@ -27,7 +28,6 @@ from __future__ import annotations
 
 import logging
 import math
-import multiprocessing as mp
 import os
 import pickle
 import statistics
@@ -38,6 +38,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
 from tilefx.autotune.space import is_extern
+from tilefx.autotune.workers import worker_context
 from tilefx.codegen.schedule import Schedule
 
 log = logging.getLogger("tilefx.autotune")
@@ -255,7 +256,7 @@ class LocalBuilder:
     def _executor(self) -> ProcessPoolExecutor:
         if self._pool is None:
             self._pool = ProcessPoolExecutor(max_workers=self.workers,
-                                             mp_context=mp.get_context("spawn"),
+                                             mp_context=worker_context(),
                                              initializer=_ignore_sigint)
         return self._pool
 
@@ -398,7 +399,7 @@ class _Child:
     """One runner process and its pipe; the workload it has loaded."""
 
     def __init__(self) -> None:
-        ctx = mp.get_context("spawn")
+        ctx = worker_context()
         self.conn, child = ctx.Pipe()
         self.proc = ctx.Process(target=_runner_main, name="tilefx-runner",
                                 args=(child, os.environ.get("TILEFX_CACHE_DIR")), daemon=True)
