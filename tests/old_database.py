@@ -18,3 +18,12 @@ def old_database(path: Path, first_new_table: str, version: int) -> sqlite3.Conn
     conn.execute(f"PRAGMA application_id = {database.APPLICATION_ID}")
     conn.execute(f"PRAGMA user_version = {version}")
     return conn
+
+
+def old_database_with_workload(path: Path, first_new_table: str, version: int) -> None:
+    """``old_database`` holding one workload ``w`` (IR ``ir``, hash ``fh``), closed: what an
+    upgrade test opens to see that the upgrade keeps it."""
+    conn = old_database(path, first_new_table, version)
+    conn.execute("INSERT INTO workloads VALUES ('w', 'ir', 'fh', 0)")
+    conn.commit()
+    conn.close()

@@ -176,6 +176,36 @@ def test_truncated_database_is_moved_aside(tmp_path, caplog):
     assert len(_aside(path)) == 1 and db.records() == []
 
 
+def test_a_damaged_data_page_is_found_at_open_and_moved_aside(tmp_path, caplog):
+    """Page 1 (the header and schema) intact, a table page overwritten: SQLite opens it
+    happily and fails only on the query that reads the page, as a raw DatabaseError."""
+    path = tmp_path / "tuning.db"
+    db = _filled(path)
+    for i in range(400):  # enough rows that the tables span several pages
+        cid = db.add_candidate("w1", "cpu-a", json.dumps({"tile_m": i}), f"fp-many-{i}")
+        db.add_measurement(cid, [1e-3], "ok")
+    db.close()
+    conn = sqlite3.connect(path)
+    conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    page = conn.execute("PRAGMA page_size").fetchone()[0]
+    conn.close()
+    data = bytearray(path.read_bytes())
+    assert len(data) > 4 * page
+    data[2 * page:3 * page] = b"\xa5" * page  # the third page: a table page, not the schema
+    path.write_bytes(bytes(data))
+    with caplog.at_level(logging.WARNING, logger="tilefx.autotune.database"):
+        fresh = TuningDatabase(path)
+    assert "quick_check" in caplog.text and "moved to" in caplog.text
+    assert len(_aside(path)) == 1 and fresh.records() == []  # usable, empty, the old one kept
+
+
+def test_a_cache_dir_that_is_a_file_is_a_clear_error(tmp_path, monkeypatch):
+    (tmp_path / "cache").write_text("not a folder")
+    monkeypatch.setenv("TILEFX_CACHE_DIR", str(tmp_path / "cache"))
+    with pytest.raises(DatabaseError, match="is a file, not a folder; point TILEFX_CACHE_DIR"):
+        TuningDatabase()
+
+
 def test_newer_schema_is_refused_not_overwritten(tmp_path):
     path = tmp_path / "tuning.db"
     _filled(path).close()

@@ -18,7 +18,7 @@ from tilefx.autotune.tuner import TuneOptions, Tuner, format_summary, parse_budg
 from tilefx.codegen.target import Target
 from tilefx.ir import DType, TensorType
 from tilefx.ir.builder import kernel_op
-from tests.old_database import old_database
+from tests.old_database import old_database_with_workload
 
 TARGET = Target.host_cpu()
 
@@ -106,6 +106,34 @@ def test_tune_pool_measures_records_and_warm_db_measures_nothing(tmp_path, runne
     assert res2.best == res.best and _count(again.db) == 7
 
 
+def _calibrated_timeout() -> float:
+    """A candidate's timeout that scales with how busy the machine is now.
+
+    A fixed 3 s made good candidates time out on a loaded 2-core machine (the runner child
+    restarted after the crash must import TVM and load the kernel again). So one good
+    candidate of the same kind is measured first, child start included, and the timeout
+    is 10x that (at least 3 s): a hang still costs seconds, a slow machine no false alarm.
+    """
+    import time
+
+    from tilefx.autotune.functional_hash import workload_key
+    from tilefx.autotune.measure import Workload
+    from tilefx.codegen.tvm import default_schedule
+
+    op = _relu_add(name="probe")
+    workload = Workload(op, TARGET, (), workload_key(op))
+    probe = LocalRunner(timeout=120.0, repeats=2, min_repeat_seconds=0.0005)
+    try:
+        build = LocalBuilder(workers=0).build(workload, [default_schedule(op, TARGET)])[0]
+        t0 = time.perf_counter()
+        result = probe.run(workload, [build])[0]
+        seconds = time.perf_counter() - t0
+    finally:
+        probe.close()
+    assert result.status == "ok", result
+    return max(3.0, 10 * seconds)
+
+
 def test_crashing_and_hanging_candidates_are_recorded_and_tuning_goes_on(tmp_path, cache_dir):
     bad: dict = {}
 
@@ -116,7 +144,8 @@ def test_crashing_and_hanging_candidates_are_recorded_and_tuning_goes_on(tmp_pat
             bad[schedule] = "hang"
         return bad.get(schedule)
 
-    runner = LocalRunner(timeout=3.0, repeats=2, min_repeat_seconds=0.0005, fault=fault)
+    runner = LocalRunner(timeout=_calibrated_timeout(), repeats=2, min_repeat_seconds=0.0005,
+                         fault=fault)
     try:
         tuner = _tuner(tmp_path, runner, trials=4)
         res = tuner.tune_kernel(_relu_add())
@@ -344,10 +373,7 @@ def test_version_1_database_gains_the_new_tables(tmp_path):
     from tilefx.autotune import database
 
     path = tmp_path / "old.db"
-    conn = old_database(path, "kernel_keys", version=1)
-    conn.execute("INSERT INTO workloads VALUES ('w', 'ir', 'fh', 0)")
-    conn.commit()
-    conn.close()
+    old_database_with_workload(path, "kernel_keys", version=1)
     with database.TuningDatabase(path) as db:
         assert db.workload("w") == ("ir", "fh")  # kept, not moved aside
         db.set_tuning_state("w", "t", 8, False)

@@ -6,11 +6,9 @@ AVX2 and SSE code, so each case here is built for the host (native), for an
 AVX2 CPU (``haswell``, ``znver2``: 32-byte vectors) and for generic ``x86-64``
 (16-byte vectors), and run here.
 
-The cases are the ones users saw go wrong: ``q @ k.T`` at sizes with no
+The first case is the one users saw go wrong: ``q @ k.T`` at sizes with no
 power-of-two divisor (the register tile shrank to 1 x 1, and the template
-vectorized the loop around the whole reduction: relative error 1.5), contiguous
-``k.T``, broadcast matmuls, attention at odd lengths, a Linear on 3-D input
-and a chain of odd-width Linears.
+vectorized the loop around the whole reduction: relative error 1.5).
 """
 
 from __future__ import annotations
@@ -19,7 +17,6 @@ import random
 
 import pytest
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 import tilefx
@@ -38,30 +35,17 @@ def _ints(*shape: int, seed: int, high: int = 50) -> torch.Tensor:
     return torch.randint(-high, high, shape, generator=torch.Generator().manual_seed(seed))
 
 
-def _linear(i: int, o: int, seed: int) -> nn.Linear:
-    torch.manual_seed(seed)
-    return nn.Linear(i, o)
-
-
 def _qkT(q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
     return torch.bmm(q, k.transpose(1, 2))
 
 
+# The differential regressions (tests/differential/test_regressions.py) run the users'
+# cases on native, haswell and x86-64; here the first of them on znver2 too, and the ops
+# LLVM cannot build as they were written (bool add, integer pow) on every level.
 CASES = {
     "bmm_kT_6x37x64": (_qkT, lambda: (_randn(6, 37, 64), _randn(6, 37, 64, seed=1))),
-    "bmm_kT_4x37x64": (_qkT, lambda: (_randn(4, 37, 64), _randn(4, 37, 64, seed=1))),
-    "bmm_kT_6x17x64": (_qkT, lambda: (_randn(6, 17, 64), _randn(6, 17, 64, seed=1))),
-    "bmm_kT_6x37x16": (_qkT, lambda: (_randn(6, 37, 16), _randn(6, 37, 16, seed=1))),
-    "bmm_contiguous_kT": (torch.bmm, lambda: (_randn(6, 37, 64), _randn(6, 64, 37, seed=1))),
-    "broadcast_matmul": (torch.matmul, lambda: (_randn(2, 3, 13, 33), _randn(3, 33, 7, seed=1))),
-    "sdpa_37": (F.scaled_dot_product_attention,
-                lambda: (_randn(2, 3, 37, 16), _randn(2, 3, 37, 16, seed=1), _randn(2, 3, 37, 16, seed=2))),
-    "linear_3d": (_linear(2, 97, seed=3), lambda: (_randn(129, 7, 2),)),
-    "linear_chain": (nn.Sequential(_linear(13, 31, 4), nn.ReLU(), _linear(31, 7, 5), nn.GELU(),
-                                   _linear(7, 97, 6)), lambda: (_randn(5, 13),)),
     "matmul_add_tanh": (lambda a, b, c: torch.tanh(a @ b + c),
                         lambda: (_randn(37, 33), _randn(33, 97, seed=1), _randn(97, seed=2))),
-    "int_add": (torch.add, lambda: (_ints(7, 13, seed=1), _ints(7, 13, seed=2))),
     # LLVM has no bool add and no integer pow: these failed to build and ran interpreted
     "bool_add_mul": (lambda a, b: (a + b) * a, lambda: (_ints(7, 13, seed=3) > 0, _ints(7, 13, seed=4) > 0)),
     "int_pow": (lambda a, b: (a + b) ** 2 + a ** b.abs(), lambda: (_ints(7, 13, seed=5, high=4),

@@ -170,3 +170,20 @@ def test_import_tilefx_is_light():
 def test_compile_rejects_non_callables():
     with pytest.raises(TypeError, match="expected an nn.Module or a function"):
         tilefx.compile(42)
+
+
+def test_recompile_limit_runs_new_signatures_eagerly_with_one_warning(caplog):
+    """A Python scalar that changes every call would recompile forever (seconds each)."""
+    def scaled(x, alpha):
+        return torch.relu(x) * alpha
+
+    compiled = tilefx.compile(scaled, recompile_limit=2)
+    x = torch.randn(5, 7, generator=torch.Generator().manual_seed(3))
+    with caplog.at_level("WARNING", logger="tilefx"):
+        outs = [compiled(x, alpha) for alpha in (0.5, 1.5, 2.5, 3.5, 1.5)]
+    for alpha, y in zip((0.5, 1.5, 2.5, 3.5, 1.5), outs):
+        torch.testing.assert_close(y, torch.relu(x) * alpha)
+    assert compiled.num_compiles == 2 and compiled.eager_calls == 2
+    warnings = [r.getMessage() for r in caplog.records if "recompile limit" in r.getMessage()]
+    assert len(warnings) == 1 and "eager PyTorch" in warnings[0] and "\n" not in warnings[0]
+    assert "recompile limit (2) reached: 2 call(s)" in compiled.report()

@@ -18,6 +18,11 @@ with and whether its space ran out, so a finished search is not resumed),
 ``graph_decisions`` (the whole-graph check of tuned vs default schedules) and
 ``pass_decisions`` (a pass's measured choice for one layer, e.g. sparsity's
 dense vs sparse, as JSON that the pass writes and validates itself).
+``kernel_checks`` holds what the driver's check of each newly built kernel
+found (its outputs against the reference): a kernel checked once is not
+checked again, and one that computed a wrong result is marked bad under its
+workload, target, schedule and tuner fingerprint, so neither a compile nor
+the tuner (``best``, ``bad_fingerprints``) ever picks it again.
 It is the memory of the tuner (``lookup_fingerprint``: code already
 measured is never measured again) and the training set of the cost model
 (``records``).
@@ -48,14 +53,17 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
-from tilefx.autotune.db_file import LockFile, foreign_header, is_corruption
+from tilefx.autotune import db_jsonl
+from tilefx.autotune.db_file import LockFile, foreign_header, is_corruption, move_aside
 
 log = logging.getLogger("tilefx.autotune.database")
 
-SCHEMA_VERSION = 3  # 2: kernel_keys, tuning_state, graph_decisions; 3: pass_decisions (added in place)
+# 2: kernel_keys, tuning_state, graph_decisions; 3: pass_decisions; 4: kernel_checks (added in place)
+SCHEMA_VERSION = 4
 APPLICATION_ID = 0x74667462  # "tftb": marks the file as a tilefx tuning database
 BUSY_TIMEOUT_MS = 60_000
 STATUSES = ("ok", "build_error", "run_error", "timeout", "wrong_result")
+CHECK_STATUSES = ("ok", "wrong_result", "run_error")  # of a built kernel's check
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS workloads (
@@ -118,9 +126,23 @@ CREATE TABLE IF NOT EXISTS pass_decisions (
     created REAL NOT NULL,
     PRIMARY KEY (kind, key, target_key)
 );
+CREATE TABLE IF NOT EXISTS kernel_checks (
+    code_key TEXT NOT NULL,
+    target_key TEXT NOT NULL,
+    status TEXT NOT NULL,
+    build_key TEXT NOT NULL,
+    workload_key TEXT NOT NULL DEFAULT '',
+    schedule_json TEXT NOT NULL DEFAULT '',
+    fingerprint TEXT NOT NULL DEFAULT '',
+    error TEXT NOT NULL DEFAULT '',
+    created REAL NOT NULL,
+    PRIMARY KEY (code_key, target_key)
+);
+CREATE INDEX IF NOT EXISTS kernel_checks_by_build ON kernel_checks (build_key, target_key);
+CREATE INDEX IF NOT EXISTS kernel_checks_by_workload ON kernel_checks (workload_key, target_key);
 """
 _TABLES = {"workloads", "candidates", "measurements", "targets", "kernel_keys", "tuning_state",
-           "graph_decisions", "pass_decisions"}
+           "graph_decisions", "pass_decisions", "kernel_checks"}
 
 
 # connections inherited through fork, kept referenced so they are never closed in the child
@@ -164,6 +186,33 @@ class Record:
         return d
 
 
+@dataclass(frozen=True, slots=True)
+class KernelCheck:
+    """What the check of one built kernel found (a row of ``kernel_checks``).
+
+    ``code_key`` names the code that ran (the backend's fingerprint of the built
+    kernel); ``build_key`` what was asked for (kernel, schedule or default, tilefx
+    sources), so a compile can skip building a kernel known bad. The workload key,
+    schedule and tuner fingerprint are filled for bad kernels: what the tuner skips.
+    """
+
+    code_key: str
+    target_key: str
+    status: str                   # one of CHECK_STATUSES
+    build_key: str = ""
+    workload_key: str = ""
+    schedule_json: str = ""
+    fingerprint: str = ""
+    error: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "ok"
+
+
+_CHECK_COLUMNS = ("code_key, target_key, status, build_key, workload_key, schedule_json, "
+                  "fingerprint, error")
+
 # What ``lookup_fingerprint`` returns: the same row shape (a measurement and its candidate).
 Measurement = Record
 
@@ -171,6 +220,11 @@ Measurement = Record
 def _median(samples: Sequence[float]) -> float | None:
     return float(statistics.median(samples)) if samples else None
 
+
+# candidates whose built kernel failed the driver's check, by fingerprint or by schedule
+_NOT_BAD = """AND NOT EXISTS (SELECT 1 FROM kernel_checks k WHERE k.status != 'ok'
+    AND k.workload_key = c.workload_key AND k.target_key = c.target_key
+    AND (k.fingerprint = c.fingerprint OR k.schedule_json = c.schedule_json)) """
 
 _RECORD_SELECT = """
 SELECT c.workload_key, c.target_key, c.schedule_json, c.fingerprint, m.samples, m.median,
@@ -209,7 +263,13 @@ class TuningDatabase:
             if self._conn is not None and self._pid == os.getpid():
                 return self._conn
             self._pid = os.getpid()
-            self.path.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+            except (FileExistsError, NotADirectoryError):
+                raise DatabaseError(
+                    f"cannot create the tuning database {self.path}: {self.path.parent} or a "
+                    "folder above it is a file, not a folder; point TILEFX_CACHE_DIR (or the "
+                    "database path) at a folder") from None
             problem = self._try_open()
             if problem is not None:
                 # judge again and move aside under a lock file, so that of several processes
@@ -217,7 +277,7 @@ class TuningDatabase:
                 with LockFile(self.path.with_name(self.path.name + ".lock")):
                     problem = self._try_open()
                     if problem is not None:
-                        self._move_aside(problem)
+                        move_aside(self.path, problem)
                         self._conn = self._open_checked()
             return self._conn
 
@@ -284,28 +344,15 @@ class TuningDatabase:
         missing = {"workloads", "candidates", "measurements"} - tables
         if version < 1 or missing:
             raise _NotOurs(f"schema version {version} with tables {sorted(missing)} missing")
+        # a bad data page (the schema page intact) would only surface mid-run as a raw
+        # sqlite3.DatabaseError; SQLite's quick check reads every page once, here
+        problems = [r[0] for r in conn.execute("PRAGMA quick_check(3)")]
+        if problems != ["ok"]:
+            raise _NotOurs(f"SQLite's quick_check finds it damaged: {'; '.join(problems)[:300]}")
         if _TABLES - tables:  # made by an older tilefx: tables are only ever added
             _create_schema(conn)
         if version < SCHEMA_VERSION:
             conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
-
-    def _move_aside(self, problem: str) -> None:
-        stamp = time.strftime("%Y%m%d-%H%M%S")
-        aside = self.path.with_name(f"{self.path.name}.corrupt-{stamp}-{os.getpid()}")
-        try:
-            os.replace(self.path, aside)
-        except FileNotFoundError:  # another process moved it first
-            return
-        for suffix in ("-wal", "-shm", "-journal"):
-            side = self.path.with_name(self.path.name + suffix)
-            if side.exists():
-                try:
-                    os.replace(side, aside.with_name(aside.name + suffix))
-                except OSError:
-                    pass
-        log.warning("tuning database %s is not a tilefx tuning database: %s. It was moved to "
-                    "%s and a new empty database was created; delete the old file if you do not "
-                    "need it", self.path, problem, aside)
 
     @property
     def _db(self) -> sqlite3.Connection:
@@ -386,7 +433,36 @@ class TuningDatabase:
         self._execute("INSERT OR REPLACE INTO pass_decisions (kind, key, target_key, json, created) "
                       "VALUES (?, ?, ?, ?, ?)", (kind, key, target_key, str(payload), time.time()))
 
+    def set_kernel_check(self, check: KernelCheck) -> None:
+        """Store (or replace) what the check of one built kernel found."""
+        if check.status not in CHECK_STATUSES:
+            raise ValueError(f"kernel check status {check.status!r} is not one of {CHECK_STATUSES}")
+        schedule = _canonical_json(check.schedule_json) if check.schedule_json else ""
+        self._execute(f"INSERT OR REPLACE INTO kernel_checks ({_CHECK_COLUMNS}, created) "
+                      "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                      (check.code_key, check.target_key, check.status, check.build_key,
+                       check.workload_key, schedule, check.fingerprint, check.error, time.time()))
+
     # -- reading ----------------------------------------------------------------------------
+
+    def kernel_check(self, code_key: str, target_key: str) -> KernelCheck | None:
+        """The check of this built code on this target, or None (never checked)."""
+        row = self._execute(f"SELECT {_CHECK_COLUMNS} FROM kernel_checks WHERE code_key = ? "
+                            "AND target_key = ?", (code_key, target_key)).fetchone()
+        return KernelCheck(*row) if row else None
+
+    def failed_build(self, build_key: str, target_key: str) -> KernelCheck | None:
+        """A failed check of a kernel built for ``build_key`` (the latest), or None."""
+        row = self._execute(f"SELECT {_CHECK_COLUMNS} FROM kernel_checks WHERE build_key = ? "
+                            "AND target_key = ? AND status != 'ok' ORDER BY created DESC LIMIT 1",
+                            (build_key, target_key)).fetchone()
+        return KernelCheck(*row) if row else None
+
+    def bad_fingerprints(self, workload_key: str, target_key: str) -> set[str]:
+        """Tuner fingerprints of this workload whose built kernel failed the driver's check."""
+        return {r[0] for r in self._execute(
+            "SELECT fingerprint FROM kernel_checks WHERE workload_key = ? AND target_key = ? "
+            "AND status != 'ok' AND fingerprint != ''", (workload_key, target_key))}
 
     def pass_decision(self, kind: str, key: str, target_key: str) -> str | None:
         """The JSON text stored by ``set_pass_decision``, or None."""
@@ -433,10 +509,12 @@ class TuningDatabase:
         return _record(rows[0]) if rows else None
 
     def best(self, workload_key: str, target_key: str) -> Record | None:
-        """The ok measurement with the lowest median latency, or None."""
+        """The ok measurement with the lowest median latency, or None; a candidate whose
+        built kernel failed the driver's check (``kernel_checks``) is never returned."""
         rows = self._execute(
             _RECORD_SELECT + "WHERE c.workload_key = ? AND c.target_key = ? AND m.status = 'ok' "
-            "ORDER BY m.median ASC, m.id ASC LIMIT 1", (workload_key, target_key)).fetchall()
+            + _NOT_BAD + "ORDER BY m.median ASC, m.id ASC LIMIT 1",
+            (workload_key, target_key)).fetchall()
         return _record(rows[0]) if rows else None
 
     def records(self, workload_key: str | None = None, target_key: str | None = None) -> list[Record]:
@@ -486,60 +564,22 @@ class TuningDatabase:
             lines.append(f"  {workload} on {target}: best {median * 1e3:.4f} ms of {n} measured")
         return "\n".join(lines)
 
-    # -- JSONL export / import --------------------------------------------------------------
+    # -- JSONL export / import (db_jsonl.py) -------------------------------------------------
 
     def export_jsonl(self, path: str | Path) -> int:
         """Write workloads, targets, then measurements, one JSON object a line; returns the record count."""
-        n = 0
-        with open(path, "w", encoding="utf-8") as f:
-            for key, ir_text, fhash in self._execute(
-                    "SELECT key, ir_text, functional_hash FROM workloads ORDER BY key").fetchall():
-                f.write(json.dumps({"type": "workload", "key": key, "ir_text": ir_text,
-                                    "functional_hash": fhash}, sort_keys=True) + "\n")
-            for key, target_json in self._execute(
-                    "SELECT key, target_json FROM targets ORDER BY key").fetchall():
-                f.write(json.dumps({"type": "target", "key": key, "target_json": target_json},
-                                   sort_keys=True) + "\n")
-            for record in self.records():
-                f.write(json.dumps({"type": "record", **record.to_json()}, sort_keys=True) + "\n")
-                n += 1
-        return n
+        return db_jsonl.export_jsonl(self, path)
 
     def import_jsonl(self, path: str | Path) -> int:
         """Merge an exported file; records already present are skipped. Returns records added."""
-        added = 0
-        with open(path, encoding="utf-8") as f:
-            for lineno, line in enumerate(f, 1):
-                if not line.strip():
-                    continue
-                try:
-                    d = json.loads(line)
-                    if d.get("type") == "workload":
-                        self.add_workload(d["key"], d["ir_text"], d["functional_hash"])
-                    elif d.get("type") == "target":
-                        self.add_target(d["key"], d["target_json"])
-                    elif d.get("type") == "record":
-                        added += self._import_record(d)
-                    else:
-                        raise ValueError(f"unknown line type {d.get('type')!r}")
-                except (ValueError, KeyError, TypeError) as e:
-                    raise ValueError(f"{path}:{lineno}: not a tuning record ({e}); expected a "
-                                     "file written by TuningDatabase.export_jsonl") from e
-        return added
+        return db_jsonl.import_jsonl(self, path)
 
-    def _import_record(self, d: dict[str, Any]) -> int:
-        cid = self.add_candidate(d["workload_key"], d["target_key"], d["schedule_json"],
-                                 d["fingerprint"], int(d.get("features_version", 0)))
-        samples = json.dumps([float(s) for s in d["samples"]])
-        with self._lock:
-            dup = self._execute("SELECT 1 FROM measurements WHERE candidate_id = ? AND samples = ? "
-                                "AND status = ? AND created = ?",
-                                (cid, samples, d["status"], float(d["created"]))).fetchone()
-            if dup:
-                return 0
-            self.add_measurement(cid, d["samples"], d["status"], d.get("error", ""),
-                                 created=float(d["created"]))
-        return 1
+    def has_measurement(self, candidate_id: int, samples_json: str, status: str,
+                        created: float) -> bool:
+        """Whether this exact measurement is stored (an import skips it)."""
+        return self._execute("SELECT 1 FROM measurements WHERE candidate_id = ? AND samples = ? "
+                             "AND status = ? AND created = ?",
+                             (candidate_id, samples_json, status, created)).fetchone() is not None
 
     # -- lifetime ---------------------------------------------------------------------------
 

@@ -1,14 +1,18 @@
 """What a tuning-database file is, below SQL: the header check that tells a foreign file
 from ours, the SQLite error codes that mean "corrupt" (not "locked"), and the lock file
-under which exactly one process moves a bad file aside (used by ``database.py``).
+under which exactly one process moves a bad file aside, and the move (used by ``database.py``).
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import sqlite3
+import time
 from pathlib import Path
 from typing import Any
+
+log = logging.getLogger("tilefx.autotune.database")
 
 _SQLITE_MAGIC = b"SQLite format 3\x00"
 
@@ -56,3 +60,23 @@ def is_corruption(e: sqlite3.DatabaseError) -> bool:
     if code is not None:
         return code & 0xFF in (11, 26)
     return not isinstance(e, sqlite3.OperationalError)
+
+
+def move_aside(path: Path, problem: str) -> None:
+    """Rename a file that is not our database (and its WAL side files) out of the way."""
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    aside = path.with_name(f"{path.name}.corrupt-{stamp}-{os.getpid()}")
+    try:
+        os.replace(path, aside)
+    except FileNotFoundError:  # another process moved it first
+        return
+    for suffix in ("-wal", "-shm", "-journal"):
+        side = path.with_name(path.name + suffix)
+        if side.exists():
+            try:
+                os.replace(side, aside.with_name(aside.name + suffix))
+            except OSError:
+                pass
+    log.warning("tuning database %s is not a tilefx tuning database: %s. It was moved to "
+                "%s and a new empty database was created; delete the old file if you do not "
+                "need it", path, problem, aside)

@@ -26,13 +26,16 @@ text but a hash of what it *computes*:
 
 The same reference is the tuner's correctness guard: ``outputs_match``
 compares a candidate's outputs with ``reference_outputs`` at the tolerance
-of the output dtype, and a candidate that disagrees is rejected.
+of the output dtype, and a candidate that disagrees is rejected. The driver
+checks every newly built kernel the same way (``compiler/check.py``), on the
+same run: ``reference_run`` computes inputs and outputs once for both.
 """
 
 from __future__ import annotations
 
 import functools
 import hashlib
+from collections import OrderedDict
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
@@ -120,30 +123,31 @@ def _valid_sparse_structure(body: Graph, tensors: list[torch.Tensor]) -> None:
         tensors[where[op.inputs[3].name]] = indptr.contiguous()
 
 
-def _widen(t: TensorType) -> TensorType:
-    return t.with_dtype(DType.float64) if t.dtype in _WIDE else t
+def _widen(t: TensorType, to: DType = DType.float64) -> TensorType:
+    return t.with_dtype(to) if t.dtype in _WIDE else t
 
 
-def _run_wide(body: Graph, inputs: Sequence[torch.Tensor]) -> list[torch.Tensor]:
-    """The body's outputs computed with every float value in float64."""
-    import torch
-
+def _run_wide(body: Graph, inputs: Sequence[torch.Tensor],
+              to: DType = DType.float64) -> list[torch.Tensor]:
+    """The body's outputs computed with every float value in float64 (or in ``to``:
+    float32 widens only half-precision values)."""
     from tilefx.ir import reference_ops  # noqa: F401  (registers every op's reference)
-    from tilefx.ir.interpreter import InterpreterError, _run_op, bind_shapes
+    from tilefx.ir.interpreter import InterpreterError, _run_op, bind_shapes, torch_dtype
 
     if len(inputs) != len(body.inputs):
         raise ValueError(f"kernel body @{body.name} takes {len(body.inputs)} inputs, got {len(inputs)}")
     bound: dict[Any, int] = {}
     bind_shapes([v.type for v in body.inputs], [tuple(t.shape) for t in inputs], bound,
                 what=f"kernel body @{body.name} inputs")
-    env = {v.name: (t.to(torch.float64) if t.is_floating_point() else t)
+    wide = torch_dtype(to)
+    env = {v.name: (t.to(wide) if t.is_floating_point() and v.type.dtype in _WIDE else t)
            for v, t in zip(body.inputs, inputs)}
     for op in body.ops:
         # only the declared result types widen; attributes (a cast's target dtype) keep
         # their meaning, and no Graph is built, so nothing here needs to verify
-        wide = replace(op, results=tuple(Value(r.name, _widen(r.type)) for r in op.results))
+        wide_op = replace(op, results=tuple(Value(r.name, _widen(r.type, to)) for r in op.results))
         try:
-            results = _run_op(wide, body, [env[v.name] for v in op.inputs], bound)
+            results = _run_op(wide_op, body, [env[v.name] for v in op.inputs], bound)
         except InterpreterError:
             raise
         except Exception as e:
@@ -211,11 +215,79 @@ def functional_hash(kernel_op: Op, bindings: Mapping[Any, int] | None = None) ->
 @functools.lru_cache(maxsize=256)
 def _functional_hash_cached(kernel_op: Op, bindings: tuple[tuple[str, int], ...]) -> str:
     body = _body(kernel_op, dict(bindings))
-    outputs = _run_wide(body, reference_inputs(kernel_op, dict(bindings)))
+    _, outputs = reference_run(kernel_op, dict(bindings))
     h = hashlib.sha256(f"fh{HASH_VERSION}|{_signature([v.type for v in body.inputs])}".encode())
     for v, t in zip(body.outputs, outputs):
         _digest_tensor(h, t, v.type.dtype)
     return h.hexdigest()[:32]
+
+
+def reference_run(kernel_op: Op, bindings: Mapping[Any, int] | None = None, *,
+                  cached_only: bool = False
+                  ) -> tuple[list[torch.Tensor], list[torch.Tensor]] | None:
+    """``reference_inputs`` and the wide reference outputs (floats in float64) on them.
+
+    Computed once per kernel and bindings: the functional hash and the driver's
+    check of a newly built kernel both need this run, the slow part of either.
+    ``cached_only``: None unless it was computed already. The tensors are shared:
+    callers copy before anything may write to them.
+    """
+    key = tuple(sorted((str(k), int(v)) for k, v in (bindings or {}).items()))
+    try:
+        hit = _RUNS.get((kernel_op, key))
+    except TypeError as e:  # an unhashable attribute value: compute without the cache
+        if "unhashable" not in str(e):
+            raise
+        return None if cached_only else _reference_run(kernel_op, key)
+    if hit is not None:
+        _RUNS.move_to_end((kernel_op, key))
+        return hit
+    if cached_only:
+        return None
+    run = _RUNS[(kernel_op, key)] = _reference_run(kernel_op, key)
+    if len(_RUNS) > _RUNS_LIMIT:
+        _RUNS.popitem(last=False)
+    return run
+
+
+# small: the tensors of a large conv's run are megabytes, and the hash and the check of a
+# kernel ask for its run one right after the other
+_RUNS: OrderedDict[tuple, tuple[list[torch.Tensor], list[torch.Tensor]]] = OrderedDict()
+_RUNS_LIMIT = 8
+
+
+def _reference_run(kernel_op: Op, bindings: tuple[tuple[str, int], ...]
+                   ) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    body = _body(kernel_op, dict(bindings))
+    inputs = reference_inputs(kernel_op, dict(bindings))
+    return inputs, _run_wide(body, inputs)
+
+
+def check_reference(kernel_op: Op, bindings: Mapping[Any, int] | None = None
+                    ) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """Inputs and reference outputs (in the output dtypes) to check a built kernel with.
+
+    The functional hash's wide run when it was computed (tuning computes it); else the
+    same inputs through the interpreter with floats in at least float32, not float64:
+    float64 convolutions have no fast path in torch on CPU (resnet18's reference took
+    2.4 s of a 35 s compile), while float32 rounding (~1e-6 of the scale for these sizes)
+    stays far inside the float32 tolerance of ``outputs_match``.
+    """
+    run = reference_run(kernel_op, bindings, cached_only=True)
+    if run is None:
+        body = _body(kernel_op, bindings)
+        inputs = reference_inputs(kernel_op, bindings)
+        run = inputs, _run_wide(body, inputs, DType.float32)
+    return run[0], narrow(kernel_op, run[1])
+
+
+def narrow(kernel_op: Op, wide: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+    """Wide reference outputs in the kernel's output dtypes (what ``reference_outputs`` gives)."""
+    from tilefx.ir.interpreter import torch_dtype
+
+    assert kernel_op.body is not None
+    return [t.to(torch_dtype(v.type.dtype)).contiguous()
+            for v, t in zip(kernel_op.body.outputs, wide)]
 
 
 def workload_key(kernel_op: Op, bindings: Mapping[Any, int] | None = None) -> str:

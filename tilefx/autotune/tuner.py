@@ -22,7 +22,9 @@ the database at once. So:
 - Ctrl-C stops the loop cleanly; what was measured is kept, and a rerun
   resumes (measured fingerprints are skipped, the search starts from them);
 - a failing candidate (build error, crash, hang, wrong result) is recorded
-  and the search goes on; a wrong result is logged with its schedule.
+  and the search goes on; a wrong result is logged with its schedule;
+- a schedule whose built kernel failed the driver's check (marked bad in the
+  database's ``kernel_checks``) is never measured, seeded from or chosen.
 """
 
 from __future__ import annotations
@@ -93,6 +95,7 @@ class KernelTuneResult:
     library_seconds: float | None = None
     trials: int = 0                    # candidates measured in this run
     dup_skipped: int = 0               # proposals whose code was already measured
+    bad_skipped: int = 0               # proposals whose built kernel failed the driver's check
     saved_seconds: float = 0.0         # estimated build+run time the skipping saved
     statuses: dict[str, int] = field(default_factory=dict)
     wrong_results: list[str] = field(default_factory=list)
@@ -167,6 +170,8 @@ class Tuner:
         res = KernelTuneResult(kernel_op.attr("name") or "kernel", kernel_op.attr("kind"), wkey)
         workload = Workload(kernel_op, self.target, tuple(sorted(names.items())), wkey)
         past = self.db.records(wkey, tkey)
+        bad = self.db.bad_fingerprints(wkey, tkey)  # computed wrong in a compiled model
+        past = [r for r in past if r.fingerprint not in bad]
         seen = {r.fingerprint for r in past}
         done_before = len(seen)
         if self.interrupted:  # Ctrl-C earlier in this run: no more measuring
@@ -203,6 +208,10 @@ class Tuner:
                 for s in proposals:
                     fp = extern_fingerprint(self.target) if is_extern(s) else \
                         _fingerprint(kernel_op, s, self.target, bindings)
+                    if fp in bad:  # never measured again, nor a parent of new proposals
+                        res.bad_skipped += 1
+                        strategy.update([_Known(s, None)])
+                        continue
                     if fp in seen:
                         res.dup_skipped += 1
                         known = self.db.lookup_fingerprint(wkey, tkey, fp)
@@ -227,7 +236,7 @@ class Tuner:
                     cost_per_candidate.append((time.perf_counter() - t0) / max(1, len(measured)))
                     strategy.update(measured)
             if space.has_extern and res.trials:
-                self._rematch(workload)
+                self._rematch(workload, bad)
             self.db.set_tuning_state(wkey, tkey, opts.trials if opts.seconds is None else
                                      done_before + res.trials, exhausted)
         except KeyboardInterrupt:
@@ -280,7 +289,7 @@ class Tuner:
         return make_strategy(self.options.strategy, space, kernel=kernel_op, target=self.target,
                              model=model, seed=self.options.seed)
 
-    def _rematch(self, workload: Workload, rounds: int = 2) -> None:
+    def _rematch(self, workload: Workload, bad: set[str], rounds: int = 2) -> None:
         """Measure the library candidate and the best TVM schedule again, in turns.
 
         The library was measured first and the best TVM candidate maybe minutes
@@ -292,11 +301,12 @@ class Tuner:
         from tilefx.autotune.measure import EXTERN_ARTIFACT, BuildResult
 
         tkey = self.target.key()
-        records = [r for r in self.db.records(workload.key, tkey) if r.ok and r.median]
+        records = [r for r in self.db.records(workload.key, tkey)
+                   if r.ok and r.median and r.fingerprint not in bad]
         tvm = min((r for r in records if not is_extern(r.schedule)), key=lambda r: r.median,
                   default=None)
         lib = self.db.lookup_fingerprint(workload.key, tkey, extern_fingerprint(self.target))
-        if tvm is None or lib is None:
+        if tvm is None or lib is None or lib.fingerprint in bad:
             return
         build = self.builder.build(workload, [tvm.schedule])[0]  # in the kernel cache by now
         if build.status != "ok":
@@ -383,6 +393,13 @@ def _default_schedule(kernel_op: Any, target: Any, bindings: Any) -> Schedule:
     from tilefx.codegen.tvm import default_schedule
 
     return default_schedule(kernel_op, target, bindings=bindings)
+
+
+def candidate_fingerprint(kernel_op: Any, schedule: Schedule, target: Any, bindings: Any) -> str:
+    """The tuner's identity of the code ``schedule`` generates (the database's fingerprint)."""
+    if is_extern(schedule):
+        return extern_fingerprint(target)
+    return _fingerprint(kernel_op, schedule, target, bindings)
 
 
 def _fingerprint(kernel_op: Any, schedule: Schedule, target: Any, bindings: Any) -> str:

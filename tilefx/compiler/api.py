@@ -19,6 +19,12 @@ Semantics worth knowing:
   they were) and outputs do not track gradients.
 - Weights are baked into the compiled graph as constants: changing a parameter
   after the first call needs a new ``tilefx.compile``.
+- In-place updates happen as in eager: a buffer the model updates
+  (``self.n.add_(1)``, a KV-cache write) is read from the module at each call
+  and written back after it; an argument updated in place (``x.add_(1)``) is
+  written back into the caller's tensor (``mutation.py``). A BatchNorm in
+  training mode, whose running stats eager would update, is refused with a
+  ``TrainingModeError``: call ``model.eval()`` first.
 - Non-tensor arguments (ints, flags, None) are part of the signature: a new
   value compiles anew.
 - ``dynamic=True`` captures dim 0 of every input as a symbol, so one capture
@@ -31,6 +37,7 @@ from __future__ import annotations
 import copy
 import functools
 import logging
+import os
 import threading
 import time
 from contextlib import contextmanager
@@ -38,6 +45,8 @@ from dataclasses import dataclass
 from typing import Any, Callable, Iterator
 
 from tilefx.compiler.driver import CompileOptions, compile_graph
+from tilefx.compiler.mutation import (Mutation, check_not_training, running_stat_modules,
+                                      state_tensors, write_back)
 from tilefx.compiler.signature import FlatCall, Signature, flatten_call
 
 log = logging.getLogger("tilefx.api")
@@ -157,6 +166,17 @@ class _Entry:
     output: _OutputSpec
     capture_seconds: float
     static_shapes: tuple | None = None  # set when a dynamic capture came back static
+    # Buffers the model updates in place (graph inputs after the call's tensors) and every
+    # tensor updated in place, with the graph output holding its new value.
+    state_names: tuple[str, ...] = ()
+    mutations: tuple[Mutation, ...] = ()
+
+    def run(self, model: Any, call: FlatCall) -> list:
+        """The graph's user outputs for ``call``, with in-place updates written back."""
+        if not self.mutations:
+            return self.compiled(*call.tensors)
+        inputs = (*call.tensors, *state_tensors(model, self.state_names))
+        return write_back(self.mutations, inputs, self.compiled(*inputs))
 
     def accepts(self, call: FlatCall) -> bool:
         return self.static_shapes is None or \
@@ -169,20 +189,30 @@ class CompiledModule:
     def __init__(self, model: Callable, target: str | Any = "cpu", *, dynamic: bool = False,
                  options: CompileOptions | None = None, passes: Any = None,
                  tune: int | str = 0, prune: float = 0.0, prune_block: tuple[int, int] = (1, 1),
-                 quantize: Any = None) -> None:
+                 quantize: Any = None, check: bool | None = None,
+                 recompile_limit: int | None = None) -> None:
         if options is None:
             options = CompileOptions(target=target, passes=passes, tune_trials=tune,
-                                     prune=prune, prune_block=tuple(prune_block), quantize=quantize)
+                                     prune=prune, prune_block=tuple(prune_block), quantize=quantize,
+                                     check_builds=check)
         self.model = model
         self.options = options
         self.dynamic = dynamic
         self._cache: dict[Signature, _Entry] = {}
         self._lock = threading.Lock()
         self.num_compiles = 0
+        # like dynamo's cache size limit: a shape or Python scalar that changes on every
+        # call would otherwise compile (seconds each) forever, silently
+        self.recompile_limit = recompile_limit if recompile_limit is not None else \
+            int(os.environ.get("TILEFX_RECOMPILE_LIMIT", "8"))
+        self.eager_calls = 0  # calls past the limit, run by the model itself
+        # checked at every call: eager in training mode would update their running stats
+        self._batchnorms = running_stat_modules(model)
         if not hasattr(model, "forward"):
             functools.update_wrapper(self, model)  # type: ignore[arg-type]
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        check_not_training(self._batchnorms)
         call = flatten_call(args, kwargs, self.dynamic)
         entry = self._cache.get(call.signature)
         if entry is not None and not entry.accepts(call):
@@ -191,9 +221,23 @@ class CompiledModule:
             entry = self._cache.get(call.signature)
         if entry is None:
             with self._lock:
-                entry = self._cache.get(call.signature) or self._compile(call)
-        outs = entry.compiled(*call.tensors)
-        return entry.output.rebuild(outs)
+                entry = self._cache.get(call.signature)
+                if entry is None and len(self._cache) >= self.recompile_limit:
+                    return self._run_eager(call, args, kwargs)
+                entry = entry or self._compile(call)
+        return entry.output.rebuild(entry.run(self.model, call))
+
+    def _run_eager(self, call: FlatCall, args: tuple, kwargs: dict) -> Any:
+        """A new signature past ``recompile_limit``: the model runs as it is, with one warning."""
+        if self.eager_calls == 0:
+            name = getattr(self.model, "__name__", None) or type(self.model).__name__
+            log.warning("tilefx: %s reached its recompile limit (%d signatures; the newest is %s): "
+                        "new input shapes or Python scalars now run in eager PyTorch. Pass "
+                        "dynamic=True for a varying batch, tensors instead of changing Python "
+                        "numbers, or a larger recompile_limit / TILEFX_RECOMPILE_LIMIT.",
+                        name, self.recompile_limit, call.signature)
+        self.eager_calls += 1
+        return self.model(*args, **kwargs)
 
     def _compile(self, call: FlatCall) -> _Entry:
         from tilefx.compiler.capture import capture
@@ -206,10 +250,12 @@ class CompiledModule:
             captured = capture(_flat_module(self.model, call, out), tuple(call.tensors),
                                dynamic_batch=self.dynamic)
         seconds = time.perf_counter() - t0
+        state = state_tensors(self.model, captured.state_names)
         compiled = compile_graph(captured, options=self.options, name=name,
-                                 example_inputs=call.tensors)
+                                 example_inputs=(*call.tensors, *state))
         compiled.record.seconds = {"capture": seconds, **compiled.record.seconds}
-        entry = _Entry(call.signature, compiled, out, seconds)
+        entry = _Entry(call.signature, compiled, out, seconds, state_names=captured.state_names,
+                       mutations=captured.mutations)
         if self.dynamic and not any(v.type.free_symbols() for v in compiled.graph.inputs):
             entry.static_shapes = tuple(tuple(t.shape) for t in call.tensors)
         self._cache[call.signature] = entry
@@ -228,6 +274,9 @@ class CompiledModule:
         parts = []
         for e in self._cache.values():
             parts.append(f"== signature {e.signature}\n{e.compiled.record.report()}")
+        if self.eager_calls:
+            parts.append(f"recompile limit ({self.recompile_limit}) reached: {self.eager_calls} "
+                         "call(s) with new signatures ran in eager PyTorch")
         return "\n".join(parts)
 
     def __repr__(self) -> str:
@@ -259,7 +308,8 @@ def _compile_class(cls: type, kwargs: dict) -> type:
 def compile(model: Any = None, target: str | Any = "cpu", *, dynamic: bool = False,
             options: CompileOptions | None = None, passes: Any = None,
             tune: int | str = 0, prune: float = 0.0, prune_block: tuple[int, int] = (1, 1),
-            quantize: Any = None) -> Any:
+            quantize: Any = None, check: bool | None = None,
+            recompile_limit: int | None = None) -> Any:
     """Compile ``model`` (nn.Module, function, or nn.Module class) with tilefx.
 
     Without ``model`` it returns a decorator. On an nn.Module class it returns a
@@ -273,8 +323,18 @@ def compile(model: Any = None, target: str | Any = "cpu", *, dynamic: bool = Fal
     ``quantize="int4"`` (opt-in, changes outputs; also ``"int8:16"``, ``BlockQuant``)
     rounds contraction weights as a block format would (simulated: accuracy, not
     speed), after grouping outlier channels, and reports weight and output errors.
+    Every newly built kernel runs once against the reference before it is used; a
+    wrong one runs in PyTorch instead, reported. ``check=False`` (or
+    ``TILEFX_CHECK_BUILDS=0``) skips that check.
+    Each new input signature (shapes, dtypes, Python scalars) compiles again, up to
+    ``recompile_limit`` (default 8, ``TILEFX_RECOMPILE_LIMIT``); past it, new signatures
+    run in eager PyTorch with one warning.
     """
     kwargs = dict(target=target, dynamic=dynamic, options=options, passes=passes, tune=tune)
+    if check is not None:
+        kwargs.update(check=check)
+    if recompile_limit is not None:
+        kwargs.update(recompile_limit=recompile_limit)
     if prune:  # opt-in, lossy: passes/prune.py reports every weight it changes
         kwargs.update(prune=prune, prune_block=tuple(prune_block))
     if quantize is not None:  # opt-in, lossy: passes/block_quant.py reports the errors

@@ -15,6 +15,9 @@ An artifact directory holds everything the runtime (``CompiledGraph``) needs:
                          rewrites such as BN folding and weight re-layout
     kernels/<fp>.so      one TVM ``export_library`` shared object per distinct kernel
     tuning.jsonl         the tuning records the schedules came from (empty: no tuning)
+    state.safetensors    only for a model that updates buffers in place (a counter, a
+                         KV cache): their values at save time; the loaded module owns
+                         them and updates them at every call (format version 2)
 
 One ``.so`` per kernel, named by its fingerprint (structural hash of the scheduled
 TIR + target + TVM version): kernels that repeat (ResNet stages, transformer
@@ -57,6 +60,12 @@ log = logging.getLogger("tilefx.artifact")
 
 FORMAT = "tilefx-artifact"
 FORMAT_VERSION = 1
+# Version 2 adds in-place updates ("state", "mutations", state.safetensors). A model without
+# them is still written as version 1, which older tilefx reads; one with them is refused
+# there rather than loaded with its updates dropped.
+STATEFUL_FORMAT_VERSION = 2
+READABLE_FORMAT_VERSIONS = (FORMAT_VERSION, STATEFUL_FORMAT_VERSION)
+STATE_FILE = "state.safetensors"
 MANIFEST = "manifest.json"
 GRAPH_FILE = "graph.tir"
 WEIGHTS_FILE = "weights.safetensors"
@@ -138,8 +147,8 @@ def _copy_kernel(built: Any, dest: Path) -> None:
     """Write a built kernel's shared object: a copy of its disk-cache file, else export it."""
     from tilefx.codegen.tvm import cache
 
-    cached = cache.cache_dir() / f"{built.fingerprint}.so"
-    if cached.is_file():
+    cached = cache.verified_path(built.fingerprint)  # never copy an entry its hash disowns
+    if cached is not None:
         shutil.copyfile(cached, dest)
     else:
         built.module.export_library(str(dest))
@@ -225,8 +234,8 @@ def save(compiled: CompiledModule, out_dir: str | os.PathLike, *, batch_name: st
 
     ``batch_name`` is the user's name for the symbolic batch dim (``B`` of
     ``Bx1024``), used in messages; ``extra`` is stored under ``manifest["compile"]``.
+    Buffers the model updates in place are saved with their current values.
     """
-    import numpy as np
     from safetensors.numpy import save_file
 
     import tilefx
@@ -252,14 +261,9 @@ def save(compiled: CompiledModule, out_dir: str | os.PathLike, *, batch_name: st
     target = compiled.options.resolved_target()
 
     constants = all_constants(graph)
-    weights = {}
-    for name, array in constants.items():
-        array = np.ascontiguousarray(array)
-        if array.dtype.kind not in "fiub" or array.dtype.itemsize > 8:
-            raise ArtifactError(f"constant {name!r} has dtype {array.dtype}, which safetensors "
-                                "cannot store; such weights cannot be saved yet")
-        weights[name] = array
+    weights = {name: _storable(name, array) for name, array in constants.items()}
     save_file(weights, str(out / WEIGHTS_FILE), metadata={"format": FORMAT})
+    state = _save_state(compiled, entry, graph, out)
     (out / GRAPH_FILE).write_text(print_graph(graph))
     kernels, kernel_files = _kernel_table(graph, cg, kdir)
     (out / TUNING_FILE).write_text("".join(line + "\n" for line in _tuning_lines(cg.record)))
@@ -270,7 +274,7 @@ def save(compiled: CompiledModule, out_dir: str | os.PathLike, *, batch_name: st
              if v.type.rank and not isinstance(v.type.shape[0], int)}
     inputs = [{"name": v.name, "dtype": v.type.dtype.name,
                "shape": [d if isinstance(d, int) else str(d) for d in v.type.shape]}
-              for v in graph.inputs]
+              for v in graph.inputs[:len(graph.inputs) - len(state)]]
     import torch.utils._pytree as pytree
 
     leaves = [_json_leaf(x, "outputs") for x in entry.output.leaves]
@@ -281,10 +285,11 @@ def save(compiled: CompiledModule, out_dir: str | os.PathLike, *, batch_name: st
                            for v in graph.outputs]}
     record = cg.record
     files = {rel: {"sha256": sha256_file(out / rel), "bytes": (out / rel).stat().st_size}
-             for rel in [GRAPH_FILE, WEIGHTS_FILE, TUNING_FILE, *sorted(kernel_files)]}
+             for rel in [GRAPH_FILE, WEIGHTS_FILE, TUNING_FILE, *sorted(kernel_files),
+                         *([STATE_FILE] if state else [])]}
     manifest = {
         "format": FORMAT,
-        "format_version": FORMAT_VERSION,
+        "format_version": STATEFUL_FORMAT_VERSION if entry.mutations else FORMAT_VERSION,
         "tilefx_version": tilefx.__version__,
         "tvm_version": _tvm_version(),
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
@@ -303,6 +308,9 @@ def save(compiled: CompiledModule, out_dir: str | os.PathLike, *, batch_name: st
         "compile": dict(extra or {}),
         "files": files,
     }
+    if entry.mutations:
+        manifest["state"] = state
+        manifest["mutations"] = [m.as_json() for m in entry.mutations]
     (out / MANIFEST).write_text(json.dumps(manifest, indent=1, sort_keys=False) + "\n")
     size = sum(f["bytes"] for f in files.values())
     info = SaveInfo(out, len(kernels), len(kernel_files), size,
@@ -310,6 +318,35 @@ def save(compiled: CompiledModule, out_dir: str | os.PathLike, *, batch_name: st
     log.info("tilefx: saved artifact %s: %d kernels in %d files, %.1f MB", out, len(kernels),
              len(kernel_files), size / 1e6)
     return info
+
+
+def _storable(name: str, array: Any) -> Any:
+    import numpy as np
+
+    array = np.ascontiguousarray(array).reshape(np.shape(array))  # keeps a 0-d array 0-d
+    if array.dtype.kind not in "fiub" or array.dtype.itemsize > 8:
+        raise ArtifactError(f"tensor {name!r} has dtype {array.dtype}, which safetensors "
+                            "cannot store; such tensors cannot be saved yet")
+    return array
+
+
+def _save_state(compiled: CompiledModule, entry: Any, graph: Any, out: Path) -> list[dict]:
+    """Write the values of the buffers the model updates in place (``STATE_FILE``); one
+    manifest row per such buffer, in the order the graph takes them after the user's inputs."""
+    from safetensors.numpy import save_file
+
+    from tilefx.compiler.mutation import state_tensors
+
+    if not entry.state_names:
+        return []
+    values = state_tensors(compiled.model, entry.state_names)
+    save_file({name: _storable(name, t.detach().cpu().numpy())
+               for name, t in zip(entry.state_names, values)},
+              str(out / STATE_FILE), metadata={"format": FORMAT})
+    first = len(graph.inputs) - len(entry.state_names)
+    return [{"name": name, "input": v.name, "dtype": v.type.dtype.name,
+             "shape": [d if isinstance(d, int) else str(d) for d in v.type.shape]}
+            for name, v in zip(entry.state_names, graph.inputs[first:])]
 
 
 def _tvm_version() -> str:
@@ -333,15 +370,23 @@ def compile_artifact(model: Any, example_inputs: Sequence[torch.Tensor], out_dir
     from tilefx.compiler.api import compile as tilefx_compile
     from tilefx.compiler.driver import CompileOptions
 
+    from tilefx.compiler.mutation import snapshot_buffers
+
     options = options or CompileOptions(target=target)
     dynamic = bool(batch_sizes)
     cm = tilefx_compile(model, options=options, dynamic=dynamic)
     inputs = tuple(example_inputs)
-    if not dynamic:
-        cm(*inputs)
-    else:
-        for b in sorted(set(batch_sizes), key=lambda b: (b == 1, -b)):
-            cm(*resize_batch(inputs, b))
+    # The example calls run the model: they must not change its buffers (a counter, a KV
+    # cache: the artifact starts from the model's state as given) nor the caller's inputs.
+    restore = snapshot_buffers(model)
+    try:
+        if not dynamic:
+            cm(*[t.clone() for t in inputs])
+        else:
+            for b in sorted(set(batch_sizes), key=lambda b: (b == 1, -b)):
+                cm(*[t.clone() for t in resize_batch(inputs, b)])
+    finally:
+        restore()
     info = save(cm, out_dir, batch_name=batch_name, model_ref=model_ref, extra=extra,
                 overwrite=overwrite)
     return cm, info

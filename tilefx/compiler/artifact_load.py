@@ -12,8 +12,11 @@ Loading reads and checks, in this order, so that a bad artifact fails with an
    of this architecture, and every ISA feature the kernels were compiled with
    (``avx512f``...) present on this CPU (read from ``/proc/cpuinfo``);
 3. every file has the size and sha256 the manifest lists (a truncated or edited
-   ``.so`` is never dlopen-ed);
-4. weights (safetensors) and the IR (``parse_graph`` + ``verify``) load;
+   ``.so`` is never dlopen-ed) and lies inside the directory: no file or folder is
+   read through a symbolic link; with ``key=``, ``manifest.sig`` is checked first
+   (``signing.py``), so the manifest and through it every file is the signer's;
+4. weights (safetensors) and the IR (``parse_graph`` + ``verify``) load, every
+   ``fallback`` naming an ATen operator (``interpreter.resolve_target``);
 5. kernels are dlopen-ed with ``tvm_ffi.load_module`` after loading TVM's C++
    runtime library: the ``tvm`` Python package (and its compiler) is never
    imported, which keeps a load well under a second.
@@ -22,7 +25,9 @@ The module then runs on the same runtime as a fresh compile (``CompiledGraph``),
 whose kernel builder here only looks kernels up; plans for every saved batch
 size are made at load time. Nothing is traced, optimized or built, except with
 ``build_missing=True``, where an unseen batch size gets its kernels built from
-the saved IR by the TVM backend (codegen only).
+the saved IR by the TVM backend (codegen only). A model that updates buffers in
+place gets them from ``state.safetensors``: the loaded module owns them
+(``LoadedModule.state``) and updates them at each call, as the model would.
 """
 
 from __future__ import annotations
@@ -37,8 +42,10 @@ from typing import TYPE_CHECKING, Any, Callable, Mapping
 
 import sympy
 
-from tilefx.compiler.artifact import (FORMAT, FORMAT_VERSION, GRAPH_FILE, MANIFEST, WEIGHTS_FILE,
-                                      ArtifactError, ArtifactInputError, sha256_file)
+from tilefx.compiler.artifact import (FORMAT, GRAPH_FILE, MANIFEST, READABLE_FORMAT_VERSIONS,
+                                      STATE_FILE, WEIGHTS_FILE, ArtifactError, ArtifactInputError,
+                                      sha256_file)
+from tilefx.compiler.mutation import Mutation, write_back
 
 if TYPE_CHECKING:
     import torch
@@ -88,16 +95,23 @@ def _major_minor(version: str) -> str:
     return ".".join(version.split(".")[:2])
 
 
-def read_manifest(root: Path) -> dict[str, Any]:
+def read_manifest(root: Path, key: Any = None) -> dict[str, Any]:
+    """The manifest, parsed from the bytes that ``key`` (a public key, see ``signing.py``),
+    if given, verified as signed."""
     path = root / MANIFEST
     if not root.is_dir():
         raise ArtifactError(f"{root} is not a directory; tilefx.load expects the OUT_DIR that "
                             "`tilefx compile -o OUT_DIR` wrote")
     if not path.is_file():
         raise ArtifactError(f"{root} has no {MANIFEST}: not a tilefx artifact (or incomplete)")
+    data = inside(root, MANIFEST).read_bytes()  # read once: what is verified is what is parsed
+    if key is not None:
+        from tilefx.compiler.signing import verify_manifest
+
+        verify_manifest(root, data, key)
     try:
-        manifest = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        manifest = json.loads(data)
+    except (ValueError, RecursionError) as e:  # bad JSON or UTF-8, a huge int, deep nesting
         raise ArtifactError(f"{path} is not valid JSON ({e}); the artifact is damaged: "
                             "compile it again") from None
     if not isinstance(manifest, dict):
@@ -117,11 +131,11 @@ def check_compatible(manifest: dict[str, Any], *, flags: set[str] | None = None)
     """Raise ``ArtifactError`` naming the first thing that keeps this machine from running it."""
     import tilefx
 
-    if manifest["format_version"] != FORMAT_VERSION:
+    if manifest["format_version"] not in READABLE_FORMAT_VERSIONS:
         raise ArtifactError(
             f"artifact format version {manifest['format_version']} is not supported by tilefx "
-            f"{tilefx.__version__} (it reads version {FORMAT_VERSION}); recompile the model "
-            "with this tilefx")
+            f"{tilefx.__version__} (it reads versions "
+            f"{', '.join(map(str, READABLE_FORMAT_VERSIONS))}); recompile the model with this tilefx")
     if _major(manifest["tilefx_version"]) != _major(tilefx.__version__):
         raise ArtifactError(
             f"artifact was made by tilefx {manifest['tilefx_version']}, this is tilefx "
@@ -161,18 +175,34 @@ def _installed_tvm_version() -> str:
     return ""
 
 
+def inside(root: Path, rel: str) -> Path:
+    """``root / rel``, refused unless it stays inside the artifact: no ``..``, no absolute
+    path, no symbolic link (the file or a folder on the way), nothing resolving outside."""
+    if not isinstance(rel, str) or not rel or ".." in Path(rel).parts or Path(rel).is_absolute():
+        raise ArtifactError(f"{root / MANIFEST}: file {rel!r} points outside the artifact")
+    path = root
+    for part in Path(rel).parts:
+        path = path / part
+        if path.is_symlink():
+            raise ArtifactError(f"artifact file {root / rel}: {path} is a symbolic link; files of "
+                                "an artifact are never read through links (copy them in)")
+    if not path.resolve().is_relative_to(root.resolve()):
+        raise ArtifactError(f"artifact file {root / rel} resolves outside the artifact")
+    return path
+
+
 def verify_files(root: Path, manifest: dict[str, Any]) -> None:
     files = manifest["files"]
     needed = {GRAPH_FILE, WEIGHTS_FILE} | {k["file"] for k in manifest["kernels"]
                                           if isinstance(k, dict) and k.get("file")}
+    if manifest.get("state"):
+        needed.add(STATE_FILE)
     for rel in sorted(needed - set(files)):
         raise ArtifactError(f"{root / MANIFEST}: file {rel!r} is used but has no sha256 entry")
     for rel, meta in files.items():
-        path = root / rel
         if not isinstance(meta, dict) or "sha256" not in meta or "bytes" not in meta:
             raise ArtifactError(f"{root / MANIFEST}: entry for file {rel!r} needs 'sha256' and 'bytes'")
-        if ".." in Path(rel).parts or Path(rel).is_absolute():
-            raise ArtifactError(f"{root / MANIFEST}: file {rel!r} points outside the artifact")
+        path = inside(root, rel)
         if not path.is_file():
             raise ArtifactError(f"artifact file {path} is missing")
         size = path.stat().st_size
@@ -197,14 +227,29 @@ def _read_graph(path: Path, weights: Mapping[str, Any]) -> Graph:
     from tilefx.ir.parser import parse_graph
     from tilefx.ir.verifier import verify
 
+    from tilefx.ir.interpreter import resolve_target
+
     try:
         graph = parse_graph(path.read_text(), weights)
         verify(graph)
+        for op in _ops_within(graph):  # only ATen operators: refused here, before any call
+            if op.name == "fallback":
+                resolve_target(op.attr("target"))
     except Exception as e:  # noqa: BLE001 - a parse or verify error of a damaged artifact
         first = str(e).splitlines()[0][:300] if str(e) else ""
         raise ArtifactError(f"the optimized IR in {path} is invalid ({type(e).__name__}: "
                             f"{first})") from None
     return graph
+
+
+def _ops_within(graph: Graph) -> list[Op]:
+    """The ops of ``graph`` and of every kernel body in it."""
+    out: list[Op] = []
+    for op in graph.ops:
+        out.append(op)
+        if op.body is not None:
+            out.extend(_ops_within(op.body))
+    return out
 
 
 _RUNTIME_LOADED = False
@@ -282,21 +327,54 @@ def _load_kernels(root: Path, manifest: dict[str, Any], graph: Graph) -> dict[tu
         if file not in modules:
             _load_tvm_runtime()
             try:
-                modules[file] = tvm_ffi.load_module(str(root / file))["main"]
+                modules[file] = tvm_ffi.load_module(str(inside(root, file)))["main"]
             except Exception as e:  # noqa: BLE001 - dlopen / symbol errors
                 raise ArtifactError(f"cannot load kernel library {root / file}: {e}") from None
         table[key] = LoadedKernel(str(row.get("name", row["op"])), file, modules[file])
     return table
 
 
+def _read_state(root: Path, manifest: dict[str, Any]) -> tuple[dict[str, torch.Tensor],
+                                                                 tuple[Mutation, ...]]:
+    """The buffers the model updates in place (name -> tensor, in graph input order) and
+    every in-place update; empty for a model without them."""
+    import torch
+
+    rows = manifest.get("state") or []
+    try:
+        mutations = tuple(Mutation.from_json(m) for m in manifest.get("mutations") or [])
+        names = [str(r["name"]) for r in rows]
+    except (KeyError, TypeError, ValueError, AttributeError) as e:
+        raise ArtifactError(f"{root / MANIFEST}: 'state'/'mutations' are invalid ({e}); the "
+                            "artifact is damaged") from None
+    if not rows:
+        return {}, mutations
+    values = _read_weights(root / STATE_FILE)
+    missing = [n for n in names if n not in values]
+    if missing:
+        raise ArtifactError(f"{root / STATE_FILE} lacks the state tensor(s) {missing}")
+    # our own copies: the loaded module owns its state and updates it in place
+    return {n: torch.from_numpy(values[n].copy()) for n in names}, mutations
+
+
 class LoadedModule:
-    """A model loaded from an artifact; call it with tensors like the compile's inputs."""
+    """A model loaded from an artifact; call it with tensors like the compile's inputs.
+
+    A model that updates buffers in place (a counter, a KV cache) keeps them here:
+    ``state`` (also ``state_dict()``) maps each buffer's name to the tensor that every
+    call reads and updates, starting from the values saved in the artifact;
+    ``load_state_dict`` sets them (e.g. back to the start).
+    """
 
     def __init__(self, path: Path, manifest: dict[str, Any], runtime: Any,
-                 load_seconds: float = 0.0, build_missing: bool = False) -> None:
+                 load_seconds: float = 0.0, build_missing: bool = False,
+                 state: dict[str, torch.Tensor] | None = None,
+                 mutations: tuple[Mutation, ...] = ()) -> None:
         import torch.utils._pytree as pytree
 
         self.path = path
+        self.state: dict[str, torch.Tensor] = dict(state or {})
+        self._mutations = mutations
         self._build_missing = build_missing  # unseen batch sizes are built, not refused
         self.manifest = manifest
         self.runtime = runtime                 # the same CompiledGraph a compile makes
@@ -362,11 +440,28 @@ class LoadedModule:
                     f"for {symbols[s]['name']} in {sizes}. Pass one of those, recompile with "
                     f"`--batch-sizes` including {size}, or load with build_missing=True")
 
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        """The buffers this module updates in place, by name (the live tensors)."""
+        return dict(self.state)
+
+    def load_state_dict(self, values: Mapping[str, torch.Tensor]) -> None:
+        """Copy ``values`` into the state (same names, shapes and dtypes)."""
+        import torch
+
+        unknown = set(values) - set(self.state)
+        if unknown:
+            raise KeyError(f"{self.path.name} has no state named {sorted(unknown)}; it has "
+                           f"{sorted(self.state)}")
+        with torch.no_grad():
+            for name, value in values.items():
+                self.state[name].copy_(value)
+
     def __call__(self, *tensors: torch.Tensor) -> Any:
         import torch.utils._pytree as pytree
 
         self.check_inputs(tensors)
-        outs = iter(self.runtime(*tensors))
+        inputs = (*tensors, *self.state.values())
+        outs = iter(write_back(self._mutations, inputs, self.runtime(*inputs)))
         leaves = [next(outs) if x is None else x for x in self._out_leaves]
         return pytree.tree_unflatten(leaves, self._out_spec)
 
@@ -375,21 +470,33 @@ class LoadedModule:
                 f"{len(self.manifest['kernels'])} kernels)")
 
 
-def load(path: str | os.PathLike, *, build_missing: bool = False) -> LoadedModule:
-    """Load an artifact directory written by ``tilefx compile -o`` / ``artifact.save``."""
+def load(path: str | os.PathLike, *, build_missing: bool = False,
+         key: Any = None) -> LoadedModule:
+    """Load an artifact directory written by ``tilefx compile -o`` / ``artifact.save``.
+
+    Its kernels are native code that runs in this process: load only artifacts you
+    trust. ``key`` (a public key file, PEM bytes or an Ed25519 public key; see
+    ``signing.py``) refuses any artifact not signed by that key's owner."""
     from tilefx.compiler.runtime import CompiledGraph
 
     t0 = time.perf_counter()
     root = Path(path)
-    manifest = read_manifest(root)
+    manifest = read_manifest(root, key)
     check_compatible(manifest)
     verify_files(root, manifest)
     weights = _read_weights(root / WEIGHTS_FILE)
     graph = _read_graph(root / GRAPH_FILE, weights)
+    state, mutations = _read_state(root, manifest)
     names = [v.name for v in graph.inputs]
-    if names != [i.get("name") for i in manifest["inputs"] if isinstance(i, dict)]:
-        raise ArtifactError(f"{root / MANIFEST}: inputs {manifest['inputs']!r:.200} do not match "
+    listed = [i.get("name") for i in manifest["inputs"] if isinstance(i, dict)]
+    listed += [r.get("input") for r in manifest.get("state") or [] if isinstance(r, dict)]
+    if names != listed:
+        raise ArtifactError(f"{root / MANIFEST}: inputs {listed!r:.200} do not match "
                             f"the IR's inputs {names}")
+    for m in mutations:
+        if not (0 <= m.input < len(graph.inputs) and 0 <= m.output < len(graph.outputs)):
+            raise ArtifactError(f"{root / MANIFEST}: the in-place update of {m.name!r} names "
+                                "an input or output the IR does not have; the artifact is damaged")
     table = _load_kernels(root, manifest, graph)
     target = manifest["target"]
 
@@ -406,11 +513,20 @@ def load(path: str | os.PathLike, *, build_missing: bool = False) -> LoadedModul
             raise ArtifactInputError(f"artifact {root} has no kernel for {op.attr('name')} at "
                                      f"{dict(key[1])}")
         from tilefx.codegen.target import Target
+        from tilefx.compiler.check import run_check
         from tilefx.compiler.driver import _build_one
+        from tilefx.compiler.runtime import InterpretedKernel
 
         log.info("tilefx: building kernel %s for %s (not in the artifact)", op.attr("name"),
                  dict(key[1]))
-        fn = _build_one(op, Target.from_json(json.dumps(target)), bindings)
+        built_for = Target.from_json(json.dumps(target))
+        fn = _build_one(op, built_for, bindings)
+        # a kernel built here is new code: checked against the reference like any compile's
+        status, why = run_check(op, bindings, fn, built_for)
+        if status in ("wrong_result", "run_error"):
+            log.warning("tilefx: kernel %s built for %s is wrong (%s); it runs in PyTorch",
+                        op.attr("name"), dict(key[1]), why)
+            fn = InterpretedKernel(op, f"rejected: {why}")
         table[key] = fn
         return fn
 
@@ -428,6 +544,7 @@ def load(path: str | os.PathLike, *, build_missing: bool = False) -> LoadedModul
         raise
     except Exception as e:  # noqa: BLE001 - e.g. shapes in the IR that the manifest contradicts
         raise ArtifactError(f"artifact {root} cannot be planned: {type(e).__name__}: {e}") from None
-    module = LoadedModule(root, manifest, runtime, time.perf_counter() - t0, build_missing)
+    module = LoadedModule(root, manifest, runtime, time.perf_counter() - t0, build_missing,
+                          state, mutations)
     log.info("tilefx: loaded %s in %.3fs", root, module.load_seconds)
     return module

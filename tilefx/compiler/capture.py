@@ -10,11 +10,15 @@ Two entry points produce the same ``Captured`` record:
   dynamo hands us its graph with the parameters and buffers of inlined modules
   as extra inputs. We classify them, bake them in as constants (like inductor's
   freezing: mutating a weight after compiling needs a recompile) and export the
-  rest the same way.
+  rest the same way. Weights the graph itself updates in place (running stats,
+  caches) stay inputs, fed and written back through dynamo's arguments.
 
 In both, parameters, buffers and lifted constant tensors become ``constants``
 (placeholder name -> tensor); the user's tensors are the graph's inputs, in the
-order ``flatten_inputs`` produces them.
+order ``flatten_inputs`` produces them. A buffer or parameter that the model
+updates in place is the exception: it becomes a graph input after the user's
+tensors and its new value a graph output after the user's outputs
+(``mutation.py`` says why and how the runtime copies it back).
 """
 
 from __future__ import annotations
@@ -29,13 +33,15 @@ from typing import Any, Callable, Mapping, Sequence
 import torch
 from torch.utils import _pytree as pytree
 
+from tilefx.compiler.mutation import Mutation, MutationError
+
 log = logging.getLogger("tilefx.capture")
 
 
 @dataclass(frozen=True)
 class Captured:
     graph_module: torch.fx.GraphModule  # ATen-level, placeholders for weights and inputs
-    input_names: tuple[str, ...]  # placeholders of the user's tensors, in flat order
+    input_names: tuple[str, ...]  # placeholders of the user's tensors, in flat order, then state
     constants: Mapping[str, torch.Tensor]  # weight placeholder -> value
     constant_names: Mapping[str, str]  # weight placeholder -> readable name ("fc1.weight")
     output_names: tuple[str, ...]  # fx nodes of the tensor outputs, in flat order
@@ -47,6 +53,11 @@ class Captured:
     # were non-tensors baked in at capture, or weights on the dynamo path).
     input_positions: tuple[int, ...] = ()
     baked_inputs: Mapping[str, Any] = field(default_factory=dict)  # non-tensor placeholders
+    # Buffers/parameters updated in place: the last len(state_names) graph inputs, by name
+    # ("cache", "bn.running_mean"); on the export path the runtime reads them off the module.
+    state_names: tuple[str, ...] = ()
+    # Every tensor updated in place; their new values are the last graph outputs.
+    mutations: tuple[Mutation, ...] = ()
 
     def flatten_inputs(self, args: Sequence[Any], kwargs: Mapping[str, Any] | None = None
                        ) -> list[torch.Tensor]:
@@ -57,8 +68,11 @@ class Captured:
         return [leaves[i] for i in self.input_positions]
 
     def unflatten_outputs(self, tensors: Sequence[torch.Tensor]) -> Any:
-        """The user's output structure from the graph outputs (in ``output_names`` order)."""
+        """The user's output structure from the graph outputs (in ``output_names`` order;
+        the new values of updated tensors, if still there at the end, are left out)."""
         flat: list[Any] = list(tensors)
+        if self.mutations and len(flat) == len(self.output_names):
+            flat = flat[:len(flat) - len(self.mutations)]
         for pos, value in self.output_constants:
             flat.insert(pos, value)
         return pytree.tree_unflatten(flat, self.out_spec)
@@ -104,8 +118,7 @@ def capture(fn_or_module: Callable[..., Any], example_args: tuple, dynamic_batch
     module.eval()
     try:
         with _quiet_export():
-            ep = _export(module, args, kwargs, dynamic_batch, varargs=not is_module)
-            ep = ep.run_decompositions(decomposition_table())
+            ep = _export_refusing_globals(module, args, kwargs, dynamic_batch, not is_module)
     finally:
         for m, training in modes:
             m.training = training
@@ -115,10 +128,35 @@ def capture(fn_or_module: Callable[..., Any], example_args: tuple, dynamic_batch
 @contextlib.contextmanager
 def _quiet_export() -> Any:
     """torch.export's internals warn about their own pytree use (``LeafSpec``) on every
-    call; the user can do nothing about it, so it is not shown."""
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=".*[Tt]ree[Ss]pec.*", category=FutureWarning)
-        yield
+    call; the user can do nothing about it, so it is not shown. When the model rejects the
+    inputs (a shape mismatch), fake tensors log the whole traceback (~270 lines) before
+    export raises the same error: the raised error is what the user sees."""
+    fake = logging.getLogger("torch._subclasses.fake_tensor")
+    level = fake.level
+    fake.setLevel(logging.CRITICAL)
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*[Tt]ree[Ss]pec.*", category=FutureWarning)
+            yield
+    finally:
+        fake.setLevel(level)
+
+
+def _export_refusing_globals(module: torch.nn.Module, args: tuple, kwargs: dict,
+                             dynamic_batch: bool, varargs: bool) -> torch.export.ExportedProgram:
+    """``_export`` then the decompositions; export's refusal of an in-place update of a
+    tensor from outside the model (it names only ``lifted_tensor_0``) becomes a
+    ``MutationError`` that says what to do."""
+    try:
+        ep = _export(module, args, kwargs, dynamic_batch, varargs)
+        return ep.run_decompositions(decomposition_table())
+    except RuntimeError as e:
+        if "is mutated in the forward method" not in str(e):
+            raise
+        raise MutationError(
+            f"the model updates a tensor in place that is neither an argument nor a buffer or "
+            f"parameter of the model (a global or a closure variable; export says: {e}); "
+            "register it with register_buffer (or pass it as an argument)") from None
 
 
 def _export(module: torch.nn.Module, args: tuple, kwargs: dict, dynamic_batch: bool,
@@ -150,15 +188,25 @@ def _from_exported(ep: torch.export.ExportedProgram,
 
     gm = ep.graph_module
     placeholders = {n.name: n for n in gm.graph.nodes if n.op == "placeholder"}
+    out_node = next(n for n in gm.graph.nodes if n.op == "output")
+    out_args = out_node.args[0]
+    # Buffers/parameters (by fqn) whose new value the graph returns.
+    updated = {spec.target for spec in ep.graph_signature.output_specs
+               if spec.kind in _MUTATION_KINDS and spec.kind != OutputKind.USER_INPUT_MUTATION}
     constants: dict[str, torch.Tensor] = {}
     names: dict[str, str] = {}
     inputs: list[str] = []
+    state: list[str] = []  # placeholders of updated buffers/parameters
+    state_names: list[str] = []
     baked: dict[str, Any] = {}
     positions: list[int] = []
     user_index = 0
     for spec in ep.graph_signature.input_specs:
         name = spec.arg.name
-        if spec.kind in (InputKind.PARAMETER, InputKind.BUFFER, InputKind.CONSTANT_TENSOR):
+        if spec.kind in (InputKind.PARAMETER, InputKind.BUFFER) and spec.target in updated:
+            state.append(name)  # a live tensor at every call, never a baked constant
+            state_names.append(spec.target)
+        elif spec.kind in (InputKind.PARAMETER, InputKind.BUFFER, InputKind.CONSTANT_TENSOR):
             target = spec.target
             value = ep.state_dict[target] if target in ep.state_dict else ep.constants[target]
             constants[name] = value.detach()
@@ -173,17 +221,22 @@ def _from_exported(ep: torch.export.ExportedProgram,
             user_index += 1
         else:
             raise NotImplementedError(f"capture: input {name!r} of kind {spec.kind.name} is not supported")
+    if state:  # the graph's inputs: the user's tensors first, then the state (see mutation.py)
+        last = [n for n in gm.graph.nodes if n.op == "placeholder"][-1]
+        for name in state:
+            last.append(placeholders[name])
+            last = placeholders[name]
+        gm.recompile()
 
-    out_node = next(n for n in gm.graph.nodes if n.op == "output")
-    out_args = out_node.args[0]
     outputs: list[str] = []
     out_consts: list[tuple[int, Any]] = []
     pos = 0
     for spec, arg in zip(ep.graph_signature.output_specs, out_args):
-        if spec.kind != OutputKind.USER_OUTPUT:
-            log.warning("capture: output %s (%s) is dropped: in-place updates of buffers are "
-                        "not kept by compiled code", spec.arg.name, spec.kind.name)
+        if spec.kind in _MUTATION_KINDS:
             continue
+        if spec.kind != OutputKind.USER_OUTPUT:
+            raise NotImplementedError(f"capture: output {spec.arg.name!r} of kind {spec.kind.name} "
+                                      "is not supported by tilefx")
         if isinstance(arg, torch.fx.Node) and isinstance(arg.meta.get("val"), torch.Tensor):
             outputs.append(arg.name)
         elif isinstance(arg, torch.fx.Node):
@@ -191,8 +244,38 @@ def _from_exported(ep: torch.export.ExportedProgram,
         else:
             out_consts.append((pos, arg))
         pos += 1
-    return Captured(gm, tuple(inputs), constants, names, tuple(outputs), ep.call_spec.out_spec,
-                    tuple(out_consts), ep.call_spec.in_spec, tuple(positions), baked)
+    graph_inputs = inputs + state
+    mutations = []
+    for spec, arg in zip(ep.graph_signature.output_specs, out_args):
+        if spec.kind not in _MUTATION_KINDS:
+            continue
+        if spec.kind == OutputKind.USER_INPUT_MUTATION:
+            kind, where, name = "input", graph_inputs.index(spec.target), spec.target
+        elif spec.target in state_names:
+            where = len(inputs) + state_names.index(spec.target)
+            kind, name = "buffer", (readable or {}).get(spec.target, spec.target)
+        else:  # export lifted a tensor from outside the model (a global) and updates it
+            raise MutationError(f"the model updates tensor {spec.target!r} in place, but it is "
+                                "not a buffer or parameter of the model: register it with "
+                                "register_buffer (or pass it as an argument)")
+        mutations.append(Mutation(kind, name, where, len(outputs)))
+        outputs.append(arg.name)
+        log.debug("capture: %s %r is updated in place (new value %s)", kind, name, arg.name)
+    return Captured(gm, tuple(graph_inputs), constants, names, tuple(outputs), ep.call_spec.out_spec,
+                    tuple(out_consts), ep.call_spec.in_spec, tuple(positions), baked,
+                    tuple(state_names), tuple(mutations))
+
+
+def _mutation_kinds() -> frozenset[Any]:
+    from torch.export.graph_signature import OutputKind
+
+    kinds = {OutputKind.BUFFER_MUTATION, OutputKind.USER_INPUT_MUTATION}
+    if hasattr(OutputKind, "PARAMETER_MUTATION"):  # newer torch tells parameters apart
+        kinds.add(OutputKind.PARAMETER_MUTATION)
+    return frozenset(kinds)
+
+
+_MUTATION_KINDS = _mutation_kinds()
 
 
 # ---- dynamo backend path ---------------------------------------------------------
@@ -261,13 +344,15 @@ class _DynamoWrapper(torch.nn.Module):
 
 def capture_dynamo(gm: torch.fx.GraphModule, example_inputs: Sequence[Any]) -> Captured:
     """Capture the graph dynamo gives a backend. ``input_positions`` tells which of
-    dynamo's call arguments are user tensors (weights and ints are baked in)."""
+    dynamo's call arguments are graph inputs: the user tensors, then the weights the
+    graph updates in place (the other weights and ints are baked in)."""
     placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]
     if len(placeholders) != len(example_inputs):
         raise ValueError(f"capture_dynamo: {len(placeholders)} placeholders but "
                          f"{len(example_inputs)} example inputs")
     slots: list[tuple[str, Any]] = []
     weights: dict[str, torch.Tensor] = {}
+    weight_position: dict[str, int] = {}
     readable: dict[str, str] = {}
     user_args: list[torch.Tensor] = []
     positions: list[int] = []
@@ -275,6 +360,7 @@ def capture_dynamo(gm: torch.fx.GraphModule, example_inputs: Sequence[Any]) -> C
         if isinstance(example, torch.Tensor) and is_weight_placeholder(node, example):
             buf = f"w{len(weights)}"
             weights[buf] = example.detach()
+            weight_position[buf] = i
             readable[buf] = readable_weight_name(node)
             slots.append(("weight", buf))
         elif isinstance(example, torch.Tensor):
@@ -291,6 +377,10 @@ def capture_dynamo(gm: torch.fx.GraphModule, example_inputs: Sequence[Any]) -> C
         ep = torch.export.export(wrapper, tuple(user_args), strict=False)
         ep = ep.run_decompositions(decomposition_table())
     captured = _from_exported(ep, readable)
+    # A weight the graph updates in place is fed from dynamo's argument (the live tensor)
+    # and written back there; the others stay baked in.
+    positions += [weight_position[buf] for buf in captured.state_names]
     return Captured(captured.graph_module, captured.input_names, captured.constants,
                     captured.constant_names, captured.output_names, captured.out_spec,
-                    captured.output_constants, None, tuple(positions), captured.baked_inputs)
+                    captured.output_constants, None, tuple(positions), captured.baked_inputs,
+                    tuple(readable[buf] for buf in captured.state_names), captured.mutations)

@@ -37,6 +37,16 @@ class CLIError(Exception):
     """A user mistake on the command line: printed as ``error: ...``, exit code 2."""
 
 
+def first_line(e: BaseException, limit: int = 300) -> str:
+    """``Type: first line of the message``: what a one-line error shows of an exception
+    (torch's shape errors run to hundreds of lines)."""
+    if isinstance(e, SyntaxError):  # the message alone lacks where
+        return f"SyntaxError: {e.msg} ({os.path.basename(e.filename or '?')}, line {e.lineno})"
+    lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+    text = f"{type(e).__name__}: {lines[0]}" if lines else type(e).__name__
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
 @dataclass(frozen=True)
 class InputSpec:
     shape: tuple[int, ...]
@@ -50,11 +60,18 @@ class InputSpec:
 
         g = torch.Generator().manual_seed(seed)
         dtype = getattr(torch, self.dtype)
-        if self.dtype == "bool":
-            return torch.rand(self.shape, generator=g) > 0.5
-        if not dtype.is_floating_point:
-            return torch.randint(0, 100, self.shape, generator=g, dtype=dtype)
-        return torch.randn(self.shape, generator=g).to(dtype)
+        try:
+            if self.dtype == "bool":
+                return torch.rand(self.shape, generator=g) > 0.5
+            if not dtype.is_floating_point:
+                return torch.randint(0, 100, self.shape, generator=g, dtype=dtype)
+            return torch.randn(self.shape, generator=g).to(dtype)
+        except RuntimeError as e:  # e.g. 100000x100000: name the input, not the allocator
+            numel = 1
+            for d in self.shape:
+                numel *= d
+            raise CLIError(f"cannot make input {self} ({numel * 4 / 1e9:.1f} GB): "
+                           f"{first_line(e)}") from None
 
 
 def parse_input_spec(text: str) -> InputSpec:
@@ -82,12 +99,16 @@ def load_model(ref: str) -> Any:
         spec = importlib.util.spec_from_file_location(name, path)
         module = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]
         sys.modules[name] = module  # dataclasses and pickling look modules up by name
-        spec.loader.exec_module(module)  # type: ignore[union-attr]
+        try:
+            spec.loader.exec_module(module)  # type: ignore[union-attr]
+        except Exception as e:  # noqa: BLE001 - the user's file: a syntax or import error in it
+            raise CLIError(f"cannot load {path!r} (from MODEL {ref!r}): {first_line(e)}") from e
     else:
         try:
             module = importlib.import_module(path)
-        except ModuleNotFoundError as e:
-            raise CLIError(f"cannot import module {path!r} (from MODEL {ref!r}): {e}") from None
+        except Exception as e:  # noqa: BLE001 - ModuleNotFoundError, or an error inside it
+            raise CLIError(f"cannot import module {path!r} (from MODEL {ref!r}): "
+                           f"{first_line(e)}") from e
     if not hasattr(module, attr):
         raise CLIError(f"{path!r} has no attribute {attr!r}")
     return instantiate(getattr(module, attr), ref)
@@ -98,8 +119,6 @@ def instantiate(obj: Any, ref: str) -> Any:
 
     if isinstance(obj, torch.nn.Module):
         return obj
-    if isinstance(obj, type) and issubclass(obj, torch.nn.Module):
-        return obj()
     if callable(obj):
         try:
             needs_args = any(p.default is p.empty and p.kind in (p.POSITIONAL_ONLY,
@@ -107,7 +126,13 @@ def instantiate(obj: Any, ref: str) -> Any:
                              for p in pyinspect.signature(obj).parameters.values())
         except (TypeError, ValueError):
             needs_args = False
-        return obj if needs_args else obj()  # a function of tensors, or a factory
+        if needs_args:  # a function of tensors
+            return obj
+        try:
+            return obj()  # a factory or an nn.Module class
+        except Exception as e:  # noqa: BLE001 - the user's code
+            raise CLIError(f"MODEL {ref!r} raised when called with no arguments: "
+                           f"{first_line(e)}") from e
     raise CLIError(f"{ref!r} has type {type(obj).__name__}; expected an nn.Module, an nn.Module "
                    "class or a function")
 
@@ -171,7 +196,8 @@ def cmd_inspect(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tilefx", description="the tilefx deep-learning compiler")
-    parser.add_argument("-v", "--verbose", action="store_true", help="log compiler decisions")
+    parser.add_argument("-v", "--verbose", action="store_true",
+                        help="log compiler decisions; show the traceback of an error")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     p = sub.add_parser("inspect", help="print the IR after each stage and the kernels of a model")
     p.add_argument("model", metavar="MODEL", help="path/to/file.py:attr or package.module:attr")
@@ -190,6 +216,9 @@ def build_parser() -> argparse.ArgumentParser:
     from tilefx.compiler.cli_cost import add_parser as add_cost  # collect, train-cost-model
 
     add_cost(sub)
+    for verb in sub.choices.values():  # -v after the verb too (SUPPRESS: keeps the top-level one)
+        verb.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS,
+                          help="log compiler decisions; show the traceback of an error")
     return parser
 
 
@@ -205,4 +234,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         return args.func(args)
     except CLIError as e:
         print(f"{parser.prog}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"{parser.prog}: interrupted", file=sys.stderr)
+        return 130
+    except Exception as e:  # noqa: BLE001 - every failure is one line; -v shows the traceback
+        if args.verbose:
+            import traceback
+
+            traceback.print_exc()
+        hint = "" if args.verbose else " (run with --verbose for the traceback)"
+        print(f"{parser.prog}: error: {first_line(e)}{hint}", file=sys.stderr)
         return 2

@@ -161,7 +161,11 @@ def cmd_compile(args: argparse.Namespace) -> int:
                            "empty directory")
         if not args.force:
             raise CLIError(f"-o {out}: exists and is not empty; pass --force to replace it")
+    if args.sign and not Path(args.sign).is_file():  # before the compile, not after it
+        raise CLIError(f"--sign {args.sign}: no such key file (make one with `tilefx keygen NAME`)")
     model = load_model(args.model)
+    if hasattr(model, "eval"):
+        model.eval()  # an artifact is inference code: BatchNorm uses (and keeps) its running stats
     first = max((s for s in sizes if s > 1), default=sizes[0]) if sizes else None
     inputs = tuple(s.concrete(first).make(seed=i) for i, s in enumerate(args.input))
     tune: int | str = args.trials or args.time_budget or 0
@@ -175,12 +179,9 @@ def cmd_compile(args: argparse.Namespace) -> int:
         raise CLIError(str(e)) from None
     seconds = time.perf_counter() - t0
     record = cm.records[0]
-    if hasattr(model, "eval"):
-        model.eval()  # the compile captured eval-mode semantics; compare like with like
+    diff = _compiled_vs_eager(cm, model, inputs)
     compiled_ms = median_ms(cm, inputs, args.repeats)
     eager_ms = median_ms(model, inputs, args.repeats)
-    with __import__("torch").no_grad():
-        diff = max_abs_diff(cm(*inputs), model(*inputs))
     fused = sum(1 for k in record.kernels if len(k.fused_ops) > 1)
     tuning_s = sum(getattr(t, "seconds", 0.0) for t in getattr(record, "tuning", None) or ())
     lines = [record.report(), "",
@@ -197,8 +198,31 @@ def cmd_compile(args: argparse.Namespace) -> int:
                      "artifact is static; give sizes >= 2 for a dynamic batch")
     _update_compile_info(out, seconds=seconds, tuning_seconds=tuning_s, latency_ms=compiled_ms,
                          eager_ms=eager_ms, max_abs_diff=diff)
+    if args.sign:  # last: the signature covers the manifest as finally written
+        from tilefx.compiler.signing import sign_artifact
+
+        try:
+            lines.append(f"signed: {sign_artifact(out, args.sign)}")
+        except ArtifactError as e:
+            raise CLIError(str(e)) from None
     print("\n".join(lines))
     return 0
+
+
+def _compiled_vs_eager(compiled: Callable[..., Any], model: Any, inputs: Sequence[Any]) -> float:
+    """The largest difference of one call of each from the same state: a model that updates
+    buffers or inputs in place gets its buffers restored and fresh copies of the inputs."""
+    import torch
+
+    from tilefx.compiler.mutation import snapshot_buffers
+
+    restore = snapshot_buffers(model)
+    with torch.no_grad():
+        got = compiled(*[t.clone() for t in inputs])
+        restore()
+        want = model(*[t.clone() for t in inputs])
+        restore()
+    return max_abs_diff(got, want)
 
 
 def _tuning_text(tune: int | str, seconds: float) -> str:
@@ -226,7 +250,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     t0 = time.perf_counter()
     try:
-        module = load(args.artifact)
+        module = load(args.artifact, key=args.key)
     except ArtifactError as e:
         raise CLIError(str(e)) from None
     load_s = time.perf_counter() - t0
@@ -242,20 +266,20 @@ def cmd_run(args: argparse.Namespace) -> int:
         raise CLIError(f"--input: {e}") from None
     shapes = ", ".join(f"{'x'.join(map(str, t.shape))}:{str(t.dtype).removeprefix('torch.')}"
                        for t in inputs)
+    model = load_model(args.model) if args.model else None
+    if model is not None:
+        if hasattr(model, "eval"):
+            model.eval()
+        # before timing: both from their initial state (the artifact's saved buffers)
+        diff = _compiled_vs_eager(module, model, inputs)
     ms = median_ms(module, inputs, args.repeats)
     lines = [f"loaded {args.artifact} in {load_s * 1e3:.0f} ms "
              f"({len(module.manifest['kernels'])} kernels, "
-             f"{len(module.manifest['fallbacks'])} fallbacks)",
+             # counted in the IR that runs, not taken from the manifest's word
+             f"{sum(op.name == 'fallback' for op in module.graph.ops)} fallbacks)",
              f"tilefx: {ms:.3f} ms (median of {args.repeats}) on {shapes}"]
-    if args.model:
-        model = load_model(args.model)
-        if hasattr(model, "eval"):
-            model.eval()
+    if model is not None:
         eager = median_ms(model, inputs, args.repeats)
-        import torch
-
-        with torch.no_grad():
-            diff = max_abs_diff(module(*inputs), model(*inputs))
         lines.append(f"eager:  {eager:.3f} ms; speedup {eager / ms:.2f}x; max |diff| {diff:.2e}")
     print("\n".join(lines))
     return 0
@@ -289,6 +313,8 @@ def add_subcommands(sub: Any) -> None:
     p.add_argument("-o", "--output", metavar="OUT_DIR", required=True,
                    help="artifact directory to write (new or empty; see --force)")
     p.add_argument("--force", action="store_true", help="replace OUT_DIR if it exists")
+    p.add_argument("--sign", metavar="KEYFILE", help="sign the artifact with this Ed25519 "
+                   "private key (PEM; `tilefx keygen NAME` makes one): manifest.sig")
     p.add_argument("--repeats", metavar="N", type=positive_int, default=20,
                    help="timed runs for the latency summary (median; default 20)")
     p.set_defaults(func=cmd_compile)
@@ -305,4 +331,9 @@ def add_subcommands(sub: Any) -> None:
     r.add_argument("--model", metavar="MODEL", help="the source model, to compare with eager")
     r.add_argument("--repeats", metavar="N", type=positive_int, default=20,
                    help="timed runs (median; default 20)")
+    r.add_argument("--key", metavar="PUBKEY", help="refuse the artifact unless it is signed "
+                   "by this Ed25519 public key (PEM)")
     r.set_defaults(func=cmd_run)
+    from tilefx.compiler.signing import add_parser as add_keygen  # keygen
+
+    add_keygen(sub)

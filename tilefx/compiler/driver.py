@@ -14,7 +14,9 @@ and after the passes, kernels with their kind, fused ops and schedule,
 fallbacks with their reasons, timings) so ``report()`` and ``tilefx inspect``
 can show it. A kernel that fails to build does not fail the compile: it runs
 in the reference interpreter and the record says why (``strict=True`` raises
-instead).
+instead). Every newly built kernel is checked once against the reference
+before it is used (``check.py``); one that computes a wrong result runs in the
+reference interpreter too, reported, and is never built for that schedule again.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from typing import TYPE_CHECKING, Any, Mapping
 
 import sympy
 
+from tilefx.compiler.check import BuildChecker, CheckOutcome, checks_enabled
 from tilefx.compiler.runtime import CompiledGraph, InterpretedKernel, KernelFn
 from tilefx.ir.graph import Graph, Op
 
@@ -50,6 +53,7 @@ class CompileOptions:
     prune_block: tuple[int, int] = (1, 1)  # pruned together: (bk, bn) blocks of W[K, N]
     fusion_check: bool = False  # cpu: the latency model (measuring when unsure) vets each fusion
     quantize: Any = None      # opt-in simulated block quantization: "int4", "int8:16", BlockQuant (lossy)
+    check_builds: bool | None = None  # run new kernels once vs the reference; None: TILEFX_CHECK_BUILDS
 
     def resolved_target(self) -> Target:
         from tilefx.codegen.target import Target
@@ -68,6 +72,8 @@ class KernelRecord:
     build_seconds: float = 0.0
     bindings: str = ""
     source: str = ""           # lowered code, kept only when asked for
+    check: str = ""            # "" (passed, or checks off), "unchecked: why", "rejected...: why"
+    check_seconds: float = 0.0  # of build_seconds, spent checking it against the reference
 
 
 @dataclass
@@ -105,7 +111,12 @@ class CompileRecord:
         lines.append(f"kernels: {len(self.kernels)} ({len(fused)} fusions)")
         for k in self.kernels:
             extra = f" [{k.bindings}]" if k.bindings else ""
-            status = f"interpreter: {k.error}" if k.backend == "interpreter" else k.backend
+            if k.check.startswith("rejected"):
+                status = k.check
+            elif k.backend == "interpreter":
+                status = f"interpreter: {k.error}"
+            else:
+                status = k.backend + (f", {k.check}" if k.check else "")
             lines.append(f"  {k.name}: {k.kind} <- {' + '.join(k.fused_ops)} "
                          f"({status}, {k.build_seconds:.2f}s){extra}")
             if k.schedule:
@@ -197,13 +208,17 @@ def _backend(target: Target, name: str) -> Any:
     return _tvm(name)
 
 
+class WrongKernelError(RuntimeError):
+    """A newly built kernel disagrees with the reference (raised under ``strict=True``)."""
+
+
 def _build_one(op: Op, target: Target, bindings: Mapping[sympy.Symbol, int],
-               schedule: Any = None) -> Any:
+               schedule: Any = None, *, op_key: str | None = None) -> Any:
     build_kernel = _backend(target, "build_kernel")
 
     used = kernel_symbols(op)
     bindings = {s: v for s, v in bindings.items() if s in used}
-    key = (kernel_key(op), target.key(), tuple(sorted((s.name, v) for s, v in bindings.items())),
+    key = (op_key or kernel_key(op), target.key(), tuple(sorted((s.name, v) for s, v in bindings.items())),
            str(schedule))
     built = _BUILT.get(key)
     if built is not None:
@@ -278,35 +293,31 @@ def default_schedule_text(op: Op, target: Target) -> str:
         return f"<no default schedule: {e}>"
 
 
-def make_builder(target: Target, options: CompileOptions, record: CompileRecord,
-                 keep_source: bool = False):
-    """The runtime's kernel builder: TVM, memoized, recorded; interpreter on failure."""
-    def build(op: Op, bindings: Mapping[sympy.Symbol, int]) -> KernelFn:
+class KernelBuilder:
+    """The runtime's kernel builder: TVM (Triton on cuda), memoized, checked, recorded.
+
+    A kernel that fails to build or to pass its check runs in the reference
+    interpreter. ``close()`` releases the tuning database the checks use (a later
+    build, e.g. for a new batch size, opens it again).
+    """
+
+    def __init__(self, target: Target, options: CompileOptions, record: CompileRecord,
+                 keep_source: bool = False) -> None:
+        self.target, self.options, self.record = target, options, record
+        self.keep_source = keep_source
+        self.checker = BuildChecker(target, options.tune_db) \
+            if checks_enabled(options.check_builds) else None
+
+    def __call__(self, op: Op, bindings: Mapping[sympy.Symbol, int]) -> KernelFn:
         used = kernel_symbols(op)
+        bound = {s: v for s, v in bindings.items() if s in used}
         kr = KernelRecord(op.attr("name"), op.attr("kind"), fused_op_names(op),
-                          bindings=", ".join(f"{s}={v}" for s, v in bindings.items() if s in used))
+                          bindings=", ".join(f"{s}={v}" for s, v in bound.items()))
         t0 = time.perf_counter()
         try:
-            schedule = None
-            if options.tune_trials:  # autotune (or read the tuning database) first
-                from tilefx.autotune.tuner import tuned_schedule
-
-                schedule, tuned = tuned_schedule(op, target, {s: v for s, v in bindings.items()
-                                                              if s in used}, options)
-                if tuned is not None:
-                    record.tuning.append(tuned)
-            built = _build_one(op, target, bindings, schedule)
-            kr.backend = "extern (torch)" if schedule is not None and schedule.get("extern") \
-                else "triton" if target.kind == "cuda" else "tvm"
-            sched = getattr(built, "schedule", None)
-            kr.schedule = str(sched) if sched is not None else ""
-            if getattr(built, "from_cache", False):
-                kr.backend = "tvm, disk cache"
-            if keep_source:
-                kr.source = str(getattr(built, "lowered", "") or getattr(built, "source", ""))
-            fn: KernelFn = built
+            fn = self._build(op, bound, kr)
         except Exception as e:
-            if options.strict:
+            if self.options.strict:
                 raise
             msg = f"{type(e).__name__}: {e}".splitlines()[0][:200]
             log.warning("tilefx: kernel %s (%s) failed to build and will run in the "
@@ -314,10 +325,61 @@ def make_builder(target: Target, options: CompileOptions, record: CompileRecord,
             kr.backend, kr.error = "interpreter", msg
             fn = InterpretedKernel(op, msg)
         kr.build_seconds = time.perf_counter() - t0
-        record.kernels.append(kr)
-        record.add_time("codegen", kr.build_seconds)
+        self.record.kernels.append(kr)
+        self.record.add_time("codegen", kr.build_seconds - kr.check_seconds)
+        if kr.check_seconds:
+            self.record.add_time("check", kr.check_seconds)
         return fn
-    return build
+
+    def _build(self, op: Op, bound: dict[sympy.Symbol, int], kr: KernelRecord) -> KernelFn:
+        target, options = self.target, self.options
+        schedule = None
+        if options.tune_trials:  # autotune (or read the tuning database) first
+            from tilefx.autotune.tuner import tuned_schedule
+
+            schedule, tuned = tuned_schedule(op, target, bound, options)
+            if tuned is not None:
+                self.record.tuning.append(tuned)
+        op_key = kernel_key(op)
+        if self.checker is not None:  # found wrong before: not even built
+            known = self.checker.known_bad(op_key, bound, schedule)
+            if known is not None:
+                return self._rejected(op, kr, known)
+        built = _build_one(op, target, bound, schedule, op_key=op_key)
+        kr.backend = "extern (torch)" if schedule is not None and schedule.get("extern") \
+            else "triton" if target.kind == "cuda" else "tvm"
+        sched = getattr(built, "schedule", None)
+        kr.schedule = str(sched) if sched is not None else ""
+        if getattr(built, "from_cache", False):
+            kr.backend = "tvm, disk cache"
+        if self.keep_source:
+            kr.source = str(getattr(built, "lowered", "") or getattr(built, "source", ""))
+        if self.checker is not None:
+            t0 = time.perf_counter()
+            outcome = self.checker.check(op, op_key, bound, built, schedule)
+            kr.check, kr.check_seconds = outcome.note, time.perf_counter() - t0
+            if outcome.rejected:
+                return self._rejected(op, kr, outcome)
+        return built
+
+    def _rejected(self, op: Op, kr: KernelRecord, outcome: CheckOutcome) -> KernelFn:
+        """A kernel that computed a wrong result: PyTorch runs its body instead."""
+        if self.options.strict:
+            raise WrongKernelError(f"kernel {kr.name} ({'+'.join(kr.fused_ops)}): {outcome.note}")
+        log.warning("tilefx: kernel %s (%s) %s%s", kr.name, "+".join(kr.fused_ops), outcome.note,
+                    f" (schedule {kr.schedule})" if kr.schedule else "")
+        kr.backend, kr.error, kr.check = "interpreter", outcome.detail, outcome.note
+        return InterpretedKernel(op, outcome.note)
+
+    def close(self) -> None:
+        if self.checker is not None:
+            self.checker.close()
+
+
+def make_builder(target: Target, options: CompileOptions, record: CompileRecord,
+                 keep_source: bool = False) -> KernelBuilder:
+    """The runtime's kernel builder (see ``KernelBuilder``)."""
+    return KernelBuilder(target, options, record, keep_source)
 
 
 def compile_graph(captured: Any, target: str | Target | None = None,
@@ -339,8 +401,8 @@ def compile_graph(captured: Any, target: str | Target | None = None,
         where = ", ".join(f"{s}={v}" for s, v in bindings.items()) or "static"
         record.buffers.append(f"{where}: {plan.buffer_stats}")
 
-    compiled = CompiledGraph(graph, make_builder(tgt, options, record), on_specialize,
-                             cuda_graphs=options.cuda_graphs)
+    builder = make_builder(tgt, options, record)
+    compiled = CompiledGraph(graph, builder, on_specialize, cuda_graphs=options.cuda_graphs)
     compiled.record = record
     if example_inputs is not None:
         from tilefx.compiler.runtime import bind_symbols
@@ -354,6 +416,7 @@ def compile_graph(captured: Any, target: str | Target | None = None,
             compiled = _keep_tuning_if_it_pays(compiled, graph, tgt, options, inputs)
         if options.quantize is not None:  # lossy: say how much, on the inputs we were given
             _note_quant_error(compiled, record, inputs)
+        builder.close()  # built: the checks are done with the database for now
     log.info("tilefx: compiled %s: %d kernels, %d fallbacks in %.2fs", record.name,
              len(record.kernels), len(record.fallbacks), sum(record.seconds.values()))
     return compiled
@@ -405,8 +468,8 @@ def _keep_tuning_if_it_pays(tuned: CompiledGraph, graph: Graph, target: Target,
 
     record = tuned.record
     plain_record = CompileRecord(record.name, target=record.target)
-    plain = CompiledGraph(graph, make_builder(target, replace(options, tune_trials=0),
-                                              plain_record), lambda bindings, plan: None,
+    plain_builder = make_builder(target, replace(options, tune_trials=0), plain_record)
+    plain = CompiledGraph(graph, plain_builder, lambda bindings, plan: None,
                           cuda_graphs=options.cuda_graphs)
     key = _graph_key(graph, record, inputs)
     with TuningDatabase(options.tune_db) as db:
@@ -422,8 +485,10 @@ def _keep_tuning_if_it_pays(tuned: CompiledGraph, graph: Graph, target: Target,
                            + (" (decided earlier, from the tuning database)" if known else ""))
     log.info("tilefx: %s", record.tuning_check)
     if keep_tuned:
+        plain_builder.close()
         return tuned
     plain(*inputs)  # build now, not on the user's first call
+    plain_builder.close()
     record.kernels = plain_record.kernels  # what runs now
     plain.record = record
     return plain

@@ -6,7 +6,10 @@ graph with the graph and its example inputs. Those inputs include the
 parameters and buffers of inlined modules; ``capture_dynamo`` bakes them in as
 constants (so mutating a weight after compiling needs a recompile) and we run
 the rest through the driver. The callable we return takes all of dynamo's flat
-inputs and returns what the graph returns.
+inputs and returns what the graph returns. In-place updates in the graph
+(``self.n.add_(1)``, a KV-cache write, BatchNorm's running stats in training
+mode, ``x.add_(1)``) are kept: the compiled graph returns the new values and
+``run`` copies them into dynamo's tensors (``mutation.py``).
 
 Options come as ``torch.compile(..., options={"target": "cpu", "strict": True})``.
 A graph that fails to compile runs eagerly with a warning (the program still
@@ -20,6 +23,8 @@ import logging
 import os
 import time
 from typing import Any, Callable, Sequence
+
+from tilefx.compiler.mutation import write_back
 
 log = logging.getLogger("tilefx.dynamo")
 
@@ -72,9 +77,13 @@ def _compile(gm: Any, example_inputs: Sequence[Any], options: dict, strict: bool
     compiled.record.seconds = {"capture": capture_seconds, **compiled.record.seconds}
     _COMPILED.append(compiled)
 
+    mutations = captured.mutations
+
     def run(*args: Any) -> Any:
-        outs = compiled(*[args[i] for i in positions])
-        return captured.unflatten_outputs(outs)
+        inputs = [args[i] for i in positions]
+        outs = compiled(*inputs)
+        # in-place updates of buffers and inputs land in dynamo's (the caller's) tensors
+        return captured.unflatten_outputs(write_back(mutations, inputs, outs))
 
     run.tilefx_compiled = compiled  # type: ignore[attr-defined]
     return run

@@ -210,6 +210,9 @@ class ExecutionPlan:
     check_outputs: frozenset[int]  # fallback-made outputs: clone if they alias an input
     const_storages: frozenset[int] = frozenset()
     buffer_stats: BufferStats = field(default_factory=BufferStats)
+    # bounds checks of index tensors that are graph inputs (bounds.py), by input position:
+    # run before the plan (or its CUDA graph's replay)
+    input_checks: tuple[Callable[[Sequence[Any]], None], ...] = ()
 
     def run(self, tensors: Sequence[torch.Tensor]) -> list[torch.Tensor]:
         env = list(self.template)
@@ -307,6 +310,8 @@ def plan_graph(graph: Graph, bindings: Mapping[sympy.Symbol, int], kernels: Mapp
 
     steps: list[Step] = []
     consts: dict[int, torch.Tensor] = {}
+    input_checks: list = []
+    view_of: dict[int, int] = {}  # a reshape's slot -> the slot it views
     for op in graph.ops:
         if op.name == "const":
             consts[slot(op.result)] = constants[op.result.name]
@@ -315,9 +320,11 @@ def plan_graph(graph: Graph, bindings: Mapping[sympy.Symbol, int], kernels: Mapp
                           for r in op.results if r.name in fresh_roots)
             fn = kernels[op.results[0].name]
             ins, outs = tuple(slot(v) for v in op.inputs), tuple(slot(r) for r in op.results)
+            steps.extend(_index_checks(op, ins, bindings, consts, view_of, input_slots, input_checks))
             steps.append(KernelStep(op.attr("name"), fn, ins, outs, fresh, device, ins + outs,
                                     getattr(fn, "fast_call", None)))
         elif op.name == "reshape":
+            view_of[slot(op.result)] = view_of.get(slot(op.inputs[0]), slot(op.inputs[0]))
             steps.append(ViewStep(slot(op.inputs[0]), slot(op.result),
                                   concrete_shape(op.result.type, bindings)))
         elif op.name == "fallback":
@@ -343,7 +350,29 @@ def plan_graph(graph: Graph, bindings: Mapping[sympy.Symbol, int], kernels: Mapp
             clone.add(i)  # an input, a constant or a view of one: never hand those out
     const_storages = frozenset(t.untyped_storage().data_ptr() for t in consts.values())
     return ExecutionPlan(steps, template, input_slots, output_slots, frozenset(clone),
-                         frozenset(check), const_storages, stats)
+                         frozenset(check), const_storages, stats, tuple(input_checks))
+
+
+def _index_checks(op: Op, ins: tuple[int, ...], bindings: Mapping[sympy.Symbol, int],
+                  consts: Mapping[int, torch.Tensor], view_of: Mapping[int, int],
+                  input_slots: tuple[int, ...], input_checks: list) -> list:
+    """The bounds checks of a kernel's index tensors (bounds.py): a constant's now, a graph
+    input's before the plan runs (into ``input_checks``); the others as steps, returned."""
+    from dataclasses import replace
+
+    from tilefx.compiler.bounds import kernel_index_checks
+
+    steps = []
+    size_of = lambda v, axis: concrete_shape(v.type, bindings)[axis]  # noqa: E731
+    for check in kernel_index_checks(op, ins, size_of):
+        root = view_of.get(check.slot, check.slot)
+        if check.graph is None and root in consts:
+            check({check.slot: consts[root]})  # raises now: every call would
+        elif check.graph is None and root in input_slots:  # a reshape checks as its source
+            input_checks.append(replace(check, slot=input_slots.index(root)))
+        else:
+            steps.append(check)
+    return steps
 
 
 def constant_tensors(graph: Graph) -> dict[str, torch.Tensor]:
@@ -414,6 +443,8 @@ class CompiledGraph:
                 raise RuntimeInputError(f"input %{v.name} expects {v.type.dtype.name}, got {t.dtype}")
         device = tensors[0].device if tensors else None
         plan = self.plan_for(bind_symbols(self.graph, tensors), device)
+        for check in plan.input_checks:
+            check(tensors)
         with torch.no_grad():
             if device is not None and device.type == "cuda":  # replayed from a CUDA graph when it can
                 from tilefx.compiler.cuda_graph import run_graphed

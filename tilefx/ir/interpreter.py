@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
 
@@ -182,24 +183,66 @@ def run_fallback(op: Op, tensors: Sequence[torch.Tensor]) -> list[torch.Tensor]:
         # decoded per value: the kwargs dict itself is a container, never a marker
         # (``{"dtype": {"dtype": "float64"}}`` is the kwarg dtype=torch.float64)
         kwargs = {k: _decode(v, tensors) for k, v in call["kwargs"].items()}
-    except (TypeError, KeyError, ValueError, IndexError) as e:
+    except (TypeError, KeyError, ValueError, IndexError, RecursionError) as e:
         raise InterpreterError(f"fallback {op.attr('target')}: bad args {op.attr('args')!r}: {e}") from None
     out = fn(*args, **kwargs)
     return _flatten_tensors(out)
 
 
+# A fallback target is data from IR text (maybe an artifact someone else made), so it may
+# only name an operator of these namespaces: ``torch.ops.<anything>`` also reaches
+# ``torch.ops.load_library`` (dlopen) and ``torch.ops.import_module``.
+FALLBACK_NAMESPACES = ("aten", "prims", "quantized")
+# Operators of those namespaces that touch files or the process, not tensors.
+_DENIED_OPS = frozenset({"from_file", "save", "load", "_print"})
+# Dunder names that are real ATen operators (``a & b``...); every other dunder is refused.
+_DUNDER_OPS = frozenset(f"__{n}__" for n in (
+    "and", "or", "xor", "lshift", "rshift", "iand", "ior", "ixor", "ilshift", "irshift"))
+_PART = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
+
+
+def check_fallback_target(target: Any) -> str | None:
+    """What is wrong with a qualified fallback target, from its text alone; None if fine.
+
+    A name without ``::`` is left to the verifier ("not a qualified op name"); it
+    resolves to nothing. Used by the parser, so bad text fails before any torch import.
+    """
+    if not isinstance(target, str):
+        return f"fallback target {target!r} is not a string"
+    namespace, sep, rest = target.partition("::")
+    if not sep:
+        return None
+    parts = rest.split(".")
+    if namespace not in FALLBACK_NAMESPACES:
+        return (f"fallback target {target!r}: namespace {namespace!r} is not allowed (only "
+                f"{', '.join(FALLBACK_NAMESPACES)} operators run as fallbacks)")
+    if not 1 <= len(parts) <= 2 or not all(_PART.match(p) for p in parts):
+        return f"fallback target {target!r} is not like 'aten::add.Tensor'"
+    if any(p.startswith("__") and p not in _DUNDER_OPS for p in parts) or parts[0] in _DENIED_OPS:
+        return f"fallback target {target!r} is not an operator a fallback may run"
+    return None
+
+
 def resolve_target(target: str) -> Callable[..., Any]:
+    """The ATen operator (``OpOverload`` / ``OpOverloadPacket``) a fallback names, nothing else."""
     import torch
 
-    namespace, sep, rest = str(target).partition("::")
-    if not sep or not rest:
-        raise InterpreterError(f"fallback target {target!r} is not like 'aten::add.Tensor'")
+    problem = check_fallback_target(target)
+    if problem is None and "::" not in str(target):
+        problem = f"fallback target {target!r} is not like 'aten::add.Tensor'"
+    if problem:
+        raise InterpreterError(problem)
+    namespace, _, rest = str(target).partition("::")
     try:
         obj: Any = getattr(torch.ops, namespace)
         for part in rest.split("."):
             obj = getattr(obj, part)
-    except (AttributeError, RuntimeError) as e:
+    except Exception as e:  # noqa: BLE001 - torch raises AttributeError or RuntimeError
         raise InterpreterError(f"fallback target {target!r} is not a PyTorch op: {e}") from None
+    # only an operator is ever called: any other attribute on the way is refused
+    if not isinstance(obj, (torch._ops.OpOverload, torch._ops.OpOverloadPacket)):
+        raise InterpreterError(f"fallback target {target!r} is not a PyTorch operator "
+                               f"(it is a {type(obj).__name__})")
     return obj
 
 
@@ -212,14 +255,25 @@ def _decode(x: Any, tensors: Sequence[torch.Tensor]) -> Any:
         if set(x) == {"%"}:
             return tensors[x["%"]]
         if set(x) == {"dtype"} and isinstance(x["dtype"], str):
-            return getattr(torch, x["dtype"])
+            return _torch_constant(x["dtype"], torch.dtype)
         if set(x) == {"device"} and isinstance(x["device"], str):
             return torch.device(x["device"])
         if set(x) in ({"layout"}, {"memory_format"}) and isinstance(next(iter(x.values())), str):
             (name,) = x.values()
-            return getattr(torch, str(name).removeprefix("torch."))
+            kind = torch.layout if "layout" in x else torch.memory_format
+            return _torch_constant(str(name).removeprefix("torch."), kind)
         return {k: _decode(v, tensors) for k, v in x.items()}
     return x
+
+
+def _torch_constant(name: str, kind: type) -> Any:
+    """``torch.<name>`` when it is a ``kind`` (a dtype, a layout...): args are data, not code."""
+    import torch
+
+    value = getattr(torch, name, None) if _PART.match(name) and not name.startswith("_") else None
+    if not isinstance(value, kind):
+        raise ValueError(f"{name!r} is not a torch.{kind.__name__}")
+    return value
 
 
 def _flatten_tensors(out: Any) -> list[torch.Tensor]:

@@ -13,21 +13,39 @@ Errors name the line and column (``IRParseError``): a syntax error, a use of
 a value that is not defined, an unknown dtype or a bad dim expression.
 Semantic checks (types, attrs, arity) are the verifier's job, so a test can
 parse a deliberately broken graph and hand it to ``verify``.
+
+IR text may come from a file someone else wrote (an artifact's ``graph.tir``),
+so reading it never runs code and stays cheap whatever the text: dim
+expressions go through our own grammar (``dim_expr.py``), never ``sympify``;
+a ``fallback`` target must name an ATen-style operator (``check_fallback_target``);
+the text size, the nesting of kernel bodies and lists, and the digits of an
+integer are bounded, each with an ``IRParseError`` naming the place.
 """
 
 from __future__ import annotations
 
 import functools
 import json
+import re
+import time
 from pathlib import Path
 from typing import Any, Mapping
 
-import sympy
-
+from tilefx.ir.dim_expr import MAX_INT_DIGITS, DimExprError, parse_dim_expr
 from tilefx.ir.graph import AttrValue, Graph, Op, Value
-from tilefx.ir.types import DType, TensorType, parse_dim, symbol
+from tilefx.ir.interpreter import check_fallback_target
+from tilefx.ir.types import DType, TensorType, normalize_dim, symbol
 
 _DTYPES = {dt.short: dt for dt in DType}
+MAX_TEXT_CHARS = 64 << 20   # a 1000-layer model prints a few MB; lark needs ~20x the text
+MAX_NESTING = 16            # kernel bodies in kernel bodies, lists in lists (real IR: 1-2)
+# Brackets of any kind, outside strings and comments, checked before lark runs so that
+# deep text fails at once (a kernel body is 2 levels, an attribute dict 1, a list 1).
+_MAX_BRACKET_DEPTH = 4 * MAX_NESTING
+# sympy.simplify (every dim goes through it) has no cost bound that text limits can
+# guarantee; real IR spends milliseconds on its dims, hostile text is stopped here.
+DIM_SECONDS_BUDGET = 20.0
+_BRACKETS = re.compile(r'"(?:[^"\\\n]|\\.)*"|#[^\n]*|[{}\[\]]')
 
 
 class IRParseError(ValueError):
@@ -46,11 +64,32 @@ def parse_graph(text: str, constants: Mapping[str, Any] | None = None) -> Graph:
     """Parse IR text (one top-level ``graph``) into a ``Graph``."""
     import lark
 
+    if len(text) > MAX_TEXT_CHARS:
+        raise IRParseError(f"line 1, column 1: IR text of {len(text)} characters is over the "
+                           f"limit of {MAX_TEXT_CHARS}")
+    _check_depth(text)
     try:
         tree = _lark_parser().parse(text)
+        return _GraphReader(text, dict(constants or {})).graph(tree.children[0], top=True)
     except lark.exceptions.UnexpectedInput as e:
         raise IRParseError(_syntax_message(e, text)) from None
-    return _GraphReader(text, dict(constants or {})).graph(tree.children[0], top=True)
+    except RecursionError:  # the depth limits below should come first; this is the backstop
+        raise IRParseError("line 1, column 1: IR text nested too deeply to read") from None
+
+
+def _check_depth(text: str) -> None:
+    depth = 0
+    for m in _BRACKETS.finditer(text):
+        c = m.group()
+        if c in "{[":
+            depth += 1
+            if depth > _MAX_BRACKET_DEPTH:
+                line = text.count("\n", 0, m.start()) + 1
+                column = m.start() - (text.rfind("\n", 0, m.start()) + 1) + 1
+                raise IRParseError(f"line {line}, column {column}: brackets nested deeper than "
+                                   f"{_MAX_BRACKET_DEPTH}")
+        elif c in "}]":
+            depth -= 1
 
 
 def _syntax_message(e: Any, text: str) -> str:
@@ -79,6 +118,9 @@ class _GraphReader:
     def __init__(self, text: str, constants: dict[str, Any]) -> None:
         self.text = text
         self.constants = constants
+        self.depth = 0  # kernel bodies around the graph being read
+        self.dims: dict[str, Any] = {}  # dim text -> value: the same dims repeat all over
+        self.dim_seconds = 0.0
 
     def error(self, token: Any, message: str) -> IRParseError:
         return IRParseError(f"line {token.line}, column {token.column}: {message}")
@@ -131,14 +173,32 @@ class _GraphReader:
                 key_tok, value_tree = a.children
                 if str(key_tok) in attrs:
                     raise self.error(key_tok, f"attribute {key_tok} given twice")
-                attrs[str(key_tok)] = self.attr_value(value_tree)
+                attrs[str(key_tok)] = self.attr_value(value_tree, key_tok)
         types = [self.type(t) for t in types_tree.children] if types_tree.data == "result_types" else []
         if len(types) != len(result_toks):
             raise self.error(name_tok, f"op {name_tok} defines {len(result_toks)} value(s) "
                                        f"but lists {len(types)} type(s)")
         results = tuple(Value(_unquote(tok[1:]), t) for tok, t in zip(result_toks, types))
-        body = self.graph(body_tree.children[0], top=False) if body_tree is not None else None
+        if name_tok == "fallback" and "target" in attrs:
+            problem = check_fallback_target(attrs["target"])
+            if problem:
+                raise self.error(name_tok, problem)
+        body = self.body(body_tree, name_tok) if body_tree is not None else None
         return Op(str(name_tok), tuple(inputs), results, tuple(sorted(attrs.items())), body)
+
+    def body(self, tree: Any, name_tok: Any) -> Graph:
+        if self.depth >= MAX_NESTING:
+            raise self.error(name_tok, f"kernel bodies nested deeper than {MAX_NESTING}")
+        self.depth += 1
+        try:
+            return self.graph(tree.children[0], top=False)
+        finally:
+            self.depth -= 1
+
+    def int(self, tok: Any) -> int:
+        if len(tok.lstrip("-")) > MAX_INT_DIGITS:
+            raise self.error(tok, f"integer of {len(tok.lstrip('-'))} digits (at most {MAX_INT_DIGITS})")
+        return int(tok)
 
     def type(self, tree: Any) -> TensorType:
         dtype_tok, *dims = tree.children
@@ -148,18 +208,32 @@ class _GraphReader:
 
     def dim(self, tok: Any) -> Any:
         if tok.type == "INT":
-            return int(tok)
+            return self.int(tok)
         if tok.type == "IDENT":
             return symbol(str(tok))
+        text = str(tok)
+        if text in self.dims:
+            return self.dims[text]
+        if self.dim_seconds > DIM_SECONDS_BUDGET:
+            raise self.error(tok, f"dim expressions took over {DIM_SECONDS_BUDGET:.0f} s to "
+                                  "read; the text is not IR that tilefx printed")
+        t0 = time.perf_counter()
         try:
-            return parse_dim(str(tok))
-        except (sympy.SympifyError, TypeError, SyntaxError) as e:
-            raise self.error(tok, f"bad dim expression {tok!s}: {e}") from None
+            value = self.dims[text] = normalize_dim(parse_dim_expr(text[1:-1]))
+            return value
+        except DimExprError as e:
+            # the token is one line (no newline in DIMEXPR): offset 0 is just after "{"
+            where = f"line {tok.line}, column {tok.column + 1 + e.offset}"
+            raise IRParseError(f"{where}: bad dim expression {str(tok)[:80]}: {e}") from None
+        except (TypeError, ValueError, ArithmeticError) as e:  # sympy refusing an operation
+            raise self.error(tok, f"bad dim expression {str(tok)[:80]}: {e}") from None
+        finally:
+            self.dim_seconds += time.perf_counter() - t0
 
-    def attr_value(self, tree: Any) -> AttrValue:
+    def attr_value(self, tree: Any, key_tok: Any, depth: int = 0) -> AttrValue:
         kind, children = tree.data, tree.children
         if kind == "int_value":
-            return int(children[0])
+            return self.int(children[0])
         if kind == "float_value":
             return float(children[0])
         if kind == "str_value":
@@ -176,5 +250,7 @@ class _GraphReader:
         if kind == "expr_value":
             return self.dim(children[0])
         if kind == "tuple_value":
-            return tuple(self.attr_value(c) for c in children if c is not None)
+            if depth >= MAX_NESTING:
+                raise self.error(key_tok, f"attribute {key_tok}: lists nested deeper than {MAX_NESTING}")
+            return tuple(self.attr_value(c, key_tok, depth + 1) for c in children if c is not None)
         raise AssertionError(kind)

@@ -132,9 +132,28 @@ def _pad(ctx: RefContext, x: torch.Tensor) -> torch.Tensor:
     return out
 
 
+def check_take_indices(idx: torch.Tensor, size: int, axis: int = 0, wrap: bool = True) -> torch.Tensor:
+    """``idx`` with negative entries wrapped (``x[i]`` in torch); raises torch's
+    IndexError for an entry outside ``[-size, size)`` (``[0, size)`` when not ``wrap``:
+    embedding and index_select). One pass (aminmax) when all are in range."""
+    if idx.numel():
+        lo, hi = torch.aminmax(idx)
+        low = -size if wrap else 0
+        if int(lo) < low or int(hi) >= size:
+            if not wrap:
+                raise IndexError("index out of range in self")  # embedding's own words
+            flat = idx.reshape(-1)
+            bad = flat[(flat < -size) | (flat >= size)][0]
+            raise IndexError(f"index {int(bad)} is out of bounds for dimension {axis} with size {size}")
+        if int(lo) < 0:
+            idx = torch.where(idx < 0, idx + size, idx)
+    return idx
+
+
 @reference("take")
 def _take(ctx: RefContext, table: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
     axis = ctx.attrs["axis"] % table.dim()
+    idx = check_take_indices(idx, table.shape[axis], axis, ctx.attrs.get("wrap", True))
     flat = table.index_select(axis, idx.reshape(-1).long())
     return flat.reshape(table.shape[:axis] + idx.shape + table.shape[axis + 1:])
 
@@ -181,7 +200,15 @@ def _prod(ctx: RefContext, x: torch.Tensor) -> torch.Tensor:
 
 @reference("softmax")
 def _softmax(ctx: RefContext, x: torch.Tensor) -> torch.Tensor:
+    if ctx.attrs.get("safe"):
+        return safe_softmax(x, ctx.attrs["dim"])
     return torch.softmax(x, ctx.attrs["dim"])
+
+
+def safe_softmax(x: torch.Tensor, dim: int) -> torch.Tensor:
+    """softmax, except that a row of only -inf gives 0 (torch._safe_softmax; NaN stays NaN)."""
+    masked = (x == float("-inf")).all(dim, keepdim=True)
+    return torch.softmax(x, dim).masked_fill(masked, 0.0)
 
 
 @reference("log_softmax")
@@ -260,7 +287,7 @@ def _attention(ctx: RefContext, q: torch.Tensor, k: torch.Tensor, v: torch.Tenso
         scores = scores.masked_fill(~keep, float("-inf"))
     if mask is not None:
         scores = scores.masked_fill(~mask, float("-inf")) if mask.dtype == torch.bool else scores + mask
-    return torch.matmul(torch.softmax(scores, dim=-1), v)
+    return torch.matmul(safe_softmax(scores, -1), v)
 
 
 # ------------------------------------------------------------------ structural

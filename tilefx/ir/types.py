@@ -148,9 +148,8 @@ def parse_dim(text: str) -> Dim:
         text = text[1:-1]
     if text.lstrip("-").isdigit():
         return int(text)
-    # Parse twice: the first pass finds the symbol names, the second builds the
-    # expression over tilefx symbols (positive integers) from the start, so
-    # sympy simplifies ``floor``/``Mod`` with the same assumptions the
-    # original expression had and the text round-trips to an equal expression.
-    names = {s.name for s in sympy.sympify(text).free_symbols}
-    return normalize_dim(sympy.sympify(text, locals={n: symbol(n) for n in names}))
+    # our own grammar, never sympify: dim text comes from IR files and artifacts, and
+    # sympify evaluates Python (dim_expr.py builds tilefx symbols, positive integers)
+    from tilefx.ir.dim_expr import parse_dim_expr
+
+    return normalize_dim(parse_dim_expr(text))

@@ -98,7 +98,9 @@ def attention_to_softmax(rw: PatternRewriter, op: Op) -> Value | None:
         s = rw.op("add", s, mask)
     for keep in keep_masks:
         s = rw.op("where", keep, s, rw.scalar_const(float("-inf"), dtype, "neg_inf"))
-    return rw.op("matmul", rw.op("softmax", s, dim=-1), v)
+    # torch's attention softmax is a *safe* one (torch._safe_softmax): a row whose scores
+    # are all -inf (a query every key is masked from) gives 0, where softmax gives NaN
+    return rw.op("matmul", rw.op("softmax", s, dim=-1, safe=True), v)
 
 
 def drop_identity(rw: PatternRewriter, op: Op) -> Value | None:

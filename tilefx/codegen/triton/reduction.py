@@ -35,6 +35,11 @@ ROW_OPS = ("softmax", "log_softmax", "layer_norm")       # result has the input'
 SUM_LIKE = ("sum", "mean", "amax", "amin", "any", "all", "prod")  # result has the reduced shape
 # tl.reduce needs a jit-compiled combine function for a product
 PROD_COMBINE = "@triton.jit\ndef _mul(a, b):\n    return a * b\n"
+# tl.max / tl.min reduce with maxnum / minnum, which drop NaN; torch's amax, amin and
+# softmax's row max return NaN when the row has one
+NAN_COMBINE = ("@triton.jit\ndef _nan_max(a, b):\n    return tl.maximum(a, b, tl.PropagateNan.ALL)\n\n\n"
+               "@triton.jit\ndef _nan_min(a, b):\n    return tl.minimum(a, b, tl.PropagateNan.ALL)\n")
+NAN = "tl.PropagateNan.ALL"
 NEG_INF = 'float("-inf")'
 PERSISTENT_LIMIT = 4096  # widest row kept whole in one tile by default
 
@@ -165,9 +170,9 @@ class _Writer:
                    "amax": 'float("-inf")' if "float" in ct else literal(-(2 ** 62)),
                    "amin": 'float("inf")' if "float" in ct else literal(2 ** 62)}[name]
         if name in ("amax", "any"):
-            combine, final = "tl.maximum({a}, {b})", "tl.max"
+            combine, final = "tl.maximum({a}, {b}, " + NAN + ")", "tl.max"
         elif name in ("amin", "all"):
-            combine, final = "tl.minimum({a}, {b})", "tl.min"
+            combine, final = "tl.minimum({a}, {b}, " + NAN + ")", "tl.min"
         elif name == "prod":
             combine, final = "{a} * {b}", "tl.reduce"
         else:
@@ -184,8 +189,12 @@ class _Writer:
                 self.store_inputs(idx, mask)
                 x = e.tmp(self.where(mask, self.x_value(idx, mask), neutral))
                 e.line(f"{acc} = {combine.format(a=acc, b=x)}")
-        res = e.tmp(f"tl.reduce({acc}, 1, _mul)[:, None]" if name == "prod" else
-                    f"{final}({acc}, 1)[:, None]", "r")
+        if name == "prod":
+            res = e.tmp(f"tl.reduce({acc}, 1, _mul)[:, None]", "r")
+        elif name in ("amax", "amin") and "float" in ct:
+            res = e.tmp(f"tl.reduce({acc}, 1, _nan_{name[1:]})[:, None]", "r")
+        else:
+            res = e.tmp(f"{final}({acc}, 1)[:, None]", "r")
         if name == "mean":
             res = e.tmp(f"{res} / {p.R}", "r")
         if name in ("any", "all"):
@@ -232,9 +241,13 @@ class _Writer:
             with e.block():
                 idx, mask = self.tile("r0")
                 x = e.tmp(self.x_value(idx, mask), "x")
-                mc = e.tmp(f"tl.maximum({m}, tl.max({self.where(mask, x, NEG_INF)}, 1)[:, None])")
-                ex = self.where(mask, f"tl.exp({x} - {mc})", "0.0")
-                e.line(f"{s} = {s} * tl.exp({m} - {mc}) + tl.sum({ex}, 1)[:, None]")
+                mc = e.tmp(f"tl.maximum({m}, tl.reduce({self.where(mask, x, NEG_INF)}, 1, _nan_max)"
+                           f"[:, None], {NAN})")
+                # a max still -inf (a leading masked block) rescales by 1 and adds 0s, not
+                # exp(-inf - -inf) = NaN; NaN and +inf pass through, as in torch
+                safe = e.tmp(f'tl.where({mc} == float("-inf"), 0.0, {mc})')
+                ex = self.where(mask, f"tl.exp({x} - {safe})", "0.0")
+                e.line(f"{s} = {s} * tl.exp({m} - {safe}) + tl.sum({ex}, 1)[:, None]")
                 e.line(f"{m} = {mc}")
             stats = (m, s)
         e.line(f"for r0 in range(0, {p.R}, RBLOCK):")
@@ -251,7 +264,7 @@ class _Writer:
             rstd = e.tmp(f"tl.rsqrt(tl.sum({d} * {d}, 1)[:, None] / {p.R} + "
                          f"{literal(float(p.anchor.attr('eps')))})", "rstd")
             return mean, rstd
-        m = e.tmp(f"tl.max({self.where(mask, x, NEG_INF)}, 1)[:, None]", "m")
+        m = e.tmp(f"tl.reduce({self.where(mask, x, NEG_INF)}, 1, _nan_max)[:, None]", "m")
         s = e.tmp(f"tl.sum({self.where(mask, f'tl.exp({x} - {m})', '0.0')}, 1)[:, None]", "s")
         return m, s
 
@@ -259,7 +272,9 @@ class _Writer:
         e, p = self.e, self.p
         a, b = stats
         name = p.anchor.name
-        if name == "softmax":
+        if name == "softmax" and p.anchor.attr("safe", False):  # all -inf row: 0, not NaN
+            y = e.tmp(f"tl.where({a} == float('-inf'), 0.0, tl.exp({x} - {a}) / {b})", "y")
+        elif name == "softmax":
             y = e.tmp(f"tl.exp({x} - {a}) / {b}", "y")
         elif name == "log_softmax":
             y = e.tmp(f"{x} - {a} - tl.log({b})", "y")
@@ -290,7 +305,9 @@ def emit(body: Graph, name: str, schedule: Schedule) -> KernelSource:
         for j in p.out_domain:
             zero = None if p.X > 1 else "xoffs * 0"
             e.store(f"out{j}", body.outputs[j], oidx, w.xmask, zero=zero)
-    text = "\n".join([HEADER] + ([PROD_COMBINE] if p.anchor.name == "prod" else []) + ["@triton.jit",
+    nan = p.anchor.name in ("softmax", "log_softmax", "amax", "amin")
+    text = "\n".join([HEADER] + ([NAN_COMBINE] if nan else []) +
+                      ([PROD_COMBINE] if p.anchor.name == "prod" else []) + ["@triton.jit",
                       f"def {name}({', '.join(ins + outs)}, XBLOCK: tl.constexpr, RBLOCK: tl.constexpr):",
                       *e.lines, "",
                       f"def launch({', '.join(ins + outs)}):",

@@ -4,20 +4,32 @@ The key is the structural hash of the scheduled PrimFunc together with the
 target and the TVM version, so equal code is compiled once across processes.
 Files are written atomically (temp file + rename); a file that fails to load
 is reported and rebuilt, never a crash.
+
+A cached ``.so`` is code that gets dlopen-ed, so it is never trusted by name
+alone: ``store`` records ``sha256(key, bytes)`` in ``<key>.sha256`` beside it,
+and ``load`` recomputes it before loading. Binding the key into the hash means
+a valid library copied over another entry (with or without its ``.sha256``)
+does not pass as that entry. A missing or wrong hash is reported in one
+warning line, the entry deleted and the kernel rebuilt. This guards against
+mix-ups and damage, not against someone who can write the cache folder (they
+could compute the hash too): the folder must be writable by its user only.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import os
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from tilefx.codegen.target import Target
 
 log = logging.getLogger("tilefx.codegen.tvm")
+
+_HASH_SUFFIX = ".sha256"
 
 
 def cache_dir() -> Path:
@@ -34,11 +46,64 @@ def kernel_key(mod: Any, target: Target) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:32]
 
 
+def entry_digest(key: str, path: Path) -> str:
+    """sha256 of the key and the file's bytes: what ``<key>.sha256`` must hold."""
+    h = hashlib.sha256(f"tilefx-kernel-cache|{key}|".encode())
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+@contextlib.contextmanager
+def _locked(directory: Path) -> Iterator[None]:
+    """Hold the cache folder's lock, so a ``.so`` and its hash are replaced and read as a
+    pair by concurrent processes (where ``fcntl`` exists; elsewhere a race only costs a
+    rebuild)."""
+    try:
+        import fcntl
+    except ImportError:  # not POSIX
+        yield
+        return
+    with open(directory / ".lock", "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def verified_path(key: str) -> Path | None:
+    """The entry's ``.so`` if it exists and matches its recorded hash, else None; a bad
+    entry (no hash, a wrong one, a symlink) is reported and deleted."""
+    directory = cache_dir()
+    path = directory / f"{key}.so"
+    if not path.exists() and not path.is_symlink():
+        return None
+    sidecar = directory / f"{key}{_HASH_SUFFIX}"
+    with _locked(directory):
+        problem = None
+        if path.is_symlink() or not path.is_file():
+            problem = "is not a regular file"
+        elif not sidecar.is_file() or sidecar.is_symlink():
+            problem = "has no recorded sha256"
+        elif sidecar.read_text().strip() != entry_digest(key, path):
+            problem = "does not match its recorded sha256 (replaced or corrupt)"
+        if problem is None:
+            return path
+        log.warning("kernel cache entry %s is unreadable: it %s; deleting and rebuilding it",
+                    path, problem)
+        for p in (path, sidecar):
+            with contextlib.suppress(OSError):
+                p.unlink()
+    return None
+
+
 def load(key: str) -> Any | None:
     import tvm
 
-    path = cache_dir() / f"{key}.so"
-    if not path.exists():
+    path = verified_path(key)
+    if path is None:
         return None
     try:
         with open(path, "rb") as f:
@@ -52,11 +117,21 @@ def load(key: str) -> Any | None:
 
 def store(key: str, module: Any) -> None:
     directory = cache_dir()
+    tmp = ""
     try:
         directory.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(suffix=".so", dir=directory)
         os.close(fd)
         module.export_library(tmp)
-        os.replace(tmp, directory / f"{key}.so")
+        digest = entry_digest(key, Path(tmp))
+        fd, tmp_hash = tempfile.mkstemp(suffix=_HASH_SUFFIX, dir=directory)
+        with os.fdopen(fd, "w") as f:
+            f.write(digest + "\n")
+        with _locked(directory):
+            os.replace(tmp, directory / f"{key}.so")
+            os.replace(tmp_hash, directory / f"{key}{_HASH_SUFFIX}")
     except Exception as e:  # noqa: BLE001 - caching is an optimization only
         log.warning("could not store kernel %s in the cache at %s: %s", key, directory, e)
+        with contextlib.suppress(OSError):
+            if tmp:
+                os.unlink(tmp)

@@ -10,10 +10,12 @@ contraction computes are named ``matmul`` / ``conv2d`` (with a separate
 from __future__ import annotations
 
 import math
+from typing import Any, Callable
 
 from tvm import te, tirx, topi
 
-from tilefx.codegen.tvm.te_ops import TeContext, dt, out_dtype, shape_of, te_op
+from tilefx.codegen.tvm.te_ops import (TeContext, dt, from_order_key, isfinite, lowest,
+                                        nan_max_reducer, order_key, out_dtype, shape_of, te_op)
 from tilefx.ir.graph import Op
 
 
@@ -26,9 +28,16 @@ def _axes(op: Op, rank: int) -> list[int]:
 def _reduce(ctx: TeContext, op: Op, ins: list[te.Tensor]) -> list[te.Tensor]:
     (x,) = ins
     axes, keep = _axes(op, len(x.shape)), bool(op.attr("keepdim"))
-    fn = {"sum": topi.sum, "mean": topi.sum, "amax": topi.max, "amin": topi.min,
-          "prod": topi.prod, "any": topi.any, "all": topi.all}[op.name]
-    red = fn(x, axis=axes, keepdims=keep)
+    if op.name in ("amax", "amin"):  # topi's max / min drop NaN (LLVM maxnum): reduce keys
+        wins = op.name[1:]
+        red = _reduce_axes(x, axes, keep, te.max if wins == "max" else te.min,
+                           lambda v: order_key(v, wins), f"{ctx.name(op)}_red")
+        dtype = out_dtype(op)
+        return [te.compute(shape_of(op), lambda *i: from_order_key(red[i], dtype), name=ctx.name(op))]
+    else:
+        fn = {"sum": topi.sum, "mean": topi.sum, "prod": topi.prod, "any": topi.any,
+              "all": topi.all}[op.name]
+        red = fn(x, axis=axes, keepdims=keep)
     if op.name != "mean":
         return [te.compute(shape_of(op), lambda *i: red[i], name=ctx.name(op))]
     count = math.prod(int(x.shape[a]) for a in axes)
@@ -36,18 +45,44 @@ def _reduce(ctx: TeContext, op: Op, ins: list[te.Tensor]) -> list[te.Tensor]:
     return [te.compute(shape_of(op), lambda *i: red[i] / tirx.const(count, dt), name=ctx.name(op))]
 
 
+def _reduce_axes(x: te.Tensor, axes: list[int], keep: bool, reducer: Any,
+                 value: Callable[[tirx.PrimExpr], tirx.PrimExpr], name: str) -> te.Tensor:
+    """``reducer`` of ``value(x)`` over ``axes`` (kept as size 1 when ``keep``), like topi's."""
+    rank = len(x.shape)
+    ks = {a: te.reduce_axis((0, int(x.shape[a])), name=f"{name}_k{a}") for a in axes}
+    shape = [1 if a in ks else int(d) for a, d in enumerate(x.shape) if keep or a not in ks]
+
+    def body(*idx):
+        it, src = iter(idx), []
+        for a in range(rank):
+            if a in ks:
+                src.append(ks[a])
+                if keep:
+                    next(it)
+            else:
+                src.append(next(it))
+        return reducer(value(x[tuple(src)]), axis=list(ks.values()))
+    return te.compute(shape, body, name=name)
+
+
 def _row_reduce(x: te.Tensor, axis: int, kind: str, name: str, value=None) -> te.Tensor:
     """Reduce ``value(idx)`` (default ``x[idx]``) along ``axis``, keeping it as size 1."""
     shape = [int(d) for d in x.shape]
     k = te.reduce_axis((0, shape[axis]), name=f"{name}_k")
     value = value or (lambda idx: x[idx])
-    reducer = te.max if kind == "max" else te.sum
+    row = [d if i != axis else 1 for i, d in enumerate(shape)]
 
     def body(*idx):
         src = list(idx)
         src[axis] = k
-        return reducer(value(tuple(src)), axis=k)
-    return te.compute([d if i != axis else 1 for i, d in enumerate(shape)], body, name=name)
+        if kind == "max":  # of the order keys: a row with a NaN has a NaN max (te_ops)
+            return te.max(order_key(value(tuple(src)), "max"), axis=k)
+        return te.sum(value(tuple(src)), axis=k)
+    red = te.compute(row, body, name=name)
+    if kind != "max":
+        return red
+    return te.compute(row, lambda *i: from_order_key(red[i], dt(x[(0,) * len(shape)])),
+                      name=f"{name}_value")
 
 
 def _at_row(t: te.Tensor, idx: tuple, axis: int):
@@ -120,7 +155,13 @@ def _softmax(ctx, op, ins):
     axis = op.attr("dim") % len(x.shape)
     base = ctx.name(op)
     mx = _row_reduce(x, axis, "max", f"{base}_max")
-    one = tirx.const(1.0, x.dtype)
+    one, nan = tirx.const(1.0, x.dtype), tirx.const(math.nan, x.dtype)
+
+    def per_row(i: tuple, value: tirx.PrimExpr) -> tirx.PrimExpr:
+        # torch computes exp(x - max): a row with a NaN, a +inf or only -inf has a NaN
+        # there, so its sum and every result are NaN. fast_exp(edges=False) does not
+        # keep NaN, so say it once per row (hoisted out of the row loop with 1/sum)
+        return tirx.Select(isfinite(_at_row(mx, i, axis)), value, nan)
     if op.name == "softmax":
         # exp once per element into a row buffer (the schedule keeps blocks named
         # *_rowbuf per row, in L1), then sum it and scale it; times the reciprocal:
@@ -128,11 +169,14 @@ def _softmax(ctx, op, ins):
         ex = te.compute(x.shape, lambda *i: fast_exp(x[i] - _at_row(mx, i, axis), edges=False),
                         name=f"{base}_rowbuf")
         sm = _row_reduce(ex, axis, "sum", f"{base}_sum")
-        body = lambda *i: ex[i] * (one / _at_row(sm, i, axis))  # noqa: E731
+        body = lambda *i: ex[i] * per_row(i, one / _at_row(sm, i, axis))  # noqa: E731
+        if op.attr("safe", False):  # a row of only -inf (its max is -inf) gives 0, not NaN
+            neg_inf, zero, plain = tirx.const(-math.inf, x.dtype), tirx.const(0.0, x.dtype), body
+            body = lambda *i: tirx.Select(_at_row(mx, i, axis) == neg_inf, zero, plain(*i))  # noqa: E731
     else:
         sm = _row_reduce(x, axis, "sum", f"{base}_sum",
                          lambda idx: fast_exp(x[idx] - _at_row(mx, idx, axis), edges=False))
-        body = lambda *i: x[i] - _at_row(mx, i, axis) - te.log(_at_row(sm, i, axis))  # noqa: E731
+        body = lambda *i: x[i] - _at_row(mx, i, axis) - per_row(i, te.log(_at_row(sm, i, axis)))  # noqa: E731
     return [te.compute(shape_of(op), body, name=base)]
 
 
@@ -184,8 +228,11 @@ def _pool(ctx, op, ins):
     if op.name == "max_pool2d":
         def body(n, c, oh, ow):
             i, j = pos(oh, ry, sh, ph, dh), pos(ow, rx, sw, pw, dw)
-            value = tirx.if_then_else(inside(i, j), x[n, c, i, j], tirx.min_value(dt))
-            return te.max(value, axis=[ry, rx])
+            # a window with a NaN is NaN, as in torch. if_then_else, not Select on a
+            # clamped read: TVM drops the clamp under the Select's condition and the
+            # padding reads fall outside the buffer
+            value = tirx.if_then_else(inside(i, j), x[n, c, i, j], lowest(dt))
+            return nan_max_reducer(value, axis=[ry, rx])
         return [te.compute(shape_of(op), body, name=ctx.name(op))]
 
     base = ctx.name(op)

@@ -94,6 +94,113 @@ def const(value: float | int | bool, dtype: str) -> tirx.PrimExpr:
     return tirx.const(value, dtype)
 
 
+# ---------------------------------------------------------------- NaN as torch has it
+# tirx.max / tirx.min become LLVM maxnum / minnum, which return the other operand
+# when one is NaN; torch's max, min, relu, clamp and reductions return NaN. Against a
+# constant (relu, clamp) the helpers are one compare and one blend per vector:
+# 512x1024 relu / clamp / softmax measured within noise of maxnum.
+
+def _is_float(x: tirx.PrimExpr) -> bool:
+    return "float" in dt(x)
+
+
+def _is_const(x: tirx.PrimExpr) -> bool:
+    return isinstance(x, (tirx.FloatImm, tirx.IntImm))
+
+
+def nan_max(a: tirx.PrimExpr, b: tirx.PrimExpr) -> tirx.PrimExpr:
+    """``max(a, b)`` that is NaN when either is (torch.maximum); plain max for integers."""
+    if not _is_float(a):
+        return tirx.max(a, b)
+    if _is_const(b):  # b is never NaN: "a < b ? b : a" keeps a NaN a
+        return tirx.Select(a < b, b, a)
+    return tirx.Select(tirx.any(a > b, isnan(a)), a, b)
+
+
+def nan_min(a: tirx.PrimExpr, b: tirx.PrimExpr) -> tirx.PrimExpr:
+    """``min(a, b)`` that is NaN when either is (torch.minimum); plain min for integers."""
+    if not _is_float(a):
+        return tirx.min(a, b)
+    if _is_const(b):
+        return tirx.Select(a > b, b, a)
+    return tirx.Select(tirx.any(a < b, isnan(a)), a, b)
+
+
+def lowest(dtype: Any) -> tirx.PrimExpr:
+    """The identity of max: -inf (not the lowest finite value: the max of -infs is -inf)."""
+    return tirx.const(-math.inf, str(dtype)) if "float" in str(dtype) else tirx.min_value(str(dtype))
+
+
+# Reductions (amax / amin / max pooling / softmax's row max) reduce an integer *key*
+# of each float instead of the float: the key orders as the floats do, and every NaN
+# gets the key that wins (the largest for max, the smallest for min). A NaN-aware
+# float combiner is a compare, an or and a blend on the accumulator's dependency
+# chain (amax of 512x1024 measured 2x slower), and rfactor does not know it, so
+# those rows stayed serial; an integer max is one 1-cycle op on the chain, and the
+# few integer ops of the key are off it.
+
+def _key_dtype(dtype: str) -> str:
+    return {"float32": "int32", "float64": "int64", "float16": "int16", "bfloat16": "int16"}[dtype]
+
+
+_INF_BITS = {"float32": 0x7F800000, "float64": 0x7FF0000000000000, "float16": 0x7C00,
+             "bfloat16": 0x7F80}
+
+
+def _magnitude_bits(x: tirx.PrimExpr) -> tuple[tirx.PrimExpr, tirx.PrimExpr]:
+    kdt = _key_dtype(dt(x))
+    width = int(kdt[3:])
+    bits = tirx.reinterpret(kdt, x) & tirx.const((1 << (width - 1)) - 1, kdt)
+    return bits, tirx.const(_INF_BITS[dt(x)], kdt)
+
+
+def isnan(x: tirx.PrimExpr) -> tirx.PrimExpr:
+    """``x`` is NaN, tested on its bits. TVM's vectorizer scalarizes a loop holding
+    ``tirx.isnan`` (measured: gathers and scatters), and simplifies ``x != x`` to
+    false; integer ops on the bits vectorize."""
+    if not _is_float(x):
+        return tirx.const(False, "bool")
+    bits, inf = _magnitude_bits(x)
+    return bits > inf
+
+
+def isfinite(x: tirx.PrimExpr) -> tirx.PrimExpr:
+    """Neither NaN nor an infinity, tested on the bits (see ``isnan``)."""
+    if not _is_float(x):
+        return tirx.const(True, "bool")
+    bits, inf = _magnitude_bits(x)
+    return bits < inf
+
+
+def _flip(bits: tirx.PrimExpr, kdt: str) -> tirx.PrimExpr:
+    # negative floats order backwards as integers: flip their magnitude bits (an involution)
+    width = int(kdt[3:])
+    sign = tirx.shift_right(bits, tirx.const(width - 1, kdt))  # 0 or -1 (arithmetic)
+    return bits ^ (sign & tirx.const((1 << (width - 1)) - 1, kdt))
+
+
+def order_key(x: tirx.PrimExpr, nan_wins: str) -> tirx.PrimExpr:
+    """An integer that orders as ``x`` (-0 just below +0); NaN is the largest key when
+    ``nan_wins == "max"`` and the smallest for ``"min"``. Integers are their own key."""
+    if not _is_float(x):
+        return x
+    kdt = _key_dtype(dt(x))
+    nan = tirx.max_value(kdt) if nan_wins == "max" else tirx.min_value(kdt)
+    return tirx.Select(isnan(x), nan, _flip(tirx.reinterpret(kdt, x), kdt))
+
+
+# A float reducer for windows (max pooling), which stay serial: no rfactor to know it,
+# and no second block to turn keys back into floats (that one broke the pool's schedule)
+nan_max_reducer = te.comm_reducer(lambda a, b: nan_max(a, b), lowest, name="nan_max")
+
+
+def from_order_key(k: tirx.PrimExpr, dtype: str) -> tirx.PrimExpr:
+    """The float of a key (either NaN key gives a NaN)."""
+    if "float" not in dtype:
+        return k
+    return tirx.reinterpret(dtype, _flip(k, _key_dtype(dtype)))
+
+
 # ---------------------------------------------------------------- unary
 
 def _erf(x: tirx.PrimExpr) -> tirx.PrimExpr:
@@ -108,7 +215,7 @@ def _fast_erf(x: tirx.PrimExpr) -> tirx.PrimExpr:
     # The float32 rational approximation of Eigen / XLA (the one topi.fast_erf uses).
     dtype = dt(x)
     c = lambda v: tirx.const(v, dtype)  # noqa: E731
-    x = tirx.max(tirx.min(x, c(4.0)), c(-4.0))
+    x = nan_max(nan_min(x, c(4.0)), c(-4.0))  # erf(NaN) is NaN
     x2 = x * x
     alpha = (-2.72614225801306e-10, 2.77068142495902e-08, -2.10102402082508e-06,
              -5.69250639462346e-05, -7.34990630326855e-04, -2.95459980854025e-03,
@@ -149,7 +256,7 @@ def _sign(x: tirx.PrimExpr) -> tirx.PrimExpr:
 
 def _hardsigmoid(x: tirx.PrimExpr) -> tirx.PrimExpr:
     c = lambda v: tirx.const(v, dt(x))  # noqa: E731
-    return tirx.min(tirx.max(x + c(3.0), c(0.0)), c(6.0)) / c(6.0)
+    return nan_min(nan_max(x + c(3.0), c(0.0)), c(6.0)) / c(6.0)
 
 
 def _logical_not(x: tirx.PrimExpr) -> tirx.PrimExpr:
@@ -170,7 +277,7 @@ def _fast(name: str) -> Callable[[tirx.PrimExpr], tirx.PrimExpr]:
 UNARY_FNS: dict[str, Callable[[tirx.PrimExpr], tirx.PrimExpr]] = {
     "neg": lambda x: -x,
     "exp": _fast("fast_exp"), "log": te.log, "sqrt": te.sqrt, "rsqrt": te.rsqrt, "abs": te.abs,
-    "relu": lambda x: tirx.max(x, _zero(x)),
+    "relu": lambda x: nan_max(x, _zero(x)),
     "sigmoid": _fast("fast_sigmoid"), "tanh": _fast("fast_tanh"),
     "silu": lambda x: x * _fast("fast_sigmoid")(x),
     "hardswish": lambda x: x * _hardsigmoid(x),
@@ -203,9 +310,9 @@ def _clamp(ctx, op, ins):
 
     def fn(x):
         if lo is not None:
-            x = tirx.max(x, tirx.const(lo, dt(x)))
+            x = nan_max(x, tirx.const(lo, dt(x)))
         if hi is not None:
-            x = tirx.min(x, tirx.const(hi, dt(x)))
+            x = nan_min(x, tirx.const(hi, dt(x)))
         return x
     return elementwise(ctx, op, ins, fn)
 
@@ -233,6 +340,45 @@ def _pow(a: tirx.PrimExpr, b: tirx.PrimExpr) -> tirx.PrimExpr:
     return tirx.Cast(dt(a), tirx.round(wide))
 
 
+def _scalar_constant(x: tirx.PrimExpr) -> float | None:
+    """The value of ``x`` if it reads a scalar ``const`` of the kernel body, else None."""
+    if isinstance(x, te.TensorSlice):  # t[()] before arithmetic turns it into a load
+        tensor = x.tensor
+    elif getattr(getattr(x, "op", None), "name", "") == "te.tensor_load" and x.args:
+        tensor = x.args[0]
+    else:
+        return None
+    body = getattr(getattr(tensor, "op", None), "body", None)
+    return float(body[0].value) if body and isinstance(body[0], tirx.FloatImm) else None
+
+
+def _ieee_mul(a: tirx.PrimExpr, b: tirx.PrimExpr) -> tirx.PrimExpr:
+    """``a * b``; against a float constant 0 it says what IEEE says: NaN for an infinite
+    or NaN ``a``. TVM's simplifier folds ``x * 0.0`` to 0 once the constant is inlined
+    (``x * 0`` of inf was 0 where torch has NaN)."""
+    for x, other in ((a, b), (b, a)):
+        if _is_float(x) and _scalar_constant(other) == 0.0:
+            return _zero_unless_finite(x)
+    return a * b
+
+
+def _ieee_sub(a: tirx.PrimExpr, b: tirx.PrimExpr) -> tirx.PrimExpr:
+    """``a - b``; ``x - x`` is NaN for an infinite or NaN ``x`` (TVM folds it to 0)."""
+    import tvm_ffi
+
+    if _is_float(a) and tvm_ffi.structural_equal(_loaded(a), _loaded(b)):
+        return _zero_unless_finite(a)
+    return a - b
+
+
+def _loaded(x: tirx.PrimExpr) -> tirx.PrimExpr:
+    return x.asobject() if isinstance(x, te.TensorSlice) else x
+
+
+def _zero_unless_finite(x: tirx.PrimExpr) -> tirx.PrimExpr:
+    return tirx.Select(isfinite(x), tirx.const(0.0, dt(x)), tirx.const(math.nan, dt(x)))
+
+
 def _bool_or_arith(on_bool: Callable[[tirx.PrimExpr, tirx.PrimExpr], tirx.PrimExpr],
                    arith: Callable[[tirx.PrimExpr, tirx.PrimExpr], tirx.PrimExpr]) -> Callable:
     """torch's arithmetic on bool tensors is logic (``True + True`` is True); LLVM has no
@@ -244,10 +390,10 @@ _or = lambda a, b: tirx.any(_as_bool(a), _as_bool(b))  # noqa: E731
 _and = lambda a, b: tirx.all(_as_bool(a), _as_bool(b))  # noqa: E731
 
 BINARY_FNS: dict[str, Callable[[tirx.PrimExpr, tirx.PrimExpr], tirx.PrimExpr]] = {
-    "add": _bool_or_arith(_or, lambda a, b: a + b), "sub": lambda a, b: a - b,
-    "mul": _bool_or_arith(_and, lambda a, b: a * b),
-    "div": _div, "pow": _pow, "maximum": _bool_or_arith(_or, tirx.max),
-    "minimum": _bool_or_arith(_and, tirx.min),
+    "add": _bool_or_arith(_or, lambda a, b: a + b), "sub": _ieee_sub,
+    "mul": _bool_or_arith(_and, lambda a, b: _ieee_mul(a, b)),
+    "div": _div, "pow": _pow, "maximum": _bool_or_arith(_or, nan_max),
+    "minimum": _bool_or_arith(_and, nan_min),
     "eq": lambda a, b: a == b, "ne": lambda a, b: a != b, "lt": lambda a, b: a < b,
     "le": lambda a, b: a <= b, "gt": lambda a, b: a > b, "ge": lambda a, b: a >= b,
     "logical_and": _and, "logical_or": _or,
@@ -378,6 +524,10 @@ def _take(ctx, op, ins):
         i = indices[tuple(idx[axis:axis + nidx])]
         i = tirx.Cast("int64", i)
         i = tirx.Select(i < 0, i + size, i)  # negative indices count from the end
+        # never read outside the table, even if the runtime's bounds check (which
+        # raises IndexError as torch does) was bypassed: an index out of range reads
+        # the nearest row
+        i = tirx.max(tirx.min(i, tirx.const(size - 1, "int64")), tirx.const(0, "int64"))
         src = list(idx[:axis]) + [i] + list(idx[axis + nidx:])
         return table[tuple(src)]
     return [te.compute(shape_of(op), body, name=ctx.name(op))]

@@ -217,13 +217,14 @@ def _constant_pad(ctx, node, args, kwargs):
 @lowers(aten.embedding.default)
 def _embedding(ctx, node, args, kwargs):
     # padding_idx / scale_grad_by_freq only matter for the backward pass
-    return ctx.b.op("take", args[0], args[1], axis=0)
+    # torch's embedding and index_select refuse negative indices; w[i] wraps them
+    return ctx.b.op("take", args[0], args[1], axis=0, wrap=False)
 
 
 @lowers(aten.index_select.default)
 def _index_select(ctx, node, args, kwargs):
     x, dim, index = args
-    return ctx.b.op("take", x, index, axis=normalize_axis(dim, x.type.rank))
+    return ctx.b.op("take", x, index, axis=normalize_axis(dim, x.type.rank), wrap=False)
 
 
 @lowers(aten.index.Tensor)

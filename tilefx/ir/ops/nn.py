@@ -34,7 +34,9 @@ def _same_type(types, attrs):
     return [types[0]]
 
 
-register_op("softmax", Category.reduction, attrs={"dim": REQUIRED})(_same_type)
+# safe: a row whose inputs are all -inf gives 0, not NaN (torch._safe_softmax, what
+# scaled_dot_product_attention uses for a query every key is masked from)
+register_op("softmax", Category.reduction, attrs={"dim": REQUIRED, "safe": False})(_same_type)
 register_op("log_softmax", Category.reduction, attrs={"dim": REQUIRED})(_same_type)
 
 

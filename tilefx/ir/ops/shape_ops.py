@@ -78,8 +78,10 @@ def _pad(types, attrs):
     return [x.with_shape(tuple(d + pads[2 * i] + pads[2 * i + 1] for i, d in enumerate(x.shape)))]
 
 
-@register_op("take", Category.injective, inputs=2, attrs={"axis": 0},
-             doc="take(table, indices): gather along axis (embedding is take on axis 0)")
+@register_op("take", Category.injective, inputs=2, attrs={"axis": 0, "wrap": True},
+             doc="take(table, indices): gather along axis (embedding is take on axis 0); "
+                 "wrap: a negative index counts from the end (w[i]), else it is out of "
+                 "range (embedding, index_select)")
 def _take(types, attrs):
     table, idx = types
     if not idx.dtype.is_int:

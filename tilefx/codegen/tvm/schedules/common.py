@@ -92,7 +92,7 @@ def loop_extent(sch: s_tir.Schedule, loop: Any) -> int:
     return int(sch.get(loop).extent)
 
 
-def vectorize(sch: s_tir.Schedule, loop: Any) -> bool:
+def vectorize_loop(sch: s_tir.Schedule, loop: Any) -> bool:
     """Vectorize ``loop`` if its body is one block and nothing else; else leave it serial.
 
     A block moved under another block's loops (``reverse_compute_at``) whose own loops all
@@ -119,7 +119,7 @@ def parallel_vectorize(sch: s_tir.Schedule, loops: list[Any], *, vectorize: int,
     unr = pow2_divisor(extent // vec, unroll) if unroll > 1 else 1
     outer, mid, inner = sch.split(fused, [None, unr, vec])
     if vec > 1:
-        vectorize(sch, inner)
+        vectorize_loop(sch, inner)
     if unr > 1:
         sch.unroll(mid)
     if parallel and loop_extent(sch, outer) >= min_parallel:

@@ -116,10 +116,10 @@ def vectorize_inner(sch: Any, block: Any, lanes: int, c: Any) -> None:
     if vec == extent or vec < 4:
         # an odd extent: one wide vector (LLVM splits it into registers), unless huge
         if extent <= 4 * lanes:
-            c.attempt("vectorize", lambda: c.vectorize(sch, inner))
+            c.attempt("vectorize", lambda: c.vectorize_loop(sch, inner))
         return
     outer, inner = sch.split(inner, [None, vec])
-    c.vectorize(sch, inner)
+    c.vectorize_loop(sch, inner)
     if extent // vec <= 8:
         c.attempt("unroll", lambda: sch.unroll(outer))
 

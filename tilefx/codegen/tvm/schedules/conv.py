@@ -168,7 +168,7 @@ def _blocked_pad(sch: Any, pad: Any, cb: int, lanes: int, c: Any) -> list[Any]:
     sch.reorder(n, c0, i, j, c1)
     outer = sch.fuse(n, c0, i)
     c.attempt("pad parallel", lambda: sch.parallel(outer))
-    c.attempt("pad vectorize", lambda: c.vectorize(sch, c1) if cb <= 4 * lanes else None)
+    c.attempt("pad vectorize", lambda: c.vectorize_loop(sch, c1) if cb <= 4 * lanes else None)
     return [pad]
 
 
@@ -217,9 +217,9 @@ def _oc_vector(sch: Any, anchor: Any, weight: int | None, schedule: Schedule, la
     if reg_oc > lanes and reg_oc % lanes == 0:
         oc1a, oc1b = sch.split(oc1, [reg_oc // lanes, lanes])
         sch.unroll(oc1a)
-        c.vectorize(sch, oc1b)
+        c.vectorize_loop(sch, oc1b)
     else:
-        c.vectorize(sch, oc1)
+        c.vectorize_loop(sch, oc1)
     init = sch.decompose_reduction(anchor, reduce[0])  # after vectorize: see matmul.py
     c.attempt("init vectorize", lambda: vectorize_inner(sch, init, 2 * lanes, c))
     epilogue_at(sch, epilogue, outer, lanes, c)
@@ -270,11 +270,11 @@ def _ow_vector(sch: Any, anchor: Any, schedule: Schedule, lanes: int, c: Any) ->
     if schedule.get("parallel", True) and c.loop_extent(sch, outer) > 1:
         sch.parallel(outer)
     sch.reverse_compute_at(writeback, ow0)
-    c.attempt("writeback vectorize", lambda: c.vectorize(sch, sch.get_loops(writeback)[-1]))
+    c.attempt("writeback vectorize", lambda: c.vectorize_loop(sch, sch.get_loops(writeback)[-1]))
     sch.unroll(oh1)
-    c.vectorize(sch, ow1)
+    c.vectorize_loop(sch, ow1)
     init = sch.decompose_reduction(anchor, rc)
-    c.attempt("init vectorize", lambda: c.vectorize(sch, sch.get_loops(init)[-1]))
+    c.attempt("init vectorize", lambda: c.vectorize_loop(sch, sch.get_loops(init)[-1]))
     epilogue_at(sch, epilogue, outer, lanes, c)
     handled = [anchor, init, writeback, *epilogue]
     # little work per input element: pad per task, into a buffer that stays in L1,
@@ -287,7 +287,7 @@ def _ow_vector(sch: Any, anchor: Any, schedule: Schedule, lanes: int, c: Any) ->
         c.attempt("pad phases", lambda: sch.transform_layout(
             pad[0], ("write", 0), lambda n_, ch, i, j: (n_, ch, i, j % stride, j // stride)))
     if pad and c.attempt("pad at tile", lambda: sch.compute_at(pad[0], outer)) is not None:
-        c.attempt("pad vectorize", lambda: c.vectorize(sch, sch.get_loops(pad[0])[-1]))
+        c.attempt("pad vectorize", lambda: c.vectorize_loop(sch, sch.get_loops(pad[0])[-1]))
         handled.append(pad[0])
     return handled
 

@@ -123,7 +123,7 @@ def apply(sch: Any, anchor: Any, schedule: Schedule, target: Target) -> list[Any
     if unroll_k > 1:
         sch.unroll(k1)
     sch.unroll(i2)
-    c.vectorize(sch, j2)
+    c.vectorize_loop(sch, j2)
     # last: the update block left by the decomposition no longer counts as a
     # reduction, so vectorize/unroll refuse its loops afterwards
     init = sch.decompose_reduction(anchor, k0)
@@ -172,5 +172,5 @@ def _schedule_pack(sch: Any, block: Any, c: Any, lanes: int) -> None:
     if len(loops) >= 2:
         c.attempt("pack parallel", lambda: sch.parallel(sch.fuse(*loops[:-1]) if len(loops) > 2
                                                          else loops[0]))
-    c.attempt("pack vectorize", lambda: c.vectorize(sch, sch.get_loops(block)[-1])
+    c.attempt("pack vectorize", lambda: c.vectorize_loop(sch, sch.get_loops(block)[-1])
               if c.loop_extent(sch, sch.get_loops(block)[-1]) <= 64 else None)

@@ -93,7 +93,7 @@ def _transposed_axis(sch: Any, block: Any) -> int | None:
 def _tile(sch: Any, block: Any, spatial: list[Any], axis: int, *, tile: int, vectorize: int,
           parallel: bool) -> bool:
     from tilefx.codegen.tvm.schedules.common import loop_extent, pow2_divisor
-    from tilefx.codegen.tvm.schedules.common import vectorize as vectorize_loop
+    from tilefx.codegen.tvm.schedules.common import vectorize_loop
 
     inner = spatial[-1]
     ti = pow2_divisor(loop_extent(sch, inner), tile)

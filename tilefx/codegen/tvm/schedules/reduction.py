@@ -130,7 +130,7 @@ def rfactor_row(sch: Any, block: Any, *, lanes: int, accumulators: int) -> Any:
 
 def vectorize_rf(sch: Any, rf: Any, *, lanes: int) -> None:
     """Vectorize an rf block over its lane axis, with the reduction loop outside it."""
-    from tilefx.codegen.tvm.schedules.common import (attempt, vectorize, loop_extent, loop_kinds,
+    from tilefx.codegen.tvm.schedules.common import (attempt, vectorize_loop, loop_extent, loop_kinds,
                                                      pow2_divisor)
 
     loops, kinds = list(sch.get_loops(rf)), loop_kinds(sch, rf)
@@ -143,13 +143,13 @@ def vectorize_rf(sch: Any, rf: Any, *, lanes: int) -> None:
     vec = pow2_divisor(loop_extent(sch, lane), lanes)
     # [width / vec unrolled vectors] x [vec lanes]: independent add chains
     outer, inner = sch.split(lane, [None, vec])
-    vectorize(sch, inner)
+    vectorize_loop(sch, inner)
     if loop_extent(sch, outer) > 1:
         sch.unroll(outer)
     # after vectorize: TVM refuses to vectorize an update block without its init
     init = attempt("decompose rf init", lambda: sch.decompose_reduction(rf, ko))
     if init is not None and init is not True:
-        attempt("vectorize rf init", lambda: vectorize(sch, sch.get_loops(init)[-1]))
+        attempt("vectorize rf init", lambda: vectorize_loop(sch, sch.get_loops(init)[-1]))
 
 
 def _prod(xs: list[int]) -> int:
@@ -162,7 +162,7 @@ def _prod(xs: list[int]) -> int:
 def column_reduction(sch: Any, block: Any, *, lanes: int, accumulators: int,
                      parallel: bool) -> bool:
     """Kept axes outermost-parallel and innermost-vectorized, reduction loops between."""
-    from tilefx.codegen.tvm.schedules.common import (attempt, vectorize, loop_extent, pow2_divisor,
+    from tilefx.codegen.tvm.schedules.common import (attempt, vectorize_loop, loop_extent, pow2_divisor,
                                                      spatial_loops)
 
     spatial, reduce = spatial_loops(sch, block)
@@ -182,13 +182,13 @@ def column_reduction(sch: Any, block: Any, *, lanes: int, accumulators: int,
         sch.parallel(so)
     if vec > 1:
         outer, inner = sch.split(si, [None, vec])
-        vectorize(sch, inner)
+        vectorize_loop(sch, inner)
         if loop_extent(sch, outer) > 1:
             sch.unroll(outer)
     # after vectorize: TVM refuses to vectorize an update block without its init
     init = attempt("decompose init", lambda: sch.decompose_reduction(block, reduce[0]))
     if vec > 1 and init is not None and init is not True:
-        attempt("vectorize init", lambda: vectorize(sch, sch.get_loops(init)[-1]))
+        attempt("vectorize init", lambda: vectorize_loop(sch, sch.get_loops(init)[-1]))
     return True
 
 
