@@ -141,3 +141,19 @@ def test_unprintable_attribute_names_the_op() -> None:
     g = one_op_graph(v={"a": 1})
     with pytest.raises(PrintError, match="op identity.*dict"):
         print_graph(g)
+
+
+def test_text_from_before_an_attribute_was_added_keeps_its_meaning():
+    """softmax gained ``safe`` and take ``wrap`` after artifacts were written without them:
+    such text still parses, verifies, and means what it meant (the defaults)."""
+    from tilefx.ir.parser import parse_graph
+    from tilefx.ir.verifier import verify
+
+    g = parse_graph("""graph @old(%x: f32[4, 5], %i: i64[3]) {
+  %y = softmax(%x) {dim = -1} : f32[4, 5]
+  %z = take(%y, %i) {axis = 0} : f32[3, 5]
+  return %z
+}""")
+    verify(g)
+    attrs = {op.name: dict(op.attrs) for op in g.ops}
+    assert attrs["softmax"]["safe"] is False and attrs["take"]["wrap"] is True

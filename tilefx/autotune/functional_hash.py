@@ -121,6 +121,13 @@ def _valid_sparse_structure(body: Graph, tensors: list[torch.Tensor]) -> None:
                              .sort().values for j in range(n_blocks)]).to(torch.int32)
         tensors[where[op.inputs[2].name]] = indices.contiguous()
         tensors[where[op.inputs[3].name]] = indptr.contiguous()
+        if op.attr("impl") == "semi24" and op.inputs[1].name in where:
+            # the 2:4 kernel reads at most 2 nonzeros in every 4 along K: so do its inputs
+            data = tensors[where[op.inputs[1].name]]
+            k = torch.arange(bk).view(1, bk, 1)
+            n = torch.arange(data.shape[2]).view(1, 1, -1)
+            keep = ((k - n) % 4 == 0) | ((k - n - 1) % 4 == 0)
+            tensors[where[op.inputs[1].name]] = (data * keep.to(data.dtype)).contiguous()
 
 
 def _widen(t: TensorType, to: DType = DType.float64) -> TensorType:

@@ -183,6 +183,7 @@ class _GraphReader:
             problem = check_fallback_target(attrs["target"])
             if problem:
                 raise self.error(name_tok, problem)
+        _fill_defaults(str(name_tok), attrs)
         body = self.body(body_tree, name_tok) if body_tree is not None else None
         return Op(str(name_tok), tuple(inputs), results, tuple(sorted(attrs.items())), body)
 
@@ -254,3 +255,15 @@ class _GraphReader:
                 raise self.error(key_tok, f"attribute {key_tok}: lists nested deeper than {MAX_NESTING}")
             return tuple(self.attr_value(c, key_tok, depth + 1) for c in children if c is not None)
         raise AssertionError(kind)
+
+
+def _fill_defaults(name: str, attrs: dict[str, AttrValue]) -> None:
+    """Attributes the text leaves out that have a default get it: an attribute added to an
+    op later (``softmax``'s ``safe``, ``take``'s ``wrap``) keeps older IR text and artifacts
+    loading, with the meaning they had. The printer writes every attribute."""
+    from tilefx.ir.ops.registry import OPS, REQUIRED
+
+    opdef = OPS.get(name) if name != "const" else None  # a const's attributes are its own
+    for key, default in (opdef.attrs.items() if opdef is not None else ()):
+        if key not in attrs and default is not REQUIRED:
+            attrs[key] = default

@@ -260,8 +260,8 @@ def _bsr_matmul(ctx: RefContext, x: torch.Tensor, data: torch.Tensor, indices: t
     nnzb, bk, bn = data.shape
     axis = ctx.attrs["axis"] % x.dim()
     kb, nb = x.shape[axis] // bk, indptr.numel() - 1
-    col = torch.repeat_interleave(torch.arange(nb), torch.diff(indptr.long()))
-    blocks = torch.zeros(kb, nb, bk, bn, dtype=x.dtype)
+    col = torch.repeat_interleave(torch.arange(nb, device=x.device), torch.diff(indptr.long()))
+    blocks = torch.zeros(kb, nb, bk, bn, dtype=x.dtype, device=x.device)
     blocks[indices.long(), col] = data
     w = blocks.permute(0, 2, 1, 3).reshape(kb * bk, nb * bn)
     return torch.movedim(torch.matmul(torch.movedim(x, axis, -1), w), -1, axis)

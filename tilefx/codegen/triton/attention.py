@@ -178,7 +178,8 @@ def emit(body: Graph, name: str, schedule: Schedule) -> KernelSource:
         vt = e.tile(vv, op_t, "[BLOCK_N, BLOCK_DV]", S > 1 and EV > 1, vmask)
         e.line(f"acc = acc * alpha + tl.dot(p.to({op_t}), {vt}{precision})")
         e.line("m_i = m_new")
-    res = e.tmp("acc / l_i", "o")
+    # a query masked from every key has l_i = 0 (and acc = 0): 0, as torch's safe softmax
+    res = e.tmp("tl.where(l_i == 0.0, 0.0, acc / l_i)", "o")
     idx = bidx + ("offs_m", "offs_dv")
     oc = [c for c in (f"offs_m < {L}" if L % bm else None, f"offs_dv < {EV}" if EV != bdv else None) if c]
     omask = e.tmp(" & ".join(f"({c})" for c in oc), "m") if oc else None

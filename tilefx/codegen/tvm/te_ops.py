@@ -364,15 +364,27 @@ def _ieee_mul(a: tirx.PrimExpr, b: tirx.PrimExpr) -> tirx.PrimExpr:
 
 def _ieee_sub(a: tirx.PrimExpr, b: tirx.PrimExpr) -> tirx.PrimExpr:
     """``a - b``; ``x - x`` is NaN for an infinite or NaN ``x`` (TVM folds it to 0)."""
-    import tvm_ffi
-
-    if _is_float(a) and tvm_ffi.structural_equal(_loaded(a), _loaded(b)):
+    if _is_float(a) and _same_load(a, b):
         return _zero_unless_finite(a)
     return a - b
 
 
-def _loaded(x: tirx.PrimExpr) -> tirx.PrimExpr:
-    return x.asobject() if isinstance(x, te.TensorSlice) else x
+def _load_parts(x: tirx.PrimExpr) -> tuple[Any, tuple] | None:
+    if isinstance(x, te.TensorSlice):
+        return x.tensor, tuple(x.indices)
+    if getattr(getattr(x, "op", None), "name", "") == "te.tensor_load" and x.args:
+        return x.args[0], tuple(x.args[1:])
+    return None
+
+
+def _same_load(a: tirx.PrimExpr, b: tirx.PrimExpr) -> bool:
+    """Both read the same element of the same tensor."""
+    import tvm_ffi
+
+    pa, pb = _load_parts(a), _load_parts(b)
+    if pa is None or pb is None or not pa[0].same_as(pb[0]) or len(pa[1]) != len(pb[1]):
+        return False
+    return all(tvm_ffi.structural_equal(i, j) for i, j in zip(pa[1], pb[1]))
 
 
 def _zero_unless_finite(x: tirx.PrimExpr) -> tirx.PrimExpr:
