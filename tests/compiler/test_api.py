@@ -187,3 +187,23 @@ def test_recompile_limit_runs_new_signatures_eagerly_with_one_warning(caplog):
     warnings = [r.getMessage() for r in caplog.records if "recompile limit" in r.getMessage()]
     assert len(warnings) == 1 and "eager PyTorch" in warnings[0] and "\n" not in warnings[0]
     assert "recompile limit (2) reached: 2 call(s)" in compiled.report()
+
+
+@pytest.mark.ir_unchecked  # its IR names a non-ATen op: parse_graph refuses that text, on purpose
+def test_custom_operator_runs_as_a_fallback_in_process():
+    """Text and artifacts from disk may only name ATen operators; a graph built from the
+    user's own model in this process runs the operators its libraries registered."""
+    from torch.library import custom_op
+
+    @custom_op("tilefx_test::twice", mutates_args=())
+    def twice(x: torch.Tensor) -> torch.Tensor:
+        return x * 2
+
+    @twice.register_fake
+    def _(x):
+        return torch.empty_like(x)
+
+    compiled = tilefx.compile(lambda x: torch.relu(torch.ops.tilefx_test.twice(x)) + 1)
+    x = torch.randn(5, 7, generator=torch.Generator().manual_seed(2))
+    torch.testing.assert_close(compiled(x), torch.relu(x * 2) + 1)
+    assert "tilefx_test.twice.default runs in PyTorch" in compiled.report()

@@ -264,8 +264,11 @@ def check_schedule(kernel_op: Any, target_name: str, schedule: Any) -> Outcome:
     from tilefx.autotune.functional_hash import outputs_match, reference_inputs, reference_outputs
     from tilefx.autotune.space import is_extern
 
-    inputs = reference_inputs(kernel_op)
-    want = reference_outputs(kernel_op, inputs)
+    try:  # the tuner draws the same inputs: a reference that cannot run them is a finding too
+        inputs = reference_inputs(kernel_op)
+        want = reference_outputs(kernel_op, inputs)
+    except Exception as e:  # noqa: BLE001
+        return Outcome(CRASH, "reference run: " + _first_line(e))
     try:
         if is_extern(schedule):
             if target_name == "triton":

@@ -247,6 +247,7 @@ def save(compiled: CompiledModule, out_dir: str | os.PathLike, *, batch_name: st
     graph = cg.graph
     if not cg.plans:
         raise ArtifactError("the compiled graph has no kernels built yet: call it once first")
+    _only_aten_fallbacks(graph)
     out = Path(out_dir)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         if not (out / MANIFEST).is_file():  # never delete what we did not write
@@ -353,6 +354,19 @@ def _tvm_version() -> str:
     import tvm
 
     return str(tvm.__version__)
+
+
+def _only_aten_fallbacks(graph: Any) -> None:
+    """An artifact is loaded under the ATen allow-list (artifact_load): refuse to write one
+    whose fallback names another library's operator, rather than one that cannot load."""
+    from tilefx.ir.interpreter import check_fallback_target
+
+    for op in graph.ops:
+        if op.name == "fallback":
+            problem = check_fallback_target(op.attr("target"))
+            if problem:
+                raise ArtifactError(f"cannot save an artifact: {problem}; only ATen, prims and "
+                                    "quantized operators may run as fallbacks in an artifact")
 
 
 def compile_artifact(model: Any, example_inputs: Sequence[torch.Tensor], out_dir: str | os.PathLike,

@@ -163,7 +163,10 @@ class FallbackStep:
     def __call__(self, env: list) -> None:
         from tilefx.ir.interpreter import run_fallback
 
-        results = run_fallback(self.op, [env[i] for i in self.inputs])
+        # custom operator libraries too (torchvision::nms): a graph here was built from the
+        # user's model in this process, or loaded from an artifact whose every fallback was
+        # held to the ATen allow-list at load (artifact_load)
+        results = run_fallback(self.op, [env[i] for i in self.inputs], custom_ops=True)
         for slot, value in zip(self.outputs, results):
             env[slot] = aligned(value)  # what kernels downstream expect
 

@@ -167,7 +167,7 @@ def bind_shapes(types: Sequence[TensorType], shapes: Sequence[tuple[int, ...]],
             raise InterpreterError(f"{where} ({d} = {value})")
 
 
-def run_fallback(op: Op, tensors: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+def run_fallback(op: Op, tensors: Sequence[torch.Tensor], custom_ops: bool = False) -> list[torch.Tensor]:
     """Run a ``fallback`` op: call its PyTorch target on the decoded args.
 
     ``target`` is a qualified overload name (``aten::fft_rfft.default``, or
@@ -176,7 +176,7 @@ def run_fallback(op: Op, tensors: Sequence[torch.Tensor]) -> list[torch.Tensor]:
     i-th input, ``{"dtype": "float32"}`` a dtype, ``{"device": "cpu"}`` a
     device. Tensor results are flattened in order.
     """
-    fn = resolve_target(op.attr("target"))
+    fn = resolve_target(op.attr("target"), custom_ops)
     try:
         call = json.loads(op.attr("args"))
         args = _decode(call["args"], tensors)
@@ -201,11 +201,14 @@ _DUNDER_OPS = frozenset(f"__{n}__" for n in (
 _PART = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
 
 
-def check_fallback_target(target: Any) -> str | None:
+def check_fallback_target(target: Any, custom_ops: bool = False) -> str | None:
     """What is wrong with a qualified fallback target, from its text alone; None if fine.
 
     A name without ``::`` is left to the verifier ("not a qualified op name"); it
     resolves to nothing. Used by the parser, so bad text fails before any torch import.
+    ``custom_ops``: any namespace (an operator library the process has loaded, such as
+    ``torchvision::nms``), for graphs this process built from the user's own model;
+    text and artifacts from disk get the ATen allow-list.
     """
     if not isinstance(target, str):
         return f"fallback target {target!r} is not a string"
@@ -213,7 +216,7 @@ def check_fallback_target(target: Any) -> str | None:
     if not sep:
         return None
     parts = rest.split(".")
-    if namespace not in FALLBACK_NAMESPACES:
+    if namespace not in FALLBACK_NAMESPACES and not (custom_ops and _PART.match(namespace)):
         return (f"fallback target {target!r}: namespace {namespace!r} is not allowed (only "
                 f"{', '.join(FALLBACK_NAMESPACES)} operators run as fallbacks)")
     if not 1 <= len(parts) <= 2 or not all(_PART.match(p) for p in parts):
@@ -223,11 +226,12 @@ def check_fallback_target(target: Any) -> str | None:
     return None
 
 
-def resolve_target(target: str) -> Callable[..., Any]:
-    """The ATen operator (``OpOverload`` / ``OpOverloadPacket``) a fallback names, nothing else."""
+def resolve_target(target: str, custom_ops: bool = False) -> Callable[..., Any]:
+    """The ATen operator (``OpOverload`` / ``OpOverloadPacket``) a fallback names, nothing else
+    (``custom_ops``: or another loaded library's operator, see ``check_fallback_target``)."""
     import torch
 
-    problem = check_fallback_target(target)
+    problem = check_fallback_target(target, custom_ops)
     if problem is None and "::" not in str(target):
         problem = f"fallback target {target!r} is not like 'aten::add.Tensor'"
     if problem:
