@@ -115,3 +115,20 @@ def test_times_zero_and_minus_itself_keep_nan_and_inf(target: str) -> None:
 
     x = torch.tensor([float("inf"), -float("inf"), float("nan"), 1.5, -2.0, 0.25, 7.0])
     _compiled_vs_eager(lambda t: (t * 0, 0 * t + 1, t - t), (x,), target)
+
+
+@pytest.mark.parametrize("c,knobs", [
+    (case("reduction", shape=(1,), op="sum", dim=0, keepdim=False),
+     dict(RBLOCK=64, XBLOCK=1, num_warps=1, persistent=True)),
+    (case("reduction", shape=(1, 1), op="log_softmax", dim=1, keepdim=False),
+     dict(RBLOCK=64, XBLOCK=16, num_warps=16, persistent=False)),
+], ids=["sum_of_one", "log_softmax_of_one"])
+def test_triton_reduction_of_one_element(c: Case, knobs: dict, diff_stats: Stats) -> None:
+    """A one-element input was loaded as a scalar and tl.sum(x, 1) has no axis 1: the
+    Triton reduction failed to build at size 1 (found by the long run, Triton interpreted)."""
+    from tilefx.codegen.schedule import Schedule
+
+    (kernel,) = kernel_ops(c, "triton")
+    outcome = check_schedule(kernel, "triton", Schedule.of(**knobs))
+    diff_stats.add("triton", "schedules", outcome, f"{c!r}")
+    assert outcome.status == OK, outcome.detail

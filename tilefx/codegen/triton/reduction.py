@@ -151,8 +151,15 @@ class _Writer:
     def x_value(self, idx: tuple[str, ...], mask: str | None) -> str:
         v = self.e.value_at(self.p.anchor.inputs[0], idx, mask)
         if v.dtype == DType.bool:
-            return f"{v.expr}.to(tl.int32)"
-        return self.e.as_type(v, self.ctype) if not v.literal else v.expr
+            expr = f"{v.expr}.to(tl.int32)"
+        else:
+            expr = self.e.as_type(v, self.ctype) if not v.literal else v.expr
+        if v.literal:
+            return f"tl.full([XBLOCK, RBLOCK], {expr}, {self.ctype})"
+        if all(d == 1 for d in self.p.anchor.inputs[0].type.shape):
+            # one element is loaded as a scalar, and tl.sum(scalar, 1) has no axis 1
+            return f"tl.broadcast_to({expr}, [XBLOCK, RBLOCK])"
+        return expr
 
     def out_index(self) -> tuple[str, ...]:
         p = self.p
