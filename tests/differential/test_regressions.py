@@ -132,3 +132,11 @@ def test_triton_reduction_of_one_element(c: Case, knobs: dict, diff_stats: Stats
     outcome = check_schedule(kernel, "triton", Schedule.of(**knobs))
     diff_stats.add("triton", "schedules", outcome, f"{c!r}")
     assert outcome.status == OK, outcome.detail
+
+
+def test_triton_layer_norm_of_a_one_element_table_gather(diff_stats: Stats) -> None:
+    """The same at module level: a 1x1 embedding then layer_norm over its one column."""
+    c = case("index", kind="embedding_ln", num=1, dim=1, idx=(3, 2))
+    outcome = check_module(c, "triton")
+    diff_stats.add("triton", "cases", outcome, repr(c))
+    assert outcome.ok, outcome.detail

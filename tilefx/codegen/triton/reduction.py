@@ -156,8 +156,9 @@ class _Writer:
             expr = self.e.as_type(v, self.ctype) if not v.literal else v.expr
         if v.literal:
             return f"tl.full([XBLOCK, RBLOCK], {expr}, {self.ctype})"
-        if all(d == 1 for d in self.p.anchor.inputs[0].type.shape):
-            # one element is loaded as a scalar, and tl.sum(scalar, 1) has no axis 1
+        if any(numel(v.type.shape) == 1 for v in self.p.body.inputs):
+            # a one-element input is loaded as a scalar: a reduced value made of such loads
+            # alone (a 1x1 table gathered, a 1-element row) has no axis 1 for tl.sum
             return f"tl.broadcast_to({expr}, [XBLOCK, RBLOCK])"
         return expr
 
