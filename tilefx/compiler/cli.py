@@ -119,7 +119,10 @@ def instantiate(obj: Any, ref: str) -> Any:
 
     if isinstance(obj, torch.nn.Module):
         return obj
-    if callable(obj):
+    if not callable(obj):
+        raise CLIError(f"{ref!r} has type {type(obj).__name__}; expected an nn.Module, an nn.Module "
+                       "class or a function")
+    if not (isinstance(obj, type) and issubclass(obj, torch.nn.Module)):
         try:
             needs_args = any(p.default is p.empty and p.kind in (p.POSITIONAL_ONLY,
                                                                   p.POSITIONAL_OR_KEYWORD)
@@ -128,13 +131,11 @@ def instantiate(obj: Any, ref: str) -> Any:
             needs_args = False
         if needs_args:  # a function of tensors
             return obj
-        try:
-            return obj()  # a factory or an nn.Module class
-        except Exception as e:  # noqa: BLE001 - the user's code
-            raise CLIError(f"MODEL {ref!r} raised when called with no arguments: "
-                           f"{first_line(e)}") from e
-    raise CLIError(f"{ref!r} has type {type(obj).__name__}; expected an nn.Module, an nn.Module "
-                   "class or a function")
+    try:
+        return obj()  # a factory or an nn.Module class
+    except Exception as e:  # noqa: BLE001 - the user's code
+        raise CLIError(f"MODEL {ref!r} raised when called with no arguments: "
+                       f"{first_line(e)}") from e
 
 
 def _header(title: str) -> str:

@@ -32,14 +32,14 @@ RULES: dict[str, Rule] = {}
 # "{x}" is the operand in its compute type. tanh is spelled with exp (no libdevice):
 # sign(x) * (1 - e^-2|x|) / (1 + e^-2|x|) never overflows.
 # tl.maximum / tl.minimum default to maxnum / minnum, which drop a NaN; torch keeps it
-_NAN = "tl.PropagateNan.ALL"
+NAN = "tl.PropagateNan.ALL"
 _TANH = "tl.where({x} < 0, -1.0, 1.0) * (1.0 - tl.exp(-2.0 * tl.abs({x}))) / (1.0 + tl.exp(-2.0 * tl.abs({x})))"
 UNARY: dict[str, str] = {
     "neg": "-{x}", "exp": "tl.exp({x})", "log": "tl.log({x})", "sqrt": "tl.sqrt({x})",
-    "rsqrt": "tl.rsqrt({x})", "abs": "tl.abs({x})", "relu": "tl.maximum({x}, 0, " + _NAN + ")",
+    "rsqrt": "tl.rsqrt({x})", "abs": "tl.abs({x})", "relu": "tl.maximum({x}, 0, " + NAN + ")",
     "sigmoid": "tl.sigmoid({x})", "tanh": _TANH, "silu": "{x} * tl.sigmoid({x})",
-    "hardswish": "{x} * tl.minimum(tl.maximum({x} + 3.0, 0.0, " + _NAN + "), 6.0, " + _NAN + ") / 6.0",
-    "hardsigmoid": "tl.minimum(tl.maximum({x} + 3.0, 0.0, " + _NAN + "), 6.0, " + _NAN + ") / 6.0",
+    "hardswish": "{x} * tl.minimum(tl.maximum({x} + 3.0, 0.0, " + NAN + "), 6.0, " + NAN + ") / 6.0",
+    "hardsigmoid": "tl.minimum(tl.maximum({x} + 3.0, 0.0, " + NAN + "), 6.0, " + NAN + ") / 6.0",
     "erf": "tl.erf({x})", "reciprocal": "1.0 / {x}", "sin": "tl.sin({x})", "cos": "tl.cos({x})",
     "floor": "tl.floor({x})", "ceil": "tl.ceil({x})",
     # round half to even, like torch.round
@@ -50,7 +50,7 @@ UNARY: dict[str, str] = {
 }
 BINARY: dict[str, str] = {
     "add": "{a} + {b}", "sub": "{a} - {b}", "mul": "{a} * {b}",
-    "maximum": "tl.maximum({a}, {b}, " + _NAN + ")", "minimum": "tl.minimum({a}, {b}, " + _NAN + ")",
+    "maximum": "tl.maximum({a}, {b}, " + NAN + ")", "minimum": "tl.minimum({a}, {b}, " + NAN + ")",
     "eq": "{a} == {b}", "ne": "{a} != {b}", "lt": "{a} < {b}", "le": "{a} <= {b}",
     "gt": "{a} > {b}", "ge": "{a} >= {b}",
     "logical_and": "({a} != 0) & ({b} != 0)", "logical_or": "({a} != 0) | ({b} != 0)",
@@ -149,9 +149,9 @@ def _clamp(e: Emitter, op: Op, idx: Index, mask: str | None) -> Var:
     lo, hi = op.attr("min"), op.attr("max")
     conv = float if x.dtype.is_float else int
     if lo is not None:
-        expr = f"tl.maximum({expr}, {literal(conv(lo))}, {_NAN})"
+        expr = f"tl.maximum({expr}, {literal(conv(lo))}, {NAN})"
     if hi is not None:
-        expr = f"tl.minimum({expr}, {literal(conv(hi))}, {_NAN})"
+        expr = f"tl.minimum({expr}, {literal(conv(hi))}, {NAN})"
     return _result(e, op, expr)
 
 

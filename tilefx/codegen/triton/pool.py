@@ -27,7 +27,7 @@ from tilefx.codegen.triton.emit import (
     shape_of,
     the_anchor,
 )
-from tilefx.codegen.triton.ops import delinearize
+from tilefx.codegen.triton.ops import NAN, delinearize
 from tilefx.codegen.triton.pointwise import arg_names
 from tilefx.codegen.triton.source import KernelSource, one_kernel_module
 from tilefx.ir.graph import Graph, Op
@@ -95,7 +95,7 @@ def emit(body: Graph, name: str, schedule: Schedule) -> KernelSource:
             val = e.as_type(v, ctype)
             if is_max:
                 val = f"tl.where({m}, {val}, {neutral})" if m else val
-                e.line(f"{acc} = tl.maximum({acc}, {val}, tl.PropagateNan.ALL)")  # NaN as torch
+                e.line(f"{acc} = tl.maximum({acc}, {val}, {NAN})")  # NaN as torch
             else:
                 e.line(f"{acc} = {acc} + " + (f"tl.where({m}, {val}, 0.0)" if m else val))
     if op.name == "adaptive_avg_pool2d":

@@ -23,7 +23,7 @@ from typing import Any
 
 from tilefx.codegen.schedule import Schedule
 from tilefx.codegen.triton.emit import Emitter, Var, compute_type, literal, next_pow2, numel, program_id, shape_of
-from tilefx.codegen.triton.ops import delinearize
+from tilefx.codegen.triton.ops import NAN, delinearize
 from tilefx.codegen.triton.pointwise import arg_names
 from tilefx.codegen.triton.source import HEADER, KernelSource
 from tilefx.ir.graph import Graph, Op
@@ -39,7 +39,6 @@ PROD_COMBINE = "@triton.jit\ndef _mul(a, b):\n    return a * b\n"
 # softmax's row max return NaN when the row has one
 NAN_COMBINE = ("@triton.jit\ndef _nan_max(a, b):\n    return tl.maximum(a, b, tl.PropagateNan.ALL)\n\n\n"
                "@triton.jit\ndef _nan_min(a, b):\n    return tl.minimum(a, b, tl.PropagateNan.ALL)\n")
-NAN = "tl.PropagateNan.ALL"
 NEG_INF = 'float("-inf")'
 PERSISTENT_LIMIT = 4096  # widest row kept whole in one tile by default
 

@@ -34,10 +34,9 @@ def _reduce(ctx: TeContext, op: Op, ins: list[te.Tensor]) -> list[te.Tensor]:
                            lambda v: order_key(v, wins), f"{ctx.name(op)}_red")
         dtype = out_dtype(op)
         return [te.compute(shape_of(op), lambda *i: from_order_key(red[i], dtype), name=ctx.name(op))]
-    else:
-        fn = {"sum": topi.sum, "mean": topi.sum, "prod": topi.prod, "any": topi.any,
-              "all": topi.all}[op.name]
-        red = fn(x, axis=axes, keepdims=keep)
+    fn = {"sum": topi.sum, "mean": topi.sum, "prod": topi.prod, "any": topi.any,
+          "all": topi.all}[op.name]
+    red = fn(x, axis=axes, keepdims=keep)
     if op.name != "mean":
         return [te.compute(shape_of(op), lambda *i: red[i], name=ctx.name(op))]
     count = math.prod(int(x.shape[a]) for a in axes)
@@ -81,8 +80,7 @@ def _row_reduce(x: te.Tensor, axis: int, kind: str, name: str, value=None) -> te
     red = te.compute(row, body, name=name)
     if kind != "max":
         return red
-    return te.compute(row, lambda *i: from_order_key(red[i], dt(x[(0,) * len(shape)])),
-                      name=f"{name}_value")
+    return te.compute(row, lambda *i: from_order_key(red[i], str(x.dtype)), name=f"{name}_value")
 
 
 def _at_row(t: te.Tensor, idx: tuple, axis: int):

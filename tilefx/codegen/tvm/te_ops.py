@@ -342,13 +342,10 @@ def _pow(a: tirx.PrimExpr, b: tirx.PrimExpr) -> tirx.PrimExpr:
 
 def _scalar_constant(x: tirx.PrimExpr) -> float | None:
     """The value of ``x`` if it reads a scalar ``const`` of the kernel body, else None."""
-    if isinstance(x, te.TensorSlice):  # t[()] before arithmetic turns it into a load
-        tensor = x.tensor
-    elif getattr(getattr(x, "op", None), "name", "") == "te.tensor_load" and x.args:
-        tensor = x.args[0]
-    else:
+    parts = _load_parts(x)
+    if parts is None:
         return None
-    body = getattr(getattr(tensor, "op", None), "body", None)
+    body = getattr(getattr(parts[0], "op", None), "body", None)
     return float(body[0].value) if body and isinstance(body[0], tirx.FloatImm) else None
 
 
@@ -370,6 +367,8 @@ def _ieee_sub(a: tirx.PrimExpr, b: tirx.PrimExpr) -> tirx.PrimExpr:
 
 
 def _load_parts(x: tirx.PrimExpr) -> tuple[Any, tuple] | None:
+    """(tensor, indices) of a tensor read, or None: ``t[i]`` is a ``TensorSlice`` until
+    arithmetic turns it into a ``te.tensor_load`` call."""
     if isinstance(x, te.TensorSlice):
         return x.tensor, tuple(x.indices)
     if getattr(getattr(x, "op", None), "name", "") == "te.tensor_load" and x.args:
