@@ -205,16 +205,16 @@ class SharedMeasurer:
     (TVM on CPU; Triton, checked and timed on the GPU, on cuda)."""
 
     def __init__(self, op: Any, target: Any, repeats: int) -> None:
-        from tilefx.autotune.measure import LocalBuilder, LocalRunner, Workload
+        from tilefx.codegen.measure import LocalBuilder, LocalRunner, Workload
 
         self.op, self.target = op, target
         self.workload = Workload(op, target, (), op.attr("name"))
         if target.kind == "cuda":
-            from tilefx.autotune.measure_cuda import CudaRunner, TritonBuilder, fingerprint
+            from tilefx.codegen.triton.measure import CudaRunner, TritonBuilder, fingerprint
 
             self.builder, self.runner, self.fingerprint = TritonBuilder(), CudaRunner(), fingerprint
         else:
-            from tilefx.autotune.fingerprint import fingerprint
+            from tilefx.codegen.tvm.fingerprint import fingerprint
 
             self.builder = LocalBuilder(workers=0)
             self.runner = LocalRunner(repeats=repeats, min_repeat_seconds=0.005)
@@ -264,9 +264,9 @@ class _Result:
 def search_run(op: Any, target: Any, strategy: str, model: Any, seed: int, trials: int,
                batch: int, measure: SharedMeasurer, pool: int = 512) -> list[str]:
     """The fingerprints of the run's trials, in order (``best_so_far`` scores them)."""
-    from tilefx.autotune.analytical import AnalyticalModel
+    from tilefx.cost_model.analytical import AnalyticalModel
     from tilefx.autotune.search import EvolutionarySearch, make_strategy
-    from tilefx.autotune.space import SearchSpace
+    from tilefx.codegen.space import SearchSpace
 
     space = SearchSpace.for_kernel(op, target)
     if strategy == "random":
@@ -324,7 +324,7 @@ def case_kernel(case: str, target: Any, dtype: str) -> Any:
     op = CASES[case]()[0]
     if target.kind != "cuda":
         return op
-    from tilefx.autotune.measure_cuda import triton_space
+    from tilefx.codegen.triton.measure import triton_space
     from tilefx.cost_model.dataset import kernel_from_ir
     from tilefx.ir.printer import print_graph
 
@@ -379,7 +379,7 @@ def eval_subset(ds: Any, scores: dict[str, np.ndarray], eval_db: str) -> list[st
     """The same held-out scores, counted only on the candidates ``eval_db`` also has: with a
     database of random schedules, the unbiased sample of each space TenSet evaluates on, while
     the models also trained on guided ones (``tilefx collect --strategy evolutionary``)."""
-    from tilefx.autotune.database import TuningDatabase
+    from tilefx.storage.database import TuningDatabase
     from tilefx.cost_model.dataset import load_dataset
     from tilefx.cost_model.metrics import evaluate, format_metrics
 
@@ -448,7 +448,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     args.cases = [c for c in args.cases.split(",") if c]
 
-    from tilefx.autotune.database import TuningDatabase
+    from tilefx.storage.database import TuningDatabase
     from tilefx.codegen.target import Target
     from tilefx.cost_model.dataset import load_dataset, resolve_target_key
     from tilefx.cost_model.model import LearnedModel

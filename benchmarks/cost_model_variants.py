@@ -54,7 +54,7 @@ def tokens(text: str, dim: int = 64) -> np.ndarray:
 
 
 def token_matrices(ds: Any) -> tuple[np.ndarray, np.ndarray]:
-    from tilefx.autotune.fingerprint import scheduled_module
+    from tilefx.codegen.tvm.fingerprint import scheduled_module
     from tilefx.ir.printer import print_graph
 
     tir, kir = [], {}
@@ -137,7 +137,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", default=None)
     args = p.parse_args(argv)
 
-    from tilefx.autotune.database import TuningDatabase
+    from tilefx.storage.database import TuningDatabase
     from tilefx.cost_model.dataset import load_dataset, resolve_target_key
     from tilefx.cost_model.features import NAMES
     from tilefx.cost_model.metrics import evaluate

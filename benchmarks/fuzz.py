@@ -43,7 +43,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from tests.differential.harness import OK, Outcome, Stats, check_module, check_schedule, kernel_ops, \
         kernel_space
-    from tilefx.autotune.space import EXTERN
+    from tilefx.codegen.space import EXTERN
     from tilefx.codegen.schedule import Schedule
     from tests.differential.patterns import cases_of
 

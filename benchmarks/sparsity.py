@@ -76,7 +76,7 @@ def tuned_dense_ms(dense, target, args: list, trials: int, repeats: int) -> tupl
     candidates (its library candidate is timed by the caller as ``torch dense``)."""
     import tempfile
 
-    from tilefx.autotune.space import is_extern
+    from tilefx.codegen.space import is_extern
     from tilefx.autotune.tuner import TuneOptions, Tuner
     from tilefx.codegen.tvm import build_kernel
 
@@ -247,7 +247,7 @@ def bench_packing(names: list[str], repeats: int, trials: int) -> list[str]:
     import torch
 
     from benchmarks.models import ZOO
-    from tilefx.autotune.space import is_extern
+    from tilefx.codegen.space import is_extern
     from tilefx.autotune.tuner import TuneOptions, Tuner
     from tilefx.codegen.target import Target
     from tilefx.codegen.tvm import build_kernel, default_schedule

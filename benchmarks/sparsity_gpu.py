@@ -48,7 +48,7 @@ SWEEP = [dict(STEP_BLOCKS=s, num_warps=w, num_stages=st)
 
 
 def _ms(fn: Callable, args: list) -> float:
-    from tilefx.autotune.measure_cuda import time_cuda
+    from tilefx.codegen.triton.measure import time_cuda
 
     if DEVICE == "cpu":
         t0 = time.perf_counter()

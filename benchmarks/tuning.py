@@ -148,9 +148,9 @@ def final_comparison(row: dict[str, Any], args: argparse.Namespace, target: Any)
     fused kernel eager's unfused ops. It is not timed in this process, where
     TVM has built kernels (see ``benchmarks.stats.steady_malloc``).
     """
-    from tilefx.autotune.measure import (EXTERN_ARTIFACT, BuildResult, LocalBuilder,
+    from tilefx.codegen.measure import (EXTERN_ARTIFACT, BuildResult, LocalBuilder,
                                          LocalRunner, Workload)
-    from tilefx.autotune.space import EXTERN, is_extern
+    from tilefx.codegen.space import EXTERN, is_extern
     from tilefx.codegen.tvm import default_schedule
 
     op = row["op"]

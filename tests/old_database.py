@@ -9,7 +9,7 @@ from pathlib import Path
 def old_database(path: Path, first_new_table: str, version: int) -> sqlite3.Connection:
     """An open SQLite file holding today's schema up to ``first_new_table`` (excluded),
     stamped as ``version``: what a tilefx of that schema version left on disk."""
-    from tilefx.autotune import database
+    from tilefx.storage import database
 
     conn = sqlite3.connect(path)
     for statement in database._SCHEMA.split(f"CREATE TABLE IF NOT EXISTS {first_new_table}")[0].split(";"):

@@ -55,7 +55,7 @@ def graphed_ms(fn, calls: int = 20) -> float:
 
 def tilefx_kernels(model: torch.nn.Module, inputs: tuple) -> list[tuple[str, str, float, float, float]]:
     """(name, fused ops, ms, flops, bytes) of every kernel, in graph order."""
-    from tilefx.autotune.analytical import _contraction_flops
+    from tilefx.cost_model.analytical import _contraction_flops
     from tilefx.compiler.capture import capture
     from tilefx.compiler.driver import CompileOptions, compile_graph, fused_op_names
     from tilefx.compiler.runtime import bind_symbols

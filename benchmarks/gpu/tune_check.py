@@ -61,8 +61,8 @@ def kernels(small: bool) -> list[tuple[Any, int, Callable[[list], Any]]]:
 
 def torch_ms(op: Any, call: Callable[[list], Any]) -> float | None:
     """The torch call on the kernel's reference inputs, timed like the candidates."""
-    from tilefx.autotune.functional_hash import reference_inputs
-    from tilefx.autotune.measure_cuda import interpreting, time_cuda
+    from tilefx.ir.functional_hash import reference_inputs
+    from tilefx.codegen.triton.measure import interpreting, time_cuda
 
     if interpreting():
         return None

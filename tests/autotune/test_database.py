@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from tilefx.autotune.database import SCHEMA_VERSION, DatabaseError, Record, TuningDatabase
+from tilefx.storage.database import SCHEMA_VERSION, DatabaseError, Record, TuningDatabase
 
 ROOT = Path(__file__).resolve().parents[2]
 SCHED = [json.dumps({"tile_m": m, "vectorize": v}) for m in (16, 32, 64) for v in (4, 8)]
@@ -140,7 +140,7 @@ def test_garbage_file_is_moved_aside(tmp_path, caplog):
     path = tmp_path / "tuning.db"
     garbage = b"\x00not a database at all\xff" * 200
     path.write_bytes(garbage)
-    with caplog.at_level(logging.WARNING, logger="tilefx.autotune.database"):
+    with caplog.at_level(logging.WARNING, logger="tilefx.storage.database"):
         db = TuningDatabase(path)
     assert "not a tilefx tuning database" in caplog.text and "SQLite header" in caplog.text
     (moved,) = _aside(path)
@@ -157,7 +157,7 @@ def test_sqlite_file_of_another_app_is_moved_aside(tmp_path, caplog):
     other.execute("INSERT INTO contacts VALUES ('ada', '123')")
     other.commit()
     other.close()
-    with caplog.at_level(logging.WARNING, logger="tilefx.autotune.database"):
+    with caplog.at_level(logging.WARNING, logger="tilefx.storage.database"):
         db = TuningDatabase(path)
     assert "another application" in caplog.text
     (moved,) = _aside(path)
@@ -170,7 +170,7 @@ def test_truncated_database_is_moved_aside(tmp_path, caplog):
     _filled(path).close()
     data = path.read_bytes()
     path.write_bytes(data[:100] + b"\xde\xad" * 3000)  # a valid header, then rubbish
-    with caplog.at_level(logging.WARNING, logger="tilefx.autotune.database"):
+    with caplog.at_level(logging.WARNING, logger="tilefx.storage.database"):
         db = TuningDatabase(path)
     assert "not a tilefx tuning database" in caplog.text
     assert len(_aside(path)) == 1 and db.records() == []
@@ -193,7 +193,7 @@ def test_a_damaged_data_page_is_found_at_open_and_moved_aside(tmp_path, caplog):
     assert len(data) > 4 * page
     data[2 * page:3 * page] = b"\xa5" * page  # the third page: a table page, not the schema
     path.write_bytes(bytes(data))
-    with caplog.at_level(logging.WARNING, logger="tilefx.autotune.database"):
+    with caplog.at_level(logging.WARNING, logger="tilefx.storage.database"):
         fresh = TuningDatabase(path)
     assert "quick_check" in caplog.text and "moved to" in caplog.text
     assert len(_aside(path)) == 1 and fresh.records() == []  # usable, empty, the old one kept
@@ -220,14 +220,14 @@ def test_newer_schema_is_refused_not_overwritten(tmp_path):
 def test_empty_file_becomes_a_database(tmp_path, caplog):
     path = tmp_path / "tuning.db"
     path.touch()
-    with caplog.at_level(logging.WARNING, logger="tilefx.autotune.database"):
+    with caplog.at_level(logging.WARNING, logger="tilefx.storage.database"):
         TuningDatabase(path).add_workload("w", "ir", "fh")
     assert caplog.text == "" and TuningDatabase(path).workload("w") == ("ir", "fh")
 
 
 WRITER = textwrap.dedent("""
     import sys
-    from tilefx.autotune.database import TuningDatabase
+    from tilefx.storage.database import TuningDatabase
     path, name, n = sys.argv[1], sys.argv[2], int(sys.argv[3])
     db = TuningDatabase(path)
     db.add_workload("w", "ir", "fh")
@@ -315,7 +315,7 @@ def test_database_object_survives_fork(tmp_path):
 
 
 def test_locked_database_is_an_error_not_corruption(tmp_path, monkeypatch):
-    import tilefx.autotune.database as database
+    import tilefx.storage.database as database
 
     path = tmp_path / "tuning.db"
     _filled(path).close()

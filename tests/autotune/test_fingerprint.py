@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tilefx.autotune.fingerprint import fingerprint, lowered_module, scheduled_module
+from tilefx.codegen.tvm.fingerprint import fingerprint, lowered_module, scheduled_module
 from tilefx.codegen.schedule import Schedule
 from tilefx.codegen.target import Target
 from tilefx.ir import DType, Op, TensorType
@@ -84,7 +84,7 @@ def _hand_scheduled(steps, shape=(4, 16)) -> str:
     """Fingerprint of relu(4 x 16) scheduled by hand (independent of the templates)."""
     from tvm import s_tir
 
-    from tilefx.autotune.fingerprint import fingerprint_module
+    from tilefx.codegen.tvm.fingerprint import fingerprint_module
     from tilefx.codegen.tvm.kernel import to_prim_func
 
     sch = s_tir.Schedule(to_prim_func(relu(*shape)))

@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from tilefx.autotune.functional_hash import (functional_hash, outputs_match, reference_inputs,
+from tilefx.ir.functional_hash import (functional_hash, outputs_match, reference_inputs,
                                              reference_outputs, workload_key)
 from tilefx.ir import DType, Op, TensorType
 from tilefx.ir.types import symbol

@@ -6,10 +6,10 @@ import random
 
 import pytest
 
-from tilefx.autotune.analytical import AnalyticalModel
+from tilefx.cost_model.analytical import AnalyticalModel
 from tilefx.autotune.search import (EvolutionarySearch, GridSearch, RandomModel, RandomSearch,
                                     make_strategy)
-from tilefx.autotune.space import EXTERN, SearchSpace, is_extern
+from tilefx.codegen.space import EXTERN, SearchSpace, is_extern
 from tilefx.codegen.schedule import Schedule
 from tilefx.codegen.target import Target
 from tilefx.ir import DType, TensorType

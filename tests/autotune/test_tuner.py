@@ -12,8 +12,8 @@ import os
 import pytest
 import torch
 
-from tilefx.autotune.measure import LocalBuilder, LocalRunner
-from tilefx.autotune.space import EXTERN
+from tilefx.codegen.measure import LocalBuilder, LocalRunner
+from tilefx.codegen.space import EXTERN
 from tilefx.autotune.tuner import TuneOptions, Tuner, format_summary, parse_budget
 from tilefx.codegen.target import Target
 from tilefx.ir import DType, TensorType
@@ -116,8 +116,8 @@ def _calibrated_timeout() -> float:
     """
     import time
 
-    from tilefx.autotune.functional_hash import workload_key
-    from tilefx.autotune.measure import Workload
+    from tilefx.ir.functional_hash import workload_key
+    from tilefx.codegen.measure import Workload
     from tilefx.codegen.tvm import default_schedule
 
     op = _relu_add(name="probe")
@@ -234,7 +234,7 @@ def test_extern_schedule_runs_the_library_path(cache_dir):
 
 def test_library_kernel_is_the_bare_torch_calls():
     """The extern candidate: no interpreter, results written in place where torch can."""
-    from tilefx.autotune.measure import LibraryKernel
+    from tilefx.codegen.measure import LibraryKernel
 
     # matmul straight into the output buffer
     mm = LibraryKernel(_matmul())
@@ -269,7 +269,7 @@ def _scaled_softmax(x):
 
 def test_compile_with_tune_then_warm_compile_measures_nothing(tmp_path, cache_dir, monkeypatch):
     import tilefx
-    from tilefx.autotune.database import TuningDatabase
+    from tilefx.storage.database import TuningDatabase
     from tilefx.compiler.driver import CompileOptions
 
     monkeypatch.setenv("TILEFX_TUNE_WORKERS", "0")  # builds in process: no pool start-up
@@ -347,7 +347,7 @@ def test_warm_recompile_skips_the_functional_hash_and_finished_searches(tmp_path
     new code (fewer distinct schedules than trials) is not searched again."""
     import importlib
 
-    functional_hash = importlib.import_module("tilefx.autotune.functional_hash")
+    functional_hash = importlib.import_module("tilefx.ir.functional_hash")
     op = _relu_add(n=8)  # a tiny space: fewer distinct programs than the trials asked for
     first = _tuner(tmp_path, runner, trials=64)
     res = first.tune_kernel(op)
@@ -370,7 +370,7 @@ def test_warm_recompile_skips_the_functional_hash_and_finished_searches(tmp_path
 def test_version_1_database_gains_the_new_tables(tmp_path):
     import sqlite3
 
-    from tilefx.autotune import database
+    from tilefx.storage import database
 
     path = tmp_path / "old.db"
     old_database_with_workload(path, "kernel_keys", version=1)

@@ -18,9 +18,9 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 from torch import nn  # noqa: E402
 
-from tilefx.autotune import measure_cuda  # noqa: E402
-from tilefx.autotune.measure_cuda import LIBRARY, CudaRunner, TritonBuilder  # noqa: E402
-from tilefx.autotune.space import EXTERN, SearchSpace, is_extern  # noqa: E402
+from tilefx.codegen.triton import measure as measure_cuda  # noqa: E402
+from tilefx.codegen.triton.measure import LIBRARY, CudaRunner, TritonBuilder  # noqa: E402
+from tilefx.codegen.space import EXTERN, SearchSpace, is_extern  # noqa: E402
 from tilefx.autotune.tuner import TuneOptions, Tuner, format_summary  # noqa: E402
 from tilefx.codegen.schedule import Schedule  # noqa: E402
 from tilefx.codegen.target import Target  # noqa: E402

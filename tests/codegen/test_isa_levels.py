@@ -20,8 +20,8 @@ import torch
 from torch import nn
 
 import tilefx
-from tilefx.autotune.functional_hash import outputs_match, reference_inputs, reference_outputs
-from tilefx.autotune.space import SearchSpace
+from tilefx.ir.functional_hash import outputs_match, reference_inputs, reference_outputs
+from tilefx.codegen.space import SearchSpace
 from tilefx.codegen.target import Target
 
 LEVELS = ["cpu", "cpu:znver2", "cpu:haswell", "cpu:x86-64"]

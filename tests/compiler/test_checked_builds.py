@@ -15,7 +15,7 @@ import pytest
 import torch
 
 import tilefx
-from tilefx.autotune.database import KernelCheck, TuningDatabase
+from tilefx.storage.database import KernelCheck, TuningDatabase
 from tilefx.compiler import check, driver
 from tests.old_database import old_database_with_workload
 
@@ -188,7 +188,7 @@ def test_good_kernels_are_checked_once(fresh):
 
 
 def test_kernel_without_a_reference_is_used_and_reported_unchecked(fresh, monkeypatch):
-    from tilefx.autotune import functional_hash
+    from tilefx.ir import functional_hash
 
     def no_reference(*args, **kw):
         raise RuntimeError("the interpreter has no rule for this op")
@@ -204,7 +204,7 @@ def test_kernel_without_a_reference_is_used_and_reported_unchecked(fresh, monkey
 
 
 def test_the_check_reuses_the_functional_hash_run(fresh, monkeypatch):
-    from tilefx.autotune import functional_hash
+    from tilefx.ir import functional_hash
 
     cm = tilefx.compile(f, check=False)
     cm(*_inputs())
@@ -237,7 +237,7 @@ def test_the_check_reuses_the_functional_hash_run(fresh, monkeypatch):
 def test_version_3_database_gains_kernel_checks(tmp_path):
     import sqlite3
 
-    from tilefx.autotune import database
+    from tilefx.storage import database
 
     path = tmp_path / "old.db"
     old_database_with_workload(path, "kernel_checks", version=3)

@@ -11,9 +11,9 @@ from __future__ import annotations
 import math
 import random
 
-from tilefx.autotune.database import TuningDatabase
-from tilefx.autotune.functional_hash import workload_key
-from tilefx.autotune.space import SearchSpace
+from tilefx.storage.database import TuningDatabase
+from tilefx.ir.functional_hash import workload_key
+from tilefx.codegen.space import SearchSpace
 from tilefx.codegen.target import Target
 from tilefx.ir import DType, TensorType
 from tilefx.ir.builder import kernel_op

@@ -78,14 +78,14 @@ def test_padding_reductions_pointwise_and_the_library_candidate():
     pw = kernel_op("pointwise", [x], lambda b, v: b.op("relu", v), "pw")
     f = G.gpu_features(pw, Schedule.of(BLOCK=1024, num_warps=4), H100)
     assert f["programs"] == pytest.approx(math.log2(1 + 250)) and f["elems_per_thread"] == pytest.approx(math.log2(9))
-    from tilefx.autotune.space import EXTERN
+    from tilefx.codegen.space import EXTERN
 
     lib = G.gpu_features(_mm(512, 512, 512), EXTERN, H100)
     assert lib["impl_library"] == 1.0 and "programs" not in lib and lib["flops"] > 0
 
 
 def test_a_model_on_gpu_features_saves_loads_and_ranks(tmp_path):
-    from tilefx.autotune.measure_cuda import triton_space
+    from tilefx.codegen.triton.measure import triton_space
     from tilefx.cost_model.metrics import pairwise_accuracy
     from tilefx.cost_model.model import LearnedModel, ModelError
 

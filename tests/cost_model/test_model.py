@@ -102,7 +102,7 @@ class _Spy:
 def test_tuner_ranks_with_the_given_model_and_finds_the_local_one(synthetic, tmp_path,
                                                                  monkeypatch):
     from tilefx.autotune.search import EvolutionarySearch
-    from tilefx.autotune.space import SearchSpace
+    from tilefx.codegen.space import SearchSpace
     from tilefx.autotune.tuner import TuneOptions, Tuner
 
     _, ds, X = synthetic
@@ -150,7 +150,7 @@ def test_online_update_adapts_to_the_measured_kernel(synthetic):
 
 
 def test_collect_fills_a_database_and_resumes(tmp_path, capsys):
-    from tilefx.autotune.database import TuningDatabase
+    from tilefx.storage.database import TuningDatabase
 
     db = str(tmp_path / "c.db")
     args = ["collect", "--db", db, "--trials", "2", "--workloads", "family", "--limit", "1",

@@ -245,7 +245,7 @@ def kernel_ops(case: Any, target_name: str) -> list[Any]:
 
 
 def kernel_space(kernel_op: Any, target_name: str) -> Any:
-    from tilefx.autotune.space import SearchSpace
+    from tilefx.codegen.space import SearchSpace
 
     return SearchSpace.for_kernel(kernel_op, make_target(target_name))
 
@@ -261,8 +261,8 @@ def _builder(target_name: str) -> Callable[..., Any]:
 def check_schedule(kernel_op: Any, target_name: str, schedule: Any) -> Outcome:
     """Build ``kernel_op`` with ``schedule`` (``EXTERN``: the library candidate) and
     compare with the IR reference on the tuner's seeded inputs."""
-    from tilefx.autotune.functional_hash import outputs_match, reference_inputs, reference_outputs
-    from tilefx.autotune.space import is_extern
+    from tilefx.ir.functional_hash import outputs_match, reference_inputs, reference_outputs
+    from tilefx.codegen.space import is_extern
 
     try:  # the tuner draws the same inputs: a reference that cannot run them is a finding too
         inputs = reference_inputs(kernel_op)
@@ -272,11 +272,11 @@ def check_schedule(kernel_op: Any, target_name: str, schedule: Any) -> Outcome:
     try:
         if is_extern(schedule):
             if target_name == "triton":
-                from tilefx.autotune.measure_cuda import resolve
+                from tilefx.codegen.triton.measure import resolve
 
                 built = _builder(target_name)(kernel_op, make_target(target_name), resolve(schedule))
             else:
-                from tilefx.autotune.measure import LibraryKernel
+                from tilefx.codegen.measure import LibraryKernel
 
                 built = LibraryKernel(kernel_op)
         else:

@@ -53,7 +53,7 @@ def check_schedules(target: str, max_examples: int, per_kernel: int, fuzz: bool,
                 assert outcome.status == OK, (f"{outcome.status} on {target}, kernel {i} of {c!r} "
                                               f"({describe_kernel(k)}), {s}:\n{outcome.detail}")
             if space.has_extern:
-                from tilefx.autotune.space import EXTERN
+                from tilefx.codegen.space import EXTERN
 
                 outcome = check_schedule(k, target, EXTERN)
                 stats.add(target, "schedules", outcome, f"{c!r} kernel {i}, EXTERN")
@@ -107,7 +107,7 @@ def covering_sample(space: object, n: int, seed: int = 0) -> list:
 
 def check_fixed(name: str, target: str, limit: int, stats: Stats) -> list[str]:
     """Problems with the sampled (or every) schedule of each kernel of ``FIXED[name]``."""
-    from tilefx.autotune.space import EXTERN
+    from tilefx.codegen.space import EXTERN
 
     problems = []
     for i, k in enumerate(kernel_ops(FIXED[name], target)):

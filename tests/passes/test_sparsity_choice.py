@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import torch
 
-from tilefx.autotune.database import SCHEMA_VERSION, TuningDatabase
+from tilefx.storage.database import SCHEMA_VERSION, TuningDatabase
 from tilefx.ir.builder import GraphBuilder
 from tilefx.ir.interpreter import run_graph
 from tilefx.ir.printer import print_graph

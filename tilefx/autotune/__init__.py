@@ -22,19 +22,19 @@ from __future__ import annotations
 from typing import Any
 
 _LAZY = {
-    "TuningDatabase": ("tilefx.autotune.database", "TuningDatabase"),
-    "Record": ("tilefx.autotune.database", "Record"),
-    "Measurement": ("tilefx.autotune.database", "Measurement"),
-    "fingerprint": ("tilefx.autotune.fingerprint", "fingerprint"),
-    "functional_hash": ("tilefx.autotune.functional_hash", "functional_hash"),
-    "workload_key": ("tilefx.autotune.functional_hash", "workload_key"),
-    "reference_inputs": ("tilefx.autotune.functional_hash", "reference_inputs"),
-    "reference_outputs": ("tilefx.autotune.functional_hash", "reference_outputs"),
-    "outputs_match": ("tilefx.autotune.functional_hash", "outputs_match"),
-    "cache_root": ("tilefx.autotune.cache_dir", "cache_root"),
+    "TuningDatabase": ("tilefx.storage.database", "TuningDatabase"),
+    "Record": ("tilefx.storage.database", "Record"),
+    "Measurement": ("tilefx.storage.database", "Measurement"),
+    "fingerprint": ("tilefx.codegen.tvm.fingerprint", "fingerprint"),
+    "functional_hash": ("tilefx.ir.functional_hash", "functional_hash"),
+    "workload_key": ("tilefx.ir.functional_hash", "workload_key"),
+    "reference_inputs": ("tilefx.ir.functional_hash", "reference_inputs"),
+    "reference_outputs": ("tilefx.ir.functional_hash", "reference_outputs"),
+    "outputs_match": ("tilefx.ir.functional_hash", "outputs_match"),
+    "cache_root": ("tilefx.settings", "cache_root"),
     "Tuner": ("tilefx.autotune.tuner", "Tuner"),
     "TuneOptions": ("tilefx.autotune.tuner", "TuneOptions"),
-    "SearchSpace": ("tilefx.autotune.space", "SearchSpace"),
+    "SearchSpace": ("tilefx.codegen.space", "SearchSpace"),
 }
 
 __all__ = list(_LAZY)

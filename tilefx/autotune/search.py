@@ -26,7 +26,7 @@ import logging
 import random
 from typing import Any, Protocol, Sequence
 
-from tilefx.autotune.space import SearchSpace
+from tilefx.codegen.space import SearchSpace
 from tilefx.codegen.schedule import Schedule
 
 log = logging.getLogger("tilefx.autotune")
@@ -232,7 +232,7 @@ def make_strategy(name: str, space: SearchSpace, *, kernel: Any = None, target: 
         return GridSearch(space, seed)
     if name == "evolutionary":
         if model is None:
-            from tilefx.autotune.analytical import AnalyticalModel
+            from tilefx.cost_model.analytical import AnalyticalModel
 
             model = AnalyticalModel()
         return EvolutionarySearch(space, model, kernel, target, seed=seed)

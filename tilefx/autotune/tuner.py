@@ -32,7 +32,6 @@ from __future__ import annotations
 import functools
 import hashlib
 import logging
-import os
 import re
 import time
 from dataclasses import dataclass, field
@@ -40,8 +39,9 @@ from typing import Any, Callable, Mapping
 
 import numpy as np
 
-from tilefx.autotune.measure import LocalBuilder, LocalRunner, MeasureResult, Workload
-from tilefx.autotune.space import EXTERN, SearchSpace, is_extern
+from tilefx import settings
+from tilefx.codegen.measure import LocalBuilder, LocalRunner, MeasureResult, Workload
+from tilefx.codegen.space import EXTERN, SearchSpace, is_extern
 from tilefx.codegen.schedule import Schedule
 
 log = logging.getLogger("tilefx.autotune")
@@ -69,7 +69,7 @@ class TuneOptions:
     seconds: float | None = None       # or a time budget per kernel
     strategy: str = "evolutionary"     # evolutionary | random | grid
     batch: int = 8                     # candidates proposed (and built in parallel) per round
-    workers: int = field(default_factory=lambda: int(os.environ.get("TILEFX_TUNE_WORKERS", "1")))
+    workers: int = field(default_factory=settings.tune_workers)
     # builder processes; 0 builds in this process ($TILEFX_TUNE_WORKERS sets the default)
     timeout: float = 30.0              # per candidate run
     repeats: int = 10
@@ -121,7 +121,7 @@ class _Known:
 
 def extern_fingerprint(target: Any) -> str:
     if target.kind == "cuda":  # the Triton template's library impl (measure_cuda.LIBRARY)
-        from tilefx.autotune import measure_cuda
+        from tilefx.codegen.triton import measure as measure_cuda
 
         return measure_cuda.extern_fingerprint(target)
     return f"extern-torch-{target.key()}"
@@ -139,12 +139,12 @@ class Tuner:
         self.options = options or TuneOptions()
         self._own_db = db is None
         if db is None:
-            from tilefx.autotune.database import TuningDatabase
+            from tilefx.storage.database import TuningDatabase
 
             db = TuningDatabase(self.options.db_path)
         self.db = db
         if self.target.kind == "cuda":  # Triton candidates, built and timed in this process
-            from tilefx.autotune.measure_cuda import CudaRunner, TritonBuilder
+            from tilefx.codegen.triton.measure import CudaRunner, TritonBuilder
 
             builder = builder or TritonBuilder()
             runner = runner or CudaRunner(repeats=self.options.repeats)
@@ -257,7 +257,7 @@ class Tuner:
         The functional hash runs the kernel's reference (seconds for a large conv);
         a warm recompile finds the key by the IR text instead.
         """
-        from tilefx.autotune.functional_hash import HASH_VERSION, functional_hash, workload_key
+        from tilefx.ir.functional_hash import HASH_VERSION, functional_hash, workload_key
         from tilefx.ir.printer import print_graph
 
         text = print_graph(kernel_op.body)
@@ -283,7 +283,7 @@ class Tuner:
 
             model = default_model(self.target, bindings)
         if model is None and self.options.strategy == "evolutionary":
-            from tilefx.autotune.analytical import AnalyticalModel
+            from tilefx.cost_model.analytical import AnalyticalModel
 
             model = AnalyticalModel(bindings)
         return make_strategy(self.options.strategy, space, kernel=kernel_op, target=self.target,
@@ -298,7 +298,7 @@ class Tuner:
         extra measurements; ``db.best`` takes each candidate's best median)
         makes the drift hit both alike.
         """
-        from tilefx.autotune.measure import EXTERN_ARTIFACT, BuildResult
+        from tilefx.codegen.measure import EXTERN_ARTIFACT, BuildResult
 
         tkey = self.target.key()
         records = [r for r in self.db.records(workload.key, tkey)
@@ -387,7 +387,7 @@ class Tuner:
 
 def _default_schedule(kernel_op: Any, target: Any, bindings: Any) -> Schedule:
     if target.kind == "cuda":
-        from tilefx.autotune import measure_cuda
+        from tilefx.codegen.triton import measure as measure_cuda
 
         return measure_cuda.default_schedule(kernel_op, target, bindings)
     from tilefx.codegen.tvm import default_schedule
@@ -404,10 +404,10 @@ def candidate_fingerprint(kernel_op: Any, schedule: Schedule, target: Any, bindi
 
 def _fingerprint(kernel_op: Any, schedule: Schedule, target: Any, bindings: Any) -> str:
     if target.kind == "cuda":
-        from tilefx.autotune import measure_cuda
+        from tilefx.codegen.triton import measure as measure_cuda
 
         return measure_cuda.fingerprint(kernel_op, schedule, target, bindings)
-    from tilefx.autotune.fingerprint import fingerprint
+    from tilefx.codegen.tvm.fingerprint import fingerprint
 
     return fingerprint(kernel_op, schedule, target, bindings)
 

@@ -18,6 +18,8 @@ from dataclasses import asdict, dataclass, replace
 from functools import lru_cache
 from typing import Any
 
+from tilefx import settings
+
 log = logging.getLogger("tilefx.codegen")
 
 # cpuinfo flags -> (llvm mcpu) from the most to the least capable, for hosts
@@ -211,7 +213,7 @@ def _detect_host() -> Target:
 
     flags = _cpu_flags()
     vendor_amd = "AuthenticAMD" in (_read("/proc/cpuinfo") or "")
-    forced = os.environ.get("TILEFX_MCPU")
+    forced = settings.forced_mcpu()
     mcpu = forced or _llvm_host_cpu()
     if mcpu is None:
         mcpu = "generic"

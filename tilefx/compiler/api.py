@@ -37,13 +37,13 @@ from __future__ import annotations
 import copy
 import functools
 import logging
-import os
 import threading
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator
 
+from tilefx import settings
 from tilefx.compiler.driver import CompileOptions, compile_graph
 from tilefx.compiler.mutation import (Mutation, check_not_training, running_stat_modules,
                                       state_tensors, write_back)
@@ -204,7 +204,7 @@ class CompiledModule:
         # like dynamo's cache size limit: a shape or Python scalar that changes on every
         # call would otherwise compile (seconds each) forever, silently
         self.recompile_limit = recompile_limit if recompile_limit is not None else \
-            int(os.environ.get("TILEFX_RECOMPILE_LIMIT", "8"))
+            settings.recompile_limit()
         self.eager_calls = 0  # calls past the limit, run by the model itself
         # checked at every call: eager in training mode would update their running stats
         self._batchnorms = running_stat_modules(model)

@@ -313,7 +313,7 @@ def _load_kernels(root: Path, manifest: dict[str, Any], graph: Graph) -> dict[tu
             raise ArtifactError(f"{root / MANIFEST}: kernel entry {row!r:.200} is invalid "
                                 f"({type(e).__name__}: {e}); the artifact is damaged") from None
         if backend == "library":  # the tuner chose the library call: the same torch calls
-            from tilefx.autotune.measure import LibraryKernel
+            from tilefx.codegen.measure import LibraryKernel
 
             table[key] = LibraryKernel(op, dict(key[1]))
             continue

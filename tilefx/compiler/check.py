@@ -43,13 +43,13 @@ from __future__ import annotations
 import functools
 import hashlib
 import logging
-import os
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterator, Mapping
 
-from tilefx.autotune.database import KernelCheck, TuningDatabase
+from tilefx import settings
+from tilefx.storage.database import KernelCheck, TuningDatabase
 from tilefx.ir.graph import Op
 
 if TYPE_CHECKING:
@@ -64,7 +64,7 @@ def checks_enabled(option: bool | None) -> bool:
     """``CompileOptions.check_builds``; None: on unless ``TILEFX_CHECK_BUILDS=0``."""
     if option is not None:
         return bool(option)
-    return os.environ.get(ENV, "1").strip().lower() not in ("0", "false", "off", "no")
+    return settings.check_builds()
 
 
 @dataclass(frozen=True)
@@ -182,7 +182,7 @@ class BuildChecker:
     def _bad_row(self, op: Op, bindings: Mapping[Any, int], built: Any, schedule: Any,
                  ckey: str, bkey: str, status: str, detail: str) -> KernelCheck:
         """The database row of a bad kernel, with what the tuner needs to skip it."""
-        from tilefx.autotune.functional_hash import workload_key
+        from tilefx.ir.functional_hash import workload_key
         from tilefx.autotune.tuner import candidate_fingerprint
 
         names = _names(bindings) or None
@@ -249,7 +249,7 @@ def code_key(built: Any, op_key: str, bindings: Mapping[Any, int]) -> str:
 def run_check(op: Op, bindings: Mapping[Any, int], built: Any, target: Target) -> tuple[str, str]:
     """Run ``built`` once on the reference inputs: (``ok`` | ``wrong_result`` |
     ``run_error`` | ``unchecked``, why)."""
-    from tilefx.autotune.functional_hash import check_reference, narrow, reference_run
+    from tilefx.ir.functional_hash import check_reference, narrow, reference_run
 
     names = _names(bindings) or None
     try:
@@ -278,7 +278,7 @@ def _run_and_compare(built: Any, inputs: list, want: list, dtypes: list, device:
                      slack: list | None = None) -> tuple[str, str]:
     import torch
 
-    from tilefx.autotune.functional_hash import outputs_match
+    from tilefx.ir.functional_hash import outputs_match
 
     # copies: the reference inputs are shared with the functional hash, and a bad kernel
     # may write anywhere it can reach
@@ -309,7 +309,7 @@ def _within(got: Any, ref: Any, extra: Any, dtype: Any) -> bool:
     toward the reference by up to ``extra`` must then pass it."""
     import torch
 
-    from tilefx.autotune.functional_hash import outputs_match
+    from tilefx.ir.functional_hash import outputs_match
 
     g, r = got.double(), ref.double()
     d = g - r
@@ -343,7 +343,7 @@ def _device_and_dtypes(op: Op, target: Target) -> tuple[str, list[Any]]:
     dtypes = [r.type.dtype for r in op.results]
     if target.kind != "cuda":
         return "cpu", dtypes
-    from tilefx.autotune import measure_cuda
+    from tilefx.codegen.triton import measure as measure_cuda
 
     return measure_cuda.device(), [measure_cuda._check_dtype(op, d) for d in dtypes]
 

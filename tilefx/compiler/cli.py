@@ -28,6 +28,8 @@ import sys
 from dataclasses import dataclass
 from typing import Any, Sequence
 
+from tilefx import settings
+
 SPEC_HELP = "SHAPExSHAPE[:dtype] like 64x1024:float32"
 DTYPES = ("float32", "float16", "bfloat16", "float64", "int64", "int32", "int16", "int8",
           "uint8", "bool")
@@ -229,7 +231,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = parser.parse_args(argv)
     except SystemExit as e:  # argparse has printed "error: ..." already
         return int(e.code or 0)
-    if args.verbose or os.environ.get("TILEFX_LOG", "").lower() == "debug":
+    if args.verbose or settings.debug_log():
         logging.basicConfig(level=logging.DEBUG)
     try:
         return args.func(args)

@@ -65,7 +65,7 @@ def _trials(kind: str, trials: int) -> int:
 
 
 def cmd_collect(args: argparse.Namespace) -> int:
-    from tilefx.autotune.database import TuningDatabase
+    from tilefx.storage.database import TuningDatabase
     from tilefx.autotune.tuner import TuneOptions, Tuner
     from tilefx.codegen.target import Target
     from tilefx.compiler.cli import CLIError

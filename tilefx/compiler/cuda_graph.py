@@ -34,10 +34,10 @@ graphed plan must not be called from two threads at once.
 from __future__ import annotations
 
 import logging
-import os
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Sequence
 
+from tilefx import settings
 from tilefx.compiler.runtime import ExecutionPlan, InterpretedKernel, InterpretStep, KernelStep
 
 if TYPE_CHECKING:
@@ -73,7 +73,7 @@ def decide(graph: Graph, plan: ExecutionPlan, device: Any, option: bool | None) 
     """Whether to capture ``plan`` in a CUDA graph, and why (or why not)."""
     if option is False:
         return Decision(False, "turned off by CompileOptions(cuda_graphs=False)")
-    if option is None and os.environ.get(ENV, "1").strip() == "0":
+    if option is None and not settings.cuda_graphs():
         return Decision(False, f"turned off by {ENV}=0")
     if device is None or getattr(device, "type", str(device)) != "cuda":
         return Decision(False, "not on a CUDA device")

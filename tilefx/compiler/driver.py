@@ -225,11 +225,11 @@ def _build_one(op: Op, target: Target, bindings: Mapping[sympy.Symbol, int],
         _BUILT.move_to_end(key)
         return built
     if schedule is not None and schedule.get("extern") and target.kind == "cuda":
-        from tilefx.autotune.measure_cuda import resolve
+        from tilefx.codegen.triton.measure import resolve
 
         schedule = resolve(schedule)  # the Triton template's library impl: what was measured
     if schedule is not None and schedule.get("extern"):  # tuning chose the library call
-        from tilefx.autotune.measure import LibraryKernel
+        from tilefx.codegen.measure import LibraryKernel
 
         built = LibraryKernel(op, {s.name: v for s, v in bindings.items()})
     elif bindings:
@@ -464,7 +464,7 @@ def _keep_tuning_if_it_pays(tuned: CompiledGraph, graph: Graph, target: Target,
     decision is stored in the tuning database under the graph, its input shapes and the
     chosen schedules, so a warm recompile does not time the model again.
     """
-    from tilefx.autotune.database import TuningDatabase
+    from tilefx.storage.database import TuningDatabase
 
     record = tuned.record
     plain_record = CompileRecord(record.name, target=record.target)

@@ -20,10 +20,10 @@ works); ``strict`` (or ``TILEFX_STRICT=1``) raises instead, which tests use.
 from __future__ import annotations
 
 import logging
-import os
 import time
 from typing import Any, Callable, Sequence
 
+from tilefx import settings
 from tilefx.compiler.mutation import write_back
 
 log = logging.getLogger("tilefx.dynamo")
@@ -43,7 +43,7 @@ def reset() -> None:
 
 def tilefx_backend(gm: Any, example_inputs: Sequence[Any], **kwargs: Any) -> Callable[..., Any]:
     options = dict(kwargs.get("options") or {})
-    strict = bool(options.pop("strict", False)) or os.environ.get("TILEFX_STRICT") == "1"
+    strict = bool(options.pop("strict", False)) or settings.strict()
     try:
         return _compile(gm, example_inputs, options, strict)
     except Exception as e:

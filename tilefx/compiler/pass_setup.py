@@ -20,6 +20,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from tilefx import settings
 from tilefx.codegen.schedule import Schedule
 from tilefx.codegen.target import Target
 from tilefx.ir.graph import Op
@@ -175,7 +176,6 @@ def _cuda_sparse_chooser(target: Target, tune_db: str | None = None) -> Any:
     """The GPU's blocks (>= 16x16) and dtypes (fp16, bf16 too); a 2:4 weight also has the
     semi24 library candidate. With a GPU both are timed (decisions kept in the tuning
     database); without one (TRITON_INTERPRET=1) the estimate alone, which never picks 2:4."""
-    import os
 
     from tilefx.ir.types import DType
     from tilefx.passes.sparsity import CUDA_BREAK_EVEN, AnalyticalChooser, MeasuredChooser, TuningDBStore
@@ -183,7 +183,7 @@ def _cuda_sparse_chooser(target: Target, tune_db: str | None = None) -> Any:
     try:
         import torch
 
-        gpu = torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET", "0") in ("", "0")
+        gpu = torch.cuda.is_available() and not settings.triton_interprets()
     except ImportError:
         gpu = False
 

@@ -43,7 +43,7 @@ def _load(path: str, mtime: float) -> Any:
 
 
 def local_model_path(target: Any) -> Path:
-    from tilefx.autotune.cache_dir import cache_root
+    from tilefx.settings import cache_root
 
     return Path(cache_root()) / "cost_model" / f"{target.key()}.json"
 

@@ -85,7 +85,7 @@ def measure_kernel(kernel: Any, target: Any, bindings: Mapping[Any, int]) -> flo
     import sympy
     import torch
 
-    from tilefx.autotune.functional_hash import reference_inputs
+    from tilefx.ir.functional_hash import reference_inputs
     from tilefx.codegen.tvm import build_kernel
     from tilefx.codegen.tvm.schedules.sparse import time_call
     from tilefx.ir.interpreter import torch_dtype

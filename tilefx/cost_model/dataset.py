@@ -101,7 +101,7 @@ def resolve_target_key(db: Any, target: str) -> str:
 
 def load_dataset(db: Any, target_key: str) -> Dataset:
     """Every ok template candidate of ``target_key`` in ``db`` (a TuningDatabase)."""
-    from tilefx.autotune.space import is_extern
+    from tilefx.codegen.space import is_extern
     from tilefx.codegen.schedule import Schedule
     from tilefx.codegen.target import Target
 

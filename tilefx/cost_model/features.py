@@ -188,13 +188,13 @@ _DEFAULTS_LIMIT = 2_000
 def _own_features(kernel_op: Any, schedule: Any, target: Any, bindings: Mapping[Any, int] | None,
                   nest: bool) -> dict[str, float]:
     """Every feature but the ``d_`` differences, by name (absent: 0)."""
-    from tilefx.autotune.space import is_extern
+    from tilefx.codegen.space import is_extern
 
     f: dict[str, float] = {}
     kind = kernel_op.attr("kind") or kernel_kind(kernel_op.body)
     f[f"kind_{kind}"] = 1.0
     if nest and not is_extern(schedule):
-        from tilefx.autotune.fingerprint import scheduled_module
+        from tilefx.codegen.tvm.fingerprint import scheduled_module
 
         try:
             f.update(nest_features(scheduled_module(kernel_op, target, schedule, bindings), target,
@@ -204,7 +204,7 @@ def _own_features(kernel_op: Any, schedule: Any, target: Any, bindings: Mapping[
     f.update({"cores": target.cores, "lanes": target.vector_lanes(4), "l1": _l2(target.l1_bytes),
               "l2": _l2(target.l2_bytes), "l3": _l2(target.l3_bytes)})
     try:
-        from tilefx.autotune.analytical import AnalyticalModel
+        from tilefx.cost_model.analytical import AnalyticalModel
 
         score = AnalyticalModel(bindings).predict(kernel_op, [schedule], target)[0]
         f["analytical"] = _l2(1e6 / score)

@@ -107,13 +107,13 @@ def _numel(shape: Any) -> int:
 def gpu_features(kernel_op: Any, schedule: Any, target: Any,
                  bindings: Mapping[Any, int] | None = None) -> dict[str, float]:
     """Features of one cuda candidate by name (absent: 0; knobs the template lacks: -1)."""
-    from tilefx.autotune.space import is_extern
+    from tilefx.codegen.space import is_extern
 
     f: dict[str, float] = {f"knob_{k}": -1.0 for k in GPU_KNOBS}
     f.update({"sms": float(max(1, int(target.cores))), "smem_per_block": _l2(target.l1_bytes), "l2": _l2(target.l2_bytes),
               "arch": float("".join(c for c in (target.arch or "sm_80") if c.isdigit()) or 80)})
     try:
-        from tilefx.autotune.measure_cuda import _symbols, resolve
+        from tilefx.codegen.triton.measure import _symbols, resolve
         from tilefx.codegen.triton.templates import body_of, template_for
 
         module = template_for(kernel_op)

@@ -136,7 +136,7 @@ class LearnedModel:
                             bindings=bindings, meta=self.meta)
 
     def predict(self, kernel: Any, schedules: Sequence[Any], target: Any) -> list[float]:
-        from tilefx.autotune.space import is_extern
+        from tilefx.codegen.space import is_extern
 
         if not schedules:
             return []
@@ -147,7 +147,7 @@ class LearnedModel:
 
     def observe(self, kernel: Any, results: Sequence[Any], target: Any) -> None:
         """Measured results (``.schedule``, ``.seconds``) of ``kernel``: boost on them."""
-        from tilefx.autotune.space import is_extern
+        from tilefx.codegen.space import is_extern
 
         kid = _kernel_id(kernel)
         schedules, seconds = self._seen.setdefault(kid, ([], []))

@@ -48,7 +48,7 @@ def baseline_scores(ds: Any, rows: np.ndarray, which: str, seed: int = 0) -> np.
     """Scores of the ``random`` or ``analytical`` baseline for ``rows`` of ``ds``."""
     if which == "random":
         return np.random.default_rng(seed).random(len(rows))
-    from tilefx.autotune.analytical import AnalyticalModel
+    from tilefx.cost_model.analytical import AnalyticalModel
 
     model = AnalyticalModel()
     out = np.zeros(len(rows))
@@ -86,7 +86,7 @@ def evaluate_split(ds: Any, X: np.ndarray, train: np.ndarray, test: np.ndarray, 
 def train_from_db(db_path: str, target: str, output: str, *, objective: str = "rank",
                   test_fraction: float = 0.25, seed: int = 0) -> str:
     """Train on ``db_path`` and write ``output``; returns the printed report."""
-    from tilefx.autotune.database import TuningDatabase
+    from tilefx.storage.database import TuningDatabase
     from tilefx.cost_model.dataset import load_dataset, resolve_target_key
     from tilefx.cost_model.features import layout_of
     from tilefx.cost_model.metrics import format_metrics

@@ -19,12 +19,12 @@ hidet's ``PassContext`` hooks):
 from __future__ import annotations
 
 import logging
-import os
 import sys
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Protocol, Sequence, TextIO
 
+from tilefx import settings
 from tilefx.ir.graph import Graph
 
 log = logging.getLogger("tilefx.passes")
@@ -120,7 +120,7 @@ class TraceInstrument:
 
 def verify_requested(verify: bool | None = None) -> bool:
     """An explicit ``verify`` wins; else ``TILEFX_VERIFY=1`` turns verification on."""
-    return verify if verify is not None else os.environ.get("TILEFX_VERIFY", "") not in ("", "0")
+    return verify if verify is not None else settings.verify_passes()
 
 
 def env_instruments(verify: bool | None = None) -> list[Instrument]:
@@ -128,7 +128,7 @@ def env_instruments(verify: bool | None = None) -> list[Instrument]:
     out: list[Instrument] = [TimingInstrument()]
     if verify_requested(verify):
         out.append(VerifyInstrument())
-    names = frozenset(n.strip() for n in os.environ.get("TILEFX_PRINT_AFTER", "").split(",") if n.strip())
+    names = settings.print_after()
     if names:
         out.append(PrintAfterInstrument(names))
     return out

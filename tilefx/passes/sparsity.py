@@ -321,7 +321,7 @@ class TuningDBStore:
     kind: str = "sparsity"
 
     def get(self, key: str) -> dict[str, Any] | None:
-        from tilefx.autotune.database import TuningDatabase
+        from tilefx.storage.database import TuningDatabase
 
         try:
             with TuningDatabase(self.path) as db:
@@ -340,7 +340,7 @@ class TuningDBStore:
             return None
 
     def put(self, key: str, payload: str) -> None:
-        from tilefx.autotune.database import TuningDatabase
+        from tilefx.storage.database import TuningDatabase
 
         try:
             with TuningDatabase(self.path) as db:

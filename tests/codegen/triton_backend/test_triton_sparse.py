@@ -110,7 +110,7 @@ def test_schedule_space_default_and_clamp():
 
 
 def test_tuner_space_and_fingerprints():
-    from tilefx.autotune.measure_cuda import fingerprint, triton_space
+    from tilefx.codegen.triton.measure import fingerprint, triton_space
     from tilefx.codegen.target import Target
 
     w = block_sparse(64, 32, (16, 16), 0.5)

@@ -36,6 +36,7 @@ import dataclasses
 import weakref
 from typing import Any
 
+from tilefx import settings
 from tilefx.codegen.schedule import Schedule
 from tilefx.codegen.triton.source import HEADER, KernelSource
 from tilefx.ir.graph import Graph, Op
@@ -48,9 +49,8 @@ _CACHE: dict[int, tuple[Any, Any]] = {}   # id(data) -> (weakref to data, compre
 
 
 def device_ok() -> bool:
-    import os
 
-    if os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"):
+    if settings.triton_interprets():
         return False
     try:
         import torch

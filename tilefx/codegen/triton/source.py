@@ -71,7 +71,7 @@ def fingerprint(source: KernelSource) -> str:
 
 
 def source_dir() -> Path:
-    from tilefx.autotune.cache_dir import cache_root
+    from tilefx.settings import cache_root
 
     return cache_root() / "triton"
 

@@ -249,7 +249,7 @@ def _time(op: Any, args: list, target: Any, schedule: Any = None) -> float:
     import numpy as np
     import torch
 
-    from tilefx.autotune.measure_cuda import time_cuda
+    from tilefx.codegen.triton.measure import time_cuda
     from tilefx.codegen.triton import build_kernel
 
     fn = build_kernel(op, target, schedule)

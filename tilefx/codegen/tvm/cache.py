@@ -25,6 +25,7 @@ import tempfile
 from pathlib import Path
 from typing import Any, Iterator
 
+from tilefx import settings
 from tilefx.codegen.target import Target
 
 log = logging.getLogger("tilefx.codegen.tvm")
@@ -33,8 +34,7 @@ _HASH_SUFFIX = ".sha256"
 
 
 def cache_dir() -> Path:
-    root = os.environ.get("TILEFX_CACHE_DIR") or os.path.join(os.path.expanduser("~"), ".cache", "tilefx")
-    return Path(root) / "kernels"
+    return settings.cache_root() / "kernels"
 
 
 def kernel_key(mod: Any, target: Target) -> str:

@@ -26,7 +26,7 @@ from __future__ import annotations
 import math
 from typing import Any, Mapping, Sequence
 
-from tilefx.autotune.space import is_extern
+from tilefx.codegen.space import is_extern
 from tilefx.codegen.schedule import Schedule
 
 THREAD_WAKE_S = 5e-6     # cost of starting a parallel loop

@@ -54,14 +54,14 @@ from __future__ import annotations
 import hashlib
 import logging
 import math
-import os
 import time
 import warnings
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, Sequence
 
-from tilefx.autotune.measure import BuildResult, MeasureResult, RunsInOrder, Workload
-from tilefx.autotune.space import SearchSpace, is_extern
+from tilefx import settings
+from tilefx.codegen.measure import BuildResult, MeasureResult, RunsInOrder, Workload
+from tilefx.codegen.space import SearchSpace, is_extern
 from tilefx.codegen.schedule import Schedule
 
 log = logging.getLogger("tilefx.autotune.cuda")
@@ -74,7 +74,7 @@ INTERPRETER_NOTE = "TRITON_INTERPRET=1: timed with time.perf_counter on CPU tens
 
 
 def interpreting() -> bool:
-    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+    return settings.triton_interprets()
 
 
 def resolve(schedule: Schedule | None) -> Schedule | None:
@@ -202,7 +202,7 @@ def device() -> str:
 
 
 def _device_data(workload: Workload) -> _DeviceData:
-    from tilefx.autotune.functional_hash import reference_inputs, reference_outputs
+    from tilefx.ir.functional_hash import reference_inputs, reference_outputs
 
     dev = device()
     data = _DATA.get((workload.key, dev))
@@ -323,7 +323,7 @@ class CudaRunner(RunsInOrder):
                              time.perf_counter() - t0)
 
     def _measure(self, workload: Workload, schedule: Schedule) -> tuple[str, list[float], str]:
-        from tilefx.autotune.functional_hash import outputs_match
+        from tilefx.ir.functional_hash import outputs_match
 
         data = _device_data(workload)
         fn = _kernel(workload, schedule)

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from tilefx.autotune.database import TuningDatabase
+    from tilefx.storage.database import TuningDatabase
 
 
 def export_jsonl(db: TuningDatabase, path: str | Path) -> int:

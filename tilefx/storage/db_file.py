@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-log = logging.getLogger("tilefx.autotune.database")
+log = logging.getLogger("tilefx.storage.database")
 
 _SQLITE_MAGIC = b"SQLite format 3\x00"
 

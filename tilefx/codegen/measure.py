@@ -37,8 +37,8 @@ from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
-from tilefx.autotune.space import is_extern
-from tilefx.autotune.workers import worker_context
+from tilefx.codegen.space import is_extern
+from tilefx.codegen.workers import worker_context
 from tilefx.codegen.schedule import Schedule
 
 log = logging.getLogger("tilefx.autotune")
@@ -322,7 +322,7 @@ def _runner_main(conn: Any, cache_dir: str | None) -> None:
         os.environ["TILEFX_CACHE_DIR"] = cache_dir
     import torch
 
-    from tilefx.autotune.functional_hash import outputs_match, reference_inputs, reference_outputs
+    from tilefx.ir.functional_hash import outputs_match, reference_inputs, reference_outputs
 
     state: dict[str, Any] = {}
     while True:

@@ -29,7 +29,7 @@ from tilefx.codegen.schedule import Schedule
 from tilefx.codegen.target import Target
 from tilefx.ir.graph import Op
 
-log = logging.getLogger("tilefx.autotune.fingerprint")
+log = logging.getLogger("tilefx.codegen.tvm.fingerprint")
 
 # Bumped when what goes into the hash changes, so old database rows do not match new ones.
 FINGERPRINT_VERSION = 1

@@ -58,7 +58,7 @@ class SearchSpace:
     def for_kernel(kernel_op: Any, target: Any, bindings: Any = None) -> SearchSpace:
         """The space of a ``kernel`` op's template on ``target``."""
         if getattr(target, "kind", "cpu") == "cuda":  # Triton templates, their library impl extern
-            from tilefx.autotune.measure_cuda import triton_space
+            from tilefx.codegen.triton.measure import triton_space
 
             return triton_space(kernel_op, bindings)
         from tilefx.codegen.tvm import schedule_space

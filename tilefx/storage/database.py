@@ -53,12 +53,12 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
-from tilefx.autotune import db_jsonl
-from tilefx.autotune.db_file import LockFile, foreign_header, is_corruption, move_aside
-from tilefx.autotune.db_schema import (  # noqa: F401 - the schema's names, re-exported
+from tilefx.storage import db_jsonl
+from tilefx.storage.db_file import LockFile, foreign_header, is_corruption, move_aside
+from tilefx.storage.db_schema import (  # noqa: F401 - the schema's names, re-exported
     _SCHEMA, _TABLES, APPLICATION_ID, CHECK_STATUSES, SCHEMA_VERSION, STATUSES, _create_schema)
 
-log = logging.getLogger("tilefx.autotune.database")
+log = logging.getLogger("tilefx.storage.database")
 
 BUSY_TIMEOUT_MS = 60_000
 
@@ -165,7 +165,7 @@ class TuningDatabase:
     """
 
     def __init__(self, path: str | Path | None = None) -> None:
-        from tilefx.autotune.cache_dir import tuning_db_path
+        from tilefx.settings import tuning_db_path
 
         self.path = Path(path) if path is not None else tuning_db_path()
         self._lock = threading.RLock()

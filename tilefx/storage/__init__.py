@@ -1,0 +1,11 @@
+"""Storage: what tilefx keeps between runs, in the tuning database.
+
+``database.TuningDatabase`` (SQLite with WAL, schema in ``db_schema``, file
+checks in ``db_file``, JSON-lines export in ``db_jsonl``) holds every
+measurement the tuner made, the workload keys, finished searches, the
+sparse/dense and whole-graph decisions and which built kernels passed or failed
+their check. The tuner writes it, the cost model learns from it and the driver
+reads it; no pass imports it (a pass that keeps a decision is handed a store).
+
+Floor: above ``codegen`` (records hold a ``Schedule``), below ``cost_model``.
+"""
