@@ -57,7 +57,8 @@ def tilefx_kernels(model: torch.nn.Module, inputs: tuple) -> list[tuple[str, str
     """(name, fused ops, ms, flops, bytes) of every kernel, in graph order."""
     from tilefx.cost_model.analytical import _contraction_flops
     from tilefx.compiler.capture import capture
-    from tilefx.compiler.driver import CompileOptions, compile_graph, fused_op_names
+    from tilefx.compiler.driver import CompileOptions, compile_graph
+    from tilefx.ir.identity import fused_op_names
     from tilefx.compiler.runtime import bind_symbols
 
     captured = capture(model, inputs)

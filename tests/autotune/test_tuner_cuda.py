@@ -250,11 +250,11 @@ def test_fp32_contractions_are_checked_at_the_tf32_tolerance_torch_computes_them
     try:
         matmul.allow_tf32, cudnn.allow_tf32 = False, True   # torch's defaults
         # cuDNN (the library candidate) computes fp32 convolutions in TF32, as eager PyTorch does
-        assert measure_cuda._check_dtype(conv, DType.float32) == DType.float16
-        assert measure_cuda._check_dtype(mm, DType.float32) == DType.float32
+        assert measure_cuda.check_dtype(conv, DType.float32) == DType.float16
+        assert measure_cuda.check_dtype(mm, DType.float32) == DType.float32
         cudnn.allow_tf32 = False
-        assert measure_cuda._check_dtype(conv, DType.float32) == DType.float32
+        assert measure_cuda.check_dtype(conv, DType.float32) == DType.float32
         matmul.allow_tf32 = True
-        assert measure_cuda._check_dtype(mm, DType.float32) == DType.float16
+        assert measure_cuda.check_dtype(mm, DType.float32) == DType.float16
     finally:
         matmul.allow_tf32, cudnn.allow_tf32 = saved

@@ -119,14 +119,6 @@ class _Known:
     seconds: float | None
 
 
-def extern_fingerprint(target: Any) -> str:
-    if target.kind == "cuda":  # the Triton template's library impl (measure_cuda.LIBRARY)
-        from tilefx.codegen.triton import measure as measure_cuda
-
-        return measure_cuda.extern_fingerprint(target)
-    return f"extern-torch-{target.key()}"
-
-
 class Tuner:
     """Tunes kernels one after the other, sharing a builder pool, a runner and a database."""
 
@@ -143,15 +135,11 @@ class Tuner:
 
             db = TuningDatabase(self.options.db_path)
         self.db = db
-        if self.target.kind == "cuda":  # Triton candidates, built and timed in this process
-            from tilefx.codegen.triton.measure import CudaRunner, TritonBuilder
-
-            builder = builder or TritonBuilder()
-            runner = runner or CudaRunner(repeats=self.options.repeats)
-        self.builder = builder or LocalBuilder(workers=self.options.workers)
-        self.runner = runner or LocalRunner(timeout=self.options.timeout,
-                                            repeats=self.options.repeats,
-                                            min_repeat_seconds=self.options.min_repeat_seconds)
+        self.backend = self.target.backend()
+        self.builder = builder or self.backend.tuning_builder(self.options.workers)
+        self.runner = runner or self.backend.tuning_runner(
+            timeout=self.options.timeout, repeats=self.options.repeats,
+            min_repeat_seconds=self.options.min_repeat_seconds)
         self.model = model
         self.results: list[KernelTuneResult] = []
         self.interrupted = False
@@ -184,10 +172,10 @@ class Tuner:
             res.from_db = True
             return self._finish(res, kernel_op, bindings, t_start)
 
-        space = SearchSpace.for_kernel(kernel_op, self.target, bindings)
+        space = self.backend.space(kernel_op, bindings)
         strategy = self._strategy(space, kernel_op, bindings)
         strategy.update([_Known(r.schedule, r.median if r.ok else None) for r in past])
-        default = _default_schedule(kernel_op, self.target, bindings)
+        default = self.backend.default_schedule(kernel_op, bindings)
         first = [default] + ([EXTERN] if space.has_extern else [])
         strategy.exclude(first)
         ranked = sorted((r for r in past if r.ok and r.median), key=lambda r: r.median)
@@ -206,8 +194,7 @@ class Tuner:
                     break
                 new: list[tuple[Schedule, str]] = []
                 for s in proposals:
-                    fp = extern_fingerprint(self.target) if is_extern(s) else \
-                        _fingerprint(kernel_op, s, self.target, bindings)
+                    fp = self.backend.fingerprint(kernel_op, s, bindings)
                     if fp in bad:  # never measured again, nor a parent of new proposals
                         res.bad_skipped += 1
                         strategy.update([_Known(s, None)])
@@ -305,7 +292,7 @@ class Tuner:
                    if r.ok and r.median and r.fingerprint not in bad]
         tvm = min((r for r in records if not is_extern(r.schedule)), key=lambda r: r.median,
                   default=None)
-        lib = self.db.lookup_fingerprint(workload.key, tkey, extern_fingerprint(self.target))
+        lib = self.db.lookup_fingerprint(workload.key, tkey, self.backend.extern_fingerprint())
         if tvm is None or lib is None or lib.fingerprint in bad:
             return
         build = self.builder.build(workload, [tvm.schedule])[0]  # in the kernel cache by now
@@ -364,15 +351,15 @@ class Tuner:
         best = self.db.best(res.workload_key, tkey)
         if best is not None:
             res.best, res.best_seconds = best.schedule, best.median
-        default = _default_schedule(kernel_op, self.target, bindings)
+        default = self.backend.default_schedule(kernel_op, bindings)
         try:  # by schedule first: lowering for a fingerprint is the slow way
             rec = self.db.lookup_schedule(res.workload_key, tkey, default.to_json()) or \
                 self.db.lookup_fingerprint(res.workload_key, tkey,
-                                           _fingerprint(kernel_op, default, self.target, bindings))
+                                           self.backend.fingerprint(kernel_op, default, bindings))
             res.default_seconds = rec.median if rec is not None and rec.ok else None
         except Exception as e:  # noqa: BLE001 - only the summary needs it
             log.debug("no default fingerprint for %s: %s", res.name, e)
-        rec = self.db.lookup_fingerprint(res.workload_key, tkey, extern_fingerprint(self.target))
+        rec = self.db.lookup_fingerprint(res.workload_key, tkey, self.backend.extern_fingerprint())
         res.library_seconds = rec.median if rec is not None and rec.ok else None
         res.seconds = time.perf_counter() - t_start
         self.results.append(res)
@@ -383,33 +370,6 @@ class Tuner:
         self.runner.close()
         if self._own_db:
             self.db.close()
-
-
-def _default_schedule(kernel_op: Any, target: Any, bindings: Any) -> Schedule:
-    if target.kind == "cuda":
-        from tilefx.codegen.triton import measure as measure_cuda
-
-        return measure_cuda.default_schedule(kernel_op, target, bindings)
-    from tilefx.codegen.tvm import default_schedule
-
-    return default_schedule(kernel_op, target, bindings=bindings)
-
-
-def candidate_fingerprint(kernel_op: Any, schedule: Schedule, target: Any, bindings: Any) -> str:
-    """The tuner's identity of the code ``schedule`` generates (the database's fingerprint)."""
-    if is_extern(schedule):
-        return extern_fingerprint(target)
-    return _fingerprint(kernel_op, schedule, target, bindings)
-
-
-def _fingerprint(kernel_op: Any, schedule: Schedule, target: Any, bindings: Any) -> str:
-    if target.kind == "cuda":
-        from tilefx.codegen.triton import measure as measure_cuda
-
-        return measure_cuda.fingerprint(kernel_op, schedule, target, bindings)
-    from tilefx.codegen.tvm.fingerprint import fingerprint
-
-    return fingerprint(kernel_op, schedule, target, bindings)
 
 
 def _progress(name: str, total: int | None, enabled: bool) -> Any:
@@ -447,28 +407,13 @@ def format_summary(results: list[KernelTuneResult]) -> str:
     return "\n".join(rows)
 
 
-# ------------------------------------------------------- the driver's entry point
+# ------------------------------------------------------- the compiler's entry point
 
-_SESSIONS: dict[tuple, Tuner] = {}
-
-
-def tuned_schedule(kernel_op: Any, target: Any, bindings: Mapping[Any, int] | None,
-                   options: Any) -> tuple[Schedule | None, KernelTuneResult | None]:
-    """The schedule to build ``kernel_op`` with under ``CompileOptions.tune_trials``.
-
-    Tunes (or reads the database) and returns the best schedule, or (None, result)
-    when nothing measured correctly (the default schedule is then used).
-    """
-    tune = getattr(options, "tune_trials", 0)
-    trials, seconds = parse_budget(tune)
-    if not trials and seconds is None:
-        return None, None
-    db_path = getattr(options, "tune_db", None)
-    key = (str(tune), str(db_path), target.key())
-    tuner = _SESSIONS.get(key)
-    if tuner is None:
-        tuner = _SESSIONS[key] = Tuner(target, TuneOptions(trials=trials, seconds=seconds,
-                                                           db_path=db_path))
+def tune_or_default(tuner: Tuner, kernel_op: Any, bindings: Mapping[Any, int] | None
+                    ) -> tuple[Schedule | None, KernelTuneResult | None]:
+    """The schedule to build ``kernel_op`` with: tuned (or read from the database) by
+    ``tuner``; (None, ...) when nothing measured correctly or tuning failed (the default
+    schedule is then used: tuning is an optimization and never fails a compile)."""
     try:
         result = tuner.tune_kernel(kernel_op, bindings)
     except Exception as e:  # noqa: BLE001 - tuning is an optimization: never fail the compile
@@ -476,10 +421,3 @@ def tuned_schedule(kernel_op: Any, target: Any, bindings: Mapping[Any, int] | No
                     "schedule", kernel_op.attr("name"), type(e).__name__, e)
         return None, None
     return result.best, result
-
-
-def close_sessions() -> None:
-    """Shut the builder pools and runner processes of ``tuned_schedule`` down."""
-    while _SESSIONS:
-        _, tuner = _SESSIONS.popitem()
-        tuner.close()

@@ -57,14 +57,7 @@ class SearchSpace:
     @staticmethod
     def for_kernel(kernel_op: Any, target: Any, bindings: Any = None) -> SearchSpace:
         """The space of a ``kernel`` op's template on ``target``."""
-        if getattr(target, "kind", "cpu") == "cuda":  # Triton templates, their library impl extern
-            from tilefx.codegen.triton.measure import triton_space
-
-            return triton_space(kernel_op, bindings)
-        from tilefx.codegen.tvm import schedule_space
-
-        kind = kernel_op.attr("kind")
-        return SearchSpace.of(schedule_space(kernel_op, target), has_extern=kind in EXTERN_KINDS)
+        return target.backend().space(kernel_op, bindings)
 
     @property
     def names(self) -> list[str]:

@@ -16,9 +16,12 @@ import logging
 import os
 from dataclasses import asdict, dataclass, replace
 from functools import lru_cache
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tilefx import settings
+
+if TYPE_CHECKING:
+    from tilefx.codegen.backend import Backend
 
 log = logging.getLogger("tilefx.codegen")
 
@@ -49,6 +52,12 @@ class Target:
         if self.kind not in ("cpu", "cuda"):
             raise ValueError(f"unknown target kind {self.kind!r}: use 'cpu' or 'cuda'")
         object.__setattr__(self, "mattr", tuple(self.mattr))
+
+    def backend(self) -> Backend:
+        """The code generator for this target (TVM for ``cpu``, Triton for ``cuda``)."""
+        from tilefx.codegen.backend import backend_for  # the backends import this module
+
+        return backend_for(self)
 
     def vector_lanes(self, itemsize: int = 4) -> int:
         """Elements of ``itemsize`` bytes in one SIMD register (16 for fp32 on AVX-512)."""

@@ -72,13 +72,6 @@ WEIGHTS_FILE = "weights.safetensors"
 TUNING_FILE = "tuning.jsonl"
 KERNEL_DIR = "kernels"
 
-# LLVM feature names that change which instructions a kernel may contain. Tuning
-# flags (fast-*, slow-*, macrofusion...) do not, so a host without them is fine.
-_ISA_PREFIXES = ("sse", "ssse3", "avx", "fma", "f16c", "bmi", "popcnt", "lzcnt", "movbe", "amx",
-                 "aes", "pclmul", "vaes", "gfni", "vpclmulqdq", "sha", "adx", "cx16", "cmov",
-                 "neon", "sve", "fp-armv8", "dotprod", "fullfp16", "i8mm", "bf16")
-
-
 class ArtifactError(Exception):
     """An artifact directory that cannot be written, read, trusted or run on this machine."""
 
@@ -106,23 +99,6 @@ def sha256_file(path: Path) -> str:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()
-
-
-def isa_features(features: Sequence[str]) -> list[str]:
-    """The instruction-set features among LLVM's feature names, sorted."""
-    return sorted(f for f in features if f.startswith(_ISA_PREFIXES))
-
-
-def target_cpu_features(target: Target) -> list[str]:
-    """The ISA features LLVM enables for ``target`` (imports TVM: compile side only)."""
-    if target.kind != "cpu":
-        return []
-    from tvm.target import codegen
-
-    enabled = set(codegen.llvm_get_cpu_features(target.to_tvm()))
-    for attr in target.mattr:  # explicit "+avx512f" / "-avx512f" on top of the CPU's own
-        (enabled.add if attr.startswith("+") else enabled.discard)(attr[1:])
-    return isa_features(enabled)
 
 
 def all_constants(graph: Any) -> dict[str, Any]:
@@ -170,7 +146,7 @@ def _entry_of(compiled: CompiledModule) -> Any:
 
 def _kernel_table(graph: Any, compiled_graph: Any, kdir: Path) -> tuple[list[dict], set[str]]:
     """One manifest row per (kernel op, binding of the symbols it uses); files written."""
-    from tilefx.compiler.driver import fused_op_names, kernel_symbols
+    from tilefx.ir.identity import fused_op_names, kernel_symbols
     from tilefx.compiler.runtime import InterpretedKernel, KernelStep
 
     kernel_ops = [op for op in graph.ops if op.name == "kernel"]
@@ -296,7 +272,7 @@ def save(compiled: CompiledModule, out_dir: str | os.PathLike, *, batch_name: st
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "model": model_ref or (record.name if record else ""),
         "target": json.loads(target.to_json()),
-        "cpu_features": target_cpu_features(target),
+        "cpu_features": target.backend().cpu_features(),
         "inputs": inputs,
         "symbols": {s: {"name": names.get(s, s), "sizes": sizes[s]} for s in symbols},
         "outputs": outputs,

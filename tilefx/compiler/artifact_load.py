@@ -501,7 +501,7 @@ def load(path: str | os.PathLike, *, build_missing: bool = False,
     target = manifest["target"]
 
     def lookup(op: Op, bindings: Mapping[sympy.Symbol, int]) -> Callable:
-        from tilefx.compiler.driver import kernel_symbols
+        from tilefx.ir.identity import kernel_symbols
 
         used = {s.name for s in kernel_symbols(op)}
         key = (op.results[0].name, tuple(sorted((s.name, int(v)) for s, v in bindings.items()

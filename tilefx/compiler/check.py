@@ -183,7 +183,6 @@ class BuildChecker:
                  ckey: str, bkey: str, status: str, detail: str) -> KernelCheck:
         """The database row of a bad kernel, with what the tuner needs to skip it."""
         from tilefx.ir.functional_hash import workload_key
-        from tilefx.autotune.tuner import candidate_fingerprint
 
         names = _names(bindings) or None
         sched = schedule if schedule is not None else getattr(built, "schedule", None)
@@ -193,7 +192,7 @@ class BuildChecker:
             log.debug("no workload key for %s: %s", op.attr("name"), e)
             wkey = ""
         try:
-            fp = candidate_fingerprint(op, sched, self.target, names) if sched is not None else ""
+            fp = self.target.backend().fingerprint(op, sched, names) if sched is not None else ""
         except Exception as e:  # noqa: BLE001 - the schedule's JSON still marks it
             log.debug("no tuner fingerprint for %s: %s", op.attr("name"), e)
             fp = ""
@@ -340,12 +339,8 @@ def _one_torch_thread() -> Iterator[None]:
 def _device_and_dtypes(op: Op, target: Target) -> tuple[str, list[Any]]:
     """Where the kernel runs and the dtype whose tolerance judges each output: the tuner's
     choices (on cuda, fp16's tolerance for fp32 contractions under TF32, as it measures)."""
-    dtypes = [r.type.dtype for r in op.results]
-    if target.kind != "cuda":
-        return "cpu", dtypes
-    from tilefx.codegen.triton import measure as measure_cuda
-
-    return measure_cuda.device(), [measure_cuda._check_dtype(op, d) for d in dtypes]
+    placement = target.backend().check_placement(op)
+    return placement.device, list(placement.dtypes)
 
 
 def _short(e: BaseException) -> str:

@@ -148,7 +148,8 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     from tilefx.compiler.api import _capture_mode
     from tilefx.compiler.capture import capture
     from tilefx.compiler.driver import (CompileOptions, CompileRecord, default_schedule_text,
-                                        fused_op_names, lower_and_optimize, make_builder)
+                                        lower_and_optimize, make_builder)
+    from tilefx.ir.identity import fused_op_names
     from tilefx.ir.graph import structural_equal
     from tilefx.ir.printer import print_graph
 

@@ -44,7 +44,8 @@ def model_kernels(model: Any, tensors: tuple, target_text: str) -> tuple[list, d
     """(distinct kernel ops, symbol bindings, target) of ``model`` on ``tensors``."""
     from tilefx.compiler.api import _capture_mode
     from tilefx.compiler.capture import capture
-    from tilefx.compiler.driver import CompileOptions, CompileRecord, kernel_key, lower_and_optimize
+    from tilefx.compiler.driver import CompileOptions, CompileRecord, lower_and_optimize
+    from tilefx.ir.identity import kernel_key
     from tilefx.compiler.runtime import bind_symbols
 
     options = CompileOptions(target=target_text)

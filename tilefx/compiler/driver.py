@@ -21,7 +21,6 @@ reference interpreter too, reported, and is never built for that schedule again.
 
 from __future__ import annotations
 
-import hashlib
 import re
 import logging
 import time
@@ -34,6 +33,7 @@ import sympy
 from tilefx.compiler.check import BuildChecker, CheckOutcome, checks_enabled
 from tilefx.compiler.runtime import CompiledGraph, InterpretedKernel, KernelFn
 from tilefx.ir.graph import Graph, Op
+from tilefx.ir.identity import fused_op_names, kernel_key, kernel_symbols
 
 if TYPE_CHECKING:
     from tilefx.codegen.target import Target
@@ -135,51 +135,6 @@ class CompileRecord:
             lines.append(f"tuning check: {self.tuning_check}")
         lines += self.notes
         return "\n".join(lines)
-
-
-def fused_op_names(kernel: Op) -> tuple[str, ...]:
-    """The compute ops a kernel fuses, in order (scalar constants left out)."""
-    assert kernel.body is not None, kernel
-    return tuple(op.name for op in kernel.body.ops if op.name != "const")
-
-
-def kernel_key(kernel: Op) -> str:
-    """A hash of a kernel's computation, blind to value and kernel names.
-
-    Two kernels with the same key compute the same function on the same types,
-    so one built kernel serves both.
-    """
-    body = kernel.body
-    assert body is not None
-    index: dict[str, int] = {v.name: i for i, v in enumerate(body.inputs)}
-    parts = [kernel.attr("kind"), ";".join(str(v.type) for v in body.inputs)]
-
-    def describe(op: Op) -> str:
-        for r in op.results:
-            index.setdefault(r.name, len(index))
-        attrs = dict(op.attrs)
-        if op.name == "const" and attrs.get("name") is not None:
-            data = body.const_data(op)
-            attrs["name"] = hashlib.sha1(data.tobytes()).hexdigest() + str(data.dtype)
-        inner = kernel_key(op) if op.name == "kernel" else ""
-        return (f"{op.name}({','.join(str(index[v.name]) for v in op.inputs)})"
-                f"{sorted(attrs.items(), key=lambda kv: kv[0])!r}"
-                f"{[str(r.type) for r in op.results]}{inner}")
-
-    parts += [describe(op) for op in body.ops]
-    parts.append(",".join(str(index[v.name]) for v in body.outputs))
-    return hashlib.sha256("\n".join(parts).encode()).hexdigest()
-
-
-def kernel_symbols(kernel: Op) -> set[sympy.Symbol]:
-    """The symbolic dims a kernel's types mention (a static kernel has none)."""
-    out: set[sympy.Symbol] = set()
-    for v in (*kernel.inputs, *kernel.results):
-        out |= v.type.free_symbols()
-    for op in kernel.body.ops if kernel.body is not None else ():
-        for r in op.results:
-            out |= r.type.free_symbols()
-    return out
 
 
 # In-process memo of built kernels: (kernel key, target, bindings) -> built kernel.

@@ -15,7 +15,7 @@ and timed in-process, and the measurement decides: fuse unless the separate
 kernels measure faster by more than ``tolerance`` (3%: isolated timings on a
 shared machine wobble by that much, and the fused kernel's saved round trip
 through memory shows less in isolation than inside the model). Decisions are cached by
-the kernels' computation (``driver.kernel_key``: name-blind IR text), so a
+the kernels' computation (``ir.identity.kernel_key``: name-blind IR text), so a
 transformer's repeated layers cost one decision. ``decisions`` keeps every
 one for the compile report (``FusionDecision.line``).
 
@@ -129,7 +129,7 @@ class FusionAdvisor:
         return sum(self.measurer(k, self.target, self._bindings(k)) for k in kernels)
 
     def should_fuse(self, fused: Any, separate: Sequence[Any]) -> bool:
-        from tilefx.compiler.driver import kernel_key
+        from tilefx.ir.identity import kernel_key
 
         self.asked += 1
         key = (kernel_key(fused), *sorted(kernel_key(k) for k in separate))

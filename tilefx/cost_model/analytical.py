@@ -61,7 +61,7 @@ class AnalyticalModel:
     def predict(self, kernel: Any, schedules: Sequence[Schedule], target: Any) -> list[float]:
         body = kernel.body
         if self.bindings:
-            from tilefx.codegen.tvm.kernel import specialize
+            from tilefx.ir.identity import specialize
 
             body = specialize(body, self.bindings)
         return [1.0 / max(self.estimate_seconds(kernel.attr("kind"), body, s, target), 1e-12)

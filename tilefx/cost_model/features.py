@@ -253,7 +253,7 @@ def features(kernel_op: Any, schedule: Any, target: Any,
     ``nest=False`` skips scheduling and the loop-nest walk (those entries stay
     0): the cheap knob + shape path.
     """
-    from tilefx.compiler.driver import kernel_key
+    from tilefx.ir.identity import kernel_key
 
     kernel = (kernel_key(kernel_op), tuple(sorted((str(k), int(v)) for k, v in (bindings or {}).items())),
               target.key(), nest)

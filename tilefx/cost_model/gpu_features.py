@@ -113,11 +113,12 @@ def gpu_features(kernel_op: Any, schedule: Any, target: Any,
     f.update({"sms": float(max(1, int(target.cores))), "smem_per_block": _l2(target.l1_bytes), "l2": _l2(target.l2_bytes),
               "arch": float("".join(c for c in (target.arch or "sm_80") if c.isdigit()) or 80)})
     try:
-        from tilefx.codegen.triton.measure import _symbols, resolve
+        from tilefx.codegen.triton.measure import resolve
+        from tilefx.ir.identity import symbol_bindings
         from tilefx.codegen.triton.templates import body_of, template_for
 
         module = template_for(kernel_op)
-        body = body_of(kernel_op, _symbols(bindings))
+        body = body_of(kernel_op, symbol_bindings(bindings))
         sched = resolve(schedule) if is_extern(schedule) else schedule
         tile = _tile(module.__name__.rsplit(".", 1)[-1], module, body, sched)
     except Exception as e:  # noqa: BLE001 - a body no template takes: target facts only

@@ -216,6 +216,6 @@ def _kind(target_key: str) -> str:
 
 
 def _kernel_id(kernel: Any) -> Any:
-    from tilefx.compiler.driver import kernel_key
+    from tilefx.ir.identity import kernel_key
 
     return kernel_key(kernel)

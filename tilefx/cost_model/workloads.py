@@ -182,7 +182,7 @@ def workload_set(spec: str = "zoo,family", target: str = "cpu", dtype: str = "fl
     """Kernels named by ``spec`` (comma list of ``zoo``, ``family``, ``sparse`` or zoo model names)
     for ``target``, the family's with ``dtype`` operands, without the held-out benchmark kernels,
     deduplicated by structure."""
-    from tilefx.compiler.driver import kernel_key
+    from tilefx.ir.identity import kernel_key
 
     kernels: list[Any] = []
     for part in [p.strip() for p in spec.split(",") if p.strip()]:

@@ -63,7 +63,7 @@ _WIDE = (DType.float32, DType.float16, DType.bfloat16)
 def _body(kernel_op: Op, bindings: Mapping[Any, int] | None) -> Graph:
     if kernel_op.name != "kernel" or kernel_op.body is None:
         raise ValueError(f"functional hashing expects a 'kernel' op with a body, got {kernel_op.name!r}")
-    from tilefx.codegen.tvm.kernel import specialize
+    from tilefx.ir.identity import specialize
 
     body = specialize(kernel_op.body, bindings or {})
     for v in (*body.inputs, *body.outputs):

@@ -32,7 +32,6 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Collection, Iterator, Mapping, Sequence
 
-import sympy
 
 from tilefx.ir.graph import Graph, Op, Value
 from tilefx.ir.types import DType
@@ -101,18 +100,6 @@ def literal(value: object) -> str:
             return 'float("inf")' if value > 0 else 'float("-inf")'
         return repr(value)
     return repr(int(value)) if isinstance(value, int) else repr(float(value))
-
-
-def specialize(body: Graph, bindings: Mapping[sympy.Symbol, int] | None) -> Graph:
-    """``body`` with its symbolic dims replaced by concrete sizes."""
-    if not bindings:
-        return body
-    subs = dict(bindings)
-    fix = lambda v: Value(v.name, v.type.specialize(subs))  # noqa: E731
-    ops = tuple(Op(op.name, tuple(map(fix, op.inputs)), tuple(map(fix, op.results)), op.attrs,
-                   op.body) for op in body.ops)
-    return body.replace(inputs=tuple(map(fix, body.inputs)), ops=ops,
-                        outputs=tuple(map(fix, body.outputs)))
 
 
 def broadcast_index(idx: Index, operand: tuple[int, ...], result: tuple[int, ...]) -> Index:

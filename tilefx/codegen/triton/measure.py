@@ -63,6 +63,7 @@ from tilefx import settings
 from tilefx.codegen.measure import BuildResult, MeasureResult, RunsInOrder, Workload
 from tilefx.codegen.space import SearchSpace, is_extern
 from tilefx.codegen.schedule import Schedule
+from tilefx.ir.identity import symbol_bindings
 
 log = logging.getLogger("tilefx.autotune.cuda")
 
@@ -82,15 +83,6 @@ def resolve(schedule: Schedule | None) -> Schedule | None:
     return LIBRARY if is_extern(schedule) else schedule
 
 
-def _symbols(bindings: Mapping[Any, int] | None) -> dict[Any, int] | None:
-    """Tuner bindings (symbol names) as the Triton backend wants them (sympy symbols)."""
-    if not bindings:
-        return None
-    from tilefx.ir.types import symbol
-
-    return {symbol(k) if isinstance(k, str) else k: int(v) for k, v in bindings.items()}
-
-
 # ------------------------------------------------------------------ space, fingerprint
 
 def triton_space(kernel_op: Any, bindings: Mapping[Any, int] | None = None) -> SearchSpace:
@@ -98,7 +90,7 @@ def triton_space(kernel_op: Any, bindings: Mapping[Any, int] | None = None) -> S
     from tilefx.codegen.triton.templates import space, template_for
 
     try:
-        knobs = space(kernel_op, _symbols(bindings))
+        knobs = space(kernel_op, symbol_bindings(bindings))
     except NotImplementedError:  # symbolic shapes and no bindings: the knobs alone
         module = template_for(kernel_op)
         knobs = {k: list(v) for k, v in module.SPACE.items()}
@@ -112,7 +104,7 @@ def triton_space(kernel_op: Any, bindings: Mapping[Any, int] | None = None) -> S
 def default_schedule(kernel_op: Any, target: Any, bindings: Mapping[Any, int] | None) -> Schedule:
     from tilefx.codegen.triton import default_schedule as default
 
-    return default(kernel_op, target, bindings=_symbols(bindings))
+    return default(kernel_op, target, bindings=symbol_bindings(bindings))
 
 
 def extern_fingerprint(target: Any) -> str:
@@ -126,7 +118,7 @@ def _code_fingerprint(kernel_op: Any, schedule: Schedule, target: Any,
     from tilefx.codegen.triton.source import fingerprint as source_fingerprint
     from tilefx.codegen.triton.templates import emit_source
 
-    source, _ = emit_source(kernel_op, schedule, target, _symbols(bindings))
+    source, _ = emit_source(kernel_op, schedule, target, symbol_bindings(bindings))
     text = (f"triton-fp{FINGERPRINT_VERSION}|{source_fingerprint(source)}|{target.key()}|"
             f"triton {triton.__version__}|interpret {interpreting()}")
     return hashlib.sha256(text.encode()).hexdigest()[:32]
@@ -210,14 +202,14 @@ def _device_data(workload: Workload) -> _DeviceData:
         bindings = workload.bindings_dict() or None
         inputs = [t.contiguous() for t in reference_inputs(workload.kernel, bindings)]
         want = reference_outputs(workload.kernel, inputs, bindings)
-        dtypes = [_check_dtype(workload.kernel, r.type.dtype) for r in workload.kernel.results]
+        dtypes = [check_dtype(workload.kernel, r.type.dtype) for r in workload.kernel.results]
         data = _DeviceData(workload.key, dev, [t.to(dev) for t in inputs], want, dtypes)
         _DATA.clear()  # one workload at a time: the tuner finishes a kernel before the next
         _DATA[(workload.key, dev)] = data
     return data
 
 
-def _check_dtype(kernel_op: Any, dtype: Any) -> Any:
+def check_dtype(kernel_op: Any, dtype: Any) -> Any:
     """The dtype whose tolerance checks an output: fp16's for fp32 contractions under TF32
     (matmuls when ``torch.backends.cuda.matmul.allow_tf32`` is on; convolutions also when
     ``torch.backends.cudnn.allow_tf32`` is, torch's default: cuDNN, the library candidate,
@@ -244,7 +236,7 @@ def _kernel(workload: Workload, schedule: Schedule) -> Any:
     from tilefx.codegen.triton import build_kernel
 
     return build_kernel(workload.kernel, workload.target, resolve(schedule),
-                        bindings=_symbols(workload.bindings_dict()))
+                        bindings=symbol_bindings(workload.bindings_dict()))
 
 
 def _call(fn: Callable, args: Sequence[Any]) -> None:

@@ -18,7 +18,7 @@ from typing import Any, Mapping
 import sympy
 
 from tilefx.codegen.schedule import Schedule
-from tilefx.codegen.triton.emit import specialize
+from tilefx.ir.identity import specialize
 from tilefx.codegen.triton.source import BuiltKernel, build, fingerprint, identifier
 from tilefx.ir.graph import Graph, Op
 

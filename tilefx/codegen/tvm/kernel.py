@@ -18,11 +18,11 @@ import logging
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
-import sympy
 
 from tilefx.codegen.schedule import Schedule
 from tilefx.codegen.target import Target
-from tilefx.ir.graph import Graph, Op
+from tilefx.ir.identity import specialize
+from tilefx.ir.graph import Op
 
 log = logging.getLogger("tilefx.codegen.tvm")
 
@@ -52,25 +52,6 @@ class BuiltKernel:
             return str(getattr(self.module, "mod", self.module).inspect_source())
         except Exception:  # noqa: BLE001 - loaded .so modules carry no source
             return ""
-
-
-def specialize(graph: Graph, bindings: Mapping[sympy.Symbol | str, int]) -> Graph:
-    """Substitute concrete sizes for the symbolic dims of a kernel body."""
-    if not bindings:
-        return graph
-    from tilefx.ir.graph import Value
-
-    subs = {(sympy.Symbol(k, integer=True, positive=True) if isinstance(k, str) else k): int(v)
-            for k, v in bindings.items()}
-    from tilefx.ir.interpreter import substitute
-
-    fix = lambda v: Value(v.name, v.type.specialize(subs))  # noqa: E731
-    # attributes hold symbolic dims too (a reshape's target shape)
-    ops = tuple(Op(op.name, tuple(map(fix, op.inputs)), tuple(map(fix, op.results)),
-                   tuple((k, substitute(a, subs)) for k, a in op.attrs), op.body)
-                for op in graph.ops)
-    return graph.replace(inputs=tuple(map(fix, graph.inputs)), ops=ops,
-                         outputs=tuple(map(fix, graph.outputs)))
 
 
 def to_prim_func(kernel_op: Op, bindings: Mapping[Any, int] | None = None) -> Any:

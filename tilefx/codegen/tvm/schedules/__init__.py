@@ -32,7 +32,7 @@ def _specialized(kernel_op: Op, bindings: Mapping[Any, int] | None) -> Op:
         return kernel_op
     from dataclasses import replace
 
-    from tilefx.codegen.tvm.kernel import specialize
+    from tilefx.ir.identity import specialize
 
     return replace(kernel_op, body=specialize(kernel_op.body, bindings))
 

@@ -1,0 +1,123 @@
+"""The Triton backend object (NVIDIA GPU): what ``Target.backend()`` returns for ``cuda``.
+
+Each method delegates to the module that does the work (``templates`` emits and
+builds, ``measure`` holds the space with its library candidate, the
+fingerprint, the in-process builder and the CUDA-event runner). Triton itself is
+imported on first build; TVM never is.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Mapping, Sequence
+
+from tilefx import settings
+from tilefx.codegen import timing
+from tilefx.codegen.backend import Backend, CheckPlacement, FeatureSet, PassDefaults
+from tilefx.codegen.schedule import Schedule
+from tilefx.codegen.space import SearchSpace
+from tilefx.ir.graph import Op
+from tilefx.ir.identity import symbol_bindings
+
+
+class TritonBackend(Backend):
+    name = "triton"
+    feature_set = FeatureSet.TILING
+    cost_model_arch = "cuda"
+    writes_artifacts = False
+
+    def build(self, op: Op, schedule: Schedule | None = None,
+              bindings: Mapping[Any, int] | None = None) -> Any:
+        from tilefx.codegen.triton.measure import resolve
+        from tilefx.codegen.triton.templates import build_kernel
+
+        # the tuner's extern schedule is the template's library implementation
+        return build_kernel(op, self.target, resolve(schedule), bindings=symbol_bindings(bindings))
+
+    def build_library(self, op: Op, bindings: Mapping[Any, int] | None = None) -> Any:
+        from tilefx.codegen.space import EXTERN
+
+        return self.build(op, EXTERN, bindings)
+
+    def default_schedule(self, op: Op, bindings: Mapping[Any, int] | None = None) -> Schedule:
+        from tilefx.codegen.triton.templates import default_schedule
+
+        return default_schedule(op, self.target, bindings=symbol_bindings(bindings))
+
+    def space(self, op: Op, bindings: Mapping[Any, int] | None = None) -> SearchSpace:
+        from tilefx.codegen.triton.measure import triton_space
+
+        return triton_space(op, bindings)
+
+    def fingerprint(self, op: Op, schedule: Schedule,
+                    bindings: Mapping[Any, int] | None = None) -> str:
+        from tilefx.codegen.triton.measure import fingerprint
+
+        return fingerprint(op, schedule, self.target, bindings)
+
+    def extern_fingerprint(self) -> str:
+        from tilefx.codegen.triton.measure import extern_fingerprint
+
+        return extern_fingerprint(self.target)
+
+    def tuning_builder(self, workers: int) -> Any:
+        from tilefx.codegen.triton.measure import TritonBuilder
+
+        return TritonBuilder()  # emitting is cheap; Triton compiles on the first launch
+
+    def tuning_runner(self, *, timeout: float, repeats: int, min_repeat_seconds: float) -> Any:
+        from tilefx.codegen.triton.measure import CudaRunner
+
+        return CudaRunner(repeats=repeats)
+
+    def timer(self) -> Callable[[Callable[..., Any], Sequence[Any]], float]:
+        return timing.median_ms
+
+    def check_placement(self, op: Op) -> CheckPlacement:
+        from tilefx.codegen.triton.measure import check_dtype, device
+
+        return CheckPlacement(device(), tuple(check_dtype(op, r.type.dtype) for r in op.results))
+
+    def pass_defaults(self) -> PassDefaults:
+        # fused attention template; the matmul and conv templates read plain layouts
+        return PassDefaults(decompose_attention=False, pack_weights=False,
+                            blocked_conv_layout=False, sparsity=True)
+
+    def sparse_chooser(self, *, estimate: Any = None, store: Any = None) -> Any:
+        """The GPU's blocks (>= 16x16) and dtypes (fp16, bf16 too); a 2:4 weight also has the
+        semi24 library candidate. With a GPU both are timed (decisions kept in ``store``);
+        without one (TRITON_INTERPRET=1) the estimate alone, which never picks 2:4."""
+        from tilefx.codegen.triton import semi24
+        from tilefx.ir.types import DType
+        from tilefx.passes.sparsity import CUDA_BREAK_EVEN, AnalyticalChooser, MeasuredChooser
+
+        gpu = _gpu_present()
+
+        def semi24_runs(layer: Any) -> bool:  # without a GPU: whether it could (reported, not picked)
+            return (semi24.available if gpu else semi24.fits)(layer.dtype, *layer.kn)
+
+        analytical = AnalyticalChooser(dict(CUDA_BREAK_EVEN), dtypes=(
+            DType.float32, DType.float16, DType.bfloat16), semi24=semi24_runs)
+        if not gpu:
+            return analytical
+
+        def measure(layer: Any, block: tuple[int, int]) -> tuple[float, float]:
+            from tilefx.codegen.triton.sparse import measure_layer
+
+            return measure_layer(layer, block, self.target)
+
+        def measure_2to4(layer: Any) -> tuple[float, float]:
+            from tilefx.codegen.triton.sparse import measure_2to4
+
+            return measure_2to4(layer, self.target)
+        return MeasuredChooser(measure, target=self.target.key(), estimate=analytical,
+                               measure_2to4=measure_2to4, store=store)
+
+
+def _gpu_present() -> bool:
+    if settings.triton_interprets():
+        return False
+    try:
+        import torch
+    except ImportError:
+        return False
+    return torch.cuda.is_available()

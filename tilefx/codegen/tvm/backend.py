@@ -1,0 +1,106 @@
+"""The TVM backend object (CPU through LLVM): what ``Target.backend()`` returns for ``cpu``.
+
+Each method delegates to the module that does the work (``kernel`` builds,
+``schedules`` holds the templates and their spaces, ``fingerprint`` lowers a
+candidate for its identity, ``codegen/measure`` builds in a process pool and
+times in an isolated runner). TVM itself is imported by those modules, on first
+use.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Mapping, Sequence
+
+from tilefx.codegen import timing
+from tilefx.codegen.backend import Backend, FeatureSet, PassDefaults
+from tilefx.codegen.schedule import Schedule
+from tilefx.codegen.space import EXTERN_KINDS, SearchSpace
+from tilefx.ir.graph import Op
+
+
+class TVMBackend(Backend):
+    name = "tvm"
+    feature_set = FeatureSet.LOOP_NEST
+    writes_artifacts = True
+
+    @property
+    def cost_model_arch(self) -> str:  # type: ignore[override]
+        return self.target.mtriple.split("-")[0]
+
+    def build(self, op: Op, schedule: Schedule | None = None,
+              bindings: Mapping[Any, int] | None = None) -> Any:
+        from tilefx.codegen.tvm.kernel import build_kernel
+
+        return build_kernel(op, self.target, schedule, bindings=dict(bindings) if bindings else None)
+
+    def build_library(self, op: Op, bindings: Mapping[Any, int] | None = None) -> Any:
+        from tilefx.codegen.measure import LibraryKernel
+
+        return LibraryKernel(op, {getattr(s, "name", s): v for s, v in (bindings or {}).items()})
+
+    def default_schedule(self, op: Op, bindings: Mapping[Any, int] | None = None) -> Schedule:
+        from tilefx.codegen.tvm.schedules import default_schedule
+
+        return default_schedule(op, self.target, bindings=bindings)
+
+    def space(self, op: Op, bindings: Mapping[Any, int] | None = None) -> SearchSpace:
+        from tilefx.codegen.tvm.schedules import space
+
+        return SearchSpace.of(space(op, self.target), has_extern=op.attr("kind") in EXTERN_KINDS)
+
+    def fingerprint(self, op: Op, schedule: Schedule,
+                    bindings: Mapping[Any, int] | None = None) -> str:
+        from tilefx.codegen.space import is_extern
+        from tilefx.codegen.tvm.fingerprint import fingerprint
+
+        if is_extern(schedule):
+            return self.extern_fingerprint()
+        return fingerprint(op, schedule, self.target, bindings)
+
+    def extern_fingerprint(self) -> str:
+        return f"extern-torch-{self.target.key()}"
+
+    def tuning_builder(self, workers: int) -> Any:
+        from tilefx.codegen.measure import LocalBuilder
+
+        return LocalBuilder(workers=workers)
+
+    def tuning_runner(self, *, timeout: float, repeats: int, min_repeat_seconds: float) -> Any:
+        from tilefx.codegen.measure import LocalRunner
+
+        return LocalRunner(timeout=timeout, repeats=repeats, min_repeat_seconds=min_repeat_seconds)
+
+    def timer(self) -> Callable[[Callable[..., Any], Sequence[Any]], float]:
+        return timing.median_ms
+
+    def pass_defaults(self) -> PassDefaults:
+        return PassDefaults(decompose_attention=True, pack_weights=True,
+                            blocked_conv_layout=True, sparsity=True)
+
+    def pack_factor(self, op: Op, schedule: Schedule) -> int | None:
+        from tilefx.codegen.tvm.schedules.matmul import register_n
+
+        return register_n(int(op.results[0].type.shape[-1]), schedule, self.target)
+
+    def block_factor(self, op: Op, schedule: Schedule) -> int | None:
+        from tilefx.codegen.tvm.schedules.conv import register_oc
+
+        return register_oc(int(op.results[0].type.shape[1]), schedule, self.target)
+
+    def sparse_chooser(self, *, estimate: Any = None, store: Any = None) -> Any:
+        """The dense-vs-sparse chooser: the latency model's ``estimate`` picks the block
+        and whether a layer is worth a look, a timing of both TVM kernels confirms."""
+        from tilefx.passes.sparsity import MeasuredChooser
+
+        def measure(layer: Any, block: tuple[int, int]) -> tuple[float, float]:
+            from tilefx.codegen.tvm.schedules.sparse import measure_layer
+
+            return measure_layer(layer, block, self.target)
+        if estimate is None:
+            return MeasuredChooser(measure, target=self.target.key(), store=store)
+        return MeasuredChooser(measure, target=self.target.key(), estimate=estimate, store=store)
+
+    def cpu_features(self) -> list[str]:
+        from tilefx.codegen.tvm.isa import target_cpu_features
+
+        return target_cpu_features(self.target)
