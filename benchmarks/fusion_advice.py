@@ -52,7 +52,7 @@ def time_both(a: Callable[[], Any], b: Callable[[], Any], repeats: int, min_s: f
 
 def run_model(name: str, batch: int, repeats: int, min_s: float) -> dict[str, Any]:
     import tilefx
-    from tilefx.compiler.driver import CompileOptions
+    from tilefx.compiler.options import CompileOptions
 
     entry = ZOO[name]
     model = entry.build()

@@ -44,7 +44,7 @@ def _ms(fn, args, repeats: int) -> float:
 
 def _compile(model, inputs, packed: bool, trials: int, db: str | None):
     import tilefx
-    from tilefx.compiler.driver import CompileOptions
+    from tilefx.compiler.options import CompileOptions
     from tilefx.passes import PassOptions
 
     passes = PassOptions(pack_weights=packed, layout=packed)

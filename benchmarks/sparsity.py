@@ -51,9 +51,9 @@ def sparse_weight(rng: np.random.Generator, k: int, n: int, block: tuple[int, in
 
 
 def _ms(fn, args, repeats: int) -> float:
-    from tilefx.codegen.tvm.schedules.sparse import time_call
+    from tilefx.codegen import timing
 
-    return time_call(fn, args, repeats=repeats, min_seconds=0.02) * 1e3
+    return timing.host_median(fn, args, repeats=repeats, min_seconds=0.02) * 1e3
 
 
 def _torch_sparse(w: np.ndarray, x, kind: str, layout: str, block: tuple[int, int], repeats: int):

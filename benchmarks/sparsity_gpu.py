@@ -6,7 +6,7 @@
 
 Linear 4096 -> 4096, fp16, batch 1 / 16 / 128, 50..95% zeros, three patterns:
 unstructured (random single zeros), 16x16 and 32x32 blocks; plus a 2:4 weight (50%).
-Per case, CUDA-event medians with a cold L2 (``autotune.measure_cuda.time_cuda``:
+Per case, CUDA-event medians with a cold L2 (``codegen.timing.cuda_median``:
 a 256 MB buffer is zeroed before each call, so the 32 MB dense weight is read
 from HBM, as in a model too big for L2):
 
@@ -48,13 +48,13 @@ SWEEP = [dict(STEP_BLOCKS=s, num_warps=w, num_stages=st)
 
 
 def _ms(fn: Callable, args: list) -> float:
-    from tilefx.codegen.triton.measure import time_cuda
+    from tilefx.codegen import timing
 
     if DEVICE == "cpu":
         t0 = time.perf_counter()
         fn(*args)
         return (time.perf_counter() - t0) * 1e3
-    return float(np.median(time_cuda(fn, args, repeats=20, rep_seconds=0.05, max_repeats=100))) * 1e3
+    return timing.cuda_median(fn, args, repeats=20, rep_seconds=0.05, max_repeats=100) * 1e3
 
 
 def _fmt(v: float | None) -> str:
@@ -275,8 +275,8 @@ def break_even(rows: list[dict]) -> list[str]:
 
 def markdown(rows: list[dict], notes: list[str], device: str) -> str:
     lines = [f"# Sparse Linear 4096->4096 fp16 on {device}", "",
-             "CUDA-event medians, cold L2 (`time_cuda`), ms. tilefx = Triton bsr_matmul, default "
-             "schedule; tuned = best of a small sweep at 90%. 2:4 = the semi24 candidate per call "
+             "CUDA-event medians, cold L2 (`timing.cuda_median`), ms. tilefx = Triton bsr_matmul, "
+             "default schedule; tuned = best of a small sweep at 90%. 2:4 = the semi24 candidate per call "
              "(weight compressed once, before timing); 2:4 first = its first call, wall clock "
              "(compression and library setup); 2:4 graph = replayed from a CUDA graph (no host "
              "work). \"2:4 bf16\" rows: bf16 throughout, cuBLAS bf16 as the baseline.", "",

@@ -26,7 +26,7 @@ import torch  # noqa: E402
 
 import tilefx  # noqa: E402
 from benchmarks.models import ZOO  # noqa: E402
-from tilefx.compiler.driver import CompileOptions  # noqa: E402
+from tilefx.compiler.options import CompileOptions  # noqa: E402
 
 
 def _compile_seconds(model: torch.nn.Module, inputs: tuple, options: CompileOptions) -> tuple[float, object]:

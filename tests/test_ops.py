@@ -24,7 +24,7 @@ from torch.utils import _pytree as pytree
 from tests.ops_table import OpCase, cases
 import tilefx
 from tilefx.compiler.capture import capture
-from tilefx.compiler.driver import CompileOptions
+from tilefx.compiler.options import CompileOptions
 from tilefx.compiler.frontend import lower_to_ir
 from tilefx.ir.interpreter import run_graph
 

@@ -13,12 +13,13 @@ from __future__ import annotations
 
 from typing import Any
 
-__version__ = "0.1.0"
+from tilefx.version import __version__
 
 _LAZY = {
     "compile": ("tilefx.compiler.api", "compile"),
     "CompiledModule": ("tilefx.compiler.api", "CompiledModule"),
-    "CompileOptions": ("tilefx.compiler.driver", "CompileOptions"),
+    "CompileOptions": ("tilefx.compiler.options", "CompileOptions"),
+    "CompileSession": ("tilefx.compiler.session", "CompileSession"),
     "load": ("tilefx.compiler.artifact_load", "load"),
     "ArtifactError": ("tilefx.compiler.artifact", "ArtifactError"),
 }

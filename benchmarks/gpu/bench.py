@@ -55,7 +55,7 @@ def _tilefx(model: Any, cuda_graphs: bool, tune: str = "0", tune_db: str | None 
     """tilefx for cuda; with ``tune`` every kernel is tuned (on the first call) into ``tune_db``."""
     import tilefx
     from tilefx.autotune.tuner import parse_budget
-    from tilefx.compiler.driver import CompileOptions
+    from tilefx.compiler.options import CompileOptions
 
     trials, seconds = parse_budget(tune)
     return tilefx.compile(model, options=CompileOptions(

@@ -57,13 +57,15 @@ def tilefx_kernels(model: torch.nn.Module, inputs: tuple) -> list[tuple[str, str
     """(name, fused ops, ms, flops, bytes) of every kernel, in graph order."""
     from tilefx.cost_model.analytical import _contraction_flops
     from tilefx.compiler.capture import capture
-    from tilefx.compiler.driver import CompileOptions, compile_graph
+    from tilefx.compiler.options import CompileOptions
+    from tilefx.compiler.pipeline import compile_graph
+    from tilefx.compiler.session import CompileSession
     from tilefx.ir.identity import fused_op_names
     from tilefx.compiler.runtime import bind_symbols
 
     captured = capture(model, inputs)
-    compiled = compile_graph(captured, options=CompileOptions(target="cuda", cuda_graphs=False),
-                             example_inputs=inputs)
+    compiled = compile_graph(captured, CompileOptions(target="cuda", cuda_graphs=False),
+                             CompileSession(), example_inputs=inputs)
     bindings = bind_symbols(compiled.graph, list(inputs))
     rows = []
     for op in compiled.graph.ops:

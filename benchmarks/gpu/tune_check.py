@@ -62,12 +62,13 @@ def kernels(small: bool) -> list[tuple[Any, int, Callable[[list], Any]]]:
 def torch_ms(op: Any, call: Callable[[list], Any]) -> float | None:
     """The torch call on the kernel's reference inputs, timed like the candidates."""
     from tilefx.ir.functional_hash import reference_inputs
-    from tilefx.codegen.triton.measure import interpreting, time_cuda
+    from tilefx.codegen import timing
+    from tilefx.codegen.triton.measure import interpreting
 
     if interpreting():
         return None
     inputs = [t.cuda() for t in reference_inputs(op)]
-    samples = sorted(time_cuda(lambda: call(inputs), repeats=20))
+    samples = sorted(timing.cuda_samples(lambda: call(inputs), repeats=20))
     return samples[len(samples) // 2] * 1e3
 
 

@@ -221,11 +221,11 @@ def test_ctrl_c_keeps_measurements_and_rerun_resumes(tmp_path, runner):
 
 
 def test_extern_schedule_runs_the_library_path(cache_dir):
-    from tilefx.compiler.driver import _build_one
+    from tilefx.compiler.session import CompileSession
 
     op = kernel_op("contraction", [f32(8, 16), f32(16, 4), f32(4)],
                    lambda b, x, w, c: b.op("relu", b.op("add", b.op("matmul", x, w), c)))
-    built = _build_one(op, TARGET, {}, EXTERN)
+    built = CompileSession().build(op, TARGET, {}, EXTERN)
     x, w, c = torch.randn(8, 16), torch.randn(16, 4), torch.randn(4)
     out = torch.empty(8, 4)
     built(x, w, c, out)
@@ -270,7 +270,7 @@ def _scaled_softmax(x):
 def test_compile_with_tune_then_warm_compile_measures_nothing(tmp_path, cache_dir, monkeypatch):
     import tilefx
     from tilefx.storage.database import TuningDatabase
-    from tilefx.compiler.driver import CompileOptions
+    from tilefx.compiler.options import CompileOptions
 
     monkeypatch.setenv("TILEFX_TUNE_WORKERS", "0")  # builds in process: no pool start-up
     torch.manual_seed(0)
@@ -312,33 +312,37 @@ def test_the_whole_graph_decides_between_tuned_and_default(tmp_path, cache_dir, 
                                                            tuned_faster):
     """Tuned kernels that make the model slower are not kept: the graph is timed both ways."""
     import tilefx
-    from tilefx.compiler import driver
+    from tilefx.codegen import timing
+    from tilefx.compiler.options import CompileOptions
 
     monkeypatch.setenv("TILEFX_TUNE_WORKERS", "0")
     calls = []
 
-    def fake_median_ms(fn, inputs, repeats=9):  # called tuned, default, tuned, default...
+    def fake_median_ms(fn, inputs, repeats=9, **kwargs):  # called tuned, default, tuned, ...
         calls.append(fn)
         is_tuned = len(calls) % 2 == 1
         return 1.0 if is_tuned == tuned_faster else 2.0
 
-    monkeypatch.setattr(driver, "_median_ms", fake_median_ms)
+    monkeypatch.setattr(timing, "median_ms", fake_median_ms)  # the backends' timer()
     x = torch.randn(8, 32)
-    cm = tilefx.compile(_scaled_softmax, options=driver.CompileOptions(
+    cm = tilefx.compile(_scaled_softmax, options=CompileOptions(
         tune_trials=2, tune_db=str(tmp_path / "check.db")))
     torch.testing.assert_close(cm(x), _scaled_softmax(x), rtol=1e-4, atol=1e-5)
     (rec,) = cm.records
     kept = "tuned" if tuned_faster else "default"
-    assert f"kept the {kept} schedules" in rec.tuning_check
+    decision = rec.tuning_decision
+    assert decision.keep_tuned is tuned_faster and not decision.from_database
+    assert f"kept the {kept} schedules" in cm.report()
     assert "tuning check:" in cm.report()
     assert len(calls) == 6  # three interleaved rounds
     # a warm recompile takes the decision from the database: the model is not timed again
     calls.clear()
-    cm2 = tilefx.compile(_scaled_softmax, options=driver.CompileOptions(
+    cm2 = tilefx.compile(_scaled_softmax, options=CompileOptions(
         tune_trials=2, tune_db=str(tmp_path / "check.db")))
     torch.testing.assert_close(cm2(x), _scaled_softmax(x), rtol=1e-4, atol=1e-5)
     assert calls == []
-    assert f"kept the {kept} schedules (decided earlier" in cm2.records[0].tuning_check
+    decision = cm2.records[0].tuning_decision
+    assert decision.keep_tuned is tuned_faster and decision.from_database
 
 
 def test_warm_recompile_skips_the_functional_hash_and_finished_searches(tmp_path, runner,

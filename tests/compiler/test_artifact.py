@@ -56,13 +56,13 @@ LOADER = textwrap.dedent('''
         return fail
 
     import torch.export
-    import tilefx.codegen.tvm, tilefx.compiler.capture, tilefx.compiler.driver
+    import tilefx.codegen.tvm, tilefx.compiler.capture, tilefx.compiler.session
     import tilefx.compiler.frontend, tilefx.passes
     torch.export.export = forbidden("torch.export.export")
     tilefx.compiler.capture.capture = forbidden("capture")
     tilefx.compiler.frontend.lower_to_ir = forbidden("lower_to_ir")
     tilefx.passes.optimize = forbidden("passes.optimize")
-    tilefx.compiler.driver._build_one = forbidden("driver._build_one")
+    tilefx.compiler.session.CompileSession.build = forbidden("CompileSession.build")
     tilefx.codegen.tvm.build_kernel = forbidden("build_kernel")
 
     import tilefx

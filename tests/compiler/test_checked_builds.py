@@ -16,7 +16,11 @@ import torch
 
 import tilefx
 from tilefx.storage.database import KernelCheck, TuningDatabase
-from tilefx.compiler import check, driver
+from tilefx.codegen.tvm.backend import TVMBackend
+from tilefx.compiler.options import CompileOptions
+from tilefx.compiler.records import CheckStatus, CompileRecord
+from tilefx.compiler.session import CompileSession, KernelBuilder
+from tilefx.ir import functional_hash
 from tests.old_database import old_database_with_workload
 
 
@@ -47,9 +51,9 @@ def fresh(tmp_path, monkeypatch):
     monkeypatch.setenv("TILEFX_CACHE_DIR", str(tmp_path))
     monkeypatch.delenv("TILEFX_CHECK_BUILDS", raising=False)
 
-    def forget() -> None:
-        check.forget()
-        driver._BUILT.clear()
+    def forget() -> None:  # each compile has its own session: only process memos of the
+        functional_hash._RUNS.clear()  # reference runs remain, and those are facts
+        functional_hash._functional_hash_cached.cache_clear()
 
     forget()
     yield forget
@@ -59,23 +63,17 @@ def fresh(tmp_path, monkeypatch):
 @pytest.fixture
 def planted(monkeypatch):
     """Contraction kernels come out wrong; returns the list of wrong kernels built."""
-    real_backend = driver._backend
+    real_build = TVMBackend.build
     built: list[WrongKernel] = []
 
-    def backend(target, name):
-        fn = real_backend(target, name)
-        if name != "build_kernel":
-            return fn
+    def build(self, op, schedule=None, bindings=None):
+        kernel = real_build(self, op, schedule, bindings)
+        if op.attr("kind") != "contraction":
+            return kernel
+        built.append(WrongKernel(kernel))
+        return built[-1]
 
-        def build_kernel(op, target, schedule=None, **kw):
-            kernel = fn(op, target, schedule, **kw)
-            if op.attr("kind") != "contraction":
-                return kernel
-            built.append(WrongKernel(kernel))
-            return built[-1]
-        return build_kernel
-
-    monkeypatch.setattr(driver, "_backend", backend)
+    monkeypatch.setattr(TVMBackend, "build", build)
     return built
 
 
@@ -112,17 +110,18 @@ def test_wrong_kernel_is_rejected_reported_run_in_pytorch_and_marked_bad(fresh, 
 
     # a new process: nothing in memory, the database remembers; the kernel is not even built
     fresh()
-    checks_before = check.checks_run
-    cm2 = tilefx.compile(f)
+    session = CompileSession()
+    cm2 = tilefx.compile(f, session=session)
     torch.testing.assert_close(cm2(x, w), f(x, w), rtol=1e-4, atol=1e-5)
     assert len(planted) == 1, "a kernel known bad was built again"
-    assert check.checks_run == checks_before  # the softmax kernel: checked before, from the db
+    assert session.checks.checks_run == 0  # the softmax kernel: checked before, from the db
     [line] = [line for line in _kernel_lines(cm2) if "rejected" in line]
     assert "(rejected earlier: wrong result vs reference, max abs err 1 — runs in PyTorch" in line
 
 
 def test_strict_raises_on_a_wrong_kernel(fresh, planted):
-    from tilefx.compiler.driver import CompileOptions, WrongKernelError
+    from tilefx.compiler.options import CompileOptions
+    from tilefx.compiler.session import WrongKernelError
 
     cm = tilefx.compile(f, options=CompileOptions(strict=True))
     with pytest.raises(WrongKernelError, match="wrong result vs reference"):
@@ -157,14 +156,14 @@ def test_the_tuner_skips_a_kernel_marked_bad(fresh, planted):
 @pytest.mark.parametrize("how", ["keyword", "env"])
 def test_check_off(fresh, planted, monkeypatch, how):
     x, w = _inputs()
-    before = check.checks_run
+    session = CompileSession()
     if how == "env":
         monkeypatch.setenv("TILEFX_CHECK_BUILDS", "0")
-        cm = tilefx.compile(f)
+        cm = tilefx.compile(f, session=session)
     else:
-        cm = tilefx.compile(f, check=False)
+        cm = tilefx.compile(f, check=False, session=session)
     y = cm(x, w)
-    assert check.checks_run == before and _rows() == []
+    assert session.checks.checks_run == 0 and _rows() == []
     # the planted kernel ran (nothing checked): its first row is off
     assert not torch.allclose(y, f(x, w), rtol=1e-5, atol=1e-6)
     assert "rejected" not in cm.report()
@@ -172,18 +171,21 @@ def test_check_off(fresh, planted, monkeypatch, how):
 
 def test_good_kernels_are_checked_once(fresh):
     x, w = _inputs()
-    before = check.checks_run
-    cm = tilefx.compile(f)
+    session = CompileSession()
+    cm = tilefx.compile(f, session=session)
     torch.testing.assert_close(cm(x, w), f(x, w), rtol=1e-4, atol=1e-5)
     n = len(cm.records[-1].kernels)
-    assert check.checks_run - before == n == len(_rows("ok"))
+    assert session.checks.checks_run == n == len(_rows("ok"))
+    assert all(k.check is CheckStatus.PASSED for k in cm.records[-1].kernels)
     assert "check" in cm.records[-1].seconds
     assert "rejected" not in cm.report() and "unchecked" not in cm.report()
-    tilefx.compile(f)(x, w)  # same process: remembered
+    tilefx.compile(f, session=session)(x, w)  # same session: remembered
+    assert session.checks.checks_run == n
     fresh()
-    cm3 = tilefx.compile(f)  # new process, warm cache: the database remembers
+    session3 = CompileSession()
+    cm3 = tilefx.compile(f, session=session3)  # new session, warm cache: the database remembers
     torch.testing.assert_close(cm3(x, w), f(x, w), rtol=1e-4, atol=1e-5)
-    assert check.checks_run - before == n
+    assert session3.checks.checks_run == 0
     assert "check" not in cm3.records[-1].seconds or cm3.records[-1].seconds["check"] < 0.5
 
 
@@ -217,20 +219,20 @@ def test_the_check_reuses_the_functional_hash_run(fresh, monkeypatch):
     for op in ops:
         functional_hash.workload_key(op)  # what tuning computes: the wide (float64) run
     assert len(calls) == len(ops) == 2
-    fresh()
-    before = check.checks_run
-    options = driver.CompileOptions()
-    build = driver.make_builder(options.resolved_target(), options, driver.CompileRecord("t"))
+    options = CompileOptions()
+    session = CompileSession()
+    build = KernelBuilder(session, options.resolved_target(), options, CompileRecord("t"))
     for op in ops:  # as a tuned compile does: the hash first, then the build and its check
         build(op, {})
-    assert check.checks_run - before == 2 and len(calls) == 2  # checked on the hash's run
-    fresh()
+    assert session.checks.checks_run == 2 and len(calls) == 2  # checked on the hash's run
     functional_hash._RUNS.clear()
     with TuningDatabase() as db:
         db._execute("DELETE FROM kernel_checks")
+    session = CompileSession()  # remembers no checks
+    build = KernelBuilder(session, options.resolved_target(), options, CompileRecord("t"))
     for op in ops:  # no hash computed: a float32 reference run per kernel
         build(op, {})
-    assert check.checks_run - before == 4
+    assert session.checks.checks_run == 2
     assert calls[2:] == [(functional_hash.DType.float32,)] * 2
 
 

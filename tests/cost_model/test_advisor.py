@@ -130,7 +130,7 @@ def test_real_advisor_compiled_zoo_model_matches_eager(name):
     pytest.importorskip("xgboost")
     import tilefx
     from benchmarks.models import ZOO
-    from tilefx.compiler.driver import CompileOptions
+    from tilefx.compiler.options import CompileOptions
 
     entry = ZOO[name]
     model = entry.build()

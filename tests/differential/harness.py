@@ -148,7 +148,7 @@ def _first_line(e: BaseException) -> str:
 def check_module(case: Any, target_name: str) -> Outcome:
     """Compile ``case`` (a ``patterns.Case``) for the target and compare with eager."""
     import tilefx
-    from tilefx.compiler.driver import CompileOptions
+    from tilefx.compiler.options import CompileOptions
 
     fn = case.build()
     inputs0, inputs1 = case.inputs(0), case.inputs(1)
@@ -205,7 +205,7 @@ def _check_index_error(fn: Any, case: Any, target_name: str) -> Outcome:
     once returned heap contents, or segfaulted). Compiled on good indices, then called
     with the bad ones, as a user's model meets them."""
     import tilefx
-    from tilefx.compiler.driver import CompileOptions
+    from tilefx.compiler.options import CompileOptions
 
     good, bad = case.inputs(0), case.inputs(1)
     good = tuple(t.clamp(0, 0) if not t.is_floating_point() else t for t in good)
@@ -235,12 +235,17 @@ def _check_index_error(fn: Any, case: Any, target_name: str) -> Outcome:
 def kernel_ops(case: Any, target_name: str) -> list[Any]:
     """The ``kernel`` ops of the case's optimized IR for the target (nothing is built)."""
     from tilefx.compiler.capture import capture
-    from tilefx.compiler.driver import CompileOptions, CompileRecord, lower_and_optimize
+    from tilefx.compiler.options import CompileOptions
+    from tilefx.compiler.pipeline import lower, optimize
+    from tilefx.compiler.records import CompileRecord
+    from tilefx.compiler.session import CompileSession
 
     fn = case.build()
     captured = capture(fn, case.inputs(0))
     options = CompileOptions(target=make_target(target_name))
-    graph = lower_and_optimize(captured, options, CompileRecord(case.name))
+    record = CompileRecord(case.name)
+    with CompileSession() as session:
+        graph = optimize(lower(captured, record), options, options.resolved_target(), session, record)
     return [op for op in graph.ops if op.name == "kernel"]
 
 

@@ -134,7 +134,7 @@ def test_layout_propagates_through_pointwise_kernels():
     assert log.after.strided_reads == 0 and log.after.transposed_writes == 1
     # the blocked pointwise kernels through TVM too
     import tilefx
-    from tilefx.compiler.driver import CompileOptions
+    from tilefx.compiler.options import CompileOptions
 
     model = Block().eval()
     passes = PassOptions(layout=True, fusion_advisor=_NoEpilogues())
@@ -174,7 +174,7 @@ def test_tvm_kernels_read_the_blocked_layouts():
 
 def test_compile_with_layout_matches_eager():
     import tilefx
-    from tilefx.compiler.driver import CompileOptions
+    from tilefx.compiler.options import CompileOptions
 
     torch.manual_seed(2)
     model = Net().eval()

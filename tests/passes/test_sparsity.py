@@ -12,6 +12,7 @@ from tilefx.ir.builder import GraphBuilder
 from tilefx.ir.interpreter import run_graph
 from tilefx.ir.types import DType, TensorType
 from tilefx.passes import PassOptions, optimize
+from tilefx.passes.decisions import MemoryDecisionStore
 from tilefx.passes.prune import prune_kn, prune_module
 from tilefx.passes.sparsity import (AnalyticalChooser, MeasuredChooser, block_density, sparse_layers,
                                     sparsify)
@@ -62,13 +63,14 @@ def test_measured_chooser_follows_the_measurement():
         calls.append(block)
         return 1.0, 2.0  # the measurement says dense wins, whatever the estimate says
 
-    chooser = MeasuredChooser(slow_sparse, target="test-slow")
+    store = MemoryDecisionStore()
+    chooser = MeasuredChooser(slow_sparse, target="test-slow", store=store)
     out = optimize(g, PassOptions(sparse_chooser=chooser))
     assert calls and not sparse_layers(out)
     d = chooser.decisions[0]
     assert not d.sparse and d.dense_ms == 1000.0 and "measured dense" in d.line()
-    # cached per (weight hash, shape, target): a second compile measures nothing
-    optimize(g, PassOptions(sparse_chooser=MeasuredChooser(slow_sparse, target="test-slow")))
+    # kept per (weight hash, shape, target) in the store: a second compile measures nothing
+    optimize(g, PassOptions(sparse_chooser=MeasuredChooser(slow_sparse, target="test-slow", store=store)))
     assert len(calls) == 1
 
 

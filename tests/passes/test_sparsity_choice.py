@@ -22,17 +22,15 @@ from tilefx.ir.interpreter import run_graph
 from tilefx.ir.printer import print_graph
 from tilefx.ir.types import DType, TensorType
 from tilefx.passes import sparsity
-from tilefx.passes.sparsity import (CUDA_BREAK_EVEN, AnalyticalChooser, MeasuredChooser, TuningDBStore,
-                                    holds_2to4, sparsify)
+from tilefx.passes.decisions import MemoryDecisionStore
+from tilefx.passes.rewrite import Rewriter
+from tilefx.passes.sparsity import CUDA_BREAK_EVEN, AnalyticalChooser, MeasuredChooser, holds_2to4, sparsify
+from tilefx.storage import decisions as storage_decisions
+from tilefx.storage.decisions import DatabaseDecisionStore
 from tests.old_database import old_database
 
 F16, BF16 = DType.float16, DType.bfloat16
 ROOT = Path(__file__).resolve().parents[2]
-
-
-@pytest.fixture(autouse=True)
-def fresh_memory_cache(monkeypatch):
-    monkeypatch.setattr(sparsity, "_DECISION_CACHE", {})
 
 
 def two_four(rng, k, n):
@@ -75,8 +73,6 @@ class Counter:
 
 def layer_of(graph):
     """The first layer of ``graph`` the pass would look at (as ``sparsify`` finds it)."""
-    from tilefx.passes.rewrite import Rewriter
-
     rw = Rewriter(graph)
     for op in graph.ops:
         layer = sparsity.candidate(rw, op, tuple(CUDA_BREAK_EVEN), (F16, BF16))
@@ -111,8 +107,7 @@ def test_two_four_wins_only_when_measured_faster():
     x = torch.randn(4, 128).half()
     torch.testing.assert_close(run_graph(out, [x])[0], run_graph(g, [x])[0], rtol=1e-3, atol=1e-2)
 
-    # measured slower: dense, and the line still shows the 2:4 timing
-    sparsity._DECISION_CACHE.clear()
+    # measured slower: dense, and the line still shows the 2:4 timing (a new chooser, no store)
     slow24 = Counter(1e-3, 3e-3)
     chooser = MeasuredChooser(block, target="t", estimate=gpu_estimate(), measure_2to4=slow24)
     assert sparsify.bind(chooser=chooser)(g) is g
@@ -174,10 +169,9 @@ def test_decision_is_stored_and_reused(tmp_path, caplog):
     db = tmp_path / "tuning.db"
     meas = Counter(2e-3, 1e-3)
 
-    def compile_once():
-        sparsity._DECISION_CACHE.clear()  # as in a new process
+    def compile_once():  # a new chooser and store: nothing remembered but the database, as in a new process
         chooser = MeasuredChooser(meas, target="cuda:test", estimate=gpu_estimate(),
-                                  store=TuningDBStore(str(db), "cuda:test"))
+                                  store=DatabaseDecisionStore(str(db), "cuda:test"))
         return sparsify.bind(chooser=chooser)(g), chooser.decisions[0]
 
     out1, d1 = compile_once()
@@ -208,17 +202,81 @@ def test_estimates_are_not_stored(tmp_path):
     rng = np.random.default_rng(5)
     g = linear_graph(block_sparse(rng, 128, 64, (16, 16), 0.9), F16)  # far from break-even
     chooser = MeasuredChooser(Counter(1.0, 0.5), target="t", estimate=gpu_estimate(),
-                              store=TuningDBStore(str(tmp_path / "t.db"), "t"))
+                              store=DatabaseDecisionStore(str(tmp_path / "t.db"), "t"))
     assert sparsify.bind(chooser=chooser)(g) is g
     with TuningDatabase(tmp_path / "t.db") as tdb:
         assert tdb._execute("SELECT COUNT(*) FROM pass_decisions").fetchone()[0] == 0
 
 
+
+def test_database_store_reads_the_rows_databases_hold_and_remembers_them(tmp_path, monkeypatch):
+    """The rows are ``pass_decisions`` (kind ``sparsity``, per target) as the store before it
+    wrote them; a store object remembers what it read (a miss too) or wrote, so asking it again
+    does not reopen the database; a new store reads the database afresh."""
+    db = tmp_path / "tuning.db"
+    with TuningDatabase(db) as tdb:
+        tdb.set_pass_decision("sparsity", "k1", "cpu:test", '{"a": 1}')
+    opened = []
+    real = storage_decisions.TuningDatabase
+    monkeypatch.setattr(storage_decisions, "TuningDatabase", lambda path: opened.append(path) or real(path))
+    store = DatabaseDecisionStore(str(db), "cpu:test")
+    assert store.get("k1") == '{"a": 1}' and store.get("missing") is None
+    assert DatabaseDecisionStore(str(db), "cpu:other").get("k1") is None
+    assert DatabaseDecisionStore(str(db), "cpu:test", kind="other_pass").get("k1") is None
+    store.put("k2", '{"b": 2}')
+    assert len(opened) == 5
+    assert (store.get("k1"), store.get("missing"), store.get("k2")) == ('{"a": 1}', None, '{"b": 2}')
+    assert len(opened) == 5  # all three from the store's memo
+    with real(db) as tdb:
+        assert tdb.pass_decision("sparsity", "k2", "cpu:test") == '{"b": 2}'
+    assert DatabaseDecisionStore(str(db), "cpu:test").get("k2") == '{"b": 2}' and len(opened) == 6
+
+
+def test_database_store_that_cannot_open_the_database_reports_and_answers_absent(tmp_path, monkeypatch,
+                                                                                   caplog):
+    def unopenable(path):
+        raise sqlite3.OperationalError("unable to open database file")
+
+    monkeypatch.setattr(storage_decisions, "TuningDatabase", unopenable)
+    store = DatabaseDecisionStore(str(tmp_path / "t.db"), "t")
+    with caplog.at_level(logging.WARNING, logger="tilefx.storage.decisions"):
+        assert store.get("k") is None
+        store.put("k", "{}")
+    assert caplog.text.count("cannot") == 2 and "unable to open" in caplog.text
+    assert store.get("k") == "{}"  # this process remembers what the database did not take
+    # the chooser goes on measuring: the compile never fails on its store
+    g = linear_graph(block_sparse(np.random.default_rng(9), 128, 64, (16, 16), 0.1), F16)
+    meas = Counter(2e-3, 1e-3)
+    chooser = MeasuredChooser(meas, target="t", estimate=gpu_estimate(),
+                              store=DatabaseDecisionStore(str(tmp_path / "t.db"), "t"))
+    assert len(bsr_ops(sparsify.bind(chooser=chooser)(g))) == 1 and meas.calls == 1
+
+
+def test_a_store_shared_by_two_choosers_measures_once_and_a_weight_met_twice_is_decided_once():
+    w = block_sparse(np.random.default_rng(8), 128, 64, (16, 16), 0.1).astype(np.float16)
+    b = GraphBuilder("two")
+    x = b.input(TensorType(F16, (4, 128)), "x")
+    g = b.finish([b.op("matmul", x, b.const(w, "w1")), b.op("matmul", x, b.const(w, "w2"))])
+    meas, store = Counter(2e-3, 1e-3), MemoryDecisionStore()
+    chooser = MeasuredChooser(meas, target="t", estimate=gpu_estimate(), store=store)
+    assert len(bsr_ops(sparsify.bind(chooser=chooser)(g))) == 2
+    assert meas.calls == 1 and len(store.rows) == 1
+    d1, d2 = chooser.decisions
+    assert (d1.layer, d2.layer) == ("w1", "w2") and d1.sparse and d2.sparse
+    assert "from the tuning database" not in d2.line()  # this chooser's own decision, not a stored one
+    again = MeasuredChooser(meas, target="t", estimate=gpu_estimate(), store=store)  # a second compile
+    assert len(bsr_ops(sparsify.bind(chooser=again)(g))) == 2
+    assert meas.calls == 1 and all(d.sparse and d.dense_ms == 2.0 for d in again.decisions)
+    # without a store nothing outlives the chooser: a new one measures again
+    MeasuredChooser(meas, target="t", estimate=gpu_estimate()).choose(layer_of(g))
+    assert meas.calls == 2
+
 SCRIPT = """
 import numpy as np, sys
 from tilefx.ir.builder import GraphBuilder
 from tilefx.ir.types import DType, TensorType
-from tilefx.passes.sparsity import MeasuredChooser, TuningDBStore, sparsify
+from tilefx.passes.sparsity import MeasuredChooser, sparsify
+from tilefx.storage.decisions import DatabaseDecisionStore
 rng = np.random.default_rng(0)
 mask = np.repeat(np.repeat(rng.random((8, 4)) < 0.1, 16, 0), 16, 1)
 mask[:16, :16] = True
@@ -227,7 +285,7 @@ x = b.input(TensorType(DType.float32, (4, 128)), "x")
 g = b.finish([b.op("matmul", x, b.const((rng.standard_normal((128, 64)) * mask).astype(np.float32), "w"))])
 calls = []
 chooser = MeasuredChooser(lambda layer, block: calls.append(block) or (2.0, 1.0), target="cpu:test",
-                          store=TuningDBStore(sys.argv[1], "cpu:test"))
+                          store=DatabaseDecisionStore(sys.argv[1], "cpu:test"))
 out = sparsify.bind(chooser=chooser)(g)
 print(len(calls), sum(op.name == "bsr_matmul" for op in out.ops))
 """
@@ -256,12 +314,12 @@ def test_version_2_database_gains_pass_decisions(tmp_path):
 
 
 def test_driver_keeps_cpu_decisions_in_the_tuning_db(tmp_path, monkeypatch):
-    """Two CPU compiles (the in-memory cache cleared between, as in a new process): the second
-    reads the decision from the database given by ``tune_db`` and times nothing."""
+    """Two CPU compiles: the second finds the decision in the database given by ``tune_db``
+    and times nothing."""
     pytest.importorskip("tvm")
     import tilefx
     from tilefx.codegen.tvm.schedules import sparse as tvm_sparse
-    from tilefx.compiler.driver import CompileOptions
+    from tilefx.compiler.options import CompileOptions
 
     meas = Counter(2e-3, 1e-3)
     monkeypatch.setattr(tvm_sparse, "measure_layer", lambda layer, block, target=None: meas(layer, block))
@@ -274,7 +332,6 @@ def test_driver_keeps_cpu_decisions_in_the_tuning_db(tmp_path, monkeypatch):
     options = CompileOptions(tune_db=str(tmp_path / "tuning.db"))
     reports, calls = [], []
     for _ in range(2):
-        sparsity._DECISION_CACHE.clear()
         cm = tilefx.compile(lin, options=options)
         with torch.no_grad():
             torch.testing.assert_close(cm(x), lin(x), rtol=1e-4, atol=1e-4)
@@ -349,7 +406,6 @@ def test_the_runner_up_block_is_timed_and_wins_when_faster():
     rng = np.random.default_rng(0)
     w = (rng.random((64, 64)) < 0.1).astype(np.float32) * rng.standard_normal((64, 64)).astype(np.float32)
     layer = sparsity.SparseLayer("w", "linear", (4, 64), 1, w, (((1, 1), 0.1), ((4, 4), 0.1), ((4, 16), 0.1)))
-    sparsity._DECISION_CACHE.clear()
     d = sparsity.MeasuredChooser(measure, target="test-runner-up", estimate=Ranked()).choose(layer)
     assert timed == [(4, 4), (4, 16)]
     assert d.sparse and d.block == (4, 16) and d.sparse_ms == pytest.approx(1.0)

@@ -52,6 +52,7 @@ class PassDefaults:
     pack_weights: bool           # the contraction template reads packed weight panels
     blocked_conv_layout: bool    # the conv template reads NCHWc blocked layouts
     sparsity: bool               # block-sparse kernels exist for this target
+    fusion_advisor: bool         # the learned latency model can vet fusions (opt-in)
 
 
 class KernelFn(Protocol):
@@ -127,6 +128,10 @@ class Backend:
     def block_factor(self, op: Op, schedule: Schedule) -> int | None:
         """The channel block of a conv built with ``schedule`` (None: plain NCHW)."""
         return None
+
+    def sparse_chooser(self, *, estimate: Callable[[], Any], store: Any = None) -> Any:
+        """The pass's dense-vs-sparse chooser for this backend (``passes.sparsity``)."""
+        raise NotImplementedError
 
     def cpu_features(self) -> list[str]:
         """The instruction-set features code for this target needs of a machine."""

@@ -27,7 +27,6 @@ A ``Workload`` (kernel op, target, bindings, workload key) is what both need.
 from __future__ import annotations
 
 import logging
-import math
 import os
 import pickle
 import statistics
@@ -37,6 +36,7 @@ from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
+from tilefx.codegen import timing
 from tilefx.codegen.space import is_extern
 from tilefx.codegen.workers import worker_context
 from tilefx.codegen.schedule import Schedule
@@ -373,25 +373,10 @@ def _run_one(state: dict, artifact: str, fault: str | None, repeats: int, warmup
             err = (got.double() - ref.double()).abs().max().item() if got.dtype.is_floating_point \
                 else "-"
             return "wrong_result", (), f"output {i} differs from the reference (max abs err {err})"
-    # warm up for a while, not a count: thread pools (TVM's, torch's) and caches need
-    # a few calls to settle after the previous candidate ran
-    t_end = time.perf_counter() + 3 * min_repeat
-    for i in range(200):
-        if i >= warmup and time.perf_counter() >= t_end:
-            break
-        fn(*inputs, *outs)
-    once = []
-    for _ in range(3):
-        t0 = time.perf_counter()
-        fn(*inputs, *outs)
-        once.append(max(time.perf_counter() - t0, 1e-7))
-    number = max(1, math.ceil(min_repeat / statistics.median(once))) if min_repeat > 0 else 1
-    samples = []
-    for _ in range(max(1, repeats)):
-        t0 = time.perf_counter()
-        for _ in range(number):
-            fn(*inputs, *outs)
-        samples.append((time.perf_counter() - t0) / number)
+    # warm-up for a while, not a count (thread pools settle after the previous candidate),
+    # then samples looped to min_repeat seconds
+    samples = timing.settled_samples(fn, [*inputs, *outs], repeats=repeats,
+                                     min_seconds=min_repeat, warmup=warmup)
     return "ok", tuple(samples), ""
 
 

@@ -39,43 +39,19 @@ import functools
 import logging
 import threading
 import time
-from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
 from tilefx import settings
-from tilefx.compiler.driver import CompileOptions, compile_graph
+from tilefx.compiler.capture import capture, capture_mode, capturing
+from tilefx.compiler.options import CompileOptions
+from tilefx.compiler.pipeline import compile_graph
+from tilefx.compiler.session import CompileSession
 from tilefx.compiler.mutation import (Mutation, check_not_training, running_stat_modules,
                                       state_tensors, write_back)
 from tilefx.compiler.signature import FlatCall, Signature, flatten_call
 
 log = logging.getLogger("tilefx.api")
-
-_state = threading.local()  # .capturing > 0 while a decorated class is being captured
-
-
-def _capturing() -> bool:
-    return getattr(_state, "capturing", 0) > 0
-
-
-@contextmanager
-def _capture_mode(model: Any) -> Iterator[None]:
-    """Eval mode and no grad for the capture, restoring each submodule's flag."""
-    import torch
-
-    modules = list(model.modules()) if isinstance(model, torch.nn.Module) else []
-    flags = [m.training for m in modules]
-    _state.capturing = getattr(_state, "capturing", 0) + 1
-    try:
-        for m in modules:
-            m.training = False
-        with torch.no_grad():
-            yield
-    finally:
-        _state.capturing -= 1
-        for m, flag in zip(modules, flags):
-            m.training = flag
-
 
 @dataclass
 class _OutputSpec:
@@ -190,7 +166,7 @@ class CompiledModule:
                  options: CompileOptions | None = None, passes: Any = None,
                  tune: int | str = 0, prune: float = 0.0, prune_block: tuple[int, int] = (1, 1),
                  quantize: Any = None, check: bool | None = None,
-                 recompile_limit: int | None = None) -> None:
+                 recompile_limit: int | None = None, session: CompileSession | None = None) -> None:
         if options is None:
             options = CompileOptions(target=target, passes=passes, tune_trials=tune,
                                      prune=prune, prune_block=tuple(prune_block), quantize=quantize,
@@ -198,6 +174,8 @@ class CompiledModule:
         self.model = model
         self.options = options
         self.dynamic = dynamic
+        # built kernels, tuners and database handles of every signature's compile
+        self.session = session if session is not None else CompileSession()
         self._cache: dict[Signature, _Entry] = {}
         self._lock = threading.Lock()
         self.num_compiles = 0
@@ -240,18 +218,16 @@ class CompiledModule:
         return self.model(*args, **kwargs)
 
     def _compile(self, call: FlatCall) -> _Entry:
-        from tilefx.compiler.capture import capture
-
         name = getattr(self.model, "__name__", None) or type(self.model).__name__
         log.info("tilefx: compiling %s for %s", name, call.signature)
         out = _OutputSpec()
         t0 = time.perf_counter()
-        with _capture_mode(self.model):
+        with capture_mode(self.model):
             captured = capture(_flat_module(self.model, call, out), tuple(call.tensors),
                                dynamic_batch=self.dynamic)
         seconds = time.perf_counter() - t0
         state = state_tensors(self.model, captured.state_names)
-        compiled = compile_graph(captured, options=self.options, name=name,
+        compiled = compile_graph(captured, self.options, self.session, name=name,
                                  example_inputs=(*call.tensors, *state))
         compiled.record.seconds = {"capture": seconds, **compiled.record.seconds}
         entry = _Entry(call.signature, compiled, out, seconds, state_names=captured.state_names,
@@ -287,7 +263,7 @@ class CompiledModule:
 def _compile_class(cls: type, kwargs: dict) -> type:
     """A subclass whose instances compile themselves on their first call."""
     def __call__(self: Any, *args: Any, **kw: Any) -> Any:
-        if _capturing():  # the capture of this very instance runs the eager module
+        if capturing():  # the capture of this very instance runs the eager module
             return super(compiled_cls, self).__call__(*args, **kw)
         cm = self.__dict__.get("_tilefx_compiled")
         if cm is None:
@@ -309,7 +285,7 @@ def compile(model: Any = None, target: str | Any = "cpu", *, dynamic: bool = Fal
             options: CompileOptions | None = None, passes: Any = None,
             tune: int | str = 0, prune: float = 0.0, prune_block: tuple[int, int] = (1, 1),
             quantize: Any = None, check: bool | None = None,
-            recompile_limit: int | None = None) -> Any:
+            recompile_limit: int | None = None, session: CompileSession | None = None) -> Any:
     """Compile ``model`` (nn.Module, function, or nn.Module class) with tilefx.
 
     Without ``model`` it returns a decorator. On an nn.Module class it returns a
@@ -329,12 +305,16 @@ def compile(model: Any = None, target: str | Any = "cpu", *, dynamic: bool = Fal
     Each new input signature (shapes, dtypes, Python scalars) compiles again, up to
     ``recompile_limit`` (default 8, ``TILEFX_RECOMPILE_LIMIT``); past it, new signatures
     run in eager PyTorch with one warning.
+    ``session`` (a ``CompileSession``) shares built kernels, tuners and database handles
+    between compiled models; by default each compiled model has its own.
     """
     kwargs = dict(target=target, dynamic=dynamic, options=options, passes=passes, tune=tune)
     if check is not None:
         kwargs.update(check=check)
     if recompile_limit is not None:
         kwargs.update(recompile_limit=recompile_limit)
+    if session is not None:
+        kwargs.update(session=session)
     if prune:  # opt-in, lossy: passes/prune.py reports every weight it changes
         kwargs.update(prune=prune, prune_block=tuple(prune_block))
     if quantize is not None:  # opt-in, lossy: passes/block_quant.py reports the errors

@@ -214,7 +214,7 @@ def save(compiled: CompiledModule, out_dir: str | os.PathLike, *, batch_name: st
     """
     from safetensors.numpy import save_file
 
-    import tilefx
+    from tilefx.version import __version__
     from tilefx.ir.printer import print_graph
 
     t0 = time.perf_counter()
@@ -267,7 +267,7 @@ def save(compiled: CompiledModule, out_dir: str | os.PathLike, *, batch_name: st
     manifest = {
         "format": FORMAT,
         "format_version": STATEFUL_FORMAT_VERSION if entry.mutations else FORMAT_VERSION,
-        "tilefx_version": tilefx.__version__,
+        "tilefx_version": __version__,
         "tvm_version": _tvm_version(),
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "model": model_ref or (record.name if record else ""),
@@ -358,7 +358,7 @@ def compile_artifact(model: Any, example_inputs: Sequence[torch.Tensor], out_dir
     torch.export specializes a batch dim it first sees as 1.
     """
     from tilefx.compiler.api import compile as tilefx_compile
-    from tilefx.compiler.driver import CompileOptions
+    from tilefx.compiler.options import CompileOptions
 
     from tilefx.compiler.mutation import snapshot_buffers
 

@@ -129,17 +129,17 @@ def read_manifest(root: Path, key: Any = None) -> dict[str, Any]:
 
 def check_compatible(manifest: dict[str, Any], *, flags: set[str] | None = None) -> None:
     """Raise ``ArtifactError`` naming the first thing that keeps this machine from running it."""
-    import tilefx
+    from tilefx.version import __version__
 
     if manifest["format_version"] not in READABLE_FORMAT_VERSIONS:
         raise ArtifactError(
             f"artifact format version {manifest['format_version']} is not supported by tilefx "
-            f"{tilefx.__version__} (it reads versions "
+            f"{__version__} (it reads versions "
             f"{', '.join(map(str, READABLE_FORMAT_VERSIONS))}); recompile the model with this tilefx")
-    if _major(manifest["tilefx_version"]) != _major(tilefx.__version__):
+    if _major(manifest["tilefx_version"]) != _major(__version__):
         raise ArtifactError(
             f"artifact was made by tilefx {manifest['tilefx_version']}, this is tilefx "
-            f"{tilefx.__version__}: major versions differ; recompile with this tilefx")
+            f"{__version__}: major versions differ; recompile with this tilefx")
     tvm_version = _installed_tvm_version()
     if tvm_version and _major_minor(manifest["tvm_version"]) != _major_minor(tvm_version):
         raise ArtifactError(
@@ -514,13 +514,14 @@ def load(path: str | os.PathLike, *, build_missing: bool = False,
                                      f"{dict(key[1])}")
         from tilefx.codegen.target import Target
         from tilefx.compiler.check import run_check
-        from tilefx.compiler.driver import _build_one
+        from tilefx.compiler.session import CompileSession
         from tilefx.compiler.runtime import InterpretedKernel
 
         log.info("tilefx: building kernel %s for %s (not in the artifact)", op.attr("name"),
                  dict(key[1]))
         built_for = Target.from_json(json.dumps(target))
-        fn = _build_one(op, built_for, bindings)
+        with CompileSession() as session:  # one kernel, for a size the artifact lacks
+            fn = session.build(op, built_for, bindings)
         # a kernel built here is new code: checked against the reference like any compile's
         status, why = run_check(op, bindings, fn, built_for)
         if status in ("wrong_result", "run_error"):

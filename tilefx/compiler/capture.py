@@ -25,10 +25,12 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import threading
 import re
 import warnings
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping, Sequence
+from contextlib import contextmanager
+from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import torch
 from torch.utils import _pytree as pytree
@@ -384,3 +386,30 @@ def capture_dynamo(gm: torch.fx.GraphModule, example_inputs: Sequence[Any]) -> C
                     captured.constant_names, captured.output_names, captured.out_spec,
                     captured.output_constants, None, tuple(positions), captured.baked_inputs,
                     tuple(readable[buf] for buf in captured.state_names), captured.mutations)
+
+
+_state = threading.local()  # .capturing > 0 while a decorated class is being captured
+
+
+def capturing() -> bool:
+    return getattr(_state, "capturing", 0) > 0
+
+
+@contextmanager
+def capture_mode(model: Any) -> Iterator[None]:
+    """Eval mode and no grad for the capture, restoring each submodule's flag; a class
+    decorated with ``tilefx.compile`` runs eagerly while it is being captured (``capturing``)."""
+    import torch
+
+    modules = list(model.modules()) if isinstance(model, torch.nn.Module) else []
+    flags = [m.training for m in modules]
+    _state.capturing = getattr(_state, "capturing", 0) + 1
+    try:
+        for m in modules:
+            m.training = False
+        with torch.no_grad():
+            yield
+    finally:
+        _state.capturing -= 1
+        for m, flag in zip(modules, flags):
+            m.training = flag

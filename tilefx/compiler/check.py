@@ -44,7 +44,7 @@ import functools
 import hashlib
 import logging
 from contextlib import contextmanager
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterator, Mapping
 
@@ -88,18 +88,16 @@ class CheckOutcome:
         return f"unchecked: {self.detail}" if self.status == "unchecked" else ""
 
 
-# What this process already knows: (code key, target key) -> outcome, and the build keys
-# of kernels found bad. Kept for the process's life (a check is a fact about fixed code);
-# ``forget`` is for tests that play a new process.
-_CHECKED: dict[tuple[str, str], CheckOutcome] = {}
-_BAD_BUILDS: dict[tuple[str, str], CheckOutcome] = {}
-checks_run = 0  # kernels actually run against the reference in this process (tests read it)
+@dataclass
+class CheckMemory:
+    """What one compile session knows of checks: (code key, target key) -> outcome, and the
+    build keys of kernels found bad; ``checks_run`` counts kernels actually run against the
+    reference. A check is a fact about fixed code, so the session keeps it for its life;
+    the tuning database keeps it across processes."""
 
-
-def forget() -> None:
-    """Drop what this process remembers of checks (the database keeps its records)."""
-    _CHECKED.clear()
-    _BAD_BUILDS.clear()
+    checked: dict[tuple[str, str], CheckOutcome] = field(default_factory=dict)
+    bad_builds: dict[tuple[str, str], CheckOutcome] = field(default_factory=dict)
+    checks_run: int = 0
 
 
 @functools.lru_cache(maxsize=1)
@@ -119,8 +117,10 @@ def _names(bindings: Mapping[Any, int]) -> dict[str, int]:
 class BuildChecker:
     """Checks the kernels one compile builds; holds the database handle while it does."""
 
-    def __init__(self, target: Target, db_path: str | None = None) -> None:
+    def __init__(self, target: Target, db_path: str | None = None,
+                 memory: CheckMemory | None = None) -> None:
         self.target = target
+        self.memory = memory if memory is not None else CheckMemory()
         self.target_key = target.key()
         self.db_path = db_path
         self._db: TuningDatabase | None = None
@@ -137,12 +137,12 @@ class BuildChecker:
                   schedule: Any) -> CheckOutcome | None:
         """The outcome of an earlier failed check of this very request, or None."""
         bkey = self.build_key(op_key, bindings, schedule)
-        known = _BAD_BUILDS.get((bkey, self.target_key))
+        known = self.memory.bad_builds.get((bkey, self.target_key))
         if known is None:
             row = self._query(lambda db: db.failed_build(bkey, self.target_key))
             if row is not None:
                 known = CheckOutcome("rejected", row.error, earlier=True)
-                _BAD_BUILDS[(bkey, self.target_key)] = known
+                self.memory.bad_builds[(bkey, self.target_key)] = known
         return known
 
     # -- after building ------------------------------------------------------------------
@@ -150,11 +150,10 @@ class BuildChecker:
     def check(self, op: Op, op_key: str, bindings: Mapping[Any, int], built: Any,
               schedule: Any) -> CheckOutcome:
         """Run ``built`` once against the reference (unless its code was checked before)."""
-        global checks_run
         bkey = self.build_key(op_key, bindings, schedule)
         ckey = code_key(built, op_key, bindings)
         memo = (ckey, self.target_key)
-        known = _CHECKED.get(memo)
+        known = self.memory.checked.get(memo)
         if known is None:
             row = self._query(lambda db: db.kernel_check(ckey, self.target_key))
             if row is not None:
@@ -164,7 +163,7 @@ class BuildChecker:
         if known is not None:
             known = known if known.earlier else CheckOutcome(known.status, known.detail, True)
         else:
-            checks_run += 1
+            self.memory.checks_run += 1
             status, detail = run_check(op, bindings, built, self.target)
             if status == "unchecked":
                 known = CheckOutcome("unchecked", detail)  # not stored: a later tilefx may do better
@@ -174,9 +173,9 @@ class BuildChecker:
             else:
                 known = CheckOutcome("rejected", detail)
                 self._write(self._bad_row(op, bindings, built, schedule, ckey, bkey, status, detail))
-        _CHECKED[memo] = known
+        self.memory.checked[memo] = known
         if known.rejected:
-            _BAD_BUILDS[(bkey, self.target_key)] = known
+            self.memory.bad_builds[(bkey, self.target_key)] = known
         return known
 
     def _bad_row(self, op: Op, bindings: Mapping[Any, int], built: Any, schedule: Any,

@@ -145,57 +145,51 @@ def _header(title: str) -> str:
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:
-    from tilefx.compiler.api import _capture_mode
-    from tilefx.compiler.capture import capture
-    from tilefx.compiler.driver import (CompileOptions, CompileRecord, default_schedule_text,
-                                        lower_and_optimize, make_builder)
-    from tilefx.ir.identity import fused_op_names
+    from tilefx.compiler.options import CompileOptions
+    from tilefx.compiler.pipeline import build_kernels, model_kernels
+    from tilefx.compiler.session import CompileSession, KernelBuilder
     from tilefx.ir.graph import structural_equal
+    from tilefx.ir.identity import fused_op_names
     from tilefx.ir.printer import print_graph
 
     model = load_model(args.model)
     tensors = tuple(spec.make(seed=i) for i, spec in enumerate(args.input))
     options = CompileOptions(target=args.target)
-    target = options.resolved_target()
-    with _capture_mode(model):
-        captured = capture(model, tensors, dynamic_batch=args.dynamic)
-    name = getattr(model, "__name__", None) or type(model).__name__
-    record = CompileRecord(name, target=f"{target.kind}:{target.mcpu}")
-    try:
-        graph = lower_and_optimize(captured, options, record, trace=True)
-    except ImportError:  # a pass manager without optimize_with_trace: final IR only
-        graph = lower_and_optimize(captured, options, record, trace=False)
-    out = [f"# tilefx inspect {args.model} --input {' '.join(map(str, args.input))} "
-           f"--target {record.target}"]
-    out += [_header("IR after frontend"), print_graph(record.frontend_ir)]
-    previous = record.frontend_ir
-    for pass_name, g in record.pass_trace:
-        if structural_equal(g, previous):
-            out.append(_header(f"IR after {pass_name}: unchanged"))
-        else:
-            out += [_header(f"IR after {pass_name}"), print_graph(g)]
-        previous = g
-    if not record.pass_trace:
-        out += [_header("IR after passes"), print_graph(graph)]
-    kernels = [op for op in graph.ops if op.name == "kernel"]
-    out.append(_header(f"kernels ({len(kernels)})"))
-    for op in kernels:
-        out.append(f"{op.attr('name')}: {op.attr('kind')} <- {' + '.join(fused_op_names(op))}")
-        out.append(f"    schedule {default_schedule_text(op, target)}")
-    out.append(_header(f"fallbacks ({len(record.fallbacks)})"))
-    for f in record.fallbacks:
-        out.append(f"{f.target} runs in PyTorch: {f.reason}")
-    if args.source:
-        from tilefx.compiler.runtime import bind_symbols
-
-        build = make_builder(target, options, record, keep_source=True)
-        bindings = bind_symbols(graph, [t.contiguous() for t in tensors])
+    with CompileSession() as session:
+        found = model_kernels(model, tensors, options, session, dynamic=args.dynamic, trace=True)
+        record, graph, target = found.record, found.graph, found.target
+        out = [f"# tilefx inspect {args.model} --input {' '.join(map(str, args.input))} "
+               f"--target {record.target}"]
+        out += [_header("IR after frontend"), print_graph(record.frontend_ir)]
+        previous = record.frontend_ir
+        for pass_name, g in record.pass_trace:
+            if structural_equal(g, previous):
+                out.append(_header(f"IR after {pass_name}: unchanged"))
+            else:
+                out += [_header(f"IR after {pass_name}"), print_graph(g)]
+            previous = g
+        kernels = [op for op in graph.ops if op.name == "kernel"]
+        out.append(_header(f"kernels ({len(kernels)})"))
         for op in kernels:
-            build(op, bindings)
-        for kr in record.kernels:
-            out += [_header(f"source of {kr.name} ({kr.backend})"), kr.source or "<none>"]
+            out.append(f"{op.attr('name')}: {op.attr('kind')} <- {' + '.join(fused_op_names(op))}")
+            out.append(f"    schedule {_default_schedule_text(op, target)}")
+        out.append(_header(f"fallbacks ({len(record.fallbacks)})"))
+        for f in record.fallbacks:
+            out.append(f"{f.target} runs in PyTorch: {f.reason}")
+        if args.source:
+            build_kernels(graph, found.bindings,
+                          KernelBuilder(session, target, options, record, keep_source=True))
+            for kr in record.kernels:
+                out += [_header(f"source of {kr.name} ({kr.status()})"), kr.source or "<none>"]
     print("\n".join(out))
     return 0
+
+
+def _default_schedule_text(op: Any, target: Any) -> str:
+    try:
+        return str(target.backend().default_schedule(op))
+    except Exception as e:  # noqa: BLE001 - the schedule is only shown, never needed here
+        return f"<no default schedule: {e}>"
 
 
 def build_parser() -> argparse.ArgumentParser:

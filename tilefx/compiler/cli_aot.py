@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import re
-import statistics
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -98,20 +97,6 @@ def parse_batch_sizes(text: str) -> tuple[int, ...]:
     return tuple(sorted({int(p) for p in parts}))
 
 
-def median_ms(fn: Callable[..., Any], args: Sequence[Any], repeats: int, warmup: int = 2) -> float:
-    import torch
-
-    with torch.no_grad():
-        for _ in range(warmup):
-            fn(*args)
-        times = []
-        for _ in range(repeats):
-            t0 = time.perf_counter()
-            fn(*args)
-            times.append(time.perf_counter() - t0)
-    return statistics.median(times) * 1e3
-
-
 def max_abs_diff(a: Any, b: Any) -> float:
     import torch
     import torch.utils._pytree as pytree
@@ -146,9 +131,12 @@ def _batch_plan(specs: Sequence[AotSpec], dynamic: str | None,
 
 
 def cmd_compile(args: argparse.Namespace) -> int:
+    import torch
+
+    from tilefx.codegen import timing
     from tilefx.compiler.artifact import ArtifactError, compile_artifact
     from tilefx.compiler.cli import CLIError, load_model
-    from tilefx.compiler.driver import CompileOptions
+    from tilefx.compiler.options import CompileOptions
 
     if not args.target.startswith(("cpu", "llvm")):
         raise CLIError(f"--target {args.target!r}: artifacts are CPU-only for now; use cpu or "
@@ -180,8 +168,9 @@ def cmd_compile(args: argparse.Namespace) -> int:
     seconds = time.perf_counter() - t0
     record = cm.records[0]
     diff = _compiled_vs_eager(cm, model, inputs)
-    compiled_ms = median_ms(cm, inputs, args.repeats)
-    eager_ms = median_ms(model, inputs, args.repeats)
+    with torch.no_grad():
+        compiled_ms = timing.median_ms(cm, inputs, args.repeats, warmup=2)
+        eager_ms = timing.median_ms(model, inputs, args.repeats, warmup=2)
     fused = sum(1 for k in record.kernels if len(k.fused_ops) > 1)
     tuning_s = sum(getattr(t, "seconds", 0.0) for t in getattr(record, "tuning", None) or ())
     lines = [record.report(), "",
@@ -244,6 +233,7 @@ def _update_compile_info(out: Path, **info: Any) -> None:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    from tilefx.codegen import timing
     from tilefx.compiler.artifact import ArtifactError
     from tilefx.compiler.artifact_load import load
     from tilefx.compiler.cli import CLIError, load_model
@@ -272,14 +262,17 @@ def cmd_run(args: argparse.Namespace) -> int:
             model.eval()
         # before timing: both from their initial state (the artifact's saved buffers)
         diff = _compiled_vs_eager(module, model, inputs)
-    ms = median_ms(module, inputs, args.repeats)
+    import torch  # imported here, not above: load_s times the load alone
+
+    with torch.no_grad():
+        ms = timing.median_ms(module, inputs, args.repeats, warmup=2)
+        eager = timing.median_ms(model, inputs, args.repeats, warmup=2) if model is not None else 0.0
     lines = [f"loaded {args.artifact} in {load_s * 1e3:.0f} ms "
              f"({len(module.manifest['kernels'])} kernels, "
              # counted in the IR that runs, not taken from the manifest's word
              f"{sum(op.name == 'fallback' for op in module.graph.ops)} fallbacks)",
              f"tilefx: {ms:.3f} ms (median of {args.repeats}) on {shapes}"]
     if model is not None:
-        eager = median_ms(model, inputs, args.repeats)
         lines.append(f"eager:  {eager:.3f} ms; speedup {eager / ms:.2f}x; max |diff| {diff:.2e}")
     print("\n".join(lines))
     return 0

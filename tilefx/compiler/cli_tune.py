@@ -40,37 +40,20 @@ def add_parser(sub: Any) -> None:
     p.set_defaults(func=cmd_tune)
 
 
-def model_kernels(model: Any, tensors: tuple, target_text: str) -> tuple[list, dict, Any]:
-    """(distinct kernel ops, symbol bindings, target) of ``model`` on ``tensors``."""
-    from tilefx.compiler.api import _capture_mode
-    from tilefx.compiler.capture import capture
-    from tilefx.compiler.driver import CompileOptions, CompileRecord, lower_and_optimize
-    from tilefx.ir.identity import kernel_key
-    from tilefx.compiler.runtime import bind_symbols
-
-    options = CompileOptions(target=target_text)
-    target = options.resolved_target()
-    with _capture_mode(model):
-        captured = capture(model, tensors)
-    name = getattr(model, "__name__", None) or type(model).__name__
-    graph = lower_and_optimize(captured, options, CompileRecord(name))
-    bindings = bind_symbols(graph, [t.contiguous() for t in tensors])
-    kernels: dict[str, Any] = {}
-    for op in graph.ops:
-        if op.name == "kernel":
-            kernels.setdefault(kernel_key(op), op)
-    return list(kernels.values()), bindings, target
-
-
 def cmd_tune(args: argparse.Namespace) -> int:
     from tilefx.autotune.tuner import TuneOptions, Tuner, format_summary
     from tilefx.compiler.cli import CLIError, load_model
+    from tilefx.compiler.options import CompileOptions
+    from tilefx.compiler.pipeline import model_kernels
+    from tilefx.compiler.session import CompileSession
 
     if args.trials is not None and args.trials < 1:
         raise CLIError(f"--trials must be at least 1, got {args.trials}")
     model = load_model(args.model)
     tensors = tuple(spec.make(seed=i) for i, spec in enumerate(args.input))
-    kernels, bindings, target = model_kernels(model, tensors, args.target)
+    with CompileSession() as session:
+        found = model_kernels(model, tensors, CompileOptions(target=args.target), session)
+    kernels, bindings, target = found.kernels, found.bindings, found.target
     try:
         options = TuneOptions.from_tune(args.time or args.trials, strategy=args.strategy,
                                         workers=args.workers, batch=args.batch,

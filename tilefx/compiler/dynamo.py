@@ -5,7 +5,7 @@ Dynamo splits the user's program into graphs at every graph break (a
 graph with the graph and its example inputs. Those inputs include the
 parameters and buffers of inlined modules; ``capture_dynamo`` bakes them in as
 constants (so mutating a weight after compiling needs a recompile) and we run
-the rest through the driver. The callable we return takes all of dynamo's flat
+the rest through the pipeline. The callable we return takes all of dynamo's flat
 inputs and returns what the graph returns. In-place updates in the graph
 (``self.n.add_(1)``, a KV-cache write, BatchNorm's running stats in training
 mode, ``x.add_(1)``) are kept: the compiled graph returns the new values and
@@ -24,6 +24,10 @@ import time
 from typing import Any, Callable, Sequence
 
 from tilefx import settings
+from tilefx.compiler.capture import capture_dynamo
+from tilefx.compiler.options import CompileOptions
+from tilefx.compiler.pipeline import compile_graph
+from tilefx.compiler.session import CompileSession
 from tilefx.compiler.mutation import write_back
 
 log = logging.getLogger("tilefx.dynamo")
@@ -58,8 +62,6 @@ def _compile(gm: Any, example_inputs: Sequence[Any], options: dict, strict: bool
              ) -> Callable[..., Any]:
     import torch
 
-    from tilefx.compiler.capture import capture_dynamo
-    from tilefx.compiler.driver import CompileOptions, compile_graph
 
     t0 = time.perf_counter()
     with torch.no_grad():
@@ -72,7 +74,7 @@ def _compile(gm: Any, example_inputs: Sequence[Any], options: dict, strict: bool
                         "known: target, passes, strict")
     positions = captured.input_positions
     example = [example_inputs[i] for i in positions]
-    compiled = compile_graph(captured, options=copts, name=f"dynamo_graph_{len(_COMPILED)}",
+    compiled = compile_graph(captured, copts, CompileSession(), name=f"dynamo_graph_{len(_COMPILED)}",
                              example_inputs=tuple(example))
     compiled.record.seconds = {"capture": capture_seconds, **compiled.record.seconds}
     _COMPILED.append(compiled)

@@ -27,6 +27,7 @@ import logging
 import numpy as np
 
 from tilefx.ir.graph import Graph, Op, Value
+from tilefx.ir.interpreter import run_graph
 from tilefx.ir.ops import GIVEN_TYPE_OPS
 from tilefx.ir.ops.shapes import broadcast_shapes
 from tilefx.ir.types import DType
@@ -55,9 +56,7 @@ def _source_name(rw: PatternRewriter, inputs: tuple[Value, ...]) -> str:
 
 def evaluate(op: Op, arrays: list[np.ndarray]) -> list[np.ndarray]:
     """Run one op on numpy inputs through the reference interpreter."""
-    import torch
-
-    from tilefx.ir.interpreter import run_graph
+    import torch  # not at module level: importing passes never loads torch
 
     graph = Graph("fold", op.inputs, (op,), op.results, {})
     tensors = [torch.from_numpy(np.array(a, copy=True)) for a in arrays]

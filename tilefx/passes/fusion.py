@@ -54,7 +54,7 @@ from __future__ import annotations
 import heapq
 import logging
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Protocol, Sequence
 
 from tilefx.ir.graph import Graph, Op, Value, freeze_attrs
 from tilefx.ir.ops import Category, get_op
@@ -65,6 +65,15 @@ from tilefx.passes.manager import graph_pass
 log = logging.getLogger("tilefx.passes.fusion")
 
 TOP_LEVEL_OPS = frozenset({"const", "kernel", "fallback"})
+
+
+class FusionAdvisor(Protocol):
+    """What fusion asks at a merge into an anchored group (``PassOptions.fusion_advisor``;
+    the compiler's is ``cost_model.advisor.FusionAdvisor``)."""
+
+    def should_fuse(self, fused: Op, separate: Sequence[Op]) -> bool:
+        """Whether the would-be ``fused`` kernel op beats the ``separate`` kernels it replaces."""
+        ...
 
 # How an op joins the groups of its producers: op category -> rule (a ``join_*``
 # method below). Opaque compute (an ``attention`` left whole) is "alone".
@@ -95,7 +104,7 @@ def _same_shape(a: tuple[Dim, ...], b: tuple[Dim, ...] | None) -> bool:
 
 
 class _Fuser:
-    def __init__(self, graph: Graph, advisor: Any = None) -> None:
+    def __init__(self, graph: Graph, advisor: FusionAdvisor | None = None) -> None:
         self.graph = graph
         self.advisor = advisor
         self.ops = graph.ops
@@ -354,7 +363,7 @@ class _Fuser:
 
 
 @graph_pass("fusion")
-def fuse(graph: Graph, advisor: Any = None) -> Graph:
+def fuse(graph: Graph, advisor: FusionAdvisor | None = None) -> Graph:
     fused = dce(_Fuser(graph, advisor).run())
     log.debug("fusion: %d ops -> %d kernels", len(graph.ops), len(kernels(fused)))
     return fused

@@ -55,7 +55,7 @@ from tilefx.passes.rewrite import all_names, unique_name, use_counts
 
 log = logging.getLogger("tilefx.passes.layout")
 
-BlockFactor = Callable[[Op], "int | None"]  # dense conv kernel -> its reg_oc (None: leave it)
+BlockFactor = Callable[[Op], int | None]  # dense conv kernel -> its reg_oc (None: leave it)
 
 # index maps between the plain and the blocked layouts (see the module docstring)
 TO_BLOCKED = (0, 1, 3, 4, 2)      # [N, C/c, c, H, W] -> [N, C/c, H, W, c]
@@ -109,7 +109,11 @@ class Transforms:
 
 @dataclass
 class LayoutLog(PackingLog):
-    """The pass's lines (a ``PackingLog``: the driver reports both passes' lines as notes)."""
+    """What the pass did: its lines and the layout transforms counted before and after.
+
+    An output of the run (the passes append, the compile record reads it). ``block_layout``
+    takes any ``PackingLog`` (the compiler hands it the packing pass's log, so both passes'
+    lines are reported together); only a ``LayoutLog`` gets ``before`` and ``after``."""
 
     before: Transforms | None = None
     after: Transforms | None = None
@@ -237,7 +241,7 @@ def _choose_blocks(graph: Graph, convs: dict[int, _Conv], factors: dict[int, int
 
 @graph_pass("block_layout")
 def block_layout(graph: Graph, block_factor: BlockFactor | None = None,
-                 report: LayoutLog | None = None) -> Graph:
+                 report: PackingLog | None = None) -> Graph:
     if block_factor is None:
         return graph
     producers, uses = graph.producers(), use_counts(graph)

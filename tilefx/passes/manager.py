@@ -26,6 +26,8 @@ from typing import Any, Callable, Protocol, Sequence, TextIO
 
 from tilefx import settings
 from tilefx.ir.graph import Graph
+from tilefx.ir.printer import print_graph
+from tilefx.ir.verifier import verify
 
 log = logging.getLogger("tilefx.passes")
 
@@ -81,8 +83,6 @@ class VerifyInstrument:
         pass
 
     def after_pass(self, name: str, graph: Graph, seconds: float) -> None:
-        from tilefx.ir.verifier import verify
-
         try:
             verify(graph)
         except Exception as e:
@@ -101,8 +101,6 @@ class PrintAfterInstrument:
 
     def after_pass(self, name: str, graph: Graph, seconds: float) -> None:
         if "all" in self.names or name in self.names:
-            from tilefx.ir.printer import print_graph
-
             out = self.stream or sys.stderr
             out.write(f"# after {name} (took {seconds * 1e3:.0f} ms)\n{print_graph(graph)}\n")
 

@@ -46,7 +46,7 @@ from tilefx.passes.rewrite import all_names, unique_name, use_counts
 
 log = logging.getLogger("tilefx.passes.packing")
 
-PackFactor = Callable[[Op], "int | None"]  # kernel op -> panel width bn (None: do not pack)
+PackFactor = Callable[[Op], int | None]  # kernel op -> panel width bn (None: do not pack)
 
 
 def pack_panels(w: np.ndarray, bn: int) -> np.ndarray:
@@ -64,6 +64,9 @@ def unpack_panels(wp: np.ndarray) -> np.ndarray:
 
 @dataclass
 class PackingLog:
+    """What the pass did, a line per packed weight: an output of the run (the pass appends,
+    the compile record reads it)."""
+
     lines: list[str] = field(default_factory=list)
 
 

@@ -1,6 +1,6 @@
 """The optimization pipeline: one line per pass, read top to bottom.
 
-``optimize(graph, options)`` is what the compiler driver calls;
+``optimize(graph, options)`` is what the compiler pipeline calls (``compiler/pipeline.py``);
 ``optimize_with_trace`` also returns the graph after each pass (for
 ``tilefx inspect``). Options are a frozen record passed explicitly, never read
 from globals; the environment only controls instruments (``TILEFX_VERIFY``,
@@ -10,44 +10,57 @@ from globals; the environment only controls instruments (``TILEFX_VERIFY``,
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 from tilefx.ir.graph import Graph
-from tilefx.passes.block_quant import block_quantize
+from tilefx.passes.block_quant import BlockQuant, QuantLog, block_quantize
 from tilefx.passes.canonicalize import canonicalize
 from tilefx.passes.cleanup import cse, dce
 from tilefx.passes.fold import fold_batch_norm, fold_constants
-from tilefx.passes.fusion import fuse
-from tilefx.passes.layout import block_layout
+from tilefx.passes.fusion import FusionAdvisor, fuse
+from tilefx.passes.layout import BlockFactor, block_layout
 from tilefx.passes.manager import GraphPass, Instrument, PassManager, TraceInstrument, env_instruments
 from tilefx.passes.outliers import group_outliers
-from tilefx.passes.packing import pack_weights
-from tilefx.passes.permute import permute_channels
+from tilefx.passes.packing import PackFactor, PackingLog, pack_weights
+from tilefx.passes.permute import PermutationLog, permute_channels
 from tilefx.passes.prune import prune_weights
-from tilefx.passes.sparsity import mark_sparse_kernels, sparsify
+from tilefx.passes.sparsity import SparseChooser, mark_sparse_kernels, sparsify
 
 
 @dataclass(frozen=True)
 class PassOptions:
+    """What the pipeline runs and with what: switches, the caller's hooks, the run's logs.
+
+    Frozen: no field is rebound during a run (``dataclasses.replace`` makes a new one).
+    Hooks are the caller's (the compiler's, ``compiler/pass_setup.py``): ``sparse_chooser``,
+    ``pack_factor``, ``block_factor`` and ``fusion_advisor`` let a pass ask what only the
+    target knows; None leaves the pass to its rules. Logs are outputs of the run: typed
+    records the passes append to and the caller reads afterwards (the compile record's
+    notes), as are ``sparse_chooser.decisions``. Give each run its own logs and chooser.
+    """
+
     fuse: bool = True
     decompose_attention: bool = True  # False keeps `attention` whole (its own kernel)
     fold_constants: bool = True
     verify: bool | None = None  # None: TILEFX_VERIFY decides
     sparsity: bool = True       # constant weights >= half zeros may become bsr_matmul (exact)
-    sparse_chooser: Any = None  # passes.sparsity.Chooser; None: the analytical estimate
+    sparse_chooser: SparseChooser | None = None  # dense or sparse, per layer; None: the analytical estimate
     prune: float = 0.0          # opt-in magnitude pruning: fraction of weights zeroed (lossy)
     prune_block: tuple[int, int] = (1, 1)  # (bk, bn) blocks of W[K, N] pruned together
-    quantize: Any = None        # passes.block_quant.BlockQuant: opt-in simulated block quantization (lossy)
-    quant_log: Any = None       # passes.block_quant.QuantLog: per-layer errors, for reports
+    quantize: BlockQuant | None = None  # opt-in simulated block quantization (lossy)
+    quant_log: QuantLog | None = None   # output: per-layer errors of quantize, for reports
     permute: bool = True        # hidden-channel permutation clustering sparse weights (exact)
-    permute_log: Any = None     # passes.permute.PermutationLog: per-layer block counts, for reports
-    pack_weights: bool = True   # linear weights stored as [N/bn, K, bn] panels (exact; CPU: cuda turns it off)
-    pack_factor: Any = None     # kernel op -> panel width (the driver's: from its schedule)
-    pack_log: Any = None        # passes.packing.PackingLog
-    layout: bool = True         # conv weights OIHW{i}i{o}o, activations NCHW{c}c between convs (exact; CPU)
-    block_factor: Any = None    # conv kernel op -> channel block (the driver's: reg_oc of its schedule)
-    layout_log: Any = None      # passes.layout.LayoutLog
-    fusion_advisor: Any = None  # .should_fuse(fused, separate) -> bool (cost_model.advisor); None: rules only
+    permute_log: PermutationLog | None = None  # output: per-layer block counts, for reports
+    pack_weights: bool = True   # linear weights stored as [N/bn, K, bn] panels (exact; the compiler
+    #                             turns it off where the backend's template reads plain weights)
+    pack_factor: PackFactor | None = None  # kernel op -> panel width (the compiler's: from its schedule)
+    pack_log: PackingLog | None = None     # output: a line per packed weight
+    layout: bool = True         # conv weights OIHW{i}i{o}o, activations NCHW{c}c between convs (exact;
+    #                             the compiler turns it off where the backend's conv reads NCHW)
+    block_factor: BlockFactor | None = None  # conv kernel op -> channel block (the compiler's: its reg_oc)
+    # output: the layout pass's lines; a LayoutLog also gets the transform counts before/after.
+    # May be the same object as pack_log (the compiler reports both passes' lines together).
+    layout_log: PackingLog | None = None
+    fusion_advisor: FusionAdvisor | None = None  # .should_fuse(fused, separate); None: rules only
 
 
 def pipeline(options: PassOptions | None = None) -> list[GraphPass]:

@@ -93,7 +93,7 @@ def prune_weights(graph: Graph, amount: float = 0.0, block: tuple[int, int] = (1
 def prune_module(module: Any, amount: float, block: tuple[int, int] = (1, 1)) -> Any:
     """Prune an eager module's Linear / attention projection / Conv2d weights in place by the
     same rule as the pass (the IR prunes each contraction weight as its own tensor)."""
-    import torch
+    import torch  # not at module level: importing passes never loads torch
 
     with torch.no_grad():
         for m in module.modules():

@@ -24,7 +24,7 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 
-from tilefx.ir.builder import GraphBuilder
+from tilefx.ir.builder import GraphBuilder, dtype_of_array
 from tilefx.ir.graph import Graph, Op, Value, freeze_attrs
 from tilefx.ir.ops import get_op, infer_types
 from tilefx.ir.types import DType, TensorType
@@ -127,8 +127,6 @@ class Rewriter:
 
     def const(self, array: np.ndarray, hint: str) -> Value:
         """A named array constant (rank >= 1) or, for a 0-d array, a scalar ``const {value}``."""
-        from tilefx.ir.builder import dtype_of_array
-
         array = np.ascontiguousarray(array)
         dtype = dtype_of_array(array)
         if array.ndim == 0:

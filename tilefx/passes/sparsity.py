@@ -6,8 +6,8 @@ Weights are constants, so their zeros are known at compile time. For each
 
 1. measures the weight's density per block size (``BLOCKS``: the fraction of
    ``bk x bn`` blocks that hold a nonzero) — exact zeros only, never a threshold;
-2. asks a ``Chooser`` whether the layer runs faster dense or block-sparse, and
-   with which block (``choose(layer) -> SparseDecision``);
+2. asks a ``SparseChooser`` whether the layer runs faster dense or block-sparse,
+   and with which block (``choose(layer) -> SparseDecision``);
 3. if sparse, replaces the contraction with ``bsr_matmul`` on new constants
    (``ir/ops/sparse.py``). The result is exact up to float summation order.
 
@@ -20,12 +20,16 @@ Choosers (the seam for the learned cost model of ``tilefx/cost_model``):
 - ``AnalyticalChooser``: nonzero blocks x block FLOPs at a per-block-width
   efficiency vs dense FLOPs; equivalently a break-even density per block,
   measured by ``benchmarks/sparsity.py`` (``BREAK_EVEN``).
-- ``MeasuredChooser``: the analytical pick of block, then both kernels built
-  and timed (the ``measure`` callable the compiler driver supplies, so this
-  module never touches a backend); decisions are cached per (weight digest,
-  input shape, dtype, target) in memory and, given a ``store`` (the driver's:
-  the tuning database's ``pass_decisions`` table), on disk, so a compile in a
-  new process measures nothing it measured before.
+- ``MeasuredChooser``: the estimate's pick of block (a ``BlockEstimate``:
+  analytical or learned), then both kernels built and timed (the ``measure``
+  callable the compiler supplies, ``compiler/pass_setup.py``, so this module
+  never touches a backend). Decisions are keyed by (weight digest, input shape,
+  dtype, target): a chooser decides a key once, and, given a ``store``
+  (``passes.decisions.DecisionStore``; the compiler's is the tuning database's
+  ``pass_decisions`` table, ``storage.decisions.DatabaseDecisionStore``), keeps
+  measured ones there as JSON (``SparseDecision.to_json``), so a later compile,
+  in a new process too, measures nothing it measured before. A stored row that
+  is not JSON or not made for this layer is reported and measured again.
 
 2:4 semi-structured weights (at most 2 nonzeros in every 4 consecutive along
 K: ``holds_2to4``) have a second sparse candidate on GPUs, a library kernel
@@ -56,6 +60,7 @@ import numpy as np
 
 from tilefx.ir.graph import Graph, Op, Value, freeze_attrs
 from tilefx.ir.types import DType
+from tilefx.passes.decisions import DecisionStore
 from tilefx.passes.manager import graph_pass
 from tilefx.passes.rewrite import Rewriter
 
@@ -246,7 +251,14 @@ class SparseDecision:
         return d
 
 
-class Chooser(Protocol):
+class SparseChooser(Protocol):
+    """What ``sparsify`` asks of each candidate layer (``PassOptions.sparse_chooser``).
+
+    ``decisions`` is an output of the run: every decision made, in order, for the
+    compile record. The pass also reads, when present, the blocks and dtypes the
+    chooser can price (``break_even``, ``dtypes``; of ``.estimate`` when that is an
+    ``AnalyticalChooser``), and only looks at layers of those."""
+
     decisions: list[SparseDecision]
 
     def choose(self, layer: SparseLayer) -> SparseDecision: ...
@@ -299,55 +311,16 @@ class AnalyticalChooser:
 
 MeasureFn = Callable[[SparseLayer, Block], tuple[float, float]]  # -> (dense s, sparse s)
 Measure24Fn = Callable[[SparseLayer], tuple[float, float]]       # -> (dense s, 2:4 s)
-_DECISION_CACHE: dict[str, SparseDecision] = {}
 
 
-class DecisionStore(Protocol):
-    """Where measured decisions outlive the process (``TuningDBStore``)."""
+class BlockEstimate(Protocol):
+    """What ``MeasuredChooser`` asks before timing anything: ``AnalyticalChooser`` or the
+    learned ``cost_model.advisor.SparseEstimate``. It may also have ``estimate_2to4(layer,
+    dense_ms) -> ms | None`` and ``rank_blocks(layer) -> ([(block, density, ms)], dense ms)``."""
 
-    def get(self, key: str) -> dict[str, Any] | None: ...
-
-    def put(self, key: str, payload: str) -> None: ...
-
-
-@dataclass
-class TuningDBStore:
-    """Measured decisions in the tuning database (``pass_decisions``, kind ``sparsity``),
-    opened for each read or write: a handful per compile. A database that cannot be opened
-    or a row that is not JSON is reported and treated as absent; the compile goes on."""
-
-    path: str | None  # None: the default database under $TILEFX_CACHE_DIR
-    target: str
-    kind: str = "sparsity"
-
-    def get(self, key: str) -> dict[str, Any] | None:
-        from tilefx.storage.database import TuningDatabase
-
-        try:
-            with TuningDatabase(self.path) as db:
-                text = db.pass_decision(self.kind, key, self.target)
-        except Exception as e:  # noqa: BLE001 - a cache: never fail the compile on it
-            log.warning("sparsity: cannot read decisions from the tuning database %s (%s); "
-                        "measuring instead", self.path or "(default)", e)
-            return None
-        if text is None:
-            return None
-        try:
-            return json.loads(text)
-        except ValueError:
-            log.warning("sparsity: ignoring a stored decision that is not JSON (key %s) in %s; "
-                        "it will be measured again", key, self.path or "(default)")
-            return None
-
-    def put(self, key: str, payload: str) -> None:
-        from tilefx.storage.database import TuningDatabase
-
-        try:
-            with TuningDatabase(self.path) as db:
-                db.set_pass_decision(self.kind, key, self.target, payload)
-        except Exception as e:  # noqa: BLE001
-            log.warning("sparsity: cannot store a decision in the tuning database %s (%s)",
-                        self.path or "(default)", e)
+    def estimate(self, layer: SparseLayer) -> tuple[Block | None, float, float, float]:
+        """(best block, its density, dense ms, sparse ms)."""
+        ...
 
 
 @dataclass
@@ -357,18 +330,20 @@ class MeasuredChooser:
 
     measure: MeasureFn
     target: str = "cpu"
-    estimate: Any = field(default_factory=AnalyticalChooser)  # .estimate(layer): analytical or learned
+    estimate: BlockEstimate = field(default_factory=AnalyticalChooser)  # analytical or learned
     decisions: list[SparseDecision] = field(default_factory=list)
     margin: float = 0.5  # measure only when the estimate says sparse is < 1/margin x dense
     # blocks timed per layer: the estimate's best and runner-up (a learned estimate orders
     # blocks less well than it separates sparse from dense), when it can rank them
     timed_blocks: int = 2
     measure_2to4: Measure24Fn | None = None
-    store: DecisionStore | None = None
+    store: DecisionStore | None = None  # measured decisions, across compiles (the caller's)
+    # this chooser's decisions by key: a weight met again (under another name) is not re-decided
+    _seen: dict[str, SparseDecision] = field(default_factory=dict, init=False, repr=False)
 
     def choose(self, layer: SparseLayer) -> SparseDecision:
         key = layer.key(self.target) + (":2to4" if self._est24(layer, 1.0) is not None else "")
-        d = _DECISION_CACHE.get(key)
+        d = self._seen.get(key)
         if d is None and self.store is not None:
             d = self._stored(key, layer)
         if d is None:
@@ -377,13 +352,19 @@ class MeasuredChooser:
                 self.store.put(key, d.to_json(layer, self.target))
         else:  # the same weight may sit under another name in this model
             d = replace(d, layer=layer.name, shape=describe(layer))
-        _DECISION_CACHE[key] = d
+        self._seen[key] = d
         self.decisions.append(d)
         return d
 
     def _stored(self, key: str, layer: SparseLayer) -> SparseDecision | None:
-        payload = self.store.get(key) if self.store is not None else None
-        if payload is None:
+        text = self.store.get(key) if self.store is not None else None
+        if text is None:
+            return None
+        try:
+            payload = json.loads(text)
+        except ValueError:
+            log.warning("sparsity: ignoring a stored decision for %s that is not JSON; measuring "
+                        "again", layer.name)
             return None
         try:
             d = SparseDecision.from_json(payload, layer, self.target)
@@ -516,7 +497,7 @@ def candidate(rw: Rewriter, op: Op, blocks: tuple[Block, ...] = BLOCKS,
 
 
 @graph_pass("sparsify")
-def sparsify(graph: Graph, chooser: Chooser | None = None) -> Graph:
+def sparsify(graph: Graph, chooser: SparseChooser | None = None) -> Graph:
     chooser = chooser if chooser is not None else AnalyticalChooser()
     rw = Rewriter(graph)
     changed = False

@@ -16,7 +16,9 @@ import triton_testing  # noqa: F401 - sets TRITON_INTERPRET=1 for the CPU tests
 from tilefx.compiler import cuda_graph
 from tilefx.compiler.capture import capture
 from tilefx.compiler.cuda_graph import Decision, GraphedPlan, decide, run_graphed, status
-from tilefx.compiler.driver import CompileOptions, compile_graph
+from tilefx.compiler.options import CompileOptions
+from tilefx.compiler.pipeline import compile_graph
+from tilefx.compiler.session import CompileSession
 from tilefx.compiler.runtime import InterpretedKernel, bind_symbols
 
 CUDA = torch.device("cuda")  # only compared against, never used on CPU
@@ -29,7 +31,7 @@ def _model() -> nn.Module:
 
 def _compiled(model, x, dynamic=False, **options):
     compiled = compile_graph(capture(model, (x,), dynamic_batch=dynamic),
-                             options=CompileOptions(target="cuda", **options))
+                             CompileOptions(target="cuda", **options), CompileSession())
     plan = compiled.plan_for(bind_symbols(compiled.graph, [x]))
     return compiled, plan
 

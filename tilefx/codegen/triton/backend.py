@@ -80,12 +80,14 @@ class TritonBackend(Backend):
     def pass_defaults(self) -> PassDefaults:
         # fused attention template; the matmul and conv templates read plain layouts
         return PassDefaults(decompose_attention=False, pack_weights=False,
-                            blocked_conv_layout=False, sparsity=True)
+                            blocked_conv_layout=False, sparsity=True,
+                            fusion_advisor=False)
 
-    def sparse_chooser(self, *, estimate: Any = None, store: Any = None) -> Any:
+    def sparse_chooser(self, *, estimate: Callable[[], Any], store: Any = None) -> Any:
         """The GPU's blocks (>= 16x16) and dtypes (fp16, bf16 too); a 2:4 weight also has the
         semi24 library candidate. With a GPU both are timed (decisions kept in ``store``);
-        without one (TRITON_INTERPRET=1) the estimate alone, which never picks 2:4."""
+        without one (TRITON_INTERPRET=1) the analytical estimate alone, which never picks
+        2:4. (The CPU latency model's ``estimate`` does not apply to GPU kernels.)"""
         from tilefx.codegen.triton import semi24
         from tilefx.ir.types import DType
         from tilefx.passes.sparsity import CUDA_BREAK_EVEN, AnalyticalChooser, MeasuredChooser

@@ -28,17 +28,17 @@ the same.
 - ``CudaRunner`` runs each candidate once on ``reference_inputs`` (on the
   device) into NaN-filled outputs and compares them with
   ``reference_outputs`` (``wrong_result`` on a mismatch: never chosen),
-  then times it like ``triton.testing.do_bench``: warm-up for
-  ``warmup_seconds``, then ``repeats`` or more calls (enough for
-  ``rep_seconds``, at most ``max_repeats``), each between two CUDA events
-  and after zeroing a 256 MB buffer so L2 starts cold; the samples are
-  stored, their median is the latency.
+  then times it with ``timing.cuda_samples`` (like ``triton.testing.do_bench``):
+  warm-up for ``warmup_seconds``, then ``repeats`` or more calls (enough
+  for ``rep_seconds``, at most ``max_repeats``), each between two CUDA
+  events and after zeroing a 256 MB buffer so L2 starts cold; the samples
+  are stored, their median is the latency.
 
 Under ``TRITON_INTERPRET=1`` (CI: no GPU) the same kernels run on CPU
-tensors in Triton's interpreter and are timed with ``time.perf_counter``;
-every such measurement says so in its note (the record's ``error`` field),
-and the fingerprints differ from compiled code's, so interpreter timings
-never stand for GPU ones.
+tensors in Triton's interpreter and are timed with ``time.perf_counter``
+(``timing.host_samples``, single calls); every such measurement says so in
+its note (the record's ``error`` field), and the fingerprints differ from
+compiled code's, so interpreter timings never stand for GPU ones.
 
 Limits: the GPU work runs in the tuning process. A candidate that raises is
 recorded and tuning goes on, but one that hangs cannot be stopped and one
@@ -53,13 +53,13 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import math
 import time
 import warnings
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, Sequence
 
 from tilefx import settings
+from tilefx.codegen import timing
 from tilefx.codegen.measure import BuildResult, MeasureResult, RunsInOrder, Workload
 from tilefx.codegen.space import SearchSpace, is_extern
 from tilefx.codegen.schedule import Schedule
@@ -70,7 +70,6 @@ log = logging.getLogger("tilefx.autotune.cuda")
 # the library implementation of the matmul, conv and attention templates (what EXTERN builds)
 LIBRARY = Schedule.of(impl="library", EPILOGUE_BLOCK=1024)
 FINGERPRINT_VERSION = 1
-FLUSH_BYTES = 256 * 1024 * 1024    # zeroed before each timed call: larger than any L2 (50 MB on H100)
 INTERPRETER_NOTE = "TRITON_INTERPRET=1: timed with time.perf_counter on CPU tensors, not GPU time"
 
 
@@ -334,61 +333,16 @@ class CudaRunner(RunsInOrder):
                     if got.is_floating_point() else "-"
                 return "wrong_result", [], f"output {i} differs from the reference (max abs err {err})"
         if data.device == "cuda":
-            return "ok", self._time_cuda(fn, args), ""
-        return "ok", self._time_interpreted(fn, args), INTERPRETER_NOTE
-
-    def _time_cuda(self, fn: Callable, args: list) -> list[float]:
-        import torch
-
-        if self._flush is None:
-            self._flush = torch.empty(FLUSH_BYTES // 4, dtype=torch.int32, device="cuda")
-        return time_cuda(fn, args, repeats=self.repeats, warmup_seconds=self.warmup_seconds,
-                         rep_seconds=self.rep_seconds, max_repeats=self.max_repeats,
-                         flush=self._flush)
-
-    def _time_interpreted(self, fn: Callable, args: list) -> list[float]:
-        _call(fn, args)  # warm-up
-        samples = []
-        for _ in range(max(1, self.repeats)):
-            t0 = time.perf_counter()
-            _call(fn, args)
-            samples.append(max(time.perf_counter() - t0, 1e-9))
-        return samples
+            if self._flush is None:  # one for all candidates: 256 MB
+                self._flush = timing.flush_buffer()
+            return "ok", timing.cuda_samples(
+                fn, args, repeats=self.repeats, warmup_seconds=self.warmup_seconds,
+                rep_seconds=self.rep_seconds, max_repeats=self.max_repeats, flush=self._flush), ""
+        # single calls (min_seconds=0): interpreted kernels take milliseconds
+        samples = timing.host_samples(lambda *a: _call(fn, a), args, repeats=self.repeats,
+                                      min_seconds=0.0)
+        return "ok", samples, INTERPRETER_NOTE
 
     def close(self) -> None:
         self._flush = None
         _DATA.clear()
-
-
-def time_cuda(fn: Callable, args: Sequence[Any] = (), *, repeats: int = 10,
-              warmup_seconds: float = 0.025, rep_seconds: float = 0.1, max_repeats: int = 200,
-              flush: Any = None) -> list[float]:
-    """Seconds per call of ``fn(*args)`` on the GPU, ``triton.testing.do_bench``-style:
-    warm-up, then each call between two CUDA events after zeroing ``flush`` (a buffer
-    larger than L2; one of ``FLUSH_BYTES`` is made when not given) so L2 starts cold."""
-    import torch
-
-    if flush is None:
-        flush = torch.empty(FLUSH_BYTES // 4, dtype=torch.int32, device="cuda")
-    fn(*args)
-    torch.cuda.synchronize()
-    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    start.record()
-    for _ in range(5):
-        flush.zero_()
-        fn(*args)
-    end.record()
-    torch.cuda.synchronize()
-    estimate = max(start.elapsed_time(end) / 5 * 1e-3, 1e-7)  # seconds, flush included
-    for _ in range(max(1, math.ceil(warmup_seconds / estimate))):
-        fn(*args)
-    n = min(max_repeats, max(repeats, math.ceil(rep_seconds / estimate)))
-    starts = [torch.cuda.Event(enable_timing=True) for _ in range(n)]
-    ends = [torch.cuda.Event(enable_timing=True) for _ in range(n)]
-    for s, e in zip(starts, ends):
-        flush.zero_()  # before the start event: not timed
-        s.record()
-        fn(*args)
-        e.record()
-    torch.cuda.synchronize()
-    return [s.elapsed_time(e) * 1e-3 for s, e in zip(starts, ends)]

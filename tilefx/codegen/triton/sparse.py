@@ -246,16 +246,15 @@ def _layer_kernels(layer: Any, block: tuple[int, int], impl: str = "auto") -> tu
 def _time(op: Any, args: list, target: Any, schedule: Any = None) -> float:
     """Median seconds of ``op``'s kernel: built and called once first, so one-time work
     (Triton compile, the 2:4 weight's compression and cuSPARSELt setup) is not timed."""
-    import numpy as np
     import torch
 
-    from tilefx.codegen.triton.measure import time_cuda
+    from tilefx.codegen import timing
     from tilefx.codegen.triton import build_kernel
 
     fn = build_kernel(op, target, schedule)
     fn(*args)
     torch.cuda.synchronize()
-    return float(np.median(time_cuda(fn, args, repeats=10, rep_seconds=0.02)))
+    return timing.cuda_median(fn, args, repeats=10, rep_seconds=0.02)
 
 
 def measure_layer(layer: Any, block: tuple[int, int], target: Any = None) -> tuple[float, float]:

@@ -75,7 +75,8 @@ class TVMBackend(Backend):
 
     def pass_defaults(self) -> PassDefaults:
         return PassDefaults(decompose_attention=True, pack_weights=True,
-                            blocked_conv_layout=True, sparsity=True)
+                            blocked_conv_layout=True, sparsity=True,
+                            fusion_advisor=True)
 
     def pack_factor(self, op: Op, schedule: Schedule) -> int | None:
         from tilefx.codegen.tvm.schedules.matmul import register_n
@@ -87,15 +88,17 @@ class TVMBackend(Backend):
 
         return register_oc(int(op.results[0].type.shape[1]), schedule, self.target)
 
-    def sparse_chooser(self, *, estimate: Any = None, store: Any = None) -> Any:
-        """The dense-vs-sparse chooser: the latency model's ``estimate`` picks the block
-        and whether a layer is worth a look, a timing of both TVM kernels confirms."""
+    def sparse_chooser(self, *, estimate: Callable[[], Any], store: Any = None) -> Any:
+        """The dense-vs-sparse chooser: the latency model's estimate (``estimate()``, None
+        without a model) picks the block and whether a layer is worth a look, a timing of
+        both TVM kernels confirms; decisions are kept in ``store``."""
         from tilefx.passes.sparsity import MeasuredChooser
 
         def measure(layer: Any, block: tuple[int, int]) -> tuple[float, float]:
             from tilefx.codegen.tvm.schedules.sparse import measure_layer
 
             return measure_layer(layer, block, self.target)
+        estimate = estimate()
         if estimate is None:
             return MeasuredChooser(measure, target=self.target.key(), store=store)
         return MeasuredChooser(measure, target=self.target.key(), estimate=estimate, store=store)

@@ -32,6 +32,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
+from tilefx.codegen import timing
 from tilefx.codegen.schedule import Schedule
 from tilefx.codegen.target import Target
 from tilefx.ir.graph import Op
@@ -218,25 +219,6 @@ def layer_kernels(x_shape: tuple[int, ...], axis: int, weight: Any, block: tuple
     return dense, sparse, [wd, (data, indices, indptr)]
 
 
-def time_call(fn: Any, args: list[Any], repeats: int = 7, min_seconds: float = 0.01) -> float:
-    """Median seconds of ``fn(*args)`` over ``repeats`` samples (each looped to ``min_seconds``)."""
-    import statistics
-    import time
-
-    fn(*args)
-    t0 = time.perf_counter()
-    fn(*args)
-    once = max(time.perf_counter() - t0, 1e-7)
-    loops = max(1, int(min_seconds / once))
-    samples = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        for _ in range(loops):
-            fn(*args)
-        samples.append((time.perf_counter() - t0) / loops)
-    return statistics.median(samples)
-
-
 def measure_layer(layer: Any, block: tuple[int, int], target: Target | None = None,
                   repeats: int = 5) -> tuple[float, float]:
     """Seconds of the default dense kernel and of the sparse kernel for ``layer``
@@ -253,4 +235,5 @@ def measure_layer(layer: Any, block: tuple[int, int], target: Target | None = No
     s_out = torch.empty(*sparse.results[0].type.shape)
     d_args = [x, torch.from_numpy(wd).clone(), d_out]
     s_args = [x, *(torch.from_numpy(a).clone() for a in bsr), s_out]
-    return time_call(d_fn, d_args, repeats), time_call(s_fn, s_args, repeats)
+    return (timing.host_median(d_fn, d_args, repeats=repeats),
+            timing.host_median(s_fn, s_args, repeats=repeats))

@@ -1,0 +1,191 @@
+"""The compile session: what lives longer than one kernel build, owned and passed explicitly.
+
+A ``CompileSession`` holds
+
+- the built kernels, by (kernel key, target, bindings, schedule): a model that
+  repeats a block (a ResNet stage, a transformer layer) builds each distinct
+  kernel once, and a new batch size of a dynamic model builds only what is new;
+- the tuners (with their builder pools and runner processes) and the build
+  checkers (with their database handles and what they know of checks).
+
+``tilefx.compile`` makes one per compiled model (pass ``session=`` to share one
+between models); the pipeline, the dynamo backend, the CLI verbs and the
+artifact loader take one as an argument. ``release()`` stops the processes and
+closes the database handles (the next use opens them again) and keeps what was
+built; ``close()`` also forgets it. There is no module-level state to reset.
+
+``KernelBuilder`` is what the runtime calls for each (kernel op, binding): it
+chooses the schedule (tuned or default), builds through the target's backend,
+checks the new kernel against the reference and records all of it in a
+``KernelRecord``. A kernel that fails to build or its check runs in the
+reference interpreter (``strict=True`` raises instead).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+import sympy
+
+from tilefx.autotune.tuner import Tuner, TuneOptions, parse_budget, tune_or_default
+from tilefx.codegen.schedule import Schedule
+from tilefx.codegen.space import is_extern
+from tilefx.codegen.target import Target
+from tilefx.compiler.check import BuildChecker, CheckMemory, CheckOutcome, checks_enabled
+from tilefx.compiler.options import CompileOptions
+from tilefx.compiler.records import CheckStatus, CompileRecord, KernelImpl, KernelRecord
+from tilefx.compiler.runtime import InterpretedKernel, KernelFn
+from tilefx.ir.graph import Op
+from tilefx.ir.identity import fused_op_names, kernel_key, kernel_symbols
+
+log = logging.getLogger("tilefx.compiler")
+
+BUILT_LIMIT = 1024
+
+
+class WrongKernelError(RuntimeError):
+    """A newly built kernel disagrees with the reference (raised under ``strict=True``)."""
+
+
+@dataclass
+class CompileSession:
+    built: OrderedDict[tuple, Any] = field(default_factory=OrderedDict)
+    checks: CheckMemory = field(default_factory=CheckMemory)
+    _tuners: dict[tuple, Tuner] = field(default_factory=dict)
+    _checkers: dict[tuple, BuildChecker] = field(default_factory=dict)
+
+    def build(self, op: Op, target: Target, bindings: Mapping[sympy.Symbol, int],
+              schedule: Schedule | None = None, *, op_key: str | None = None) -> Any:
+        """``op`` built by ``target``'s backend (the library call for an extern schedule)."""
+        used = kernel_symbols(op)
+        bound = {s: v for s, v in bindings.items() if s in used}
+        key = (op_key or kernel_key(op), target.key(),
+               tuple(sorted((s.name, v) for s, v in bound.items())), str(schedule))
+        built = self.built.get(key)
+        if built is not None:
+            self.built.move_to_end(key)
+            return built
+        backend = target.backend()
+        if is_extern(schedule):  # tuning chose the library call: what was measured runs
+            built = backend.build_library(op, bound)
+        else:
+            built = backend.build(op, schedule, bound)
+        self.built[key] = built
+        if len(self.built) > BUILT_LIMIT:
+            self.built.popitem(last=False)
+        return built
+
+    def tuner(self, target: Target, options: CompileOptions) -> Tuner | None:
+        """The tuner of ``options.tune_trials`` on ``target`` (None when not tuning)."""
+        trials, seconds = parse_budget(options.tune_trials)
+        if not trials and seconds is None:
+            return None
+        key = (str(options.tune_trials), str(options.tune_db), target.key())
+        tuner = self._tuners.get(key)
+        if tuner is None:
+            tuner = self._tuners[key] = Tuner(target, TuneOptions(
+                trials=trials, seconds=seconds, db_path=options.tune_db))
+        return tuner
+
+    def checker(self, target: Target, db_path: str | None) -> BuildChecker:
+        key = (target.key(), str(db_path))
+        checker = self._checkers.get(key)
+        if checker is None:
+            checker = self._checkers[key] = BuildChecker(target, db_path, self.checks)
+        return checker
+
+    def release(self) -> None:
+        """Stop the tuners' processes and close database handles; keep what was built."""
+        while self._tuners:
+            _, tuner = self._tuners.popitem()
+            tuner.close()
+        for checker in self._checkers.values():
+            checker.close()
+
+    def close(self) -> None:
+        self.release()
+        self.built.clear()
+
+    def __enter__(self) -> CompileSession:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+
+class KernelBuilder:
+    """The runtime's kernel builder for one compile: schedule, build, check, record."""
+
+    def __init__(self, session: CompileSession, target: Target, options: CompileOptions,
+                 record: CompileRecord, *, keep_source: bool = False) -> None:
+        self.session, self.target, self.options, self.record = session, target, options, record
+        self.keep_source = keep_source
+        self.checker = session.checker(target, options.tune_db) \
+            if checks_enabled(options.check_builds) else None
+
+    def __call__(self, op: Op, bindings: Mapping[sympy.Symbol, int]) -> KernelFn:
+        used = kernel_symbols(op)
+        bound = {s: v for s, v in bindings.items() if s in used}
+        kr = KernelRecord(op.attr("name"), op.attr("kind"), fused_op_names(op),
+                          backend=self.target.backend().name,
+                          bindings=", ".join(f"{s}={v}" for s, v in bound.items()))
+        t0 = time.perf_counter()
+        try:
+            fn = self._build(op, bound, kr)
+        except Exception as e:
+            if self.options.strict:
+                raise
+            msg = f"{type(e).__name__}: {e}".splitlines()[0][:200]
+            log.warning("tilefx: kernel %s (%s) failed to build and will run in the "
+                        "reference interpreter: %s", kr.name, "+".join(kr.fused_ops), msg)
+            kr.impl, kr.error = KernelImpl.INTERPRETER, msg
+            fn = InterpretedKernel(op, msg)
+        kr.build_seconds = time.perf_counter() - t0
+        self.record.kernels.append(kr)
+        self.record.add_time("codegen", kr.build_seconds - kr.check_seconds)
+        if kr.check_seconds:
+            self.record.add_time("check", kr.check_seconds)
+        return fn
+
+    def _build(self, op: Op, bound: dict[sympy.Symbol, int], kr: KernelRecord) -> KernelFn:
+        schedule = None
+        tuner = self.session.tuner(self.target, self.options)
+        if tuner is not None:  # autotune (or read the tuning database) first
+            schedule, tuned = tune_or_default(tuner, op, bound)
+            if tuned is not None:
+                self.record.tuning.append(tuned)
+        op_key = kernel_key(op)
+        if self.checker is not None:  # found wrong before: not even built
+            known = self.checker.known_bad(op_key, bound, schedule)
+            if known is not None:
+                return self._rejected(op, kr, known)
+        built = self.session.build(op, self.target, bound, schedule, op_key=op_key)
+        kr.impl = KernelImpl.LIBRARY if is_extern(schedule) else KernelImpl.GENERATED
+        sched = getattr(built, "schedule", None)
+        kr.schedule = str(sched) if sched is not None else ""
+        kr.from_disk_cache = bool(getattr(built, "from_cache", False))
+        if self.keep_source:
+            kr.source = self.target.backend().source(built)
+        if self.checker is None:
+            return built
+        t0 = time.perf_counter()
+        outcome = self.checker.check(op, op_key, bound, built, schedule)
+        kr.check_seconds = time.perf_counter() - t0
+        kr.check = {"ok": CheckStatus.PASSED, "unchecked": CheckStatus.UNCHECKED,
+                    "rejected": CheckStatus.REJECTED}[outcome.status]
+        kr.check_note = outcome.note
+        return self._rejected(op, kr, outcome) if outcome.rejected else built
+
+    def _rejected(self, op: Op, kr: KernelRecord, outcome: CheckOutcome) -> KernelFn:
+        """A kernel that computed a wrong result: PyTorch runs its body instead."""
+        if self.options.strict:
+            raise WrongKernelError(f"kernel {kr.name} ({'+'.join(kr.fused_ops)}): {outcome.note}")
+        log.warning("tilefx: kernel %s (%s) %s%s", kr.name, "+".join(kr.fused_ops), outcome.note,
+                    f" (schedule {kr.schedule})" if kr.schedule else "")
+        kr.impl, kr.error = KernelImpl.INTERPRETER, outcome.detail
+        kr.check, kr.check_note = CheckStatus.REJECTED, outcome.note
+        return InterpretedKernel(op, outcome.note)
