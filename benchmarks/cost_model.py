@@ -58,14 +58,22 @@ if str(ROOT) not in sys.path:
 import numpy as np  # noqa: E402
 
 
-def ablations(kind: str) -> tuple[tuple[str, tuple[int, ...]], ...]:
-    """(label, feature columns) of the ablation rows for a target kind."""
+def _tiling(target: Any) -> bool:
+    """Whether ``target``'s backend is featurized by its tiling (Triton on cuda)."""
+    from tilefx.codegen.backend import FeatureSet
+
+    return target.backend().feature_set is FeatureSet.TILING
+
+
+def ablations(feature_set: Any) -> tuple[tuple[str, tuple[int, ...]], ...]:
+    """(label, feature columns) of the ablation rows for a feature layout (``FeatureSet``)."""
+    from tilefx.codegen.backend import FeatureSet
     from tilefx.cost_model.features import NO_ANALYTICAL, NO_DELTA, SHAPE_AND_KNOBS, layout_of
 
-    if kind != "cuda":
+    if feature_set is FeatureSet.LOOP_NEST:
         return (("knobs + shape only", SHAPE_AND_KNOBS), ("no analytical feature", NO_ANALYTICAL),
                 ("no differences from the default schedule", NO_DELTA))
-    names = layout_of("cuda")[1]
+    names = layout_of(feature_set)[1]
     problem = ("itemsize", "flops", "bytes", "intensity", "m", "n", "k", "batch", "sms",
                "smem_per_block", "l2", "arch")
     knobs = tuple(i for i, n in enumerate(names) if n.startswith(("tpl_", "impl_", "knob_")) or n in problem)
@@ -87,7 +95,7 @@ def ranking(ds: Any, X: np.ndarray, folds: int, seed: int) -> tuple[dict, dict, 
         for name, m in models.items():
             scores.setdefault(f"xgboost {name}", np.zeros(len(t)))[test] = m.score_matrix(X[test])
         pred_log[test] = models["regression"].score_matrix(X[test])
-        for label, cols in ablations(ds.target.kind):
+        for label, cols in ablations(ds.feature_set):
             _, ms = evaluate_split(ds, X, train, test, objectives=("rank",), columns=cols,
                                    seed=seed, baselines=False)
             scores.setdefault(f"rank, {label}", np.zeros(len(t)))[test] = ms["rank"].score_matrix(X[test])
@@ -209,7 +217,7 @@ class SharedMeasurer:
 
         self.op, self.target = op, target
         self.workload = Workload(op, target, (), op.attr("name"))
-        if target.kind == "cuda":
+        if _tiling(target):
             from tilefx.codegen.triton.measure import CudaRunner, TritonBuilder, fingerprint
 
             self.builder, self.runner, self.fingerprint = TritonBuilder(), CudaRunner(), fingerprint
@@ -322,7 +330,7 @@ def case_kernel(case: str, target: Any, dtype: str) -> Any:
     from benchmarks.tuning import CASES
 
     op = CASES[case]()[0]
-    if target.kind != "cuda":
+    if not _tiling(target):
         return op
     from tilefx.codegen.triton.measure import triton_space
     from tilefx.cost_model.dataset import kernel_from_ir
@@ -367,12 +375,12 @@ def search(args: argparse.Namespace, model: Any, target: Any) -> tuple[dict, dic
 
 
 def _machine(target: Any) -> str:
-    return "GPU" if target.kind == "cuda" else "CPU"
+    return "GPU" if _tiling(target) else "CPU"
 
 
 def _tag(target: Any) -> str:
     """File name part: the CPU files keep their names, the GPU ones say so."""
-    return "gpu-" if target.kind == "cuda" else ""
+    return "gpu-" if _tiling(target) else ""
 
 
 def eval_subset(ds: Any, scores: dict[str, np.ndarray], eval_db: str) -> list[str]:
@@ -460,7 +468,7 @@ def main(argv: list[str] | None = None) -> int:
     # plots go beside the markdown (benchmarks/results/ unless --out says elsewhere)
     res = Path(args.out).parent if args.out else ROOT / "benchmarks" / "results"
     with TuningDatabase(args.db) as db:
-        key = resolve_target_key(db, target.kind)
+        key = resolve_target_key(db, args.target)
         ds = load_dataset(db, key)
         counts = db.count()
         noise = repeat_noise(db, key)
@@ -474,7 +482,8 @@ def main(argv: list[str] | None = None) -> int:
         out, X = ranking_section(args, argv, ds, key, counts, noise, flips, res, date)
     if not args.no_search:
         model = LearnedModel.load(args.model) if args.model else LearnedModel.train(
-            X, ds.seconds(), ds.groups(), key, objective="rank", seed=args.seed)
+            X, ds.seconds(), ds.groups(), key, feature_set=ds.feature_set, objective="rank",
+            seed=args.seed)
         curves, table = search(args, model, target)
         plot_curves(curves, res / f"cost-model-{tag}search-{date}.png")
         strategies = ["random", "evolutionary (analytical)", "evolutionary (learned)"]

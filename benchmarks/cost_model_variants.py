@@ -88,6 +88,7 @@ def cross_val(X: np.ndarray, t: np.ndarray, g: np.ndarray, params: dict[str, Any
               objective: str = "rank", folds: int = 5) -> np.ndarray:
     from sklearn.model_selection import GroupKFold
 
+    from tilefx.codegen.backend import FeatureSet
     from tilefx.cost_model.features import NAMES
     from tilefx.cost_model.model import LearnedModel
 
@@ -95,8 +96,9 @@ def cross_val(X: np.ndarray, t: np.ndarray, g: np.ndarray, params: dict[str, Any
     # the full vector: the model's own column choice (regression drops the d_ block)
     cols = None if X.shape[1] == len(NAMES) else list(range(X.shape[1]))
     for train, test in GroupKFold(n_splits=folds).split(X, groups=g):
-        m = LearnedModel.train(X[train], t[train], g[train], "k", objective=objective, seed=seed,
-                               columns=cols, params=params if objective == "rank" else None)
+        m = LearnedModel.train(X[train], t[train], g[train], "k", feature_set=FeatureSet.LOOP_NEST,
+                               objective=objective, seed=seed, columns=cols,
+                               params=params if objective == "rank" else None)
         scores[test] = m.score_matrix(X[test])
     return scores
 
@@ -112,6 +114,7 @@ NESTED_GRID = {"1 tree/round": {"num_parallel_tree": 1}, "4 trees/round": {"num_
 def nested(X: np.ndarray, t: np.ndarray, g: np.ndarray, seed: int) -> tuple[np.ndarray, list[str]]:
     from sklearn.model_selection import GroupKFold
 
+    from tilefx.codegen.backend import FeatureSet
     from tilefx.cost_model.metrics import evaluate
     from tilefx.cost_model.model import LearnedModel
 
@@ -123,7 +126,8 @@ def nested(X: np.ndarray, t: np.ndarray, g: np.ndarray, seed: int) -> tuple[np.n
             inner[name] = evaluate(t[train], s, g[train])["pairwise"]
         best = max(inner, key=inner.get)
         chosen.append(best)
-        m = LearnedModel.train(X[train], t[train], g[train], "k", seed=seed, params=NESTED_GRID[best])
+        m = LearnedModel.train(X[train], t[train], g[train], "k", feature_set=FeatureSet.LOOP_NEST,
+                               seed=seed, params=NESTED_GRID[best])
         scores[test] = m.score_matrix(X[test])
     return scores, chosen
 

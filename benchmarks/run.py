@@ -337,10 +337,6 @@ def main(argv: list[str] | None = None) -> int:
         print(f"[bench] {name} batch {batch} ...", file=sys.stderr, flush=True)
         rows.append(bench_model(entry, batch, args))
         print(table(rows[-1:]).splitlines()[-1], file=sys.stderr, flush=True)
-    if args.tune:  # the tuner's builder pool and runner processes
-        from tilefx.autotune.tuner import close_sessions
-
-        close_sessions()
     text = table(rows)
     problems = notes(rows)
     print(text)

@@ -8,6 +8,7 @@ import sys
 import numpy as np
 from cost_model_synthetic import TARGET, matmul
 
+from tilefx.codegen.backend import FeatureSet
 from tilefx.codegen.schedule import Schedule
 from tilefx.codegen.tvm import default_schedule
 from tilefx.cost_model import features as F
@@ -32,12 +33,20 @@ def test_features_are_documented_and_versioned():
 def test_extraction_is_deterministic_and_cached():
     op = matmul(48, 64, 96)
     s = default_schedule(op, TARGET)
-    a = F.features(op, s, TARGET)
-    F._CACHE.clear()
-    b = F.features(op, s, TARGET)
-    assert np.array_equal(a, b)
-    assert F.features(op, s, TARGET) is b  # second call: from the cache
+    a = F.features(op, s, TARGET)  # no cache: nothing kept
+    cache = F.FeatureCache()
+    b = F.features(op, s, TARGET, cache=cache)
+    assert np.array_equal(a, b) and a is not b and len(cache) == 1
+    assert F.features(op, s, TARGET, cache=cache) is b  # second call: from the caller's cache
+    assert F.features(op, s, TARGET) is not b  # no process-wide cache
     assert a[F.INDEX["flops"]] > 0 and a[F.INDEX["kind_contraction"]] == 1.0
+    other = s.with_(parallel=not s.get("parallel"))
+    rows = F.feature_matrix(op, [s, other], TARGET, cache=cache)
+    assert rows[0] is not b and np.array_equal(rows[0], b) and len(cache) == 2
+    small = F.FeatureCache(limit=1)
+    F.features(op, s, TARGET, cache=small)
+    F.features(op, other, TARGET, cache=small)
+    assert len(small) == 1  # bounded: the least recently used vector is dropped
 
 
 def test_loop_nest_features_follow_the_schedule():
@@ -92,6 +101,12 @@ def test_hottest_store_detail():
     assert sig[0] == (2.0, 1.0)            # innermost: the vectorized output columns
     assert (0.0, 0.0) in sig               # a serial reduction loop (k) around the register tile
     assert vec[i["w_reg_fp"]] > 0 and vec[i["r0_task_fp"]] > 0 and vec[i["r1_task_fp"]] > 0
+
+
+def test_layout_follows_the_backend():
+    assert TARGET.backend().feature_set is FeatureSet.LOOP_NEST
+    assert F.layout_of(FeatureSet.LOOP_NEST) == (F.FEATURE_VERSION, F.NAMES)
+    assert F.feature_matrix(matmul(8, 8, 8), [], TARGET).shape == (0, len(F.NAMES))
 
 
 def test_kernel_kind_from_body():

@@ -10,6 +10,7 @@ import random
 import numpy as np
 import pytest
 
+from tilefx.codegen.backend import FeatureSet
 from tilefx.codegen.schedule import Schedule
 from tilefx.codegen.target import Target
 from tilefx.cost_model import features as F
@@ -35,12 +36,12 @@ def _tile(bm, bn, bk, warps=4, stages=3, group=8):
 def test_gpu_features_are_documented_versioned_and_deterministic():
     assert isinstance(G.GPU_FEATURE_VERSION, int) and len(set(G.GPU_NAMES)) == len(G.GPU_NAMES)
     assert all(doc and "\n" not in doc for _, doc in G.GPU_FEATURES)
-    assert F.layout_of("cuda") == (G.GPU_FEATURE_VERSION, G.GPU_NAMES)
-    assert F.layout_of("cpu") == (F.FEATURE_VERSION, F.NAMES)
+    assert H100.backend().feature_set is FeatureSet.TILING
+    assert F.layout_of(FeatureSet.TILING) == (G.GPU_FEATURE_VERSION, G.GPU_NAMES)
+    assert F.layout_of(FeatureSet.LOOP_NEST) == (F.FEATURE_VERSION, F.NAMES)
     op = _mm(512, 512, 512)
     a = F.features(op, _tile(64, 64, 32), H100)
-    F._CACHE.clear()
-    b = F.features(op, _tile(64, 64, 32), H100)
+    b = F.features(op, _tile(64, 64, 32), H100, cache=F.FeatureCache())
     assert a.shape == (len(G.GPU_NAMES),) and a.dtype == np.float32 and np.array_equal(a, b)
 
 
@@ -109,14 +110,22 @@ def test_a_model_on_gpu_features_saves_loads_and_ranks(tmp_path):
             g.append(i)
         kept.append(op)
     X, t, g = np.array(X), np.array(t), np.array(g)
-    model = LearnedModel.train(X[g < 4], t[g < 4], g[g < 4], H100.key(), rounds=60)
+    model = LearnedModel.train(X[g < 4], t[g < 4], g[g < 4], H100.key(),
+                               feature_set=H100.backend().feature_set, rounds=60)
     model.save(tmp_path / "gpu.json")
     data = json.loads((tmp_path / "gpu.json").read_text())
     assert data["feature_version"] == G.GPU_FEATURE_VERSION and data["features"] == list(G.GPU_NAMES)
+    assert data["feature_set"] == "tiling"
     loaded = LearnedModel.load(tmp_path / "gpu.json")
+    assert loaded.feature_set is FeatureSet.TILING
     held = g == 4
     assert pairwise_accuracy(t[held], loaded.score_matrix(X[held])) > 0.75
     data["feature_version"] = 999
     (tmp_path / "old.json").write_text(json.dumps(data))
-    with pytest.raises(ModelError, match="cuda features version 999"):
+    with pytest.raises(ModelError, match="tiling features version 999"):
         LearnedModel.load(tmp_path / "old.json")
+    # a file from before feature_set was recorded: its layout is told by its feature names
+    del data["feature_set"]
+    data["feature_version"] = G.GPU_FEATURE_VERSION
+    (tmp_path / "older.json").write_text(json.dumps(data))
+    assert LearnedModel.load(tmp_path / "older.json").feature_set is FeatureSet.TILING

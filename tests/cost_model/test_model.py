@@ -39,7 +39,8 @@ def test_trains_saves_loads_and_ranks_held_out_workloads(synthetic, tmp_path):
     g, t = ds.groups(), ds.seconds()
     assert len(ds.workloads) == len(SHAPES) and len(t) == 32 * len(SHAPES)
     test = np.isin(g, [0, 1])
-    model = LearnedModel.train(X[~test], t[~test], g[~test], ds.target_key, rounds=60)
+    model = LearnedModel.train(X[~test], t[~test], g[~test], ds.target_key,
+                               feature_set=ds.feature_set, rounds=60)
     model.save(tmp_path / "m.json")
     saved = json.loads((tmp_path / "m.json").read_text())
     assert saved["feature_version"] >= 1 and saved["target_key"] == TARGET.key()
@@ -58,12 +59,17 @@ def test_trains_saves_loads_and_ranks_held_out_workloads(synthetic, tmp_path):
 
 def test_other_feature_version_is_refused(synthetic, tmp_path):
     _, ds, X = synthetic
-    model = LearnedModel.train(X, ds.seconds(), ds.groups(), ds.target_key, rounds=5)
+    model = LearnedModel.train(X, ds.seconds(), ds.groups(), ds.target_key,
+                               feature_set=ds.feature_set, rounds=5)
     data = model.to_json()
     data["feature_version"] = 999
     (tmp_path / "old.json").write_text(json.dumps(data))
-    with pytest.raises(ModelError, match="features version 999"):
+    with pytest.raises(ModelError, match="loop_nest features version 999"):
         LearnedModel.load(tmp_path / "old.json")
+    data["feature_set"] = "punch_cards"
+    (tmp_path / "odd.json").write_text(json.dumps(data))
+    with pytest.raises(ModelError, match="unknown feature set 'punch_cards'"):
+        LearnedModel.load(tmp_path / "odd.json")
     (tmp_path / "junk.json").write_text("{}")
     with pytest.raises(ModelError, match="not a tilefx cost model"):
         LearnedModel.load(tmp_path / "junk.json")
@@ -106,7 +112,8 @@ def test_tuner_ranks_with_the_given_model_and_finds_the_local_one(synthetic, tmp
     from tilefx.autotune.tuner import TuneOptions, Tuner
 
     _, ds, X = synthetic
-    model = LearnedModel.train(X, ds.seconds(), ds.groups(), ds.target_key, rounds=20)
+    model = LearnedModel.train(X, ds.seconds(), ds.groups(), ds.target_key,
+                               feature_set=ds.feature_set, rounds=20)
     spy = _Spy(model)
     op = matmul(16, 32, 16)
     tuner = Tuner(TARGET, TuneOptions(trials=4, batch=2, workers=0, progress=False, repeats=2,
@@ -133,7 +140,8 @@ def test_tuner_ranks_with_the_given_model_and_finds_the_local_one(synthetic, tmp
 def test_online_update_adapts_to_the_measured_kernel(synthetic):
     _, ds, X = synthetic
     g, t = ds.groups(), ds.seconds()
-    model = LearnedModel.train(X[g != 0], t[g != 0], g[g != 0], ds.target_key, rounds=10)
+    model = LearnedModel.train(X[g != 0], t[g != 0], g[g != 0], ds.target_key,
+                               feature_set=ds.feature_set, rounds=10)
     rows = np.flatnonzero(g == 0)
     op = ds.samples[rows[0]].kernel
 

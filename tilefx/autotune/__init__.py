@@ -1,20 +1,16 @@
 """Autotuning: search each kernel's schedule space, measure the promising
 candidates, and remember every result.
 
-- ``tuner``: the tuning loop (``Tuner``, ``TuneOptions``); ``space`` and
-  ``search``: what may be chosen and in which order (``SearchSpace``,
-  strategies, the ``analytical`` cost model); ``measure``: builder pool and
-  isolated runner; ``measure_cuda``: the Triton space, fingerprint, builder
-  and runner (CUDA events, cold L2) used on cuda targets.
-- ``database``: the SQLite tuning database (``TuningDatabase``, ``Record``).
-- ``fingerprint``: the identity of a candidate's generated code; equal
-  fingerprints mean identical code, measured once.
-- ``functional_hash``: the identity of a kernel's computation (outputs on
-  seeded random inputs, rounded and hashed), the workload key under which
-  records are shared, and the correctness guard ``outputs_match``.
+- ``tuner``: the tuning loop (``Tuner``, ``TuneOptions``, ``tune_or_default``). It
+  asks the target's ``Backend`` (``codegen/backend.py``) for the space, the default
+  schedule, fingerprints and the builder/runner that build and time candidates;
+  keys workloads by their functional hash (``ir/functional_hash.py``); ranks
+  candidates with the cost model (``cost_model/``); and stores every measurement
+  in the tuning database (``storage/``).
+- ``search``: the search strategies (random, grid, cost-model-guided evolutionary).
 
-Names are loaded on first use so ``import tilefx.autotune`` imports neither
-TVM nor torch.
+Floor: above ``cost_model`` and ``storage``, below ``compiler``. Names are loaded
+on first use so ``import tilefx.autotune`` imports neither TVM nor torch.
 """
 
 from __future__ import annotations
@@ -22,19 +18,10 @@ from __future__ import annotations
 from typing import Any
 
 _LAZY = {
-    "TuningDatabase": ("tilefx.storage.database", "TuningDatabase"),
-    "Record": ("tilefx.storage.database", "Record"),
-    "Measurement": ("tilefx.storage.database", "Measurement"),
-    "fingerprint": ("tilefx.codegen.tvm.fingerprint", "fingerprint"),
-    "functional_hash": ("tilefx.ir.functional_hash", "functional_hash"),
-    "workload_key": ("tilefx.ir.functional_hash", "workload_key"),
-    "reference_inputs": ("tilefx.ir.functional_hash", "reference_inputs"),
-    "reference_outputs": ("tilefx.ir.functional_hash", "reference_outputs"),
-    "outputs_match": ("tilefx.ir.functional_hash", "outputs_match"),
-    "cache_root": ("tilefx.settings", "cache_root"),
     "Tuner": ("tilefx.autotune.tuner", "Tuner"),
     "TuneOptions": ("tilefx.autotune.tuner", "TuneOptions"),
-    "SearchSpace": ("tilefx.codegen.space", "SearchSpace"),
+    "tune_or_default": ("tilefx.autotune.tuner", "tune_or_default"),
+    "make_strategy": ("tilefx.autotune.search", "make_strategy"),
 }
 
 __all__ = list(_LAZY)

@@ -38,6 +38,7 @@ from typing import Any, Callable, Sequence
 
 from tilefx.codegen import timing
 from tilefx.codegen.space import is_extern
+from tilefx.codegen.tvm import configure_tvm_threads
 from tilefx.codegen.workers import worker_context
 from tilefx.codegen.schedule import Schedule
 
@@ -317,7 +318,7 @@ class LocalBuilder:
 def _runner_main(conn: Any, cache_dir: str | None) -> None:
     """The runner child: serve ("workload", ...) and ("run", ...) requests until EOF."""
     _ignore_sigint()
-    os.environ.setdefault("TVM_BIND_THREADS", "0")
+    configure_tvm_threads()  # the measured kernels run on a pool sized like torch's, unpinned
     if cache_dir:
         os.environ["TILEFX_CACHE_DIR"] = cache_dir
     import torch

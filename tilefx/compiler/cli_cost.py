@@ -1,14 +1,20 @@
 """``tilefx collect`` and ``tilefx train-cost-model``: the cost model's data and training.
 
-    tilefx collect --db /tmp/cm.db --trials 24 --workloads zoo,family
+    tilefx collect --db /tmp/cm.db --trials 24 --zoo benchmarks/cost_model_workloads.py:zoo_kernels
+    tilefx collect --db /tmp/cm.db --trials 8 --workloads sparse
     tilefx train-cost-model --db /tmp/cm.db --target cpu -o model.json
 
 ``collect`` measures random schedules (the tuner with ``RandomSearch``, so
 fingerprint deduplication, correctness checks and resumability come with it;
 ``--strategy evolutionary`` adds guided ones near each kernel's best)
-of every kernel of a workload set (``cost_model.workloads``: the zoo's kernels
-plus a generated family; the kernels of ``benchmarks/tuning.py`` are held
-out) into a tuning database. Contractions get ``--trials`` candidates,
+of every kernel of a workload set (``cost_model.workloads``: generated
+families, plus a model zoo's kernels when ``--zoo`` names where they come
+from; the kernels of ``benchmarks/tuning.py`` are held out) into a tuning
+database. ``--zoo REF`` is ``path/to/file.py:function`` or
+``package.module:function``, a function ``(model names or None, target
+text) -> kernel ops``; the zoo of ``benchmarks/models`` is not installed with
+tilefx, so in a source checkout it is ``benchmarks/cost_model_workloads.py:zoo_kernels``
+(loaded by path). Contractions get ``--trials`` candidates,
 reductions two thirds and pointwise kernels half of that (their spaces are
 small). A rerun skips the workloads the database already has enough of.
 
@@ -19,8 +25,20 @@ XGBoost model, prints held-out metrics and writes the model JSON.
 from __future__ import annotations
 
 import argparse
+import importlib
+import importlib.util
+import os
 import random
-from typing import Any
+import sys
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+from tilefx.autotune.tuner import TuneOptions, Tuner
+from tilefx.codegen.target import Target
+from tilefx.compiler.cli import CLIError, first_line
+from tilefx.cost_model.train import DatasetTooSmall, train_from_db
+from tilefx.cost_model.workloads import workload_set
+from tilefx.storage.database import TuningDatabase
 
 
 def add_parser(sub: Any) -> None:
@@ -29,8 +47,13 @@ def add_parser(sub: Any) -> None:
                        "tuning database (cost-model training data)")
     p.add_argument("--db", required=True, help="tuning database file to fill")
     p.add_argument("--trials", type=int, default=24, help="candidates per contraction kernel")
-    p.add_argument("--workloads", default="zoo,family",
-                   help="comma list of zoo, family or zoo model names (default zoo,family)")
+    p.add_argument("--workloads", default=None,
+                   help="comma list of family, sparse, zoo or zoo model names (default: "
+                   "zoo,family with --zoo, else family)")
+    p.add_argument("--zoo", metavar="REF", default=None,
+                   help="where zoo workloads come from: path/to/file.py:function or "
+                   "package.module:function, called with (model names or None, target text); "
+                   "in a source checkout benchmarks/cost_model_workloads.py:zoo_kernels")
     p.add_argument("--target", default="cpu", help="cpu (the host), cpu:<llvm mcpu> or cuda")
     p.add_argument("--dtype", default="float32", choices=("float32", "float16", "bfloat16"),
                    help="operand dtype of the generated family (GPU models run float16)")
@@ -64,18 +87,40 @@ def _trials(kind: str, trials: int) -> int:
     return trials
 
 
-def cmd_collect(args: argparse.Namespace) -> int:
-    from tilefx.storage.database import TuningDatabase
-    from tilefx.autotune.tuner import TuneOptions, Tuner
-    from tilefx.codegen.target import Target
-    from tilefx.compiler.cli import CLIError
-    from tilefx.cost_model.workloads import workload_set
+def load_zoo(ref: str, target_text: str) -> Callable[[Sequence[str] | None], list[Any]]:
+    """The ``--zoo`` function, bound to the target the kernels are formed for."""
+    path, sep, attr = ref.rpartition(":")
+    if not sep or not path or not attr:
+        raise CLIError(f"--zoo must be path/to/file.py:function or package.module:function, got {ref!r}")
+    try:
+        if path.endswith(".py") or os.sep in path:
+            if not os.path.isfile(path):
+                raise CLIError(f"no such file: {path!r} (from --zoo {ref!r})")
+            name = "_tilefx_zoo_" + Path(path).stem
+            spec = importlib.util.spec_from_file_location(name, path)
+            module = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]
+            sys.modules[name] = module  # dataclasses and pickling look modules up by name
+            spec.loader.exec_module(module)  # type: ignore[union-attr]
+        else:
+            module = importlib.import_module(path)
+    except CLIError:
+        raise
+    except Exception as e:  # noqa: BLE001 - the user's file: a syntax or import error in it
+        raise CLIError(f"cannot load --zoo {ref!r}: {first_line(e)}") from e
+    fn = getattr(module, attr, None)
+    if not callable(fn):
+        raise CLIError(f"--zoo {ref!r}: {path!r} has no function {attr!r}")
+    return lambda names: fn(names, target_text)
 
+
+def cmd_collect(args: argparse.Namespace) -> int:
     if args.trials < 2:
         raise CLIError(f"--trials must be at least 2, got {args.trials}")
+    zoo = load_zoo(args.zoo, args.target) if args.zoo else None
+    spec = args.workloads or ("zoo,family" if zoo else "family")
     try:
         target = Target.parse(args.target)
-        kernels = workload_set(args.workloads, target.kind, args.dtype)
+        kernels = workload_set(spec, args.dtype, zoo)
     except (ValueError, RuntimeError) as e:
         raise CLIError(str(e)) from None
     # a fixed shuffle: a collection stopped early still covers every kind and source
@@ -112,9 +157,6 @@ def cmd_collect(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from tilefx.compiler.cli import CLIError
-    from tilefx.cost_model.train import DatasetTooSmall, train_from_db
-
     try:
         report = train_from_db(args.db, args.target, args.output, objective=args.objective,
                                test_fraction=args.test_fraction, seed=args.seed)

@@ -19,7 +19,7 @@ pipeline ran, ``PassSetup.notes()`` gives one report line per decision.
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from tilefx.autotune.tuner import tune_or_default
 from tilefx.codegen.backend import Backend
@@ -34,7 +34,7 @@ from tilefx.passes.layout import LayoutLog
 from tilefx.passes.packing import PackingLog
 from tilefx.passes.permute import PermutationLog
 from tilefx.passes.pipeline import PassOptions
-from tilefx.storage.decisions import DatabaseDecisionStore
+from tilefx.passes.sparsity import SparseChooser
 
 if TYPE_CHECKING:
     from tilefx.compiler.session import CompileSession
@@ -43,7 +43,7 @@ if TYPE_CHECKING:
 @dataclass
 class PassSetup:
     passes: PassOptions
-    chooser: Any = None               # the sparse/dense chooser (its .decisions), if any
+    chooser: SparseChooser | None = None  # the sparse/dense chooser (its .decisions)
     advisor: FusionAdvisor | None = None
     early_notes: list[str] = field(default_factory=list)
 
@@ -72,7 +72,7 @@ def configure_passes(options: CompileOptions, target: Target, session: CompileSe
         passes = PassOptions(decompose_attention=defaults.decompose_attention)
     if options.prune:
         passes = replace(passes, prune=options.prune, prune_block=tuple(options.prune_block))
-    passes, chooser = _sparsity_options(passes, options, backend)
+    passes, chooser = _sparsity_options(passes, options, backend, session)
     if passes.sparsity and passes.permute and passes.permute_log is None:
         passes = replace(passes, permute_log=PermutationLog())  # per-layer block counts, reported
     passes = _layout_options(passes, options, backend, session)
@@ -102,8 +102,8 @@ def _schedule_to_build(op: Op, options: CompileOptions, backend: Backend,
     return schedule if schedule is not None else backend.default_schedule(op)
 
 
-def _sparsity_options(passes: PassOptions, options: CompileOptions,
-                      backend: Backend) -> tuple[PassOptions, Any]:
+def _sparsity_options(passes: PassOptions, options: CompileOptions, backend: Backend,
+                      session: CompileSession) -> tuple[PassOptions, SparseChooser | None]:
     """Pass options with the sparse/dense chooser of the target's backend: the latency
     model's estimate, confirmed by timing both kernels on the target (decisions kept in
     the tuning database)."""
@@ -112,7 +112,7 @@ def _sparsity_options(passes: PassOptions, options: CompileOptions,
     if not passes.sparsity or passes.sparse_chooser is not None:
         return passes, passes.sparse_chooser
     target = backend.target
-    store = DatabaseDecisionStore(options.tune_db, target.key())
+    store = session.decision_store(options.tune_db, target.key())
     chooser = backend.sparse_chooser(estimate=lambda: sparse_estimate(target), store=store)
     return replace(passes, sparse_chooser=chooser), chooser
 

@@ -5,8 +5,9 @@ A ``CompileSession`` holds
 - the built kernels, by (kernel key, target, bindings, schedule): a model that
   repeats a block (a ResNet stage, a transformer layer) builds each distinct
   kernel once, and a new batch size of a dynamic model builds only what is new;
-- the tuners (with their builder pools and runner processes) and the build
-  checkers (with their database handles and what they know of checks).
+- the tuners (with their builder pools and runner processes), the build
+  checkers (with their database handles and what they know of checks) and the
+  stores of pass decisions.
 
 ``tilefx.compile`` makes one per compiled model (pass ``session=`` to share one
 between models); the pipeline, the dynamo backend, the CLI verbs and the
@@ -41,6 +42,7 @@ from tilefx.compiler.records import CheckStatus, CompileRecord, KernelImpl, Kern
 from tilefx.compiler.runtime import InterpretedKernel, KernelFn
 from tilefx.ir.graph import Op
 from tilefx.ir.identity import fused_op_names, kernel_key, kernel_symbols
+from tilefx.storage.decisions import DatabaseDecisionStore
 
 log = logging.getLogger("tilefx.compiler")
 
@@ -57,6 +59,7 @@ class CompileSession:
     checks: CheckMemory = field(default_factory=CheckMemory)
     _tuners: dict[tuple, Tuner] = field(default_factory=dict)
     _checkers: dict[tuple, BuildChecker] = field(default_factory=dict)
+    _stores: dict[tuple, DatabaseDecisionStore] = field(default_factory=dict)
 
     def build(self, op: Op, target: Target, bindings: Mapping[sympy.Symbol, int],
               schedule: Schedule | None = None, *, op_key: str | None = None) -> Any:
@@ -98,6 +101,14 @@ class CompileSession:
             checker = self._checkers[key] = BuildChecker(target, db_path, self.checks)
         return checker
 
+    def decision_store(self, db_path: str | None, target_key: str) -> DatabaseDecisionStore:
+        """The store of pass decisions (sparse or dense) in the tuning database; it remembers
+        what it read, so a second compile in this session does not ask the database again."""
+        key = (str(db_path), target_key)
+        if key not in self._stores:
+            self._stores[key] = DatabaseDecisionStore(db_path, target_key)
+        return self._stores[key]
+
     def release(self) -> None:
         """Stop the tuners' processes and close database handles; keep what was built."""
         while self._tuners:
@@ -109,6 +120,7 @@ class CompileSession:
     def close(self) -> None:
         self.release()
         self.built.clear()
+        self._stores.clear()
 
     def __enter__(self) -> CompileSession:
         return self

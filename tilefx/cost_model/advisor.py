@@ -10,8 +10,9 @@ within one workload, never a fused kernel with its parts) and fuses when
     predicted fused <= sum(predicted separate) * (1 - margin).
 
 When the ratio fused / separate falls in the ``unsure`` band (0.8..1.25 by
-default) and a measurer is set, both sides are built (TVM default schedules)
-and timed in-process, and the measurement decides: fuse unless the separate
+default) and a measurer is set, both sides are built at the target backend's
+default schedules and timed in-process on the host (``codegen.timing.host_median``),
+and the measurement decides: fuse unless the separate
 kernels measure faster by more than ``tolerance`` (3%: isolated timings on a
 shared machine wobble by that much, and the fused kernel's saved round trip
 through memory shows less in isolation than inside the model). Decisions are cached by
@@ -19,7 +20,9 @@ the kernels' computation (``ir.identity.kernel_key``: name-blind IR text), so a
 transformer's repeated layers cost one decision. ``decisions`` keeps every
 one for the compile report (``FusionDecision.line``).
 
-The shipped model ``default_x86_latency.json`` (feature version 3) was trained with
+Latency models exist per backend ``cost_model_arch`` (``LATENCY_MODELS``: x86 CPUs
+only); other targets get no advisor. The shipped model ``default_x86_latency.json``
+(feature version 3) was trained with
 
     tilefx collect --db cm5.db --workloads sparse --trials 8      # added to the quiet cm2.db
     tilefx train-cost-model --db cm5.db --target cpu --objective regression \
@@ -33,14 +36,26 @@ use of it.
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
+import sympy
+
+from tilefx.codegen.timing import host_median
+from tilefx.cost_model.model import LearnedModel
+from tilefx.ir import DType, TensorType
+from tilefx.ir.builder import kernel_op
+from tilefx.ir.functional_hash import reference_inputs
+from tilefx.ir.identity import kernel_key
+from tilefx.ir.interpreter import torch_dtype
+
 log = logging.getLogger("tilefx.cost_model.advisor")
 
-LATENCY_MODEL = Path(__file__).with_name("default_x86_latency.json")
+# the shipped regression (latency) models, by the backend's cost_model_arch
+LATENCY_MODELS = {"x86_64": Path(__file__).with_name("default_x86_latency.json")}
 UNSURE = (0.8, 1.25)   # predicted fused/separate ratios the model is not trusted on
 SYMBOL_SIZE = 8        # a dynamic dim's size when the advisor is given no binding
 
@@ -81,20 +96,15 @@ def _free_symbols(kernel: Any) -> set[Any]:
 
 
 def measure_kernel(kernel: Any, target: Any, bindings: Mapping[Any, int]) -> float:
-    """Median seconds of ``kernel`` built at its default schedule, on its reference inputs."""
-    import sympy
-    import torch
+    """Median seconds of ``kernel`` built by ``target``'s backend at its default schedule, on
+    its reference inputs, timed on the host (the advisor's targets are CPUs)."""
+    import torch  # heavy, and only needed when a fusion is measured
 
-    from tilefx.ir.functional_hash import reference_inputs
-    from tilefx.codegen.tvm import build_kernel
-    from tilefx.codegen.tvm.schedules.sparse import time_call
-    from tilefx.ir.interpreter import torch_dtype
-
-    fn = build_kernel(kernel, target, bindings=dict(bindings) or None)
+    fn = target.backend().build(kernel, None, dict(bindings) or None)
     inputs = reference_inputs(kernel, dict(bindings) or None)
     outs = [torch.empty([int(sympy.sympify(d).subs(bindings)) for d in r.type.shape],
                         dtype=torch_dtype(r.type.dtype)) for r in kernel.results]
-    return time_call(fn, [*inputs, *outs], repeats=5, min_seconds=0.005)
+    return host_median(fn, [*inputs, *outs], repeats=5, min_seconds=0.005)
 
 
 class FusionAdvisor:
@@ -116,10 +126,8 @@ class FusionAdvisor:
 
     def predict_seconds(self, kernel: Any) -> float:
         """Predicted seconds of ``kernel`` at its default schedule (regression model)."""
-        from tilefx.codegen.tvm import default_schedule
-
         b = self._bindings(kernel)
-        schedule = default_schedule(kernel, self.target, bindings=b or None)
+        schedule = self.target.backend().default_schedule(kernel, b or None)
         model = self.model.with_bindings(b) if hasattr(self.model, "with_bindings") else self.model
         score = model.predict(kernel, [schedule], self.target)[0]
         return float(2.0 ** (-score))
@@ -129,8 +137,6 @@ class FusionAdvisor:
         return sum(self.measurer(k, self.target, self._bindings(k)) for k in kernels)
 
     def should_fuse(self, fused: Any, separate: Sequence[Any]) -> bool:
-        from tilefx.ir.identity import kernel_key
-
         self.asked += 1
         key = (kernel_key(fused), *sorted(kernel_key(k) for k in separate))
         if key in self._cache:
@@ -166,19 +172,15 @@ class FusionAdvisor:
 
 
 def latency_model(target: Any) -> Any:
-    """The shipped regression model for x86 CPU targets, or None (no xgboost, other arch)."""
-    import importlib.util
-
-    if getattr(target, "kind", "cpu") != "cpu" or importlib.util.find_spec("xgboost") is None:
+    """The shipped regression model for ``target``'s backend ``cost_model_arch`` (x86 CPUs),
+    or None (no xgboost, no model for that arch)."""
+    path = LATENCY_MODELS.get(target.backend().cost_model_arch)
+    if path is None or not path.is_file() or importlib.util.find_spec("xgboost") is None:
         return None
-    if str(getattr(target, "mtriple", "")).split("-")[0] != "x86_64" or not LATENCY_MODEL.is_file():
-        return None
-    from tilefx.cost_model.model import LearnedModel
-
     try:
-        return LearnedModel.load(LATENCY_MODEL)
+        return LearnedModel.load(path)
     except Exception as e:  # noqa: BLE001 - an old feature version: no advice, rules only
-        log.warning("latency model %s not used (%s); fusion follows the rules", LATENCY_MODEL, e)
+        log.warning("latency model %s not used (%s); fusion follows the rules", path, e)
         return None
 
 
@@ -191,9 +193,8 @@ def default_advisor(target: Any, bindings: Mapping[Any, int] | None = None) -> F
 
 def predicted_seconds(model: Any, kernel: Any, target: Any) -> float:
     """Seconds the regression ``model`` predicts for a static ``kernel`` at its default schedule."""
-    from tilefx.codegen.tvm import default_schedule
-
-    return float(2.0 ** (-model.predict(kernel, [default_schedule(kernel, target)], target)[0]))
+    schedule = target.backend().default_schedule(kernel)
+    return float(2.0 ** (-model.predict(kernel, [schedule], target)[0]))
 
 
 class SparseEstimate:
@@ -225,9 +226,6 @@ class SparseEstimate:
 
 
 def _dense_kernel(layer: Any) -> Any:
-    from tilefx.ir import DType, TensorType
-    from tilefx.ir.builder import kernel_op
-
     k, n = layer.kn
     f32 = lambda *s: TensorType(DType.float32, s)  # noqa: E731
     if layer.kind == "conv1x1":
@@ -238,9 +236,6 @@ def _dense_kernel(layer: Any) -> Any:
 
 
 def _sparse_kernel(layer: Any, block: tuple[int, int], nnzb: int) -> Any:
-    from tilefx.ir import DType, TensorType
-    from tilefx.ir.builder import kernel_op
-
     k, n = layer.kn
     x = layer.x_shape if layer.kind == "conv1x1" else (layer.rows, k)
     axis = 1 if layer.kind == "conv1x1" else -1

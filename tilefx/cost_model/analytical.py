@@ -18,7 +18,7 @@ on a CPU, per template kind:
 
 The numbers are relative: only the order matters. ``predict`` returns scores
 where higher is better (1 / estimated seconds), the convention of every
-``CostModel`` (``search.py``).
+``CostModel`` (``autotune/search.py``).
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ from typing import Any, Mapping, Sequence
 
 from tilefx.codegen.space import is_extern
 from tilefx.codegen.schedule import Schedule
+from tilefx.ir.identity import specialize
 
 THREAD_WAKE_S = 5e-6     # cost of starting a parallel loop
 CLOCK_HZ = 3e9
@@ -61,8 +62,6 @@ class AnalyticalModel:
     def predict(self, kernel: Any, schedules: Sequence[Schedule], target: Any) -> list[float]:
         body = kernel.body
         if self.bindings:
-            from tilefx.ir.identity import specialize
-
             body = specialize(body, self.bindings)
         return [1.0 / max(self.estimate_seconds(kernel.attr("kind"), body, s, target), 1e-12)
                 for s in schedules]

@@ -20,6 +20,14 @@ from typing import Any
 
 import numpy as np
 
+from tilefx.codegen.backend import FeatureSet
+from tilefx.codegen.schedule import Schedule
+from tilefx.codegen.space import is_extern
+from tilefx.codegen.target import Target
+from tilefx.cost_model.features import feature_matrix, kernel_kind
+from tilefx.ir.graph import Op, Value, freeze_attrs
+from tilefx.ir.parser import parse_graph
+
 log = logging.getLogger("tilefx.cost_model")
 
 
@@ -38,6 +46,11 @@ class Dataset:
     target_key: str
 
     @property
+    def feature_set(self) -> FeatureSet:
+        """The feature layout of the target's candidates (its backend's)."""
+        return self.target.backend().feature_set
+
+    @property
     def workloads(self) -> list[str]:
         return sorted({s.workload_key for s in self.samples})
 
@@ -49,8 +62,6 @@ class Dataset:
         return np.array([s.seconds for s in self.samples], dtype=np.float64)
 
     def features(self, *, nest: bool = True) -> np.ndarray:
-        from tilefx.cost_model.features import feature_matrix
-
         rows = []
         by_kernel: dict[str, list[int]] = {}
         for i, s in enumerate(self.samples):
@@ -69,10 +80,6 @@ class Dataset:
 
 def kernel_from_ir(ir_text: str, name: str = "kernel") -> Any:
     """A ``kernel`` op around a body printed in the database (kind inferred)."""
-    from tilefx.cost_model.features import kernel_kind
-    from tilefx.ir.graph import Op, Value, freeze_attrs
-    from tilefx.ir.parser import parse_graph
-
     body = parse_graph(ir_text, {})
     args = tuple(Value(f"x{i}", v.type) for i, v in enumerate(body.inputs))
     results = tuple(Value(f"y{i}", v.type) for i, v in enumerate(body.outputs))
@@ -80,31 +87,37 @@ def kernel_from_ir(ir_text: str, name: str = "kernel") -> Any:
 
 
 def resolve_target_key(db: Any, target: str) -> str:
-    """``target`` as a key of the database: ``cpu`` means the host's key if the database
-    has it, else its only CPU target; ``cuda`` its only cuda target."""
-    from tilefx.codegen.target import Target
-
+    """``target`` (``--target`` text) as a key of the database: a key it has; else the key of
+    the target ``Target.parse`` reads from the text (``cpu``: the host, ``cpu:<mcpu>``,
+    ``cuda``) if the database has it; else, for a bare ``cpu``/``llvm``/``cuda``, the
+    database's only target whose backend is that target's."""
     keys = sorted({r[0] for r in db._execute("SELECT DISTINCT target_key FROM candidates")})
     if target in keys:
         return target
-    if target in ("cpu", "llvm", "cuda"):
-        kind = "cuda" if target == "cuda" else "cpu"
-        host = Target.host_cpu().key() if kind == "cpu" else None
-        if host in keys:
-            return host
-        same = [k for k in keys if k.startswith(kind + "-")]
-        if len(same) == 1:
-            return same[0]
-        raise ValueError(f"database has {kind} targets {same or 'none'}; pass one with --target")
-    raise ValueError(f"target {target!r} is not in the database (it has {keys or 'none'})")
+    missing = f"target {target!r} is not in the database (it has {keys or 'none'})"
+    try:
+        wanted = Target.parse(target)
+    except ValueError:
+        raise ValueError(missing) from None
+    if wanted.key() in keys:
+        return wanted.key()
+    if ":" in target or target.lstrip().startswith("{"):  # a named CPU or a whole target: that one
+        raise ValueError(missing)
+    backend = wanted.backend().name
+    same = [k for k in keys if _backend_name(db, k) == backend]
+    if len(same) == 1:
+        return same[0]
+    raise ValueError(f"database has {len(same)} targets for the {backend} backend"
+                     f"{': ' + ', '.join(same) if same else ''}; pass one with --target")
+
+
+def _backend_name(db: Any, target_key: str) -> str | None:
+    tj = db.target_json(target_key)
+    return Target.from_json(tj).backend().name if tj else None
 
 
 def load_dataset(db: Any, target_key: str) -> Dataset:
     """Every ok template candidate of ``target_key`` in ``db`` (a TuningDatabase)."""
-    from tilefx.codegen.space import is_extern
-    from tilefx.codegen.schedule import Schedule
-    from tilefx.codegen.target import Target
-
     tj = db.target_json(target_key)
     target = Target.from_json(tj) if tj else Target.host_cpu()
     best: dict[tuple[str, str], float] = {}

@@ -1,7 +1,7 @@
 """Features of a (Kernel, Schedule, Target): what the learned cost model sees.
 
 A candidate is scheduled exactly as ``codegen/tvm`` builds it
-(``autotune.fingerprint.scheduled_module``: 3-8 ms, no LLVM) and its loop
+(``codegen.tvm.fingerprint.scheduled_module``: 3-8 ms, no LLVM) and its loop
 nest is walked in Python (``loopnest``): every buffer store with its
 enclosing loops, the float operations of the stored expression, and for
 every buffer access its strides and footprints at several tile levels.
@@ -16,32 +16,43 @@ The last block repeats the schedule-dependent entries as differences from
 the same kernel's **default schedule** (``d_<name>``). Trees split on fixed
 thresholds; a workload's absolute sizes move those thresholds from kernel to
 kernel, while "more parallel tasks / a larger register tile than the
-default" means the same thing everywhere. The default schedule's vector is
-computed once per kernel (cached), so the difference costs one extra
-scheduling per kernel, not per candidate. ``FEATURES`` documents each entry
+default" means the same thing everywhere. ``FEATURES`` documents each entry
 in one line.
 
 ``FEATURE_VERSION`` names the layout: a model is refused when its version
 differs (``model.py``). Bump it whenever ``FEATURES`` or their meaning change.
-On a cuda target ``features`` returns ``gpu_features``'s vector instead (its
-own names and version: ``layout_of``).
+Which layout a target's candidates get is its backend's ``FeatureSet``:
+``LOOP_NEST`` (TVM) is this module's vector, ``TILING`` (Triton) is
+``gpu_features``'s (its own names and version); ``layout_of(feature_set)``
+gives (version, names).
 
 Sizes and counts enter as ``log2(1 + x)``: latencies span orders of
-magnitude and trees split better on logs. Vectors are cached per (kernel
-structure, schedule, target), so the evolutionary search can rank thousands
-of candidates and revisit them for free.
+magnitude and trees split better on logs. A ``FeatureCache`` (held by whoever
+ranks: a ``LearnedModel`` has one per kernel search) keeps computed vectors
+per (kernel structure, bindings, target, schedule) and each kernel's
+default-schedule features, so the evolutionary search can rank thousands of
+candidates and revisit them for free, and the differences cost one extra
+scheduling per kernel, not per candidate. There is no process-wide cache.
 """
 
 from __future__ import annotations
 
 import logging
 from collections import OrderedDict
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Hashable, Mapping, Sequence, TypeVar
 
 import numpy as np
 
+from tilefx.codegen.backend import FeatureSet
+from tilefx.codegen.space import is_extern
+from tilefx.codegen.tvm.fingerprint import scheduled_module
+from tilefx.cost_model.analytical import AnalyticalModel
+from tilefx.cost_model.gpu_features import GPU_FEATURE_VERSION, GPU_INDEX, GPU_NAMES, gpu_features
 from tilefx.cost_model.loopnest import (ACCESS_FEATURES, LEVELS, SLOTS, _dynamic_extent, _l2,
                                         nest_features)
+from tilefx.ir.identity import kernel_key
+from tilefx.ir.ops import OPS
+from tilefx.ir.ops.registry import Category
 
 log = logging.getLogger("tilefx.cost_model")
 
@@ -159,9 +170,6 @@ NO_DELTA = tuple(i for i, n in enumerate(NAMES) if not n.startswith("d_"))
 
 def kernel_kind(body: Any) -> str:
     """The template kind of a kernel body (for kernels rebuilt from database IR text)."""
-    from tilefx.ir.ops import OPS
-    from tilefx.ir.ops.registry import Category
-
     names = {op.name for op in body.ops}
     if names & {"matmul", "conv2d"}:
         return "contraction"
@@ -179,23 +187,58 @@ def _knob_value(v: Any) -> float:
         return -1.0
 
 
-_CACHE: OrderedDict[tuple, np.ndarray] = OrderedDict()
-_CACHE_LIMIT = 50_000
-_DEFAULTS: OrderedDict[tuple, dict[str, float]] = OrderedDict()   # kernel -> default schedule's
-_DEFAULTS_LIMIT = 2_000
+V = TypeVar("V")
+
+
+class FeatureCache:
+    """Feature vectors already computed, and each kernel's default-schedule features.
+
+    Owned by whoever ranks candidates and passed explicitly: a ``LearnedModel``
+    holds one (a fresh one per ``with_bindings``, i.e. per kernel search);
+    ``feature_matrix`` makes one per call when given none, so its rows share the
+    kernel's default-schedule features. Keys are (kernel structure, bindings,
+    target key, nest[, schedule]), so one cache may serve any kernels and
+    targets. Both maps are LRU-bounded: ``limit`` vectors, ``kernels`` defaults.
+    """
+
+    def __init__(self, limit: int = 50_000, kernels: int = 2_000) -> None:
+        self.limit, self.kernels = limit, kernels
+        self._vectors: OrderedDict[tuple, np.ndarray] = OrderedDict()
+        self._defaults: OrderedDict[tuple, tuple[str, dict[str, float]] | None] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._vectors)
+
+    def clear(self) -> None:
+        self._vectors.clear()
+        self._defaults.clear()
+
+    def vector(self, key: tuple, compute: Callable[[], np.ndarray]) -> np.ndarray:
+        return _memo(self._vectors, self.limit, key, compute)
+
+    def default(self, key: tuple, compute: Callable[[], tuple[str, dict[str, float]] | None]
+                ) -> tuple[str, dict[str, float]] | None:
+        return _memo(self._defaults, self.kernels, key, compute)
+
+
+def _memo(store: OrderedDict[Hashable, V], limit: int, key: Hashable, compute: Callable[[], V]) -> V:
+    if key in store:  # a stored None (no default schedule) is a hit too
+        store.move_to_end(key)
+        return store[key]
+    value = compute()
+    if len(store) >= limit:
+        store.popitem(last=False)
+    store[key] = value
+    return value
 
 
 def _own_features(kernel_op: Any, schedule: Any, target: Any, bindings: Mapping[Any, int] | None,
                   nest: bool) -> dict[str, float]:
     """Every feature but the ``d_`` differences, by name (absent: 0)."""
-    from tilefx.codegen.space import is_extern
-
     f: dict[str, float] = {}
     kind = kernel_op.attr("kind") or kernel_kind(kernel_op.body)
     f[f"kind_{kind}"] = 1.0
     if nest and not is_extern(schedule):
-        from tilefx.codegen.tvm.fingerprint import scheduled_module
-
         try:
             f.update(nest_features(scheduled_module(kernel_op, target, schedule, bindings), target,
                                    _dynamic_extent(kernel_op)))
@@ -204,8 +247,6 @@ def _own_features(kernel_op: Any, schedule: Any, target: Any, bindings: Mapping[
     f.update({"cores": target.cores, "lanes": target.vector_lanes(4), "l1": _l2(target.l1_bytes),
               "l2": _l2(target.l2_bytes), "l3": _l2(target.l3_bytes)})
     try:
-        from tilefx.cost_model.analytical import AnalyticalModel
-
         score = AnalyticalModel(bindings).predict(kernel_op, [schedule], target)[0]
         f["analytical"] = _l2(1e6 / score)
     except Exception as e:  # noqa: BLE001 - the hand model does not know every body
@@ -216,76 +257,73 @@ def _own_features(kernel_op: Any, schedule: Any, target: Any, bindings: Mapping[
 
 
 def _default_features(kernel_op: Any, target: Any, bindings: Mapping[Any, int] | None,
-                      nest: bool, key: tuple) -> dict[str, float] | None:
-    """``_own_features`` of the kernel's default schedule, once per kernel; None if it has none."""
-    hit = _DEFAULTS.get(key)
-    if hit is not None or key in _DEFAULTS:
-        return hit
-    from tilefx.codegen.tvm import default_schedule
-
+                      nest: bool) -> tuple[str, dict[str, float]] | None:
+    """(schedule JSON, ``_own_features``) of the kernel's default schedule; None if it has none."""
     try:
-        base: dict[str, float] | None = _own_features(
-            kernel_op, default_schedule(kernel_op, target, bindings=bindings), target, bindings, nest)
+        default = target.backend().default_schedule(kernel_op, bindings)
+        return default.to_json(), _own_features(kernel_op, default, target, bindings, nest)
     except Exception as e:  # noqa: BLE001 - no default schedule: the differences stay 0
         log.debug("no default schedule for %s: %s", kernel_op.attr("name"), e)
-        base = None
-    if len(_DEFAULTS) >= _DEFAULTS_LIMIT:
-        _DEFAULTS.popitem(last=False)
-    _DEFAULTS[key] = base
-    return base
+        return None
 
 
-def layout_of(target_kind: str) -> tuple[int, tuple[str, ...]]:
-    """(feature version, feature names) of a target kind: CPU candidates are featurized from
-    their TVM loop nest (this module), cuda ones from their Triton tiling (``gpu_features``)."""
-    if target_kind == "cuda":
-        from tilefx.cost_model.gpu_features import GPU_FEATURE_VERSION, GPU_NAMES
+# (feature version, feature names) per backend feature set
+LAYOUTS: dict[FeatureSet, tuple[int, tuple[str, ...]]] = {
+    FeatureSet.LOOP_NEST: (FEATURE_VERSION, NAMES),
+    FeatureSet.TILING: (GPU_FEATURE_VERSION, GPU_NAMES),
+}
 
-        return GPU_FEATURE_VERSION, GPU_NAMES
-    return FEATURE_VERSION, NAMES
+
+def layout_of(feature_set: FeatureSet) -> tuple[int, tuple[str, ...]]:
+    """(feature version, feature names) of a backend's feature set
+    (``target.backend().feature_set``): TVM candidates are featurized from their loop
+    nest (this module), Triton ones from their tiling (``gpu_features``)."""
+    return LAYOUTS[feature_set]
 
 
 def features(kernel_op: Any, schedule: Any, target: Any,
-             bindings: Mapping[Any, int] | None = None, *, nest: bool = True) -> np.ndarray:
-    """The feature vector (``FEATURES`` order, float32; ``GPU_FEATURES`` on a cuda target)
-    of one candidate.
+             bindings: Mapping[Any, int] | None = None, *, nest: bool = True,
+             cache: FeatureCache | None = None) -> np.ndarray:
+    """The feature vector of one candidate, in the layout of ``target``'s backend
+    (``FEATURES`` order for ``LOOP_NEST``, ``GPU_FEATURES`` for ``TILING``; float32).
 
     ``nest=False`` skips scheduling and the loop-nest walk (those entries stay
-    0): the cheap knob + shape path.
+    0): the cheap knob + shape path. ``cache``: where computed vectors are kept
+    (none: nothing is kept beyond this call).
     """
-    from tilefx.ir.identity import kernel_key
-
+    cache = cache if cache is not None else FeatureCache()
     kernel = (kernel_key(kernel_op), tuple(sorted((str(k), int(v)) for k, v in (bindings or {}).items())),
               target.key(), nest)
-    key = kernel + (schedule.to_json(),)
-    hit = _CACHE.get(key)
-    if hit is not None:
-        _CACHE.move_to_end(key)
-        return hit
-    if target.kind == "cuda":
-        from tilefx.cost_model.gpu_features import GPU_INDEX, gpu_features
+    return cache.vector(kernel + (schedule.to_json(),),
+                        lambda: _vector(kernel_op, schedule, target, bindings, nest, kernel, cache))
 
+
+def _vector(kernel_op: Any, schedule: Any, target: Any, bindings: Mapping[Any, int] | None,
+            nest: bool, kernel: tuple, cache: FeatureCache) -> np.ndarray:
+    if target.backend().feature_set is FeatureSet.TILING:
         f, index = gpu_features(kernel_op, schedule, target, bindings), GPU_INDEX
     else:
-        f, index = _own_features(kernel_op, schedule, target, bindings, nest), INDEX
-        base = _default_features(kernel_op, target, bindings, nest, kernel)
-        if base is not None:
-            for name in DELTA_OF:
-                f[f"d_{name}"] = f.get(name, 0.0) - base.get(name, 0.0)
+        base = cache.default(kernel, lambda: _default_features(kernel_op, target, bindings, nest))
+        if base is not None and base[0] == schedule.to_json():  # the default itself: no differences
+            f, index = dict(base[1]), INDEX
+        else:
+            f, index = _own_features(kernel_op, schedule, target, bindings, nest), INDEX
+            if base is not None:
+                for name in DELTA_OF:
+                    f[f"d_{name}"] = f.get(name, 0.0) - base[1].get(name, 0.0)
     vec = np.zeros(len(index), dtype=np.float32)
     for name, value in f.items():
         if name in index:
             vec[index[name]] = value
-    if len(_CACHE) >= _CACHE_LIMIT:
-        _CACHE.popitem(last=False)
-    _CACHE[key] = vec
     return vec
 
 
 def feature_matrix(kernel_op: Any, schedules: Sequence[Any], target: Any,
-                   bindings: Mapping[Any, int] | None = None, *, nest: bool = True) -> np.ndarray:
-    """One row per schedule (``features``)."""
+                   bindings: Mapping[Any, int] | None = None, *, nest: bool = True,
+                   cache: FeatureCache | None = None) -> np.ndarray:
+    """One row per schedule (``features``); without a ``cache``, one for this call."""
     if not schedules:
-        return np.zeros((0, len(layout_of(target.kind)[1])), dtype=np.float32)
-    return np.stack([features(kernel_op, s, target, bindings, nest=nest) for s in schedules])
-
+        return np.zeros((0, len(layout_of(target.backend().feature_set)[1])), dtype=np.float32)
+    cache = cache if cache is not None else FeatureCache()
+    return np.stack([features(kernel_op, s, target, bindings, nest=nest, cache=cache)
+                     for s in schedules])

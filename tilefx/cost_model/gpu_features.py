@@ -35,6 +35,12 @@ import logging
 import math
 from typing import Any, Mapping
 
+from tilefx.codegen.space import is_extern
+from tilefx.codegen.triton.emit import shape_of
+from tilefx.codegen.triton.measure import resolve
+from tilefx.codegen.triton.templates import body_of, template_for
+from tilefx.ir.identity import symbol_bindings
+
 log = logging.getLogger("tilefx.cost_model")
 
 GPU_FEATURE_VERSION = 1
@@ -107,16 +113,11 @@ def _numel(shape: Any) -> int:
 def gpu_features(kernel_op: Any, schedule: Any, target: Any,
                  bindings: Mapping[Any, int] | None = None) -> dict[str, float]:
     """Features of one cuda candidate by name (absent: 0; knobs the template lacks: -1)."""
-    from tilefx.codegen.space import is_extern
-
     f: dict[str, float] = {f"knob_{k}": -1.0 for k in GPU_KNOBS}
-    f.update({"sms": float(max(1, int(target.cores))), "smem_per_block": _l2(target.l1_bytes), "l2": _l2(target.l2_bytes),
+    f.update({"sms": float(max(1, int(target.cores))), "smem_per_block": _l2(target.l1_bytes),
+              "l2": _l2(target.l2_bytes),
               "arch": float("".join(c for c in (target.arch or "sm_80") if c.isdigit()) or 80)})
     try:
-        from tilefx.codegen.triton.measure import resolve
-        from tilefx.ir.identity import symbol_bindings
-        from tilefx.codegen.triton.templates import body_of, template_for
-
         module = template_for(kernel_op)
         body = body_of(kernel_op, symbol_bindings(bindings))
         sched = resolve(schedule) if is_extern(schedule) else schedule
@@ -135,15 +136,11 @@ def gpu_features(kernel_op: Any, schedule: Any, target: Any,
 
 
 def _body_bytes(body: Any) -> int:
-    from tilefx.codegen.triton.emit import shape_of
-
     return sum(_numel(shape_of(v)) * v.type.dtype.itemsize for v in (*body.inputs, *body.outputs))
 
 
 def _tile(template: str, module: Any, body: Any, schedule: Any) -> dict[str, Any]:
     """The template's problem and tiling: sizes, tile, pipeline depth, loop steps."""
-    from tilefx.codegen.triton.emit import shape_of
-
     s = module.clamp(body, schedule) if hasattr(module, "clamp") and template not in (
         "reduction", "conv") else schedule
     out: dict[str, Any] = {"template": template, "schedule": s, "bytes": _body_bytes(body),
@@ -183,8 +180,6 @@ def _contraction(template: str, module: Any, body: Any, s: Any) -> dict[str, Any
     """A contraction as a GEMM: M x N outputs in BLOCK_M x BLOCK_N tiles, K in BLOCK_K steps
     (conv2d: implicit GEMM; attention: a program's queries against all keys, BLOCK_N keys
     a step; bsr_matmul: a program's rows against one block column's nonzero blocks)."""
-    from tilefx.codegen.triton.emit import shape_of
-
     anchor = module.anchor_of(body)
     out: dict[str, Any] = {"contraction": True, "itemsize": anchor.inputs[0].type.dtype.itemsize}
     bm, batch, gemms = int(s.get("BLOCK_M", 64)), 1, 1

@@ -1,8 +1,11 @@
 """The learned cost model: gradient-boosted trees (XGBoost) over ``features``.
 
-    model = LearnedModel.train(X, seconds, groups, target_key, objective="rank")
+    model = LearnedModel.train(X, seconds, groups, target_key, feature_set=fs, objective="rank")
     model.save("model.json"); model = LearnedModel.load("model.json")
     scores = model.predict(kernel_op, schedules, target)     # higher = faster
+
+``fs`` is the feature layout of the rows of ``X``: the ``FeatureSet`` of the
+target's backend (``target.backend().feature_set``; ``features.layout_of``).
 
 Two objectives (``benchmarks/cost_model.py`` compares them):
 
@@ -20,9 +23,15 @@ Two objectives (``benchmarks/cost_model.py`` compares them):
   scale-free, and with them the absolute error held out grows (0.559 ->
   0.576 mean |log2 error| on the latency model's data).
 
-The file is JSON: format tag, ``feature_version``, the target key it was
-trained for, the objective, the feature names and the booster (XGBoost's own
-JSON). Loading a model of another feature version is refused.
+The file is JSON: format tag, ``feature_set`` and ``feature_version``, the
+target key it was trained for, the objective, the feature names and the
+booster (XGBoost's own JSON). Loading a model of another feature version is
+refused. Files written before ``feature_set`` was recorded (the shipped
+models among them) are matched to a layout by their feature names.
+
+Each model holds its own ``features.FeatureCache`` (``with_bindings`` makes a
+model with a fresh one: one kernel's search), so candidates the search ranks
+again cost nothing and no cache outlives the model.
 
 Online: ``observe`` (called by the evolutionary search with each measured
 batch) keeps the kernel's measurements and, once a few have arrived, boosts
@@ -39,7 +48,10 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from tilefx.cost_model.features import NO_DELTA, feature_matrix, layout_of
+from tilefx.codegen.backend import FeatureSet
+from tilefx.codegen.space import is_extern
+from tilefx.cost_model.features import LAYOUTS, NO_DELTA, FeatureCache, feature_matrix, layout_of
+from tilefx.ir.identity import kernel_key
 
 log = logging.getLogger("tilefx.cost_model")
 
@@ -99,10 +111,13 @@ class LearnedModel:
     """An XGBoost booster + what it was trained on; a ``CostModel`` for the search."""
 
     def __init__(self, booster: Any, objective: str, target_key: str,
-                 columns: Sequence[int] | None = None, *, bindings: Mapping[Any, int] | None = None,
+                 columns: Sequence[int] | None = None, *, feature_set: FeatureSet,
+                 bindings: Mapping[Any, int] | None = None,
                  meta: dict[str, Any] | None = None) -> None:
         self.booster, self.objective, self.target_key = booster, objective, target_key
+        self.feature_set = feature_set
         self.columns = None if columns is None else tuple(int(c) for c in columns)
+        self.cache = FeatureCache()   # this model's feature vectors (one kernel's search)
         self.bindings = dict(bindings or {})
         self.meta = dict(meta or {})
         self._seen: dict[Any, tuple[list[Any], list[float]]] = {}
@@ -112,18 +127,20 @@ class LearnedModel:
 
     @staticmethod
     def train(X: np.ndarray, seconds: np.ndarray, groups: np.ndarray, target_key: str, *,
-              objective: str = "rank", rounds: int = 300, seed: int = 0,
+              feature_set: FeatureSet, objective: str = "rank", rounds: int = 300, seed: int = 0,
               columns: Sequence[int] | None = None, meta: dict[str, Any] | None = None,
               params: Mapping[str, Any] | None = None) -> LearnedModel:
-        """``params``: XGBoost parameters over the defaults (variants, nested CV)."""
+        """``feature_set``: the layout of ``X``'s rows; ``params``: XGBoost parameters over
+        the defaults (variants, nested CV)."""
         import xgboost as xgb
 
-        if objective == "regression" and columns is None and _kind(target_key) == "cpu":
+        if objective == "regression" and columns is None and feature_set is FeatureSet.LOOP_NEST:
             columns = NO_DELTA
         X, y, g = _sorted_by_group(X, _labels(seconds, groups, objective), groups)
         d = _dmatrix(X, y, g if objective == "rank" else None, columns)
         booster = xgb.train({**_params(objective, seed), **(params or {})}, d, num_boost_round=rounds)
-        return LearnedModel(booster, objective, target_key, columns, meta=meta)
+        return LearnedModel(booster, objective, target_key, columns, feature_set=feature_set,
+                            meta=meta)
 
     def score_matrix(self, X: np.ndarray, booster: Any = None) -> np.ndarray:
         return (booster or self.booster).predict(_dmatrix(X, None, None, self.columns))
@@ -131,24 +148,21 @@ class LearnedModel:
     # ------------------------------------------------------------------ CostModel
 
     def with_bindings(self, bindings: Mapping[Any, int] | None) -> LearnedModel:
-        """The same model for kernels with these symbol sizes (a fresh online state)."""
+        """The same model for kernels with these symbol sizes (a fresh online state and
+        feature cache)."""
         return LearnedModel(self.booster, self.objective, self.target_key, self.columns,
-                            bindings=bindings, meta=self.meta)
+                            feature_set=self.feature_set, bindings=bindings, meta=self.meta)
 
     def predict(self, kernel: Any, schedules: Sequence[Any], target: Any) -> list[float]:
-        from tilefx.codegen.space import is_extern
-
         if not schedules:
             return []
-        X = feature_matrix(kernel, schedules, target, self.bindings)
+        X = feature_matrix(kernel, schedules, target, self.bindings, cache=self.cache)
         scores = self.score_matrix(X, self._online.get(_kernel_id(kernel)))
         # the extern candidate has no loop nest: never ranked above a schedule by the model
         return [float(s) if not is_extern(sch) else -1e9 for s, sch in zip(scores, schedules)]
 
     def observe(self, kernel: Any, results: Sequence[Any], target: Any) -> None:
         """Measured results (``.schedule``, ``.seconds``) of ``kernel``: boost on them."""
-        from tilefx.codegen.space import is_extern
-
         kid = _kernel_id(kernel)
         schedules, seconds = self._seen.setdefault(kid, ([], []))
         new = 0
@@ -162,7 +176,7 @@ class LearnedModel:
             return
         import xgboost as xgb
 
-        X = feature_matrix(kernel, schedules, target, self.bindings)
+        X = feature_matrix(kernel, schedules, target, self.bindings, cache=self.cache)
         t = np.asarray(seconds)
         g = np.zeros(len(t), dtype=int)
         d = _dmatrix(X, _labels(t, g, self.objective), g if self.objective == "rank" else None,
@@ -177,8 +191,9 @@ class LearnedModel:
 
     def to_json(self) -> dict[str, Any]:
         raw = self.booster.save_raw(raw_format="json")
-        version, names = layout_of(_kind(self.target_key))
-        return {"format": FORMAT, "feature_version": version, "target_key": self.target_key,
+        version, names = layout_of(self.feature_set)
+        return {"format": FORMAT, "feature_set": self.feature_set.value, "feature_version": version,
+                "target_key": self.target_key,
                 "objective": self.objective, "features": list(names),
                 "columns": None if self.columns is None else list(self.columns),
                 "meta": self.meta, "booster": json.loads(bytes(raw).decode())}
@@ -196,26 +211,32 @@ class LearnedModel:
             raise ModelError(f"cannot read cost model {path}: {e}") from e
         if not isinstance(data, dict) or data.get("format") != FORMAT:
             raise ModelError(f"{path} is not a tilefx cost model (no format {FORMAT!r})")
-        kind = _kind(str(data.get("target_key", "")))
-        version = layout_of(kind)[0]
+        feature_set = _feature_set_of(data, path)
+        version = layout_of(feature_set)[0]
         if data.get("feature_version") != version:
             raise ModelError(
-                f"cost model {path} was trained on {kind} features version "
+                f"cost model {path} was trained on {feature_set.value} features version "
                 f"{data.get('feature_version')}, this tilefx computes version {version}; retrain it with "
                 "`tilefx train-cost-model --db ... -o ...`")
         booster = xgb.Booster()
         booster.load_model(bytearray(json.dumps(data["booster"]).encode()))
         booster.set_param({"nthread": 1})
         return LearnedModel(booster, data["objective"], data["target_key"], data.get("columns"),
-                            meta=data.get("meta"))
+                            feature_set=feature_set, meta=data.get("meta"))
 
 
-def _kind(target_key: str) -> str:
-    """The target kind of a target key (``Target.key``: "cuda-..." or "cpu-...")."""
-    return "cuda" if target_key.startswith("cuda") else "cpu"
+def _feature_set_of(data: dict[str, Any], path: Any) -> FeatureSet:
+    """The feature layout a model file was trained on: its ``feature_set``, or for a file
+    written before that was recorded, the layout sharing the most of its feature names."""
+    if "feature_set" in data:
+        try:
+            return FeatureSet(data["feature_set"])
+        except ValueError:
+            raise ModelError(f"cost model {path} has unknown feature set {data['feature_set']!r}; "
+                             f"this tilefx knows {', '.join(fs.value for fs in FeatureSet)}") from None
+    names = set(data.get("features") or ())
+    return max(LAYOUTS, key=lambda fs: len(names & set(LAYOUTS[fs][1])))
 
 
 def _kernel_id(kernel: Any) -> Any:
-    from tilefx.ir.identity import kernel_key
-
     return kernel_key(kernel)

@@ -16,6 +16,13 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from tilefx.cost_model.analytical import AnalyticalModel
+from tilefx.cost_model.dataset import load_dataset, resolve_target_key
+from tilefx.cost_model.features import layout_of
+from tilefx.cost_model.metrics import evaluate, format_metrics
+from tilefx.cost_model.model import LearnedModel
+from tilefx.storage.database import TuningDatabase
+
 log = logging.getLogger("tilefx.cost_model")
 
 MIN_MEASUREMENTS = 200
@@ -48,8 +55,6 @@ def baseline_scores(ds: Any, rows: np.ndarray, which: str, seed: int = 0) -> np.
     """Scores of the ``random`` or ``analytical`` baseline for ``rows`` of ``ds``."""
     if which == "random":
         return np.random.default_rng(seed).random(len(rows))
-    from tilefx.cost_model.analytical import AnalyticalModel
-
     model = AnalyticalModel()
     out = np.zeros(len(rows))
     for j, i in enumerate(rows):
@@ -66,15 +71,12 @@ def evaluate_split(ds: Any, X: np.ndarray, train: np.ndarray, test: np.ndarray, 
                    columns: Sequence[int] | None = None, seed: int = 0,
                    baselines: bool = True) -> tuple[dict[str, dict[str, float]], dict[str, Any]]:
     """Held-out metrics per model name, and the trained models."""
-    from tilefx.cost_model.metrics import evaluate
-    from tilefx.cost_model.model import LearnedModel
-
     t, g = ds.seconds(), ds.groups()
     rows: dict[str, dict[str, float]] = {}
     models: dict[str, Any] = {}
     for obj in objectives:
-        m = LearnedModel.train(X[train], t[train], g[train], ds.target_key, objective=obj,
-                               seed=seed, columns=columns)
+        m = LearnedModel.train(X[train], t[train], g[train], ds.target_key,
+                               feature_set=ds.feature_set, objective=obj, seed=seed, columns=columns)
         models[obj] = m
         rows[f"xgboost {obj}"] = evaluate(t[test], m.score_matrix(X[test]), g[test])
     if baselines:
@@ -86,12 +88,6 @@ def evaluate_split(ds: Any, X: np.ndarray, train: np.ndarray, test: np.ndarray, 
 def train_from_db(db_path: str, target: str, output: str, *, objective: str = "rank",
                   test_fraction: float = 0.25, seed: int = 0) -> str:
     """Train on ``db_path`` and write ``output``; returns the printed report."""
-    from tilefx.storage.database import TuningDatabase
-    from tilefx.cost_model.dataset import load_dataset, resolve_target_key
-    from tilefx.cost_model.features import layout_of
-    from tilefx.cost_model.metrics import format_metrics
-    from tilefx.cost_model.model import LearnedModel
-
     if not Path(db_path).is_file():
         raise FileNotFoundError(f"no tuning database at {db_path}; make one with `tilefx collect`")
     with TuningDatabase(db_path) as db:
@@ -102,12 +98,13 @@ def train_from_db(db_path: str, target: str, output: str, *, objective: str = "r
     g = ds.groups()
     train, test = split_by_workload(g, test_fraction, seed)
     rows, _ = evaluate_split(ds, X, train, test, seed=seed)
-    model = LearnedModel.train(X, ds.seconds(), g, key, objective=objective, seed=seed,
+    model = LearnedModel.train(X, ds.seconds(), g, key, feature_set=ds.feature_set,
+                               objective=objective, seed=seed,
                                meta={"db": str(db_path), "samples": len(ds.samples),
                                      "workloads": len(ds.workloads)})
     model.save(output)
     n_test = len(np.unique(g[test]))
     return (f"tilefx train-cost-model: {len(ds.samples)} measured candidates, {len(ds.workloads)} "
-            f"workloads on {key} (features v{layout_of(ds.target.kind)[0]}, {X.shape[1]} features)\n"
+            f"workloads on {key} (features v{layout_of(ds.feature_set)[0]}, {X.shape[1]} features)\n"
             f"held-out metrics ({n_test} workloads not trained on):\n{format_metrics(rows)}\n"
             f"wrote {objective} model trained on all workloads to {output}")

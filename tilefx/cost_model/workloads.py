@@ -1,10 +1,15 @@
-"""The workloads the cost model learns from: the zoo's kernels and a generated family.
+"""The workloads the cost model learns from: generated kernel families, plus a zoo's kernels.
 
 ``tilefx collect`` measures random schedules of these into a tuning database;
-``benchmarks/cost_model.py`` splits them by workload. The family covers the
-three template kinds at shapes the zoo does not have (square, skinny and
-transformer-large matmuls with and without epilogues, dense / 1x1 / strided / depthwise convs,
-softmax, LayerNorm, row sums, elementwise chains).
+``benchmarks/cost_model.py`` splits them by workload. The generated ``family``
+covers the three template kinds at shapes the model zoo does not have
+(square, skinny and transformer-large matmuls with and without epilogues,
+dense / 1x1 / strided / depthwise convs, softmax, LayerNorm, row sums,
+elementwise chains); ``sparse`` the block-sparse kernels and their dense
+counterparts. The model zoo is not part of the installed package: its kernels
+come from a ``zoo`` function the caller hands to ``workload_set`` (``tilefx
+collect --zoo benchmarks/cost_model_workloads.py:zoo_kernels`` in a source
+checkout).
 
 The kernels of ``benchmarks/tuning.py`` (matmul 512 and 1024, conv3x3 64ch at
 56x56, depthwise 96ch at 56x56, LayerNorm+GELU 512x768) are **held out**:
@@ -15,12 +20,14 @@ kernel with one, so the shipped model has never seen them.
 from __future__ import annotations
 
 import functools
-import logging
-import sys
-from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
-log = logging.getLogger("tilefx.cost_model")
+from tilefx.ir import DType, TensorType
+from tilefx.ir.builder import kernel_op
+from tilefx.ir.identity import kernel_key
+
+# a zoo's kernels: model names (None: every model) -> their distinct kernel ops
+Zoo = Callable[[Sequence[str] | None], list[Any]]
 
 # (anchor op, input shapes) of benchmarks/tuning.py's cases: never trained on
 HELD_OUT = {
@@ -45,16 +52,11 @@ def signature(kernel_op: Any) -> tuple[str, tuple] | None:
 
 
 def _f32(*shape: int) -> Any:
-    from tilefx.ir import DType, TensorType
-
     return TensorType(DType.float32, shape)
 
 
 def _kernel_of(kind: str, shapes: list[tuple[int, ...]], body: Callable, name: str,
                dtype: str = "float32") -> Any:
-    from tilefx.ir import DType, TensorType
-    from tilefx.ir.builder import kernel_op
-
     return kernel_op(kind, [TensorType(DType[dtype], s) for s in shapes], body, name)
 
 
@@ -113,8 +115,6 @@ def sparse_kernels() -> list[Any]:
     """Block-sparse ``bsr_matmul`` kernels (linear and 1x1 conv) over densities and blocks, and
     the dense kernels of the same shapes: what the sparsity pass's dense-vs-sparse estimate
     (``advisor.SparseEstimate``) learns from. Reference inputs give them a valid structure."""
-    from tilefx.ir import DType, TensorType
-
     def i32(n: int) -> Any:
         return TensorType(DType.int32, (n,))
 
@@ -141,59 +141,27 @@ def sparse_kernels() -> list[Any]:
 
 def _sparse(name: str, x: list[tuple[int, ...]], data: tuple[int, int, int], indices: Any,
             indptr: Any, axis: int) -> Any:
-    from tilefx.ir.builder import kernel_op
-
     return kernel_op("sparse_contraction", [_f32(*x[0]), _f32(*data), indices, indptr],
                      lambda b, a, d, i, p: b.op("bsr_matmul", a, d, i, p, axis=axis), name)
 
 
-def zoo_kernels(models: list[str] | None = None, target: str = "cpu") -> list[Any]:
-    """The distinct kernels of the zoo models (``benchmarks/models``) at their smallest batch,
-    as the compiler forms them for ``target`` (its layout and fusion decisions differ).
-
-    Needs a source checkout (the zoo is not part of the installed package).
-    """
-    root = Path(__file__).resolve().parents[2]
-    if str(root) not in sys.path:
-        sys.path.insert(0, str(root))
-    try:
-        from benchmarks.models import ZOO
-    except ImportError as e:
-        raise RuntimeError(f"the model zoo (benchmarks/models) is not importable from {root} "
-                           f"({e}); run from a tilefx source checkout or use --workloads family"
-                           ) from e
-    from tilefx.compiler.cli_tune import model_kernels
-
-    out: list[Any] = []
-    for name in models or list(ZOO):
-        if name not in ZOO:
-            raise ValueError(f"unknown zoo model {name!r}; have {', '.join(ZOO)}")
-        entry = ZOO[name]
-        kernels, bindings, _ = model_kernels(entry.build(), entry.make_inputs(
-            batch=entry.batches[0], seed=0), target)
-        if bindings:  # symbolic shapes: the collector measures static kernels only
-            log.info("zoo model %s has symbolic shapes %s; skipped", name, bindings)
-            continue
-        out.extend(kernels)
-    return out
-
-
-def workload_set(spec: str = "zoo,family", target: str = "cpu", dtype: str = "float32") -> list[Any]:
-    """Kernels named by ``spec`` (comma list of ``zoo``, ``family``, ``sparse`` or zoo model names)
-    for ``target``, the family's with ``dtype`` operands, without the held-out benchmark kernels,
-    deduplicated by structure."""
-    from tilefx.ir.identity import kernel_key
-
+def workload_set(spec: str = "family", dtype: str = "float32", zoo: Zoo | None = None) -> list[Any]:
+    """Kernels named by ``spec`` (comma list of ``family``, ``sparse``, ``zoo`` or zoo model
+    names), the family's with ``dtype`` operands, without the held-out benchmark kernels,
+    deduplicated by structure. ``zoo`` gives the zoo's kernels (``zoo(None)``: every model's,
+    ``zoo([name])``: one model's), formed for the target they will be measured on."""
     kernels: list[Any] = []
     for part in [p.strip() for p in spec.split(",") if p.strip()]:
         if part == "family":
             kernels += family_kernels(dtype)
         elif part == "sparse":
             kernels += sparse_kernels()
-        elif part == "zoo":
-            kernels += zoo_kernels(target=target)
+        elif zoo is None:
+            raise ValueError(f"workload {part!r} is not family or sparse: zoo workloads need a zoo "
+                             "(tilefx collect --zoo REF, e.g. "
+                             "benchmarks/cost_model_workloads.py:zoo_kernels)")
         else:
-            kernels += zoo_kernels([part], target)
+            kernels += zoo(None if part == "zoo" else [part])
     seen: set[Any] = set()
     out = []
     for k in kernels:

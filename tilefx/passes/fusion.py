@@ -75,6 +75,7 @@ class FusionAdvisor(Protocol):
         """Whether the would-be ``fused`` kernel op beats the ``separate`` kernels it replaces."""
         ...
 
+
 # How an op joins the groups of its producers: op category -> rule (a ``join_*``
 # method below). Opaque compute (an ``attention`` left whole) is "alone".
 JOIN_RULES: dict[Category, str] = {

@@ -7,12 +7,10 @@ import torch
 from triton_testing import TORCH  # noqa: F401  (sets TRITON_INTERPRET=1 before Triton loads)
 
 from tilefx.ir.interpreter import run_graph
-from tilefx.passes import sparsity
 
 
 @pytest.fixture(autouse=True)
 def fresh_decisions(monkeypatch, tmp_path):
-    monkeypatch.setattr(sparsity, "_DECISION_CACHE", {})
     monkeypatch.setenv("TILEFX_CACHE_DIR", str(tmp_path / "cache"))  # a fresh tuning database
 
 

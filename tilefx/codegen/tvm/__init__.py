@@ -18,13 +18,13 @@ def configure_tvm_threads() -> None:
 
     The pool reads these variables once, at its first parallel launch. Left alone,
     TVM runs one worker on these 2-vCPU machines while torch uses both, and its
-    default thread pinning made a tuned matmul 1.7x slower here.
+    default thread pinning made a tuned matmul 1.7x slower here. Called by whatever
+    is about to run TVM code (the backend when it is made, the tuner's runner
+    process, the artifact loader), not at import.
     """
     os.environ.setdefault("TVM_NUM_THREADS", str(len(os.sched_getaffinity(0))))
     os.environ.setdefault("TVM_BIND_THREADS", "0")
 
-
-configure_tvm_threads()
 
 
 def build_kernel(kernel_op: Any, target: Any = None, schedule: Any = None, **kwargs: Any) -> Any:

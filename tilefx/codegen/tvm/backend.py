@@ -15,6 +15,7 @@ from tilefx.codegen import timing
 from tilefx.codegen.backend import Backend, FeatureSet, PassDefaults
 from tilefx.codegen.schedule import Schedule
 from tilefx.codegen.space import EXTERN_KINDS, SearchSpace
+from tilefx.codegen.tvm import configure_tvm_threads
 from tilefx.ir.graph import Op
 
 
@@ -22,6 +23,10 @@ class TVMBackend(Backend):
     name = "tvm"
     feature_set = FeatureSet.LOOP_NEST
     writes_artifacts = True
+
+    def __init__(self, target: Any) -> None:
+        super().__init__(target)
+        configure_tvm_threads()  # before TVM's pool starts: sized like torch's, not pinned
 
     @property
     def cost_model_arch(self) -> str:  # type: ignore[override]

@@ -113,6 +113,10 @@ def build_kernel(kernel_op: Op, target: Target | None = None, schedule: Schedule
     """Compile a ``kernel`` op with its template's schedule (the default one if None)."""
     import tvm
 
+    from tilefx.codegen.tvm import configure_tvm_threads
+
+    configure_tvm_threads()  # before the kernel's first parallel launch (idempotent)
+
     from tilefx.codegen.tvm import cache
     from tilefx.codegen.tvm.schedules import apply_schedule, default_schedule
 
