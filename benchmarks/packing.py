@@ -37,9 +37,9 @@ MODELS = ("resnet18", "mobilenetv2_block", "mlp", "transformer_encoder")
 
 
 def _ms(fn, args, repeats: int) -> float:
-    from tilefx.codegen.tvm.schedules.sparse import time_call
+    from tilefx.codegen import timing
 
-    return time_call(fn, args, repeats=repeats, min_seconds=0.05) * 1e3
+    return timing.host_median(fn, args, repeats=repeats, min_seconds=0.05) * 1e3
 
 
 def _compile(model, inputs, packed: bool, trials: int, db: str | None):
