@@ -136,10 +136,12 @@ class Tuner:
             db = TuningDatabase(self.options.db_path)
         self.db = db
         self.backend = self.target.backend()
-        self.builder = builder or self.backend.tuning_builder(self.options.workers)
-        self.runner = runner or self.backend.tuning_runner(
-            timeout=self.options.timeout, repeats=self.options.repeats,
-            min_repeat_seconds=self.options.min_repeat_seconds)
+        if builder is None or runner is None:
+            made_builder, made_runner = self.backend.tuning_pair(
+                workers=self.options.workers, timeout=self.options.timeout,
+                repeats=self.options.repeats, min_repeat_seconds=self.options.min_repeat_seconds)
+            builder, runner = builder or made_builder, runner or made_runner
+        self.builder, self.runner = builder, runner
         self.model = model
         self.results: list[KernelTuneResult] = []
         self.interrupted = False

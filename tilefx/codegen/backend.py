@@ -8,8 +8,8 @@ uses asks its ``Backend`` instead of comparing the target's kind:
   call plus epilogue), ``default_schedule``, ``space`` (a ``SearchSpace``,
   with the extern candidate where the template has one), ``fingerprint``
   (identity of the generated code, ``extern_fingerprint`` for the library's);
-- measuring: ``tuning_builder`` / ``tuning_runner`` (what the tuner builds and
-  times candidates with), ``timer`` (whole-model timing), ``check_placement``
+- measuring: ``tuning_pair`` (the builder and runner the tuner builds and times
+  candidates with), ``timer`` (whole-model timing), ``check_placement``
   (device and tolerance dtypes of a checked build);
 - the passes' hooks: ``pass_defaults`` (which passes apply to this code
   generator), ``pack_factor`` / ``block_factor`` (the weight panel and channel
@@ -104,10 +104,9 @@ class Backend:
         return str(getattr(built, "lowered", "") or getattr(built, "source", ""))
 
     # -- measuring
-    def tuning_builder(self, workers: int) -> Any:
-        raise NotImplementedError
-
-    def tuning_runner(self, *, timeout: float, repeats: int, min_repeat_seconds: float) -> Any:
+    def tuning_pair(self, *, workers: int, timeout: float, repeats: int,
+                    min_repeat_seconds: float) -> tuple[Any, Any]:
+        """The builder and runner one tuner builds and times candidates with."""
         raise NotImplementedError
 
     def timer(self) -> Callable[[Callable[..., Any], Sequence[Any]], float]:

@@ -91,12 +91,18 @@ def parse_input_spec(text: str) -> InputSpec:
 
 def load_model(ref: str) -> Any:
     """Resolve ``file.py:attr`` / ``package.module:attr`` to a module or function."""
+    return instantiate(resolve_reference(ref, "MODEL"), ref)
+
+
+def resolve_reference(ref: str, what: str) -> Any:
+    """The object ``file.py:attr`` or ``package.module:attr`` names (``what``: the argument,
+    for errors); a file is loaded as a module of its own."""
     path, sep, attr = ref.rpartition(":")
     if not sep or not path or not attr:
-        raise CLIError(f"MODEL must be path/to/file.py:attr or package.module:attr, got {ref!r}")
+        raise CLIError(f"{what} must be path/to/file.py:attr or package.module:attr, got {ref!r}")
     if path.endswith(".py") or os.sep in path:
         if not os.path.isfile(path):
-            raise CLIError(f"no such file: {path!r} (from MODEL {ref!r})")
+            raise CLIError(f"no such file: {path!r} (from {what} {ref!r})")
         name = "_tilefx_model_" + os.path.splitext(os.path.basename(path))[0]
         spec = importlib.util.spec_from_file_location(name, path)
         module = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]
@@ -104,16 +110,16 @@ def load_model(ref: str) -> Any:
         try:
             spec.loader.exec_module(module)  # type: ignore[union-attr]
         except Exception as e:  # noqa: BLE001 - the user's file: a syntax or import error in it
-            raise CLIError(f"cannot load {path!r} (from MODEL {ref!r}): {first_line(e)}") from e
+            raise CLIError(f"cannot load {path!r} (from {what} {ref!r}): {first_line(e)}") from e
     else:
         try:
             module = importlib.import_module(path)
         except Exception as e:  # noqa: BLE001 - ModuleNotFoundError, or an error inside it
-            raise CLIError(f"cannot import module {path!r} (from MODEL {ref!r}): "
+            raise CLIError(f"cannot import module {path!r} (from {what} {ref!r}): "
                            f"{first_line(e)}") from e
     if not hasattr(module, attr):
         raise CLIError(f"{path!r} has no attribute {attr!r}")
-    return instantiate(getattr(module, attr), ref)
+    return getattr(module, attr)
 
 
 def instantiate(obj: Any, ref: str) -> Any:

@@ -25,17 +25,12 @@ XGBoost model, prints held-out metrics and writes the model JSON.
 from __future__ import annotations
 
 import argparse
-import importlib
-import importlib.util
-import os
 import random
-import sys
-from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from tilefx.autotune.tuner import TuneOptions, Tuner
 from tilefx.codegen.target import Target
-from tilefx.compiler.cli import CLIError, first_line
+from tilefx.compiler.cli import CLIError, resolve_reference
 from tilefx.cost_model.train import DatasetTooSmall, train_from_db
 from tilefx.cost_model.workloads import workload_set
 from tilefx.storage.database import TuningDatabase
@@ -89,27 +84,9 @@ def _trials(kind: str, trials: int) -> int:
 
 def load_zoo(ref: str, target_text: str) -> Callable[[Sequence[str] | None], list[Any]]:
     """The ``--zoo`` function, bound to the target the kernels are formed for."""
-    path, sep, attr = ref.rpartition(":")
-    if not sep or not path or not attr:
-        raise CLIError(f"--zoo must be path/to/file.py:function or package.module:function, got {ref!r}")
-    try:
-        if path.endswith(".py") or os.sep in path:
-            if not os.path.isfile(path):
-                raise CLIError(f"no such file: {path!r} (from --zoo {ref!r})")
-            name = "_tilefx_zoo_" + Path(path).stem
-            spec = importlib.util.spec_from_file_location(name, path)
-            module = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]
-            sys.modules[name] = module  # dataclasses and pickling look modules up by name
-            spec.loader.exec_module(module)  # type: ignore[union-attr]
-        else:
-            module = importlib.import_module(path)
-    except CLIError:
-        raise
-    except Exception as e:  # noqa: BLE001 - the user's file: a syntax or import error in it
-        raise CLIError(f"cannot load --zoo {ref!r}: {first_line(e)}") from e
-    fn = getattr(module, attr, None)
+    fn = resolve_reference(ref, "--zoo")
     if not callable(fn):
-        raise CLIError(f"--zoo {ref!r}: {path!r} has no function {attr!r}")
+        raise CLIError(f"--zoo {ref!r} is not a function")
     return lambda names: fn(names, target_text)
 
 

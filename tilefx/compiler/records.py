@@ -12,9 +12,8 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass, field
-from typing import Any
-
 from tilefx.autotune.tuner import KernelTuneResult, format_summary
+from tilefx.cost_model.advisor import FusionDecision
 from tilefx.ir.graph import Graph
 
 
@@ -104,7 +103,7 @@ class CompileRecord:
     tuning: list[KernelTuneResult] = field(default_factory=list)
     tuning_decision: TuningDecision | None = None
     notes: list[str] = field(default_factory=list)  # one line per pass decision (sparsity, packing)
-    fusion_decisions: list[Any] = field(default_factory=list)  # cost_model.advisor.FusionDecision
+    fusion_decisions: list[FusionDecision] = field(default_factory=list)  # with fusion_check
 
     def add_time(self, stage: str, seconds: float) -> None:
         self.seconds[stage] = self.seconds.get(stage, 0.0) + seconds

@@ -91,7 +91,7 @@ def resolve_target_key(db: Any, target: str) -> str:
     the target ``Target.parse`` reads from the text (``cpu``: the host, ``cpu:<mcpu>``,
     ``cuda``) if the database has it; else, for a bare ``cpu``/``llvm``/``cuda``, the
     database's only target whose backend is that target's."""
-    keys = sorted({r[0] for r in db._execute("SELECT DISTINCT target_key FROM candidates")})
+    keys = db.target_keys()
     if target in keys:
         return target
     missing = f"target {target!r} is not in the database (it has {keys or 'none'})"

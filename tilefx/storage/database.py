@@ -399,6 +399,10 @@ class TuningDatabase:
                             "AND target_key = ?", (workload_key, target_key)).fetchone()
         return (int(row[0]), bool(row[1])) if row else None
 
+    def target_keys(self) -> list[str]:
+        """Every target with measured candidates, sorted."""
+        return sorted({r[0] for r in self._execute("SELECT DISTINCT target_key FROM candidates")})
+
     def graph_decision(self, graph_key: str, target_key: str) -> tuple[bool, float, float] | None:
         """(keep tuned, tuned ms, default ms) of an earlier whole-graph check, or None."""
         row = self._execute("SELECT keep_tuned, tuned_ms, default_ms FROM graph_decisions "

@@ -19,6 +19,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from tilefx import settings
+
 
 def build_kernel(kernel_op: Any, target: Any = None, schedule: Any = None, **kwargs: Any) -> Any:
     from tilefx.codegen.triton.templates import build_kernel as build
@@ -45,4 +47,15 @@ def kernel_source(kernel_op: Any, schedule: Any = None, **kwargs: Any) -> str:
     return emit_source(kernel_op, schedule, **kwargs)[0].text
 
 
-__all__ = ["build_kernel", "default_schedule", "schedule_space", "kernel_source"]
+def gpu_present() -> bool:
+    """Whether Triton kernels run on a GPU here (torch sees CUDA and Triton is not interpreting)."""
+    if settings.triton_interprets():
+        return False
+    try:
+        import torch  # heavy: only asked when a decision needs the device
+    except ImportError:
+        return False
+    return bool(torch.cuda.is_available())
+
+
+__all__ = ["gpu_present", "build_kernel", "default_schedule", "schedule_space", "kernel_source"]

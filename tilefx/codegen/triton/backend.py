@@ -10,11 +10,11 @@ from __future__ import annotations
 
 from typing import Any, Callable, Mapping, Sequence
 
-from tilefx import settings
 from tilefx.codegen import timing
 from tilefx.codegen.backend import Backend, CheckPlacement, FeatureSet, PassDefaults
 from tilefx.codegen.schedule import Schedule
 from tilefx.codegen.space import SearchSpace
+from tilefx.codegen.triton import gpu_present
 from tilefx.ir.graph import Op
 from tilefx.ir.identity import symbol_bindings
 
@@ -59,15 +59,14 @@ class TritonBackend(Backend):
 
         return extern_fingerprint(self.target)
 
-    def tuning_builder(self, workers: int) -> Any:
-        from tilefx.codegen.triton.measure import TritonBuilder
+    def tuning_pair(self, *, workers: int, timeout: float, repeats: int,
+                    min_repeat_seconds: float) -> tuple[Any, Any]:
+        """Both in this process, sharing the workload's device data and built kernels
+        (emitting is cheap; Triton compiles on the first launch)."""
+        from tilefx.codegen.triton.measure import CudaRunner, TritonBuilder, TuningState
 
-        return TritonBuilder()  # emitting is cheap; Triton compiles on the first launch
-
-    def tuning_runner(self, *, timeout: float, repeats: int, min_repeat_seconds: float) -> Any:
-        from tilefx.codegen.triton.measure import CudaRunner
-
-        return CudaRunner(repeats=repeats)
+        state = TuningState()
+        return TritonBuilder(state=state), CudaRunner(repeats=repeats, state=state)
 
     def timer(self) -> Callable[[Callable[..., Any], Sequence[Any]], float]:
         return timing.median_ms
@@ -92,7 +91,7 @@ class TritonBackend(Backend):
         from tilefx.ir.types import DType
         from tilefx.passes.sparsity import CUDA_BREAK_EVEN, AnalyticalChooser, MeasuredChooser
 
-        gpu = _gpu_present()
+        gpu = gpu_present()
 
         def semi24_runs(layer: Any) -> bool:  # without a GPU: whether it could (reported, not picked)
             return (semi24.available if gpu else semi24.fits)(layer.dtype, *layer.kn)
@@ -114,12 +113,3 @@ class TritonBackend(Backend):
         return MeasuredChooser(measure, target=self.target.key(), estimate=analytical,
                                measure_2to4=measure_2to4, store=store)
 
-
-def _gpu_present() -> bool:
-    if settings.triton_interprets():
-        return False
-    try:
-        import torch
-    except ImportError:
-        return False
-    return torch.cuda.is_available()

@@ -173,7 +173,31 @@ class _DeviceData:
     dtypes: list
 
 
-_DATA: dict[tuple[str, str], _DeviceData] = {}
+@dataclass
+class TuningState:
+    """What one tuner's builder and runner share: the workload being tuned on the device
+    (its reference inputs and outputs, made once) and the kernels built for it, so the
+    runner times the very object the builder compiled. One workload at a time: the tuner
+    finishes a kernel before the next, so a new workload replaces both."""
+
+    data: _DeviceData | None = None
+    kernels: dict[str, Any] = field(default_factory=dict)  # schedule JSON -> built kernel
+
+    def device_data(self, workload: Workload) -> _DeviceData:
+        dev = device()
+        if self.data is None or (self.data.key, self.data.device) != (workload.key, dev):
+            self.data, self.kernels = _make_device_data(workload, dev), {}
+        return self.data
+
+    def kernel(self, workload: Workload, schedule: Schedule) -> Any:
+        self.device_data(workload)
+        key = schedule.to_json()
+        if key not in self.kernels:
+            self.kernels[key] = _kernel(workload, schedule)
+        return self.kernels[key]
+
+    def clear(self) -> None:
+        self.data, self.kernels = None, {}
 
 
 class NoDeviceError(RuntimeError):
@@ -192,20 +216,14 @@ def device() -> str:
     return "cuda"
 
 
-def _device_data(workload: Workload) -> _DeviceData:
+def _make_device_data(workload: Workload, dev: str) -> _DeviceData:
     from tilefx.ir.functional_hash import reference_inputs, reference_outputs
 
-    dev = device()
-    data = _DATA.get((workload.key, dev))
-    if data is None:
-        bindings = workload.bindings_dict() or None
-        inputs = [t.contiguous() for t in reference_inputs(workload.kernel, bindings)]
-        want = reference_outputs(workload.kernel, inputs, bindings)
-        dtypes = [check_dtype(workload.kernel, r.type.dtype) for r in workload.kernel.results]
-        data = _DeviceData(workload.key, dev, [t.to(dev) for t in inputs], want, dtypes)
-        _DATA.clear()  # one workload at a time: the tuner finishes a kernel before the next
-        _DATA[(workload.key, dev)] = data
-    return data
+    bindings = workload.bindings_dict() or None
+    inputs = [t.contiguous() for t in reference_inputs(workload.kernel, bindings)]
+    want = reference_outputs(workload.kernel, inputs, bindings)
+    dtypes = [check_dtype(workload.kernel, r.type.dtype) for r in workload.kernel.results]
+    return _DeviceData(workload.key, dev, [t.to(dev) for t in inputs], want, dtypes)
 
 
 def check_dtype(kernel_op: Any, dtype: Any) -> Any:
@@ -259,6 +277,7 @@ class TritonBuilder:
     """
 
     fault: Callable[[Schedule], str | None] | None = None
+    state: TuningState = field(default_factory=TuningState)  # shared with the tuner's runner
 
     def build(self, workload: Workload, schedules: Sequence[Schedule]) -> list[BuildResult]:
         return [self._build_one(workload, s) for s in schedules]
@@ -268,8 +287,8 @@ class TritonBuilder:
         try:
             if self.fault is not None and self.fault(schedule) == "build":
                 raise RuntimeError("injected build failure (test hook)")
-            built = _kernel(workload, schedule)
-            data = _device_data(workload)
+            built = self.state.kernel(workload, schedule)
+            data = self.state.device_data(workload)
             if data.device == "cuda":  # Triton compiles on the first launch
                 import torch
 
@@ -282,7 +301,7 @@ class TritonBuilder:
             return BuildResult(schedule, "build_error", "", _error(e), time.perf_counter() - t0)
 
     def close(self) -> None:
-        _DATA.clear()
+        self.state.clear()
 
 
 # -------------------------------------------------------------------------- runner
@@ -300,6 +319,7 @@ class CudaRunner(RunsInOrder):
     rep_seconds: float = 0.1         # do_bench's measuring time
     max_repeats: int = 200           # samples stored per candidate, at most
     fault: Callable[[Schedule], str | None] | None = None
+    state: TuningState = field(default_factory=TuningState)  # shared with the tuner's builder
     _flush: Any = field(default=None, repr=False)
 
     def _run_one(self, workload: Workload, b: BuildResult) -> MeasureResult:
@@ -316,8 +336,8 @@ class CudaRunner(RunsInOrder):
     def _measure(self, workload: Workload, schedule: Schedule) -> tuple[str, list[float], str]:
         from tilefx.ir.functional_hash import outputs_match
 
-        data = _device_data(workload)
-        fn = _kernel(workload, schedule)
+        data = self.state.device_data(workload)
+        fn = self.state.kernel(workload, schedule)
         fault = self.fault(schedule) if self.fault is not None else None
         if fault == "raise":
             raise RuntimeError("injected run failure (test hook)")
@@ -345,4 +365,4 @@ class CudaRunner(RunsInOrder):
 
     def close(self) -> None:
         self._flush = None
-        _DATA.clear()
+        self.state.clear()

@@ -36,8 +36,8 @@ import dataclasses
 import weakref
 from typing import Any
 
-from tilefx import settings
 from tilefx.codegen.schedule import Schedule
+from tilefx.codegen.triton import gpu_present
 from tilefx.codegen.triton.source import HEADER, KernelSource
 from tilefx.ir.graph import Graph, Op
 from tilefx.ir.types import DType
@@ -49,14 +49,12 @@ _CACHE: dict[int, tuple[Any, Any]] = {}   # id(data) -> (weakref to data, compre
 
 
 def device_ok() -> bool:
+    """A GPU with sparse tensor cores (compute capability 8.0 or newer) runs the kernels."""
+    if not gpu_present():
+        return False
+    import torch
 
-    if settings.triton_interprets():
-        return False
-    try:
-        import torch
-    except ImportError:
-        return False
-    return bool(torch.cuda.is_available()) and torch.cuda.get_device_capability() >= MIN_CAPABILITY
+    return torch.cuda.get_device_capability() >= MIN_CAPABILITY
 
 
 def fits(dtype: DType, k: int, n: int) -> bool:

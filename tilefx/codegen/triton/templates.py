@@ -11,7 +11,6 @@ runs that kernel in the interpreter and reports it.
 from __future__ import annotations
 
 import logging
-import os
 from types import ModuleType
 from typing import Any, Mapping
 
@@ -19,13 +18,12 @@ import sympy
 
 from tilefx.codegen.schedule import Schedule
 from tilefx.ir.identity import specialize
-from tilefx.codegen.triton.source import BuiltKernel, build, fingerprint, identifier
+from tilefx.codegen.triton.source import BuiltKernel, build, identifier
 from tilefx.ir.graph import Graph, Op
 
 log = logging.getLogger("tilefx.codegen.triton")
 
 ANCHORS = ("attention", "conv2d", "matmul")
-_MEMO: dict[tuple[str, str], BuiltKernel] = {}
 
 
 def template_for(kernel_op: Op) -> ModuleType:
@@ -78,13 +76,11 @@ def emit_source(kernel_op: Op, schedule: Schedule | None = None, target: Any = N
 
 
 def build_kernel(kernel_op: Op, target: Any = None, schedule: Schedule | None = None, *,
-                 bindings: Mapping[sympy.Symbol, int] | None = None, use_cache: bool = True) -> BuiltKernel:
+                 bindings: Mapping[sympy.Symbol, int] | None = None) -> BuiltKernel:
+    """Emit and load ``kernel_op``'s module (Triton compiles it on the first launch). Not
+    memoized here: the compile session keeps what a compile built, the tuner's state
+    what a tuning run built."""
     source, schedule = emit_source(kernel_op, schedule, target, bindings)
-    # interpreter-mode and compiled kernels of the same source are different objects
-    key = (fingerprint(source), os.environ.get("TRITON_INTERPRET", "0"))
-    if use_cache and key in _MEMO:
-        return _MEMO[key]
     built = build(source, kernel_op.attr("kind"), schedule)
     log.debug("built Triton kernel %s (%s) from %s", source.name, schedule, built.path)
-    _MEMO[key] = built
     return built

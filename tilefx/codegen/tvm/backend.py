@@ -65,15 +65,13 @@ class TVMBackend(Backend):
     def extern_fingerprint(self) -> str:
         return f"extern-torch-{self.target.key()}"
 
-    def tuning_builder(self, workers: int) -> Any:
-        from tilefx.codegen.measure import LocalBuilder
+    def tuning_pair(self, *, workers: int, timeout: float, repeats: int,
+                    min_repeat_seconds: float) -> tuple[Any, Any]:
+        """A spawn pool builds (into the kernel disk cache), an isolated child process runs."""
+        from tilefx.codegen.measure import LocalBuilder, LocalRunner
 
-        return LocalBuilder(workers=workers)
-
-    def tuning_runner(self, *, timeout: float, repeats: int, min_repeat_seconds: float) -> Any:
-        from tilefx.codegen.measure import LocalRunner
-
-        return LocalRunner(timeout=timeout, repeats=repeats, min_repeat_seconds=min_repeat_seconds)
+        return LocalBuilder(workers=workers), LocalRunner(
+            timeout=timeout, repeats=repeats, min_repeat_seconds=min_repeat_seconds)
 
     def timer(self) -> Callable[[Callable[..., Any], Sequence[Any]], float]:
         return timing.median_ms
