@@ -23,7 +23,7 @@ the database at once. So:
   resumes (measured fingerprints are skipped, the search starts from them);
 - a failing candidate (build error, crash, hang, wrong result) is recorded
   and the search goes on; a wrong result is logged with its schedule;
-- a schedule whose built kernel failed the driver's check (marked bad in the
+- a schedule whose built kernel failed the compile's check (marked bad in the
   database's ``kernel_checks``) is never measured, seeded from or chosen.
 """
 
@@ -95,7 +95,7 @@ class KernelTuneResult:
     library_seconds: float | None = None
     trials: int = 0                    # candidates measured in this run
     dup_skipped: int = 0               # proposals whose code was already measured
-    bad_skipped: int = 0               # proposals whose built kernel failed the driver's check
+    bad_skipped: int = 0               # proposals whose built kernel failed the compile's check
     saved_seconds: float = 0.0         # estimated build+run time the skipping saved
     statuses: dict[str, int] = field(default_factory=dict)
     wrong_results: list[str] = field(default_factory=list)

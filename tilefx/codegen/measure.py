@@ -95,7 +95,7 @@ class LibraryKernel:
     call costs what eager's calls cost: no interpreter (per-op sympy
     substitution, shape binding) and no extra copy where torch can write the
     result in place (``torch.matmul(a, b, out=y)``, ``torch.add(.., out=y)``);
-    other final ops are computed and copied into the destination. The driver
+    other final ops are computed and copied into the destination. The compiler
     runs a kernel whose tuned schedule ``is_extern`` through this same class,
     so what was measured is what runs.
     """

@@ -11,11 +11,11 @@ different knobs is caught later by the fingerprint.
 Contractions also have an **extern (library) candidate**, ``EXTERN``: the
 kernel body run as the bare torch calls eager would make (``torch.matmul``,
 ``F.conv2d`` and the epilogue; ``measure.LibraryKernel``). It is measured like any other
-candidate, so a tuned kernel is never slower than the library; the driver
+candidate, so a tuned kernel is never slower than the library; the compiler
 runs a kernel whose chosen schedule ``is_extern`` through that path. On a
 cuda target the space is the Triton template's and ``EXTERN`` is its library
 implementation (cuBLAS / torch SDPA plus a generated epilogue kernel; see
-``measure_cuda``).
+``codegen/triton/measure.py``).
 """
 
 from __future__ import annotations

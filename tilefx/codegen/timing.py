@@ -25,7 +25,7 @@ its own account, and keeps no state between calls.
 - ``median_ms``: a whole model's median wall time in milliseconds, synchronizing
   the GPU after each call when the inputs live on one (time until the kernels
   are done, not until they are queued): the tuned-vs-default decision of the
-  driver, ``tilefx compile`` / ``tilefx run``.
+  compiler, ``tilefx compile`` / ``tilefx run``.
 
 torch is imported inside the functions that need it (it is heavy to import).
 """

@@ -9,7 +9,7 @@
 
 A ``CompiledModule`` compiles lazily: on each call the arguments are flattened
 (``signature.py``) and looked up in a cache keyed by the call's signature; a
-miss captures the model for those arguments, runs the driver and builds the
+miss captures the model for those arguments, runs the pipeline (``pipeline.py``) and builds the
 kernels, a hit just runs them. Outputs are rebuilt into the structure eager
 returns.
 
@@ -240,7 +240,7 @@ class CompiledModule:
 
     @property
     def records(self) -> list:
-        """The driver's ``CompileRecord`` of each compiled signature, oldest first."""
+        """The ``CompileRecord`` of each compiled signature, oldest first."""
         return [e.compiled.record for e in self._cache.values()]
 
     def report(self) -> str:

@@ -1,7 +1,7 @@
 """Checked builds: a newly built kernel runs once against the reference before it is used.
 
 A template that miscomputes on one machine (an AVX2 code path the author's AVX-512
-machine never ran) gives wrong numbers without any error. So the driver runs every
+machine never ran) gives wrong numbers without any error. So the compiler runs every
 kernel it has just built one time, on the functional hash's seeded inputs, and
 compares its outputs with the reference interpreter's (``outputs_match``, at the
 output dtype's tolerance). The reference is ``functional_hash.check_reference``: the

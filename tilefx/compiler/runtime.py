@@ -396,7 +396,7 @@ class CompiledGraph:
     """An optimized graph ready to run: one execution plan per binding of its symbols.
 
     ``build_kernel(op, bindings)`` is called once per kernel op and binding (the
-    driver passes TVM's builder); static graphs have exactly one plan.
+    pipeline passes the session's ``KernelBuilder``); static graphs have exactly one plan.
     """
 
     def __init__(self, graph: Graph, build_kernel: KernelBuilder,
@@ -410,7 +410,7 @@ class CompiledGraph:
         self._device_constants: dict[Any, dict[str, torch.Tensor]] = {}  # cuda copies of them
         self._plans: dict[tuple, ExecutionPlan] = {}
         self._on_specialize = on_specialize
-        self.record: Any = None  # the driver's CompileRecord, for report()
+        self.record: Any = None  # the pipeline's CompileRecord, for report()
 
     @property
     def plans(self) -> dict[tuple, ExecutionPlan]:

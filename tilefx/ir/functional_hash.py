@@ -26,7 +26,7 @@ text but a hash of what it *computes*:
 
 The same reference is the tuner's correctness guard: ``outputs_match``
 compares a candidate's outputs with ``reference_outputs`` at the tolerance
-of the output dtype, and a candidate that disagrees is rejected. The driver
+of the output dtype, and a candidate that disagrees is rejected. The compiler
 checks every newly built kernel the same way (``compiler/check.py``), on the
 same run: ``reference_run`` computes inputs and outputs once for both.
 """
@@ -251,7 +251,7 @@ def reference_run(kernel_op: Op, bindings: Mapping[Any, int] | None = None, *,
                   ) -> tuple[list[torch.Tensor], list[torch.Tensor]] | None:
     """``reference_inputs`` and the wide reference outputs (floats in float64) on them.
 
-    Computed once per kernel and bindings: the functional hash and the driver's
+    Computed once per kernel and bindings: the functional hash and the compiler's
     check of a newly built kernel both need this run, the slow part of either.
     ``cached_only``: None unless it was computed already. The tensors are shared:
     callers copy before anything may write to them.

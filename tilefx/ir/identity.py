@@ -2,7 +2,7 @@
 
 - ``kernel_key``: a hash of a kernel's computation, blind to value and kernel
   names. Two kernels with one key compute the same function on the same types,
-  so one built kernel serves both (the driver's memo, the cost model's caches,
+  so one built kernel serves both (the compile session's memo, the cost model's caches,
   the fusion advisor's decisions, the collected workloads).
 - ``kernel_symbols`` / ``symbol_bindings``: the symbolic dims a kernel mentions,
   and bindings keyed by name turned into the sympy symbols the IR uses.

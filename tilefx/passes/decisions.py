@@ -7,7 +7,7 @@ sees only this interface; whoever builds the pipeline hands it a store:
 
 - ``tilefx.storage.decisions.DatabaseDecisionStore``: rows of the tuning
   database's ``pass_decisions`` table, kept across processes (what the
-  compiler driver hands in). The database sits above this floor, so no pass
+  compiler hands in). The database sits above this floor, so no pass
   imports it;
 - ``MemoryDecisionStore`` (here): a dict, for tests and for a process that
   keeps decisions without a database.

@@ -46,7 +46,7 @@ reduction group: ``advisor.should_fuse(fused_kernel, separate_kernels)`` gets th
 would-be fused ``kernel`` op and the kernels it would replace and returns
 whether to merge; on "no" the op is grouped as if the anchor were not there.
 The pass itself never builds or times code: the advisor (``cost_model.advisor``,
-handed in by the driver) does. Without one the rules above decide alone.
+handed in by the compiler) does. Without one the rules above decide alone.
 """
 
 from __future__ import annotations

@@ -9,7 +9,7 @@ removes both, as oneDNN's ``nChw16c`` does:
 
 - a conv's constant weight ``W[O, I, KH, KW]`` becomes, once at compile
   time, ``Wp[O/oc, I/ic, KH, KW, ic, oc]`` with ``oc`` the kernel's register
-  width (``reg_oc``: the block factor the driver reads from the schedule the
+  width (``reg_oc``: the block factor the compiler reads from the schedule the
   kernel gets, tuned or default) and ``ic`` the block of its input (1 if the
   input stays NCHW);
 - an activation between convs is stored ``[N, C/c, H, W, c]`` with ``c`` the

@@ -19,7 +19,7 @@ it), then
   register-tile load is one contiguous vector of a panel streamed along k.
 
 The packing factor is the schedule's register width, so pass and schedule
-agree in both directions: the driver's ``pack_factor`` computes ``bn`` from the
+agree in both directions: the compiler's ``pack_factor`` hook computes ``bn`` from the
 schedule the kernel would get (tuned if the database has one, else the
 default), and the matmul template recognizes a pre-packed B and pins
 ``reg_n = bn`` (and ``pack_b = False``) in its default schedule and its tuning

@@ -18,7 +18,7 @@ with and whether its space ran out, so a finished search is not resumed),
 ``graph_decisions`` (the whole-graph check of tuned vs default schedules) and
 ``pass_decisions`` (a pass's measured choice for one layer, e.g. sparsity's
 dense vs sparse, as JSON that the pass writes and validates itself).
-``kernel_checks`` holds what the driver's check of each newly built kernel
+``kernel_checks`` holds what the compile's check of each newly built kernel
 found (its outputs against the reference): a kernel checked once is not
 checked again, and one that computed a wrong result is marked bad under its
 workload, target, schedule and tuner fingerprint, so neither a compile nor
@@ -138,7 +138,7 @@ def _median(samples: Sequence[float]) -> float | None:
     return float(statistics.median(samples)) if samples else None
 
 
-# candidates whose built kernel failed the driver's check, by fingerprint or by schedule
+# candidates whose built kernel failed the compile's check, by fingerprint or by schedule
 _NOT_BAD = """AND NOT EXISTS (SELECT 1 FROM kernel_checks k WHERE k.status != 'ok'
     AND k.workload_key = c.workload_key AND k.target_key = c.target_key
     AND (k.fingerprint = c.fingerprint OR k.schedule_json = c.schedule_json)) """
@@ -376,7 +376,7 @@ class TuningDatabase:
         return KernelCheck(*row) if row else None
 
     def bad_fingerprints(self, workload_key: str, target_key: str) -> set[str]:
-        """Tuner fingerprints of this workload whose built kernel failed the driver's check."""
+        """Tuner fingerprints of this workload whose built kernel failed the compile's check."""
         return {r[0] for r in self._execute(
             "SELECT fingerprint FROM kernel_checks WHERE workload_key = ? AND target_key = ? "
             "AND status != 'ok' AND fingerprint != ''", (workload_key, target_key))}
@@ -431,7 +431,7 @@ class TuningDatabase:
 
     def best(self, workload_key: str, target_key: str) -> Record | None:
         """The ok measurement with the lowest median latency, or None; a candidate whose
-        built kernel failed the driver's check (``kernel_checks``) is never returned."""
+        built kernel failed the compile's check (``kernel_checks``) is never returned."""
         rows = self._execute(
             _RECORD_SELECT + "WHERE c.workload_key = ? AND c.target_key = ? AND m.status = 'ok' "
             + _NOT_BAD + "ORDER BY m.median ASC, m.id ASC LIMIT 1",

@@ -1,6 +1,6 @@
 """Pass decisions kept in the tuning database: ``DatabaseDecisionStore``.
 
-The ``passes.decisions.DecisionStore`` that the compiler driver hands to a pass
+The ``passes.decisions.DecisionStore`` that the compiler (``compiler/pass_setup.py``) hands to a pass
 that measures (sparsity's ``MeasuredChooser``), so a compile in a new process
 measures nothing measured before. Its rows are the ``pass_decisions`` table of
 ``TuningDatabase``: (kind, key, target_key) -> the pass's JSON text, the same
@@ -15,7 +15,7 @@ validates what it reads back.
 
 In-process memo: each store object remembers what it read (a miss too) and
 what it wrote, so asking it again does not reopen the database. It belongs to
-the object, which the caller owns: a driver that keeps one store per
+the object, which the caller owns: a compile session that keeps one store per
 (database, target) for a session gets no database access for repeated
 compiles of the same layers; a new store reads the database afresh. An
 unreadable database is not remembered (the next call tries again).

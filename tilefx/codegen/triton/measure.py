@@ -11,7 +11,7 @@ the same.
   cuDNN or torch SDPA through torch, plus the epilogue as one generated
   pointwise kernel) it is the space's *extern candidate*: the tuner's
   ``EXTERN`` schedule builds as ``LIBRARY`` (``resolve``), is measured
-  first like on CPU, and the driver builds it the same way, so a tuned
+  first like on CPU, and the compiler builds it the same way, so a tuned
   kernel is never slower than the library.
 - ``fingerprint``: sha256 of the generated module after the template has
   clamped block sizes to the problem, normalized (comments, blank lines and

@@ -107,7 +107,7 @@ class BuiltKernel:
     launch: Callable[..., Any] = field(default=lambda *a: None, repr=False)
 
     @property
-    def lowered(self) -> str:  # the driver and CLI show ``lowered`` for TVM kernels
+    def lowered(self) -> str:  # the report and the CLI show ``lowered`` for TVM kernels
         return self.source
 
     def __call__(self, *tensors: Any) -> None:

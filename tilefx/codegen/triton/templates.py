@@ -4,7 +4,7 @@ The kernel's ``kind`` picks the template, and for ``contraction`` the anchor
 op does (``matmul``, ``conv2d`` or ``attention``). Each template module has
 ``SPACE`` (or ``space(body)``), ``default_schedule(body, target)`` and
 ``emit(body, name, schedule) -> KernelSource``. A body a template cannot
-emit raises ``NotImplementedError`` naming what is missing; the driver then
+emit raises ``NotImplementedError`` naming what is missing; the compiler then
 runs that kernel in the interpreter and reports it.
 """
 
