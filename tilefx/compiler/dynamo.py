@@ -14,13 +14,18 @@ mode, ``x.add_(1)``) are kept: the compiled graph returns the new values and
 Options come as ``torch.compile(..., options={"target": "cpu", "strict": True})``.
 A graph that fails to compile runs eagerly with a warning (the program still
 works); ``strict`` (or ``TILEFX_STRICT=1``) raises instead, which tests use.
-``compiled_graphs()`` lists what this process compiled, for reports and tests.
+``compiled_graphs()`` lists the compiled graphs still in use, for reports and tests
+(weak references: a graph dynamo dropped is not kept alive by this list). Options may
+name a ``session`` (a ``CompileSession``) to share built kernels between graphs;
+each graph gets its own otherwise.
 """
 
 from __future__ import annotations
 
+import itertools
 import logging
 import time
+import weakref
 from typing import Any, Callable, Sequence
 
 from tilefx import settings
@@ -33,15 +38,19 @@ from tilefx.compiler.mutation import write_back
 log = logging.getLogger("tilefx.dynamo")
 
 # Every graph compiled by the backend in this process, oldest first.
-_COMPILED: list[Any] = []
+_COMPILED: list[weakref.ref] = []  # weak: dynamo owns the graphs it compiled
+_COUNT = itertools.count()
 
 
 def compiled_graphs() -> list[Any]:
     """The ``CompiledGraph`` of each dynamo graph compiled so far (``.record`` has details)."""
-    return list(_COMPILED)
+    live = [g for g in (r() for r in _COMPILED) if g is not None]
+    _COMPILED[:] = [weakref.ref(g) for g in live]
+    return live
 
 
 def reset() -> None:
+    """Start the list afresh (a test that counts its own graphs); nothing else depends on it."""
     _COMPILED.clear()
 
 
@@ -69,15 +78,16 @@ def _compile(gm: Any, example_inputs: Sequence[Any], options: dict, strict: bool
     capture_seconds = time.perf_counter() - t0
     copts = CompileOptions(target=options.pop("target", "cpu"), passes=options.pop("passes", None),
                            strict=strict)
+    session = options.pop("session", None) or CompileSession()
     if options:
         raise TypeError(f"tilefx backend: unknown option(s) {sorted(options)}; "
-                        "known: target, passes, strict")
+                        "known: target, passes, strict, session")
     positions = captured.input_positions
     example = [example_inputs[i] for i in positions]
-    compiled = compile_graph(captured, copts, CompileSession(), name=f"dynamo_graph_{len(_COMPILED)}",
+    compiled = compile_graph(captured, copts, session, name=f"dynamo_graph_{next(_COUNT)}",
                              example_inputs=tuple(example))
     compiled.record.seconds = {"capture": capture_seconds, **compiled.record.seconds}
-    _COMPILED.append(compiled)
+    _COMPILED.append(weakref.ref(compiled))
 
     mutations = captured.mutations
 
