@@ -8,6 +8,7 @@ variables" table lists the same names.
 | variable | function | default |
 |---|---|---|
 | ``TILEFX_CACHE_DIR`` | ``cache_root()`` | the platform's user cache folder |
+| ``TILEFX_TUNING_DB`` | ``tuning_db()`` | the cache folder's ``tuning.db`` (set: a path or ``postgresql://`` URL) |
 | ``TILEFX_CHECK_BUILDS`` | ``check_builds()`` | on |
 | ``TILEFX_RECOMPILE_LIMIT`` | ``recompile_limit()`` | 8 |
 | ``TILEFX_TUNE_WORKERS`` | ``tune_workers()`` | 1 |
@@ -20,8 +21,8 @@ variables" table lists the same names.
 | ``TRITON_INTERPRET`` | ``triton_interprets()`` | off (Triton's own: kernels run on the CPU) |
 
 The cache folder holds the compiled-kernel cache (``kernels/``), the generated
-Triton modules (``triton/``), the tuning database (``tuning.db``) and locally
-trained cost models (``cost_model/``).
+Triton modules (``triton/``), the tuning database (``tuning.db``, unless
+``TILEFX_TUNING_DB`` names another) and locally trained cost models (``cost_model/``).
 """
 
 from __future__ import annotations
@@ -55,6 +56,13 @@ def cache_root() -> Path:
 
 def tuning_db_path() -> Path:
     return cache_root() / "tuning.db"
+
+
+def tuning_db() -> str:
+    """The default tuning database: ``$TILEFX_TUNING_DB`` (a path, ``sqlite:///path``, or
+    ``postgresql://user@host:port/db`` to share records across machines), else
+    ``tuning_db_path()``."""
+    return os.environ.get("TILEFX_TUNING_DB", "").strip() or str(tuning_db_path())
 
 
 def check_builds() -> bool:

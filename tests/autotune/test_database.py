@@ -1,5 +1,9 @@
 """The tuning database: API semantics, durability under kill -9, concurrent
-writer processes, corrupt/foreign files moved aside, JSONL round trip."""
+writer processes, corrupt/foreign files moved aside, JSONL round trip.
+
+The API cases that take ``tuning_db_url`` run on both backends: a SQLite file and a
+database on a throwaway PostgreSQL server (tests/storage/pg_server.py; skipped where
+PostgreSQL is not installed, except on CI). The file cases are SQLite's own."""
 
 from __future__ import annotations
 
@@ -17,13 +21,14 @@ from pathlib import Path
 
 import pytest
 
+from tests.storage.pg_server import tuning_db_url  # noqa: F401 - fixture: both backends
 from tilefx.storage.database import SCHEMA_VERSION, DatabaseError, Record, TuningDatabase
 
 ROOT = Path(__file__).resolve().parents[2]
 SCHED = [json.dumps({"tile_m": m, "vectorize": v}) for m in (16, 32, 64) for v in (4, 8)]
 
 
-def _filled(path: Path) -> TuningDatabase:
+def _filled(path: Path | str) -> TuningDatabase:
     from tilefx.codegen.target import Target
 
     db = TuningDatabase(path)
@@ -41,6 +46,7 @@ def _filled(path: Path) -> TuningDatabase:
 
 def test_default_path_is_under_the_cache_dir(tmp_path, monkeypatch):
     monkeypatch.setenv("TILEFX_CACHE_DIR", str(tmp_path / "c"))
+    monkeypatch.delenv("TILEFX_TUNING_DB", raising=False)  # it would name another default
     with TuningDatabase() as db:
         assert db.path == tmp_path / "c" / "tuning.db"
         assert db.count() == {"workloads": 0, "candidates": 0, "measurements": 0}
@@ -49,8 +55,8 @@ def test_default_path_is_under_the_cache_dir(tmp_path, monkeypatch):
     assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
 
 
-def test_add_and_query(tmp_path):
-    db = _filled(tmp_path / "t.db")
+def test_add_and_query(tuning_db_url):  # noqa: F811
+    db = _filled(tuning_db_url("t.db"))
     db.add_workload("w1", "other text", "fh-other")  # idempotent: the first one stays
     assert db.workload("w1") == ("kernel @k ...", "fh1")
     # same schedule written differently, same fingerprint: the same candidate
@@ -76,10 +82,10 @@ def test_add_and_query(tmp_path):
     db.close()
 
 
-def test_targets_are_remembered(tmp_path):
+def test_targets_are_remembered(tuning_db_url):  # noqa: F811
     from tilefx.codegen.target import Target
 
-    db = TuningDatabase(tmp_path / "t.db")
+    db = TuningDatabase(tuning_db_url("t.db"))
     target = Target(cores=8, vector_bytes=64, mcpu="skylake-avx512")
     db.add_target(target.key(), target.to_json())
     db.add_target(target.key(), Target().to_json())  # idempotent: the first one stays
@@ -100,8 +106,8 @@ def test_older_file_without_targets_table_gains_it(tmp_path):
     assert _aside(path) == []
 
 
-def test_bad_arguments_are_reported(tmp_path):
-    db = TuningDatabase(tmp_path / "t.db")
+def test_bad_arguments_are_reported(tuning_db_url):  # noqa: F811
+    db = TuningDatabase(tuning_db_url("t.db"))
     cid = db.add_candidate("w", "t", "{}", "fp")
     with pytest.raises(ValueError, match="status 'fine'"):
         db.add_measurement(cid, [1.0], "fine")
@@ -113,13 +119,13 @@ def test_bad_arguments_are_reported(tmp_path):
     assert db.records()[0].status == "timeout"
 
 
-def test_jsonl_round_trip(tmp_path):
-    db = _filled(tmp_path / "a.db")
+def test_jsonl_round_trip(tmp_path, tuning_db_url):  # noqa: F811
+    db = _filled(tuning_db_url("a.db"))
     assert db.export_jsonl(tmp_path / "x.jsonl") == 8
     lines = (tmp_path / "x.jsonl").read_text().splitlines()
     assert [json.loads(line)["type"] for line in lines[:2]] == ["workload", "target"]
     assert len(lines) == 10
-    fresh = TuningDatabase(tmp_path / "b.db")
+    fresh = TuningDatabase(tuning_db_url("b.db"))
     assert fresh.import_jsonl(tmp_path / "x.jsonl") == 8
     assert fresh.import_jsonl(tmp_path / "x.jsonl") == 0  # merging twice adds nothing
     assert [r.to_json() for r in fresh.records()] == [r.to_json() for r in db.records()]
@@ -332,10 +338,10 @@ def test_locked_database_is_an_error_not_corruption(tmp_path, monkeypatch):
     assert len(TuningDatabase(path).records()) == 8
 
 
-def test_threads_share_one_database_object(tmp_path):
+def test_threads_share_one_database_object(tuning_db_url):  # noqa: F811
     import threading
 
-    db = TuningDatabase(tmp_path / "tuning.db")
+    db = TuningDatabase(tuning_db_url("tuning.db"))
     errors: list[BaseException] = []
 
     def work(k: int) -> None:

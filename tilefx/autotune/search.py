@@ -28,6 +28,7 @@ from typing import Any, Protocol, Sequence
 
 from tilefx.codegen.space import SearchSpace
 from tilefx.codegen.schedule import Schedule
+from tilefx.cost_model.analytical import AnalyticalModel
 
 log = logging.getLogger("tilefx.autotune")
 
@@ -232,8 +233,6 @@ def make_strategy(name: str, space: SearchSpace, *, kernel: Any = None, target: 
         return GridSearch(space, seed)
     if name == "evolutionary":
         if model is None:
-            from tilefx.cost_model.analytical import AnalyticalModel
-
             model = AnalyticalModel()
         return EvolutionarySearch(space, model, kernel, target, seed=seed)
     raise ValueError(f"unknown search strategy {name!r}: use one of {', '.join(STRATEGIES)}")

@@ -38,11 +38,18 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping
 
 import numpy as np
+from tqdm.auto import tqdm
 
 from tilefx import settings
-from tilefx.codegen.measure import LocalBuilder, LocalRunner, MeasureResult, Workload
+from tilefx.autotune.search import make_strategy
+from tilefx.codegen.measure import EXTERN_ARTIFACT, BuildResult, LocalBuilder, LocalRunner, MeasureResult, Workload
 from tilefx.codegen.space import EXTERN, SearchSpace, is_extern
 from tilefx.codegen.schedule import Schedule
+from tilefx.codegen.target import Target
+from tilefx.cost_model import default_model  # learned: local, else shipped
+from tilefx.cost_model.analytical import AnalyticalModel
+from tilefx.ir.printer import print_graph
+from tilefx.storage.database import TuningDatabase
 
 log = logging.getLogger("tilefx.autotune")
 
@@ -77,6 +84,9 @@ class TuneOptions:
     seed: int = 0
     progress: bool = True
     db_path: str | None = None         # None: $TILEFX_CACHE_DIR/tuning.db
+    # None: build and measure on this machine; "ray": a local Ray (attached or started);
+    # else a Ray address: builds and measurements run there (autotune/cluster.py)
+    cluster: str | None = None
 
     @staticmethod
     def from_tune(tune: int | str, **kw: Any) -> TuneOptions:
@@ -125,21 +135,23 @@ class Tuner:
     def __init__(self, target: Any = None, options: TuneOptions | None = None, *,
                  db: Any = None, builder: LocalBuilder | None = None,
                  runner: LocalRunner | None = None, model: Any = None) -> None:
-        from tilefx.codegen.target import Target
-
         self.target = target or Target.host_cpu()
         self.options = options or TuneOptions()
         self._own_db = db is None
         if db is None:
-            from tilefx.storage.database import TuningDatabase
-
             db = TuningDatabase(self.options.db_path)
         self.db = db
         self.backend = self.target.backend()
         if builder is None or runner is None:
-            made_builder, made_runner = self.backend.tuning_pair(
-                workers=self.options.workers, timeout=self.options.timeout,
-                repeats=self.options.repeats, min_repeat_seconds=self.options.min_repeat_seconds)
+            if self.options.cluster:  # Ray tasks running the backend's own builder/runner
+                from tilefx.autotune.cluster import ray_tuning_pair
+
+                made_builder, made_runner = ray_tuning_pair(self.target, self.options)
+            else:
+                made_builder, made_runner = self.backend.tuning_pair(
+                    workers=self.options.workers, timeout=self.options.timeout,
+                    repeats=self.options.repeats,
+                    min_repeat_seconds=self.options.min_repeat_seconds)
             builder, runner = builder or made_builder, runner or made_runner
         self.builder, self.runner = builder, runner
         self.model = model
@@ -246,8 +258,8 @@ class Tuner:
         The functional hash runs the kernel's reference (seconds for a large conv);
         a warm recompile finds the key by the IR text instead.
         """
+        # looked up per call: tests monkeypatch functional_hash and workload_key
         from tilefx.ir.functional_hash import HASH_VERSION, functional_hash, workload_key
-        from tilefx.ir.printer import print_graph
 
         text = print_graph(kernel_op.body)
         unnamed = text.split("(", 1)[-1]  # "graph @conv2d_3(...": the name changes nothing
@@ -264,16 +276,10 @@ class Tuner:
         return key
 
     def _strategy(self, space: SearchSpace, kernel_op: Any, bindings: Any) -> Any:
-        from tilefx.autotune.search import make_strategy
-
         model = self.model
         if model is None and self.options.strategy == "evolutionary":
-            from tilefx.cost_model import default_model  # learned: local, else shipped
-
             model = default_model(self.target, bindings)
         if model is None and self.options.strategy == "evolutionary":
-            from tilefx.cost_model.analytical import AnalyticalModel
-
             model = AnalyticalModel(bindings)
         return make_strategy(self.options.strategy, space, kernel=kernel_op, target=self.target,
                              model=model, seed=self.options.seed)
@@ -287,8 +293,6 @@ class Tuner:
         extra measurements; ``db.best`` takes each candidate's best median)
         makes the drift hit both alike.
         """
-        from tilefx.codegen.measure import EXTERN_ARTIFACT, BuildResult
-
         tkey = self.target.key()
         records = [r for r in self.db.records(workload.key, tkey)
                    if r.ok and r.median and r.fingerprint not in bad]
@@ -307,7 +311,7 @@ class Tuner:
                 r = self.runner.run(workload, [build])[0]
                 if r.status == "ok":
                     cid = self.db.add_candidate(workload.key, tkey, r.schedule.to_json(), fp)
-                    self.db.add_measurement(cid, list(r.samples), r.status, r.error)
+                    self._store(cid, r)
 
     def _measure(self, workload: Workload, new: list[tuple[Schedule, str]],
                  on_result: Callable[[MeasureResult], None]) -> None:
@@ -318,11 +322,17 @@ class Tuner:
         def commit(r: MeasureResult) -> None:
             cid = self.db.add_candidate(workload.key, self.target.key(), r.schedule.to_json(),
                                         fps[r.schedule])
-            self.db.add_measurement(cid, list(r.samples), r.status, r.error)
+            self._store(cid, r)
             self.measurements += 1
             on_result(r)
 
         self.runner.run(workload, builds, on_result=commit)
+
+    def _store(self, cid: int, r: MeasureResult) -> None:
+        """One measurement, and any the runner made of the same candidate with it (a cluster
+        runner's re-timing on a second node: ``also``), each written once."""
+        for m in (r, *getattr(r, "also", ())):
+            self.db.add_measurement(cid, list(m.samples), m.status, m.error)
 
     def _on_result(self, res: KernelTuneResult, bar: Any, measured: list[MeasureResult],
                    r: MeasureResult) -> None:
@@ -331,8 +341,13 @@ class Tuner:
         if bar is not None:
             bar.update(1)
             best = res.history[-1]
-            bar.set_postfix_str(f"best {best * 1e3:.3f} ms, dup {res.dup_skipped}"
-                                if best < float("inf") else f"dup {res.dup_skipped}")
+            text = (f"best {best * 1e3:.3f} ms, dup {res.dup_skipped}"
+                    if best < float("inf") else f"dup {res.dup_skipped}")
+            note = getattr(self.runner, "progress_note", None)  # a cluster: nodes, tasks
+            if note is not None:
+                failed = sum(n for s, n in res.statuses.items() if s != "ok")
+                text += f", {note()}, failed {failed}"
+            bar.set_postfix_str(text)
 
     def _record(self, res: KernelTuneResult, r: MeasureResult) -> None:
         res.trials += 1
@@ -367,7 +382,16 @@ class Tuner:
         self.results.append(res)
         return res
 
+    def time_summary(self) -> str:
+        """Where the tuning time went (build, queue, measure, driver) when the runner can
+        tell (a cluster), in one line; "" otherwise."""
+        summary = getattr(self.runner, "time_summary", None)
+        return summary(sum(r.seconds for r in self.results)) if summary is not None else ""
+
     def close(self) -> None:
+        line = self.time_summary()
+        if line:
+            log.info("tilefx tune: %s", line)
         self.builder.close()
         self.runner.close()
         if self._own_db:
@@ -377,7 +401,6 @@ class Tuner:
 def _progress(name: str, total: int | None, enabled: bool) -> Any:
     if not enabled:
         return None
-    from tqdm.auto import tqdm
 
     return tqdm(total=total, desc=f"tune {name}", unit="cand", leave=True)
 

@@ -29,6 +29,7 @@ from __future__ import annotations
 import logging
 import os
 import pickle
+import signal
 import statistics
 import time
 from concurrent.futures import ProcessPoolExecutor
@@ -36,11 +37,17 @@ from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
+import torch
+
 from tilefx.codegen import timing
 from tilefx.codegen.space import is_extern
-from tilefx.codegen.tvm import configure_tvm_threads
+from tilefx.codegen.target import Target
+from tilefx.codegen.tvm import build_kernel, cache, configure_tvm_threads
 from tilefx.codegen.workers import worker_context
 from tilefx.codegen.schedule import Schedule
+from tilefx.ir import reference_ops  # noqa: F401  (registers every op's reference)
+from tilefx.ir.functional_hash import outputs_match, reference_inputs, reference_outputs
+from tilefx.ir.interpreter import REFERENCES, RefContext, torch_dtype
 
 log = logging.getLogger("tilefx.autotune")
 
@@ -124,8 +131,6 @@ class LibraryKernel:
 
 def _out_variants() -> dict[str, Callable]:
     """Ops whose torch call can write straight into the kernel's output buffer."""
-    import torch
-
     def binary(f: Callable) -> Callable:
         return lambda ctx, out, a, b: f(a, b, out=out)
 
@@ -160,9 +165,6 @@ def _bind_attr(value: Any, sizes: dict[str, int]) -> Any:
 
 def _library_steps(kernel_op: Any, bindings: dict[str, int]) -> tuple[list, list, list]:
     """(steps, input names, [(output name, written in place)]) of a kernel body."""
-    from tilefx.ir import reference_ops  # noqa: F401  (registers every op's reference)
-    from tilefx.ir.interpreter import REFERENCES, RefContext, torch_dtype
-
     body = kernel_op.body
     sizes = {str(k.name if hasattr(k, "name") else k): int(v) for k, v in bindings.items()}
     outputs = [v.name for v in body.outputs]
@@ -214,8 +216,6 @@ def _cast_results(fn: Callable, dtypes: list[Any]) -> Callable:
 
 def _ignore_sigint() -> None:
     """Children leave Ctrl-C to the tuning process, which stops them cleanly."""
-    import signal
-
     signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
@@ -224,16 +224,11 @@ def _build_worker(kernel_bytes: bytes, target_json: str, bindings: dict[str, int
                   fault: str | None = None) -> tuple[str, str, str, float]:
     """(status, artifact, error, seconds) of one build; runs in a pool worker."""
     if fault == "crash":  # test hook: a compiler that segfaults
-        import signal
-
         os.kill(os.getpid(), signal.SIGSEGV)
     if cache_dir:
         os.environ["TILEFX_CACHE_DIR"] = cache_dir
     t0 = time.perf_counter()
     try:
-        from tilefx.codegen.target import Target
-        from tilefx.codegen.tvm import build_kernel
-
         built = build_kernel(pickle.loads(kernel_bytes), Target.from_json(target_json),
                              Schedule.from_json(schedule_json), bindings=bindings or None,
                              use_cache=True)
@@ -321,9 +316,6 @@ def _runner_main(conn: Any, cache_dir: str | None) -> None:
     configure_tvm_threads()  # the measured kernels run on a pool sized like torch's, unpinned
     if cache_dir:
         os.environ["TILEFX_CACHE_DIR"] = cache_dir
-    import torch
-
-    from tilefx.ir.functional_hash import outputs_match, reference_inputs, reference_outputs
 
     state: dict[str, Any] = {}
     while True:
@@ -351,16 +343,12 @@ def _runner_main(conn: Any, cache_dir: str | None) -> None:
 def _run_one(state: dict, artifact: str, fault: str | None, repeats: int, warmup: int,
              min_repeat: float, torch: Any, outputs_match: Callable) -> tuple:
     if fault == "crash":  # test hook: a kernel that segfaults
-        import signal
-
         os.kill(os.getpid(), signal.SIGSEGV)
     if fault == "hang":   # test hook: a kernel that never returns
         time.sleep(3600)
     if artifact == EXTERN_ARTIFACT:
         fn: Callable = LibraryKernel(state["op"], state["bindings"])
     else:
-        from tilefx.codegen.tvm import cache
-
         module = cache.load(artifact)
         if module is None:
             return "run_error", (), f"kernel {artifact} is not in the disk cache {cache.cache_dir()}"

@@ -14,11 +14,15 @@ from __future__ import annotations
 import json
 import logging
 import os
+import platform
 from dataclasses import asdict, dataclass, replace
 from functools import lru_cache
 from typing import TYPE_CHECKING, Any
 
+import torch
+
 from tilefx import settings
+from tilefx.codegen.backend import backend_for
 
 if TYPE_CHECKING:
     from tilefx.codegen.backend import Backend
@@ -55,8 +59,6 @@ class Target:
 
     def backend(self) -> Backend:
         """The code generator for this target (TVM for ``cpu``, Triton for ``cuda``)."""
-        from tilefx.codegen.backend import backend_for  # the backends import this module
-
         return backend_for(self)
 
     def vector_lanes(self, itemsize: int = 4) -> int:
@@ -83,7 +85,7 @@ class Target:
 
     def to_tvm(self) -> Any:
         """The ``tvm.target.Target`` (imports TVM)."""
-        import tvm
+        import tvm  # heavy: loaded on first use
 
         if self.kind == "cuda":
             return tvm.target.Target({"kind": "cuda", "arch": self.arch or "sm_80"})
@@ -150,8 +152,6 @@ def cuda_target(arch: str | None = None) -> Target:
     the Triton templates' defaults are tuned for) under the name sm_80 unless ``arch`` is given."""
     facts: dict[str, Any] = {"cores": 132, "l1_bytes": 227 * 1024, "l2_bytes": 50 * 1024 * 1024}
     try:
-        import torch
-
         if torch.cuda.is_available():
             p = torch.cuda.get_device_properties(torch.cuda.current_device())
             facts = {"arch": f"sm_{p.major}{p.minor}", "cores": p.multi_processor_count,
@@ -208,7 +208,7 @@ def _cpu_flags() -> set[str]:
 def _llvm_host_cpu() -> str | None:
     """LLVM's own name for this CPU, if TVM is installed (it is the most accurate)."""
     try:
-        import tvm_ffi
+        import tvm_ffi  # heavy: loaded on first use
 
         name = str(tvm_ffi.get_global_func("tvm.codegen.llvm.GetHostCPUName")())
         return name if name and name != "generic" else None
@@ -218,8 +218,6 @@ def _llvm_host_cpu() -> str | None:
 
 @lru_cache(maxsize=1)
 def _detect_host() -> Target:
-    import platform
-
     flags = _cpu_flags()
     vendor_amd = "AuthenticAMD" in (_read("/proc/cpuinfo") or "")
     forced = settings.forced_mcpu()

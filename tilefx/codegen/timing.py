@@ -26,8 +26,6 @@ its own account, and keeps no state between calls.
   the GPU after each call when the inputs live on one (time until the kernels
   are done, not until they are queued): the tuned-vs-default decision of the
   compiler, ``tilefx compile`` / ``tilefx run``.
-
-torch is imported inside the functions that need it (it is heavy to import).
 """
 
 from __future__ import annotations
@@ -36,6 +34,8 @@ import math
 import statistics
 import time
 from typing import Any, Callable, Sequence
+
+import torch
 
 FLUSH_BYTES = 256 * 1024 * 1024    # zeroed before each timed GPU call: larger than any L2 (50 MB on H100)
 
@@ -97,8 +97,6 @@ def settled_samples(fn: Callable[..., Any], args: Sequence[Any] = (), *, repeats
 def flush_buffer() -> Any:
     """A GPU buffer of ``FLUSH_BYTES`` for ``cuda_samples`` to zero before each timed call
     (a caller timing many kernels makes it once and passes it in)."""
-    import torch
-
     return torch.empty(FLUSH_BYTES // 4, dtype=torch.int32, device="cuda")
 
 
@@ -109,8 +107,6 @@ def cuda_samples(fn: Callable[..., Any], args: Sequence[Any] = (), *, repeats: i
     for ``warmup_seconds``, then ``repeats`` or more calls (enough for ``rep_seconds``, at
     most ``max_repeats``), each between two CUDA events after zeroing ``flush`` (made by
     ``flush_buffer`` when not given) so L2 starts cold."""
-    import torch
-
     if flush is None:
         flush = flush_buffer()
     fn(*args)
@@ -146,8 +142,6 @@ def median_ms(fn: Callable[..., Any], inputs: Sequence[Any], repeats: int = 9, *
               warmup: int = 0) -> float:
     """Median milliseconds of ``fn(*inputs)`` over ``repeats`` calls after ``warmup`` untimed
     ones, waiting for a GPU to finish after each (inputs on cuda)."""
-    import torch
-
     # GPU kernels run asynchronously: time until they are done, not until they are queued
     on_gpu = any(getattr(t, "is_cuda", False) for t in inputs)
     sync = torch.cuda.synchronize if on_gpu else (lambda: None)

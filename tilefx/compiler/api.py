@@ -36,11 +36,16 @@ from __future__ import annotations
 
 import copy
 import functools
+import inspect
 import logging
+import re
 import threading
 import time
 from dataclasses import dataclass
 from typing import Any, Callable
+
+import torch
+import torch.utils._pytree as pytree
 
 from tilefx import settings
 from tilefx.compiler.capture import capture, capture_mode, capturing
@@ -61,8 +66,6 @@ class _OutputSpec:
     leaves: tuple = ()  # non-tensor leaves kept as they were; tensors marked None
 
     def rebuild(self, tensors: list) -> Any:
-        import torch.utils._pytree as pytree
-
         it = iter(tensors)
         leaves = [next(it) if x is None else x for x in self.leaves]
         return pytree.tree_unflatten(leaves, self.spec)
@@ -70,12 +73,6 @@ class _OutputSpec:
 
 def _input_names(inner: Callable, call: FlatCall) -> list[str]:
     """Readable names for the call's tensors: ``x``, ``mask``, ``inputs_0``..."""
-    import inspect
-    import re
-
-    import torch
-    import torch.utils._pytree as pytree
-
     try:
         params = [p.name for p in inspect.signature(inner).parameters.values()
                   if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
@@ -109,11 +106,6 @@ def _flat_module(model: Any, call: FlatCall, out: _OutputSpec) -> Any:
     forward gets an explicit signature (one parameter per tensor) because
     torch.export matches dynamic shapes against it.
     """
-    import inspect
-
-    import torch
-    import torch.utils._pytree as pytree
-
     if isinstance(model, torch.nn.Module):
         wrapper = copy.copy(model)
         func = getattr(model.forward, "__func__", None)
@@ -166,11 +158,12 @@ class CompiledModule:
                  options: CompileOptions | None = None, passes: Any = None,
                  tune: int | str = 0, prune: float = 0.0, prune_block: tuple[int, int] = (1, 1),
                  quantize: Any = None, check: bool | None = None,
-                 recompile_limit: int | None = None, session: CompileSession | None = None) -> None:
+                 recompile_limit: int | None = None, session: CompileSession | None = None,
+                 cluster: str | None = None) -> None:
         if options is None:
             options = CompileOptions(target=target, passes=passes, tune_trials=tune,
                                      prune=prune, prune_block=tuple(prune_block), quantize=quantize,
-                                     check_builds=check)
+                                     check_builds=check, cluster=cluster)
         self.model = model
         self.options = options
         self.dynamic = dynamic
@@ -285,14 +278,17 @@ def compile(model: Any = None, target: str | Any = "cpu", *, dynamic: bool = Fal
             options: CompileOptions | None = None, passes: Any = None,
             tune: int | str = 0, prune: float = 0.0, prune_block: tuple[int, int] = (1, 1),
             quantize: Any = None, check: bool | None = None,
-            recompile_limit: int | None = None, session: CompileSession | None = None) -> Any:
+            recompile_limit: int | None = None, session: CompileSession | None = None,
+            cluster: str | None = None) -> Any:
     """Compile ``model`` (nn.Module, function, or nn.Module class) with tilefx.
 
     Without ``model`` it returns a decorator. On an nn.Module class it returns a
     subclass whose instances compile lazily on their first call. ``tune=N``
     autotunes each kernel with N candidate schedules (``tune="30s"``: a time
     budget per kernel); results go to the tuning database, so a second compile
-    of the same model measures nothing.
+    of the same model measures nothing. ``cluster="ray"`` (a local Ray) or a Ray
+    cluster's address builds and measures the candidates there (``pip install
+    'tilefx[cluster]'``); a cluster that cannot be reached leaves the default schedules.
     ``prune=0.9`` (opt-in, changes outputs) zeroes the smallest 90% of each
     contraction weight, by ``prune_block`` blocks, and reports the change; sparse
     weights then run as block-sparse kernels where that measures faster.
@@ -315,13 +311,14 @@ def compile(model: Any = None, target: str | Any = "cpu", *, dynamic: bool = Fal
         kwargs.update(recompile_limit=recompile_limit)
     if session is not None:
         kwargs.update(session=session)
+    if cluster is not None:
+        kwargs.update(cluster=cluster)
     if prune:  # opt-in, lossy: passes/prune.py reports every weight it changes
         kwargs.update(prune=prune, prune_block=tuple(prune_block))
     if quantize is not None:  # opt-in, lossy: passes/block_quant.py reports the errors
         kwargs.update(quantize=quantize)
     if model is None:
         return lambda m: compile(m, **kwargs)
-    import torch
 
     if isinstance(model, type):
         if not issubclass(model, torch.nn.Module):

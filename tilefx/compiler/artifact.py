@@ -40,6 +40,7 @@ available. The loading side lives in ``artifact_load.py``.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
@@ -49,6 +50,21 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Mapping, Sequence
+
+import numpy as np
+import torch
+import torch.utils._pytree as pytree
+
+from tilefx.codegen.schedule import Schedule
+from tilefx.codegen.tvm import cache
+from tilefx.compiler.api import compile as tilefx_compile
+from tilefx.compiler.mutation import snapshot_buffers, state_tensors
+from tilefx.compiler.options import CompileOptions
+from tilefx.compiler.runtime import InterpretedKernel, KernelStep
+from tilefx.ir.identity import fused_op_names, kernel_symbols
+from tilefx.ir.interpreter import check_fallback_target
+from tilefx.ir.printer import print_graph
+from tilefx.version import __version__
 
 if TYPE_CHECKING:
     import torch
@@ -121,8 +137,6 @@ def _json_leaf(x: Any, where: str) -> Any:
 
 def _copy_kernel(built: Any, dest: Path) -> None:
     """Write a built kernel's shared object: a copy of its disk-cache file, else export it."""
-    from tilefx.codegen.tvm import cache
-
     cached = cache.verified_path(built.fingerprint)  # never copy an entry its hash disowns
     if cached is not None:
         shutil.copyfile(cached, dest)
@@ -146,9 +160,6 @@ def _entry_of(compiled: CompiledModule) -> Any:
 
 def _kernel_table(graph: Any, compiled_graph: Any, kdir: Path) -> tuple[list[dict], set[str]]:
     """One manifest row per (kernel op, binding of the symbols it uses); files written."""
-    from tilefx.ir.identity import fused_op_names, kernel_symbols
-    from tilefx.compiler.runtime import InterpretedKernel, KernelStep
-
     kernel_ops = [op for op in graph.ops if op.name == "kernel"]
     rows: dict[tuple, dict] = {}
     files: set[str] = set()
@@ -185,10 +196,6 @@ def _kernel_table(graph: Any, compiled_graph: Any, kdir: Path) -> tuple[list[dic
 
 def _tuning_lines(record: Any) -> list[str]:
     """One JSON line per kernel the autotuner handled (``CompileRecord.tuning``)."""
-    import dataclasses
-
-    from tilefx.codegen.schedule import Schedule
-
     def plain(x: Any) -> Any:
         if isinstance(x, Schedule):
             return x.as_dict()
@@ -212,10 +219,7 @@ def save(compiled: CompiledModule, out_dir: str | os.PathLike, *, batch_name: st
     ``Bx1024``), used in messages; ``extra`` is stored under ``manifest["compile"]``.
     Buffers the model updates in place are saved with their current values.
     """
-    from safetensors.numpy import save_file
-
-    from tilefx.version import __version__
-    from tilefx.ir.printer import print_graph
+    from safetensors.numpy import save_file  # heavy: loaded on first use
 
     t0 = time.perf_counter()
     entry = _entry_of(compiled)
@@ -252,7 +256,6 @@ def save(compiled: CompiledModule, out_dir: str | os.PathLike, *, batch_name: st
     inputs = [{"name": v.name, "dtype": v.type.dtype.name,
                "shape": [d if isinstance(d, int) else str(d) for d in v.type.shape]}
               for v in graph.inputs[:len(graph.inputs) - len(state)]]
-    import torch.utils._pytree as pytree
 
     leaves = [_json_leaf(x, "outputs") for x in entry.output.leaves]
     outputs = {"treespec": pytree.treespec_dumps(entry.output.spec),
@@ -298,8 +301,6 @@ def save(compiled: CompiledModule, out_dir: str | os.PathLike, *, batch_name: st
 
 
 def _storable(name: str, array: Any) -> Any:
-    import numpy as np
-
     array = np.ascontiguousarray(array).reshape(np.shape(array))  # keeps a 0-d array 0-d
     if array.dtype.kind not in "fiub" or array.dtype.itemsize > 8:
         raise ArtifactError(f"tensor {name!r} has dtype {array.dtype}, which safetensors "
@@ -310,9 +311,7 @@ def _storable(name: str, array: Any) -> Any:
 def _save_state(compiled: CompiledModule, entry: Any, graph: Any, out: Path) -> list[dict]:
     """Write the values of the buffers the model updates in place (``STATE_FILE``); one
     manifest row per such buffer, in the order the graph takes them after the user's inputs."""
-    from safetensors.numpy import save_file
-
-    from tilefx.compiler.mutation import state_tensors
+    from safetensors.numpy import save_file  # heavy: loaded on first use
 
     if not entry.state_names:
         return []
@@ -327,7 +326,7 @@ def _save_state(compiled: CompiledModule, entry: Any, graph: Any, out: Path) -> 
 
 
 def _tvm_version() -> str:
-    import tvm
+    import tvm  # heavy: loaded on first use
 
     return str(tvm.__version__)
 
@@ -335,8 +334,6 @@ def _tvm_version() -> str:
 def _only_aten_fallbacks(graph: Any) -> None:
     """An artifact is loaded under the ATen allow-list (artifact_load): refuse to write one
     whose fallback names another library's operator, rather than one that cannot load."""
-    from tilefx.ir.interpreter import check_fallback_target
-
     for op in graph.ops:
         if op.name == "fallback":
             problem = check_fallback_target(op.attr("target"))
@@ -357,11 +354,6 @@ def compile_artifact(model: Any, example_inputs: Sequence[torch.Tensor], out_dir
     (random data of the same dtype) for each. Larger sizes go first because
     torch.export specializes a batch dim it first sees as 1.
     """
-    from tilefx.compiler.api import compile as tilefx_compile
-    from tilefx.compiler.options import CompileOptions
-
-    from tilefx.compiler.mutation import snapshot_buffers
-
     options = options or CompileOptions(target=target)
     dynamic = bool(batch_sizes)
     cm = tilefx_compile(model, options=options, dynamic=dynamic)
@@ -384,8 +376,6 @@ def compile_artifact(model: Any, example_inputs: Sequence[torch.Tensor], out_dir
 
 def resize_batch(tensors: Sequence[torch.Tensor], batch: int) -> tuple[torch.Tensor, ...]:
     """Tensors like ``tensors`` with dim 0 of size ``batch`` (rows repeated or cut)."""
-    import torch
-
     out = []
     for t in tensors:
         if t.dim() == 0 or t.shape[0] == batch:

@@ -32,20 +32,37 @@ place gets them from ``state.safetensors``: the loaded module owns them
 
 from __future__ import annotations
 
+import ctypes
+import importlib.util
 import json
 import logging
 import os
 import platform
 import time
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Mapping
 
 import sympy
+import torch
+import torch.utils._pytree as pytree
 
+from tilefx.codegen.measure import LibraryKernel
+from tilefx.codegen.target import Target
+from tilefx.codegen.tvm import configure_tvm_threads
 from tilefx.compiler.artifact import (FORMAT, GRAPH_FILE, MANIFEST, READABLE_FORMAT_VERSIONS,
                                       STATE_FILE, WEIGHTS_FILE, ArtifactError, ArtifactInputError,
                                       sha256_file)
+from tilefx.compiler.check import run_check
 from tilefx.compiler.mutation import Mutation, write_back
+from tilefx.compiler.runtime import CompiledGraph, InterpretedKernel
+from tilefx.compiler.session import CompileSession
+from tilefx.compiler.signing import verify_manifest
+from tilefx.ir.identity import kernel_symbols
+from tilefx.ir.interpreter import resolve_target
+from tilefx.ir.parser import parse_graph
+from tilefx.ir.verifier import verify
+from tilefx.version import __version__
 
 if TYPE_CHECKING:
     import torch
@@ -106,8 +123,6 @@ def read_manifest(root: Path, key: Any = None) -> dict[str, Any]:
         raise ArtifactError(f"{root} has no {MANIFEST}: not a tilefx artifact (or incomplete)")
     data = inside(root, MANIFEST).read_bytes()  # read once: what is verified is what is parsed
     if key is not None:
-        from tilefx.compiler.signing import verify_manifest
-
         verify_manifest(root, data, key)
     try:
         manifest = json.loads(data)
@@ -129,8 +144,6 @@ def read_manifest(root: Path, key: Any = None) -> dict[str, Any]:
 
 def check_compatible(manifest: dict[str, Any], *, flags: set[str] | None = None) -> None:
     """Raise ``ArtifactError`` naming the first thing that keeps this machine from running it."""
-    from tilefx.version import __version__
-
     if manifest["format_version"] not in READABLE_FORMAT_VERSIONS:
         raise ArtifactError(
             f"artifact format version {manifest['format_version']} is not supported by tilefx "
@@ -165,8 +178,6 @@ def check_compatible(manifest: dict[str, Any], *, flags: set[str] | None = None)
 
 
 def _installed_tvm_version() -> str:
-    from importlib.metadata import PackageNotFoundError, version
-
     for dist in ("apache-tvm", "tvm"):
         try:
             return version(dist)
@@ -215,7 +226,7 @@ def verify_files(root: Path, manifest: dict[str, Any]) -> None:
 
 
 def _read_weights(path: Path) -> dict[str, Any]:
-    from safetensors.numpy import load_file
+    from safetensors.numpy import load_file  # heavy: loaded on first use
 
     try:
         return load_file(str(path))
@@ -224,11 +235,6 @@ def _read_weights(path: Path) -> dict[str, Any]:
 
 
 def _read_graph(path: Path, weights: Mapping[str, Any]) -> Graph:
-    from tilefx.ir.parser import parse_graph
-    from tilefx.ir.verifier import verify
-
-    from tilefx.ir.interpreter import resolve_target
-
     try:
         graph = parse_graph(path.read_text(), weights)
         verify(graph)
@@ -265,10 +271,6 @@ def _load_tvm_runtime() -> None:
     global _RUNTIME_LOADED
     if _RUNTIME_LOADED:
         return
-    import ctypes
-    import importlib.util
-
-    from tilefx.codegen.tvm import configure_tvm_threads
 
     configure_tvm_threads()
     spec = importlib.util.find_spec("tvm")
@@ -297,9 +299,7 @@ class LoadedKernel:
 
 def _load_kernels(root: Path, manifest: dict[str, Any], graph: Graph) -> dict[tuple, Callable]:
     """(op result name, ((symbol, size), ...)) -> kernel callable."""
-    import tvm_ffi
-
-    from tilefx.compiler.runtime import InterpretedKernel
+    import tvm_ffi  # heavy: loaded on first use
 
     ops = {op.results[0].name: op for op in graph.ops if op.name == "kernel"}
     modules: dict[str, Any] = {}
@@ -313,8 +313,6 @@ def _load_kernels(root: Path, manifest: dict[str, Any], graph: Graph) -> dict[tu
             raise ArtifactError(f"{root / MANIFEST}: kernel entry {row!r:.200} is invalid "
                                 f"({type(e).__name__}: {e}); the artifact is damaged") from None
         if backend == "library":  # the tuner chose the library call: the same torch calls
-            from tilefx.codegen.measure import LibraryKernel
-
             table[key] = LibraryKernel(op, dict(key[1]))
             continue
         if backend == "interpreter":  # torch runs the kernel body, as at compile
@@ -338,8 +336,6 @@ def _read_state(root: Path, manifest: dict[str, Any]) -> tuple[dict[str, torch.T
                                                                  tuple[Mutation, ...]]:
     """The buffers the model updates in place (name -> tensor, in graph input order) and
     every in-place update; empty for a model without them."""
-    import torch
-
     rows = manifest.get("state") or []
     try:
         mutations = tuple(Mutation.from_json(m) for m in manifest.get("mutations") or [])
@@ -370,8 +366,6 @@ class LoadedModule:
                  load_seconds: float = 0.0, build_missing: bool = False,
                  state: dict[str, torch.Tensor] | None = None,
                  mutations: tuple[Mutation, ...] = ()) -> None:
-        import torch.utils._pytree as pytree
-
         self.path = path
         self.state: dict[str, torch.Tensor] = dict(state or {})
         self._mutations = mutations
@@ -403,8 +397,6 @@ class LoadedModule:
                 + f":{i['dtype']}" for i in self.inputs]
 
     def check_inputs(self, tensors: tuple) -> None:
-        import torch
-
         specs = self.inputs
         if len(tensors) != len(specs):
             raise ArtifactInputError(f"{self.path.name} takes {len(specs)} tensor input(s) "
@@ -446,8 +438,6 @@ class LoadedModule:
 
     def load_state_dict(self, values: Mapping[str, torch.Tensor]) -> None:
         """Copy ``values`` into the state (same names, shapes and dtypes)."""
-        import torch
-
         unknown = set(values) - set(self.state)
         if unknown:
             raise KeyError(f"{self.path.name} has no state named {sorted(unknown)}; it has "
@@ -457,8 +447,6 @@ class LoadedModule:
                 self.state[name].copy_(value)
 
     def __call__(self, *tensors: torch.Tensor) -> Any:
-        import torch.utils._pytree as pytree
-
         self.check_inputs(tensors)
         inputs = (*tensors, *self.state.values())
         outs = iter(write_back(self._mutations, inputs, self.runtime(*inputs)))
@@ -477,8 +465,6 @@ def load(path: str | os.PathLike, *, build_missing: bool = False,
     Its kernels are native code that runs in this process: load only artifacts you
     trust. ``key`` (a public key file, PEM bytes or an Ed25519 public key; see
     ``signing.py``) refuses any artifact not signed by that key's owner."""
-    from tilefx.compiler.runtime import CompiledGraph
-
     t0 = time.perf_counter()
     root = Path(path)
     manifest = read_manifest(root, key)
@@ -501,8 +487,6 @@ def load(path: str | os.PathLike, *, build_missing: bool = False,
     target = manifest["target"]
 
     def lookup(op: Op, bindings: Mapping[sympy.Symbol, int]) -> Callable:
-        from tilefx.ir.identity import kernel_symbols
-
         used = {s.name for s in kernel_symbols(op)}
         key = (op.results[0].name, tuple(sorted((s.name, int(v)) for s, v in bindings.items()
                                                 if s.name in used)))
@@ -512,10 +496,6 @@ def load(path: str | os.PathLike, *, build_missing: bool = False,
         if not build_missing:
             raise ArtifactInputError(f"artifact {root} has no kernel for {op.attr('name')} at "
                                      f"{dict(key[1])}")
-        from tilefx.codegen.target import Target
-        from tilefx.compiler.check import run_check
-        from tilefx.compiler.session import CompileSession
-        from tilefx.compiler.runtime import InterpretedKernel
 
         log.info("tilefx: building kernel %s for %s (not in the artifact)", op.attr("name"),
                  dict(key[1]))

@@ -15,6 +15,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 from tilefx.ir.graph import Graph, Op, Value
+from tilefx.ir.interpreter import run_graph
+from tilefx.ir.reference_ops import check_take_indices
 
 if TYPE_CHECKING:
     import torch
@@ -36,13 +38,10 @@ class IndexCheck:
     def indices(self, env: Sequence[Any]) -> torch.Tensor:
         if self.graph is None:
             return env[self.slot]
-        from tilefx.ir.interpreter import run_graph
 
         return run_graph(self.graph, [env[i] for i in self.slots])[0]
 
     def __call__(self, env: Sequence[Any]) -> None:
-        from tilefx.ir.reference_ops import check_take_indices
-
         check_take_indices(self.indices(env), self.size, self.axis, self.wrap)
 
 

@@ -33,8 +33,10 @@ from contextlib import contextmanager
 from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import torch
+from torch.export.graph_signature import InputKind, OutputKind
 from torch.utils import _pytree as pytree
 
+from tilefx.compiler.lowerings import LOWERINGS
 from tilefx.compiler.mutation import Mutation, MutationError
 
 log = logging.getLogger("tilefx.capture")
@@ -97,8 +99,6 @@ def decomposition_table() -> dict[Any, Callable[..., Any]]:
     ``torch.fft.*`` also stays whole: it runs in PyTorch either way, and one
     fallback named ``fft_rfft`` reads better in reports than its ATen pieces.
     """
-    from tilefx.compiler.lowerings import LOWERINGS
-
     table = torch.export.default_decompositions()
     for op in list(table):
         if op in LOWERINGS or str(op).startswith("aten.fft_"):
@@ -186,8 +186,6 @@ def _export(module: torch.nn.Module, args: tuple, kwargs: dict, dynamic_batch: b
 
 def _from_exported(ep: torch.export.ExportedProgram,
                    readable: Mapping[str, str] | None = None) -> Captured:
-    from torch.export.graph_signature import InputKind, OutputKind
-
     gm = ep.graph_module
     placeholders = {n.name: n for n in gm.graph.nodes if n.op == "placeholder"}
     out_node = next(n for n in gm.graph.nodes if n.op == "output")
@@ -269,8 +267,6 @@ def _from_exported(ep: torch.export.ExportedProgram,
 
 
 def _mutation_kinds() -> frozenset[Any]:
-    from torch.export.graph_signature import OutputKind
-
     kinds = {OutputKind.BUFFER_MUTATION, OutputKind.USER_INPUT_MUTATION}
     if hasattr(OutputKind, "PARAMETER_MUTATION"):  # newer torch tells parameters apart
         kinds.add(OutputKind.PARAMETER_MUTATION)
@@ -399,8 +395,6 @@ def capturing() -> bool:
 def capture_mode(model: Any) -> Iterator[None]:
     """Eval mode and no grad for the capture, restoring each submodule's flag; a class
     decorated with ``tilefx.compile`` runs eagerly while it is being captured (``capturing``)."""
-    import torch
-
     modules = list(model.modules()) if isinstance(model, torch.nn.Module) else []
     flags = [m.training for m in modules]
     _state.capturing = getattr(_state, "capturing", 0) + 1

@@ -48,9 +48,12 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterator, Mapping
 
+import torch
+
 from tilefx import settings
 from tilefx.storage.database import KernelCheck, TuningDatabase
 from tilefx.ir.graph import Op
+from tilefx.ir.functional_hash import outputs_match, workload_key
 
 if TYPE_CHECKING:
     from tilefx.codegen.target import Target
@@ -181,8 +184,6 @@ class BuildChecker:
     def _bad_row(self, op: Op, bindings: Mapping[Any, int], built: Any, schedule: Any,
                  ckey: str, bkey: str, status: str, detail: str) -> KernelCheck:
         """The database row of a bad kernel, with what the tuner needs to skip it."""
-        from tilefx.ir.functional_hash import workload_key
-
         names = _names(bindings) or None
         sched = schedule if schedule is not None else getattr(built, "schedule", None)
         try:  # the reference ran just now: the functional hash reuses that run
@@ -247,6 +248,7 @@ def code_key(built: Any, op_key: str, bindings: Mapping[Any, int]) -> str:
 def run_check(op: Op, bindings: Mapping[Any, int], built: Any, target: Target) -> tuple[str, str]:
     """Run ``built`` once on the reference inputs: (``ok`` | ``wrong_result`` |
     ``run_error`` | ``unchecked``, why)."""
+    # looked up per call: tests monkeypatch reference_run
     from tilefx.ir.functional_hash import check_reference, narrow, reference_run
 
     names = _names(bindings) or None
@@ -274,10 +276,6 @@ def run_check(op: Op, bindings: Mapping[Any, int], built: Any, target: Target) -
 
 def _run_and_compare(built: Any, inputs: list, want: list, dtypes: list, device: str,
                      slack: list | None = None) -> tuple[str, str]:
-    import torch
-
-    from tilefx.ir.functional_hash import outputs_match
-
     # copies: the reference inputs are shared with the functional hash, and a bad kernel
     # may write anywhere it can reach
     args = [t.to(device, copy=True) for t in inputs]
@@ -305,10 +303,6 @@ def _run_and_compare(built: Any, inputs: list, want: list, dtypes: list, device:
 def _within(got: Any, ref: Any, extra: Any, dtype: Any) -> bool:
     """``outputs_match``'s rule with ``extra`` added to the tolerance: each element moved
     toward the reference by up to ``extra`` must then pass it."""
-    import torch
-
-    from tilefx.ir.functional_hash import outputs_match
-
     g, r = got.double(), ref.double()
     d = g - r
     nudged = r + torch.sign(d) * (d.abs() - extra).clamp(min=0)
@@ -325,8 +319,6 @@ def _one_torch_thread() -> Iterator[None]:
     waits on a descheduled thread: the comparison after a conv took 1.4 s instead
     of 10 ms on two cores. The copies and the comparison are memory-bound anyway.
     """
-    import torch
-
     n = torch.get_num_threads()
     torch.set_num_threads(1)
     try:

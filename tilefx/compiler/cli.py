@@ -25,10 +25,19 @@ import inspect as pyinspect
 import logging
 import os
 import sys
+import traceback
 from dataclasses import dataclass
 from typing import Any, Sequence
 
+import torch
+
 from tilefx import settings
+from tilefx.compiler.options import CompileOptions
+from tilefx.compiler.pipeline import build_kernels, model_kernels
+from tilefx.compiler.session import CompileSession, KernelBuilder
+from tilefx.ir.graph import structural_equal
+from tilefx.ir.identity import fused_op_names
+from tilefx.ir.printer import print_graph
 
 SPEC_HELP = "SHAPExSHAPE[:dtype] like 64x1024:float32"
 DTYPES = ("float32", "float16", "bfloat16", "float64", "int64", "int32", "int16", "int8",
@@ -58,8 +67,6 @@ class InputSpec:
         return f"{'x'.join(map(str, self.shape))}:{self.dtype}"
 
     def make(self, seed: int) -> Any:
-        import torch
-
         g = torch.Generator().manual_seed(seed)
         dtype = getattr(torch, self.dtype)
         try:
@@ -123,8 +130,6 @@ def resolve_reference(ref: str, what: str) -> Any:
 
 
 def instantiate(obj: Any, ref: str) -> Any:
-    import torch
-
     if isinstance(obj, torch.nn.Module):
         return obj
     if not callable(obj):
@@ -151,13 +156,6 @@ def _header(title: str) -> str:
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:
-    from tilefx.compiler.options import CompileOptions
-    from tilefx.compiler.pipeline import build_kernels, model_kernels
-    from tilefx.compiler.session import CompileSession, KernelBuilder
-    from tilefx.ir.graph import structural_equal
-    from tilefx.ir.identity import fused_op_names
-    from tilefx.ir.printer import print_graph
-
     model = load_model(args.model)
     tensors = tuple(spec.make(seed=i) for i, spec in enumerate(args.input))
     options = CompileOptions(target=args.target)
@@ -211,6 +209,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--source", action="store_true", help="also build and print each kernel's code")
     p.add_argument("--dynamic", action="store_true", help="capture dim 0 of inputs as a symbol")
     p.set_defaults(func=cmd_inspect)
+    # cycle: the subcommand modules import this module (CLIError, load_model, ...)
     from tilefx.compiler.cli_aot import add_subcommands  # compile, run
 
     add_subcommands(sub)
@@ -244,8 +243,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
     except Exception as e:  # noqa: BLE001 - every failure is one line; -v shows the traceback
         if args.verbose:
-            import traceback
-
             traceback.print_exc()
         hint = "" if args.verbose else " (run with --verbose for the traceback)"
         print(f"{parser.prog}: error: {first_line(e)}{hint}", file=sys.stderr)

@@ -22,11 +22,23 @@ A SPEC is ``64x1024:float32``; a symbolic batch dim is written as a name
 from __future__ import annotations
 
 import argparse
+import json
 import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
+
+import torch
+import torch.utils._pytree as pytree
+
+from tilefx.codegen import timing
+from tilefx.compiler.artifact import MANIFEST, ArtifactError
+from tilefx.compiler.artifact_load import load
+from tilefx.compiler.cli import DTYPES, CLIError, InputSpec, load_model
+from tilefx.compiler.mutation import snapshot_buffers
+from tilefx.compiler.options import CompileOptions
+from tilefx.compiler.signing import add_parser as add_keygen, sign_artifact
 
 AOT_SPEC_HELP = "SHAPE[:dtype] like 64x1024:float32, or Bx1024:float32 with a symbolic batch dim B"
 BUDGET_HELP = "a duration like 90s, 10m or 1h"
@@ -42,8 +54,6 @@ class AotSpec:
         return self.shape[0] if self.shape and isinstance(self.shape[0], str) else None
 
     def concrete(self, batch: int | None) -> Any:
-        from tilefx.compiler.cli import InputSpec
-
         return InputSpec(tuple(batch if isinstance(d, str) else d for d in self.shape), self.dtype)
 
     def __str__(self) -> str:
@@ -51,8 +61,6 @@ class AotSpec:
 
 
 def parse_aot_spec(text: str) -> AotSpec:
-    from tilefx.compiler.cli import DTYPES
-
     shape_text, _, dtype = text.partition(":")
     dims: list[int | str] = []
     for d in shape_text.split("x") if shape_text else []:
@@ -98,9 +106,6 @@ def parse_batch_sizes(text: str) -> tuple[int, ...]:
 
 
 def max_abs_diff(a: Any, b: Any) -> float:
-    import torch
-    import torch.utils._pytree as pytree
-
     diffs = [(x.double() - y.double()).abs().max().item() if x.numel() else 0.0
              for x, y in zip(pytree.tree_leaves(a), pytree.tree_leaves(b))
              if isinstance(x, torch.Tensor)]
@@ -110,8 +115,6 @@ def max_abs_diff(a: Any, b: Any) -> float:
 def _batch_plan(specs: Sequence[AotSpec], dynamic: str | None,
                 batch_sizes: tuple[int, ...] | None) -> tuple[str | None, tuple[int, ...]]:
     """(name of the batch dim, sizes to build) from the specs and flags; CLIError if they clash."""
-    from tilefx.compiler.cli import CLIError
-
     names = {s.batch_name for s in specs if s.batch_name}
     if len(names) > 1:
         raise CLIError(f"--input: inputs name the batch dim differently ({', '.join(sorted(names))});"
@@ -131,12 +134,7 @@ def _batch_plan(specs: Sequence[AotSpec], dynamic: str | None,
 
 
 def cmd_compile(args: argparse.Namespace) -> int:
-    import torch
-
-    from tilefx.codegen import timing
-    from tilefx.compiler.artifact import ArtifactError, compile_artifact
-    from tilefx.compiler.cli import CLIError, load_model
-    from tilefx.compiler.options import CompileOptions
+    from tilefx.compiler.artifact import compile_artifact  # looked up per call: tests monkeypatch it
 
     if not args.target.startswith(("cpu", "llvm")):
         raise CLIError(f"--target {args.target!r}: artifacts are CPU-only for now; use cpu or "
@@ -188,8 +186,6 @@ def cmd_compile(args: argparse.Namespace) -> int:
     _update_compile_info(out, seconds=seconds, tuning_seconds=tuning_s, latency_ms=compiled_ms,
                          eager_ms=eager_ms, max_abs_diff=diff)
     if args.sign:  # last: the signature covers the manifest as finally written
-        from tilefx.compiler.signing import sign_artifact
-
         try:
             lines.append(f"signed: {sign_artifact(out, args.sign)}")
         except ArtifactError as e:
@@ -201,10 +197,6 @@ def cmd_compile(args: argparse.Namespace) -> int:
 def _compiled_vs_eager(compiled: Callable[..., Any], model: Any, inputs: Sequence[Any]) -> float:
     """The largest difference of one call of each from the same state: a model that updates
     buffers or inputs in place gets its buffers restored and fresh copies of the inputs."""
-    import torch
-
-    from tilefx.compiler.mutation import snapshot_buffers
-
     restore = snapshot_buffers(model)
     with torch.no_grad():
         got = compiled(*[t.clone() for t in inputs])
@@ -222,10 +214,6 @@ def _tuning_text(tune: int | str, seconds: float) -> str:
 
 def _update_compile_info(out: Path, **info: Any) -> None:
     """Add the summary numbers to ``manifest["compile"]`` (the manifest is not hashed)."""
-    import json
-
-    from tilefx.compiler.artifact import MANIFEST
-
     path = out / MANIFEST
     manifest = json.loads(path.read_text())
     manifest["compile"].update(info)
@@ -233,11 +221,6 @@ def _update_compile_info(out: Path, **info: Any) -> None:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from tilefx.codegen import timing
-    from tilefx.compiler.artifact import ArtifactError
-    from tilefx.compiler.artifact_load import load
-    from tilefx.compiler.cli import CLIError, load_model
-
     t0 = time.perf_counter()
     try:
         module = load(args.artifact, key=args.key)
@@ -262,8 +245,6 @@ def cmd_run(args: argparse.Namespace) -> int:
             model.eval()
         # before timing: both from their initial state (the artifact's saved buffers)
         diff = _compiled_vs_eager(module, model, inputs)
-    import torch  # imported here, not above: load_s times the load alone
-
     with torch.no_grad():
         ms = timing.median_ms(module, inputs, args.repeats, warmup=2)
         eager = timing.median_ms(model, inputs, args.repeats, warmup=2) if model is not None else 0.0
@@ -327,6 +308,5 @@ def add_subcommands(sub: Any) -> None:
     r.add_argument("--key", metavar="PUBKEY", help="refuse the artifact unless it is signed "
                    "by this Ed25519 public key (PEM)")
     r.set_defaults(func=cmd_run)
-    from tilefx.compiler.signing import add_parser as add_keygen  # keygen
 
     add_keygen(sub)

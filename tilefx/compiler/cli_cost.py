@@ -28,6 +28,8 @@ import argparse
 import random
 from typing import Any, Callable, Sequence
 
+from tqdm.auto import tqdm
+
 from tilefx.autotune.tuner import TuneOptions, Tuner
 from tilefx.codegen.target import Target
 from tilefx.compiler.cli import CLIError, resolve_reference
@@ -59,6 +61,9 @@ def add_parser(sub: Any) -> None:
                    "must tell close schedules apart)")
     p.add_argument("--limit", type=int, default=0, help="at most this many workloads (0: all)")
     p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--ray", nargs="?", const="ray", default=None, metavar="ADDRESS",
+                   help="build and measure on Ray: a local one (no ADDRESS) or the cluster at "
+                   "ADDRESS (host:port); the database stays here")
     p.set_defaults(func=cmd_collect)
 
     t = sub.add_parser("train-cost-model", help="train the learned cost model on a tuning database")
@@ -104,14 +109,23 @@ def cmd_collect(args: argparse.Namespace) -> int:
     random.Random(0).shuffle(kernels)
     if args.limit:
         kernels = kernels[:args.limit]
+    options = TuneOptions(trials=args.trials, strategy=args.strategy, repeats=args.repeats,
+                          progress=False, cluster=args.ray)
+    pair: dict = {}
+    if args.ray:  # connected now, so a bad address is reported before anything is made
+        from tilefx.autotune.cluster import ClusterError, describe, ray_tuning_pair
+
+        builder, runner = ray_tuning_pair(target, options, where=describe(args.ray, "--ray"))
+        try:
+            runner.cluster.connect()
+        except ClusterError as e:
+            raise CLIError(str(e)) from None
+        pair = dict(builder=builder, runner=runner)
     db = TuningDatabase(args.db)
     print(f"tilefx collect: {len(kernels)} workloads on {target.key()} into {args.db}", flush=True)
-    tuner = Tuner(target, TuneOptions(trials=args.trials, strategy=args.strategy,
-                                      repeats=args.repeats, progress=False), db=db)
+    tuner = Tuner(target, options, db=db, **pair)
     bar = None
     if not args.no_progress:
-        from tqdm.auto import tqdm
-
         bar = tqdm(total=len(kernels), desc="collect", unit="workload")
     try:
         for op in kernels:
@@ -129,6 +143,8 @@ def cmd_collect(args: argparse.Namespace) -> int:
             bar.close()
         tuner.close()
     print(db.summary().splitlines()[0])
+    if tuner.time_summary():
+        print(tuner.time_summary())
     db.close()
     return 0
 

@@ -10,6 +10,11 @@ duplicates skipped, default / best / library latency, speedup). Results go
 to the tuning database (``--db``, default ``$TILEFX_CACHE_DIR/tuning.db``),
 so a later ``tilefx.compile(model, tune=N)`` measures nothing. Ctrl-C stops
 cleanly; a rerun resumes.
+
+``--ray`` builds and measures on a local Ray (attached, or started here);
+``--ray ADDRESS`` on a Ray cluster (``autotune/cluster.py``: measuring nodes offer
+the target's ``tilefx-measure:<hash>`` resource). Put it after MODEL, or write
+``--ray=ADDRESS``. The database stays on this machine.
 """
 
 from __future__ import annotations
@@ -17,12 +22,16 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from tilefx.autotune.search import STRATEGIES
+from tilefx.autotune.tuner import TuneOptions, Tuner, format_summary
+from tilefx.compiler.cli import SPEC_HELP, CLIError, load_model, parse_input_spec
+from tilefx.compiler.options import CompileOptions
+from tilefx.compiler.pipeline import model_kernels
+from tilefx.compiler.session import CompileSession
+
 
 def add_parser(sub: Any) -> None:
     """Register the ``tune`` subcommand on ``cli.py``'s subparsers."""
-    from tilefx.autotune.search import STRATEGIES
-    from tilefx.compiler.cli import SPEC_HELP, parse_input_spec
-
     p = sub.add_parser("tune", help="autotune the kernels of a model into the tuning database")
     p.add_argument("model", metavar="MODEL", help="path/to/file.py:attr or package.module:attr")
     p.add_argument("--input", metavar="SPEC", type=parse_input_spec, action="append",
@@ -37,16 +46,13 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--timeout", type=float, default=30.0, help="seconds per candidate run")
     p.add_argument("--db", help="tuning database file (default: the cache dir's tuning.db)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument("--ray", nargs="?", const="ray", default=None, metavar="ADDRESS",
+                   help="build and measure on Ray: a local one (no ADDRESS) or the cluster at "
+                   "ADDRESS (host:port); --workers is then the cluster's business")
     p.set_defaults(func=cmd_tune)
 
 
 def cmd_tune(args: argparse.Namespace) -> int:
-    from tilefx.autotune.tuner import TuneOptions, Tuner, format_summary
-    from tilefx.compiler.cli import CLIError, load_model
-    from tilefx.compiler.options import CompileOptions
-    from tilefx.compiler.pipeline import model_kernels
-    from tilefx.compiler.session import CompileSession
-
     if args.trials is not None and args.trials < 1:
         raise CLIError(f"--trials must be at least 1, got {args.trials}")
     model = load_model(args.model)
@@ -61,14 +67,27 @@ def cmd_tune(args: argparse.Namespace) -> int:
                                         progress=not args.no_progress)
     except ValueError as e:
         raise CLIError(str(e)) from None
+    pair: dict = {}
+    if args.ray:  # connected now, so a bad address is reported before anything is tuned
+        from tilefx.autotune.cluster import ClusterError, describe, ray_tuning_pair
+
+        options.cluster = args.ray
+        builder, runner = ray_tuning_pair(target, options, where=describe(args.ray, "--ray"))
+        try:
+            runner.cluster.connect()
+        except ClusterError as e:
+            raise CLIError(str(e)) from None
+        pair = dict(builder=builder, runner=runner)
     print(f"tilefx tune {args.model}: {len(kernels)} distinct kernels on {target.key()}")
-    tuner = Tuner(target, options)
+    tuner = Tuner(target, options, **pair)
     try:
         for op in kernels:
             tuner.tune_kernel(op, bindings)
     finally:
         tuner.close()
     print(format_summary(tuner.results))
+    if tuner.time_summary():
+        print(tuner.time_summary())
     if tuner.interrupted:
         print("interrupted: measurements so far are saved; run the same command to resume")
         return 130

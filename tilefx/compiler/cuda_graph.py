@@ -37,6 +37,8 @@ import logging
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Sequence
 
+import torch
+
 from tilefx import settings
 from tilefx.compiler.runtime import ExecutionPlan, InterpretedKernel, InterpretStep, KernelStep
 
@@ -122,8 +124,6 @@ class GraphedPlan:
         return [t.clone() for t in self._outputs]
 
     def _capture(self, tensors: Sequence[torch.Tensor]) -> None:
-        import torch
-
         inputs = [t.clone() for t in tensors]  # fresh, aligned, contiguous: the graph reads these
         stream = torch.cuda.Stream(self.device)
         stream.wait_stream(torch.cuda.current_stream(self.device))
@@ -137,8 +137,6 @@ class GraphedPlan:
         log.debug("captured @%s in a CUDA graph (%d steps)", self.name, len(self.plan.steps))
 
     def _give_up(self, error: Exception) -> None:
-        import torch
-
         self.error = f"{type(error).__name__}: {error}".splitlines()[0][:200]
         self._graph, self._inputs, self._outputs = None, [], []
         try:  # a failed capture leaves no work behind, but make sure the stream is idle

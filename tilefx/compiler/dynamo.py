@@ -28,6 +28,8 @@ import time
 import weakref
 from typing import Any, Callable, Sequence
 
+import torch
+
 from tilefx import settings
 from tilefx.compiler.capture import capture_dynamo
 from tilefx.compiler.options import CompileOptions
@@ -69,9 +71,6 @@ def tilefx_backend(gm: Any, example_inputs: Sequence[Any], **kwargs: Any) -> Cal
 
 def _compile(gm: Any, example_inputs: Sequence[Any], options: dict, strict: bool
              ) -> Callable[..., Any]:
-    import torch
-
-
     t0 = time.perf_counter()
     with torch.no_grad():
         captured = capture_dynamo(gm, list(example_inputs))

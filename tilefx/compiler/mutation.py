@@ -33,6 +33,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable, Literal, Sequence
 
+import torch
+
 if TYPE_CHECKING:
     import torch
 
@@ -74,7 +76,6 @@ def write_back(mutations: Sequence[Mutation], inputs: Sequence[torch.Tensor],
     """
     if not mutations:
         return list(outputs)
-    import torch
 
     with torch.no_grad():  # a parameter, or an input that requires grad, is a leaf
         for m in mutations:
@@ -84,8 +85,6 @@ def write_back(mutations: Sequence[Mutation], inputs: Sequence[torch.Tensor],
 
 def state_tensor(module: Any, name: str) -> torch.Tensor:
     """The live buffer or parameter ``name`` ("layer.cache") of ``module``."""
-    import torch
-
     obj = module
     for part in name.split("."):
         obj = getattr(obj, part, None)
@@ -102,8 +101,6 @@ def state_tensors(module: Any, names: Sequence[str]) -> list[torch.Tensor]:
 
 def running_stat_modules(model: Any) -> list[tuple[str, Any]]:
     """(name, module) of each BatchNorm that updates running stats when in training mode."""
-    import torch
-
     if not isinstance(model, torch.nn.Module):
         return []
     return [(name or type(m).__name__, m) for name, m in model.named_modules()
@@ -132,8 +129,6 @@ def snapshot_buffers(model: Any) -> Callable[[], None]:
     Used where tilefx itself calls a model on example inputs (compiling an
     artifact, the CLI's accuracy check) so that those calls leave no trace.
     """
-    import torch
-
     if not isinstance(model, torch.nn.Module):
         return lambda: None
     saved = [(b, b.detach().clone()) for b in model.buffers()]

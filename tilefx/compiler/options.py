@@ -22,6 +22,7 @@ class CompileOptions:
     passes: PassOptions | None = None  # None: the defaults for the target's backend
     tune_trials: int | str = 0  # autotune each kernel: N trials, or a time budget "30s"
     tune_db: str | None = None  # tuning database path (None: $TILEFX_CACHE_DIR/tuning.db)
+    cluster: str | None = None  # tune on Ray: "ray" (a local one) or a cluster's address
     strict: bool = False      # raise on a kernel build failure instead of interpreting it
     cuda_graphs: bool | None = None  # replay static-shape cuda graphs; None: TILEFX_CUDA_GRAPHS
     prune: float = 0.0        # opt-in magnitude pruning (lossy, reported): fraction zeroed

@@ -31,12 +31,16 @@ crash). torch's allocator aligns to 64 bytes; numpy arrays, offset views
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
 
+import numpy as np
 import sympy
+import torch
 
+from tilefx.compiler.bounds import kernel_index_checks
 from tilefx.ir.graph import Graph, Op, Value
+from tilefx.ir.interpreter import run_fallback, run_graph
 from tilefx.ir.types import DType, TensorType
 
 if TYPE_CHECKING:
@@ -55,8 +59,6 @@ class RuntimeInputError(ValueError):
 
 
 def torch_dtype(dtype: DType) -> torch.dtype:
-    import torch
-
     return getattr(torch, dtype.name)
 
 
@@ -108,8 +110,6 @@ class InterpretedKernel:
         self.reason = reason
 
     def __call__(self, *tensors: torch.Tensor) -> None:
-        from tilefx.ir.interpreter import run_graph
-
         n = len(self.op.inputs)
         for out, value in zip(tensors[n:], run_graph(self.op.body, list(tensors[:n]))):
             out.copy_(value)
@@ -137,8 +137,6 @@ class KernelStep:
 
     def __call__(self, env: list) -> None:
         if self.fresh:
-            import torch
-
             for slot, shape, dtype in self.fresh:
                 env[slot] = torch.empty(shape, dtype=dtype, device=self.device)
         (self.launch or self.fn)(*[env[i] for i in self.args])
@@ -161,8 +159,6 @@ class FallbackStep:
     outputs: tuple[int, ...]
 
     def __call__(self, env: list) -> None:
-        from tilefx.ir.interpreter import run_fallback
-
         # custom operator libraries too (torchvision::nms): a graph here was built from the
         # user's model in this process, or loaded from an artifact whose every fallback was
         # held to the ATen allow-list at load (artifact_load)
@@ -180,8 +176,6 @@ class InterpretStep:
     outputs: tuple[int, ...]
 
     def __call__(self, env: list) -> None:
-        from tilefx.ir.interpreter import run_graph
-
         results = run_graph(self.graph, [env[i] for i in self.inputs])
         for slot, value in zip(self.outputs, results):
             env[slot] = aligned(value)
@@ -241,8 +235,6 @@ def plan_graph(graph: Graph, bindings: Mapping[sympy.Symbol, int], kernels: Mapp
     ``kernels`` maps each kernel op's first result name to its built kernel;
     ``constants`` maps each const op's result name to its tensor.
     """
-    import torch
-
     slots: dict[str, int] = {}
 
     def slot(v: Value) -> int:
@@ -361,10 +353,6 @@ def _index_checks(op: Op, ins: tuple[int, ...], bindings: Mapping[sympy.Symbol, 
                   input_slots: tuple[int, ...], input_checks: list) -> list:
     """The bounds checks of a kernel's index tensors (bounds.py): a constant's now, a graph
     input's before the plan runs (into ``input_checks``); the others as steps, returned."""
-    from dataclasses import replace
-
-    from tilefx.compiler.bounds import kernel_index_checks
-
     steps = []
     size_of = lambda v, axis: concrete_shape(v.type, bindings)[axis]  # noqa: E731
     for check in kernel_index_checks(op, ins, size_of):
@@ -380,9 +368,6 @@ def _index_checks(op: Op, ins: tuple[int, ...], bindings: Mapping[sympy.Symbol, 
 
 def constant_tensors(graph: Graph) -> dict[str, torch.Tensor]:
     """Every ``const`` op's value as a torch tensor, made once per graph."""
-    import numpy as np
-    import torch
-
     out = {}
     for op in graph.ops:
         if op.name == "const":
@@ -438,8 +423,6 @@ class CompiledGraph:
         return plan
 
     def __call__(self, *tensors: torch.Tensor) -> list[torch.Tensor]:
-        import torch
-
         tensors = tuple(aligned(t) for t in tensors)
         for v, t in zip(self.graph.inputs, tensors):
             if t.dtype != torch_dtype(v.type.dtype):
@@ -450,7 +433,7 @@ class CompiledGraph:
             check(tensors)
         with torch.no_grad():
             if device is not None and device.type == "cuda":  # replayed from a CUDA graph when it can
-                from tilefx.compiler.cuda_graph import run_graphed
+                from tilefx.compiler.cuda_graph import run_graphed  # cycle: cuda_graph imports this module
 
                 return run_graphed(self, plan, tensors, device)
             return plan.run(tensors)

@@ -87,11 +87,11 @@ class CompileSession:
         trials, seconds = parse_budget(options.tune_trials)
         if not trials and seconds is None:
             return None
-        key = (str(options.tune_trials), str(options.tune_db), target.key())
+        key = (str(options.tune_trials), str(options.tune_db), target.key(), options.cluster)
         tuner = self._tuners.get(key)
         if tuner is None:
             tuner = self._tuners[key] = Tuner(target, TuneOptions(
-                trials=trials, seconds=seconds, db_path=options.tune_db))
+                trials=trials, seconds=seconds, db_path=options.tune_db, cluster=options.cluster))
         return tuner
 
     def checker(self, target: Target, db_path: str | None) -> BuildChecker:

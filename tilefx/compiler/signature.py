@@ -14,6 +14,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Hashable
 
+import torch
+import torch.utils._pytree as pytree
+
 
 @dataclass(frozen=True)
 class TensorSpec:
@@ -47,9 +50,6 @@ class FlatCall:
 
     def rebuild(self, tensors: tuple[Any, ...]) -> tuple[tuple, dict]:
         """(args, kwargs) with ``tensors`` put back in place of the tensor leaves."""
-        import torch
-        import torch.utils._pytree as pytree
-
         it = iter(tensors)
         leaves = [next(it) if isinstance(x, torch.Tensor) else x for x in self.leaves]
         args, kwargs = pytree.tree_unflatten(leaves, self.spec)
@@ -65,9 +65,6 @@ def _static_key(x: Any) -> Hashable:
 
 
 def flatten_call(args: tuple, kwargs: dict, dynamic: bool = False) -> FlatCall:
-    import torch
-    import torch.utils._pytree as pytree
-
     leaves, spec = pytree.tree_flatten((tuple(args), dict(kwargs)))
     keys: list[TensorSpec | Hashable] = []
     tensors = []

@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any, Union
 
 from tilefx.compiler.artifact import MANIFEST, ArtifactError
+from tilefx.compiler.cli import CLIError
 
 SIGNATURE_FILE = "manifest.sig"
 
@@ -38,8 +39,8 @@ PublicKeyLike = Union[str, os.PathLike, bytes, Any]
 
 def generate_keypair(prefix: str | os.PathLike) -> tuple[Path, Path]:
     """Write ``PREFIX.key`` (private, readable by its owner only) and ``PREFIX.pub``."""
-    from cryptography.hazmat.primitives import serialization
-    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+    from cryptography.hazmat.primitives import serialization  # heavy: loaded on first use
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey  # heavy: loaded on first use
 
     private, public = Path(f"{prefix}.key"), Path(f"{prefix}.pub")
     for path in (private, public):
@@ -61,8 +62,8 @@ def sign_artifact(root: str | os.PathLike, private_key_file: str | os.PathLike) 
     """Sign ``root/manifest.json`` with the Ed25519 private key in ``private_key_file``
     (PEM); writes and returns ``root/manifest.sig``. Sign last: any later change to the
     manifest invalidates the signature."""
-    from cryptography.hazmat.primitives import serialization
-    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+    from cryptography.hazmat.primitives import serialization  # heavy: loaded on first use
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey  # heavy: loaded on first use
 
     root = Path(root)
     try:
@@ -79,8 +80,8 @@ def sign_artifact(root: str | os.PathLike, private_key_file: str | os.PathLike) 
 
 
 def _public_key(key: PublicKeyLike) -> Any:
-    from cryptography.hazmat.primitives import serialization
-    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+    from cryptography.hazmat.primitives import serialization  # heavy: loaded on first use
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey  # heavy: loaded on first use
 
     if isinstance(key, Ed25519PublicKey):
         return key
@@ -97,7 +98,7 @@ def _public_key(key: PublicKeyLike) -> Any:
 
 def verify_manifest(root: Path, manifest_bytes: bytes, key: PublicKeyLike) -> None:
     """Raise ``ArtifactError`` unless ``manifest_bytes`` carry a valid signature by ``key``."""
-    from cryptography.exceptions import InvalidSignature
+    from cryptography.exceptions import InvalidSignature  # heavy: loaded on first use
 
     public = _public_key(key)
     sig_path = root / SIGNATURE_FILE
@@ -125,8 +126,6 @@ def add_parser(sub: Any) -> None:
 
 
 def _cmd_keygen(args: argparse.Namespace) -> int:
-    from tilefx.compiler.cli import CLIError
-
     try:
         private, public = generate_keypair(args.name)
     except (FileExistsError, OSError) as e:

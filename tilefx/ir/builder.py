@@ -14,7 +14,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from tilefx.ir.graph import Graph, Op, Value, freeze_attrs
-from tilefx.ir.ops import infer_types
+from tilefx.ir.ops import get_op, infer_types
 from tilefx.ir.types import DType, TensorType
 
 
@@ -84,8 +84,6 @@ class GraphBuilder:
 
         ``name`` is positional-only so ``kernel``/``const`` can take a ``name`` attribute.
         """
-        from tilefx.ir.ops import get_op
-
         full = get_op(name).complete_attrs(attrs)
         names = list(result_names or [None] * len(types))
         results = tuple(Value(self.fresh_name(n), t) for n, t in zip(names, types))

@@ -39,7 +39,12 @@ from collections import OrderedDict
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
+import torch
+
+from tilefx.ir import reference_ops  # noqa: F401  (registers every op's reference)
 from tilefx.ir.graph import Graph, Op, Value
+from tilefx.ir.identity import specialize
+from tilefx.ir.interpreter import InterpreterError, _run_op, bind_shapes, torch_dtype
 from tilefx.ir.types import DType, TensorType
 
 if TYPE_CHECKING:
@@ -63,7 +68,6 @@ _WIDE = (DType.float32, DType.float16, DType.bfloat16)
 def _body(kernel_op: Op, bindings: Mapping[Any, int] | None) -> Graph:
     if kernel_op.name != "kernel" or kernel_op.body is None:
         raise ValueError(f"functional hashing expects a 'kernel' op with a body, got {kernel_op.name!r}")
-    from tilefx.ir.identity import specialize
 
     body = specialize(kernel_op.body, bindings or {})
     for v in (*body.inputs, *body.outputs):
@@ -76,10 +80,6 @@ def _body(kernel_op: Op, bindings: Mapping[Any, int] | None) -> Graph:
 def reference_inputs(kernel_op: Op, bindings: Mapping[Any, int] | None = None,
                      seed: int = 0) -> list[torch.Tensor]:
     """Fixed random inputs for the kernel's body: the same for the same input types."""
-    import torch
-
-    from tilefx.ir.interpreter import torch_dtype
-
     body = _body(kernel_op, bindings)
     tensors = []
     for i, v in enumerate(body.inputs):
@@ -121,8 +121,6 @@ def _valid_sparse_structure(body: Graph, tensors: list[torch.Tensor]) -> None:
     """Random indices would point outside a ``bsr_matmul``'s weight: give its ``indices`` and
     ``indptr`` inputs a valid block structure instead (blocks spread evenly over the block
     columns, at distinct seeded K positions)."""
-    import torch
-
     where = {v.name: i for i, v in enumerate(body.inputs)}
     for op in body.ops:
         if op.name != "bsr_matmul" or not all(v.name in where for v in op.inputs[2:4]):
@@ -155,9 +153,6 @@ def _run_wide(body: Graph, inputs: Sequence[torch.Tensor],
               to: DType = DType.float64) -> list[torch.Tensor]:
     """The body's outputs computed with every float value in float64 (or in ``to``:
     float32 widens only half-precision values)."""
-    from tilefx.ir import reference_ops  # noqa: F401  (registers every op's reference)
-    from tilefx.ir.interpreter import InterpreterError, _run_op, bind_shapes, torch_dtype
-
     if len(inputs) != len(body.inputs):
         raise ValueError(f"kernel body @{body.name} takes {len(body.inputs)} inputs, got {len(inputs)}")
     bound: dict[Any, int] = {}
@@ -186,8 +181,6 @@ def _run_wide(body: Graph, inputs: Sequence[torch.Tensor],
 def reference_outputs(kernel_op: Op, inputs: Sequence[torch.Tensor],
                       bindings: Mapping[Any, int] | None = None) -> list[torch.Tensor]:
     """The kernel's true outputs on ``inputs`` (computed wide, returned in the IR dtypes)."""
-    from tilefx.ir.interpreter import torch_dtype
-
     if bindings:
         body = _body(kernel_op, bindings)
     else:  # symbolic dims are bound from the inputs' shapes by the interpreter
@@ -203,8 +196,6 @@ def _signature(types: Sequence[TensorType]) -> str:
 
 
 def _digest_tensor(h: Any, t: torch.Tensor, declared: DType) -> None:
-    import torch
-
     h.update(f"|{declared.short}{tuple(t.shape)}|".encode())
     if not t.is_floating_point():
         h.update(t.contiguous().to(torch.int64 if t.dtype != torch.bool else torch.uint8)
@@ -307,8 +298,6 @@ def check_reference(kernel_op: Op, bindings: Mapping[Any, int] | None = None
 
 def narrow(kernel_op: Op, wide: Sequence[torch.Tensor]) -> list[torch.Tensor]:
     """Wide reference outputs in the kernel's output dtypes (what ``reference_outputs`` gives)."""
-    from tilefx.ir.interpreter import torch_dtype
-
     assert kernel_op.body is not None
     return [t.to(torch_dtype(v.type.dtype)).contiguous()
             for v, t in zip(kernel_op.body.outputs, wide)]
@@ -343,8 +332,6 @@ def outputs_match(got: Sequence[torch.Tensor] | torch.Tensor, want: Sequence[tor
     ``dtype`` (default: each output's own dtype) and ``scale`` the reference's
     largest finite magnitude; integers and bools exactly.
     """
-    import torch
-
     got = [got] if isinstance(got, torch.Tensor) else list(got)
     want = [want] if isinstance(want, torch.Tensor) else list(want)
     if len(got) != len(want):

@@ -20,6 +20,8 @@ import math
 from dataclasses import dataclass, field, replace
 from typing import Any, Iterator, Mapping
 
+import numpy as np
+
 from tilefx.ir.types import TensorType
 
 AttrValue = Any  # int | float | bool | str | None | DType | sympy.Expr | tuple[AttrValue, ...]
@@ -96,8 +98,6 @@ class Graph:
 
     def const_data(self, op: Op) -> Any:
         """The numpy array of a ``const`` op (a 0-d array for a scalar)."""
-        import numpy as np
-
         assert op.name == "const", op
         name = op.attr("name")
         if name is not None:
@@ -105,7 +105,7 @@ class Graph:
         return np.asarray(op.attr("value"), dtype=op.result.type.dtype.numpy_name)
 
     def __str__(self) -> str:
-        from tilefx.ir.printer import print_graph
+        from tilefx.ir.printer import print_graph  # cycle: the printer imports this module
 
         return print_graph(self)
 
@@ -124,8 +124,6 @@ def attrs_equal(a: AttrValue, b: AttrValue) -> bool:
 
 def structural_equal(a: Graph, b: Graph) -> bool:
     """Same ops, types, attributes, bodies and constant data (names included)."""
-    import numpy as np
-
     if (a.name, a.inputs, a.outputs) != (b.name, b.inputs, b.outputs):
         return False
     if len(a.ops) != len(b.ops):

@@ -29,8 +29,10 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
 
 import sympy
+import torch
 
 from tilefx.ir.graph import Graph, Op
+from tilefx.ir.printer import print_op
 from tilefx.ir.types import DType, TensorType
 
 if TYPE_CHECKING:
@@ -67,15 +69,14 @@ def reference(*names: str) -> Callable[[RefFn], RefFn]:
 
 
 def torch_dtype(dtype: DType) -> torch.dtype:
-    import torch
-
     return getattr(torch, dtype.name)
 
 
 def run_graph(graph: Graph, inputs: Sequence[torch.Tensor],
               bindings: Mapping[sympy.Symbol, int] | None = None) -> list[torch.Tensor]:
     """Run ``graph`` on ``inputs`` with the reference semantics; returns its outputs."""
-    from tilefx.ir import reference_ops  # noqa: F401  (registers every op's reference)
+    # registers every op's reference; lazy: a cycle, reference_ops imports this module
+    from tilefx.ir import reference_ops  # noqa: F401
 
     if len(inputs) != len(graph.inputs):
         raise InterpreterError(f"graph @{graph.name} takes {len(graph.inputs)} inputs, got {len(inputs)}")
@@ -95,8 +96,6 @@ def run_graph(graph: Graph, inputs: Sequence[torch.Tensor],
         except InterpreterError:
             raise
         except Exception as e:
-            from tilefx.ir.printer import print_op
-
             raise InterpreterError(f"graph @{graph.name}: op `{print_op(op)}` failed: "
                                    f"{type(e).__name__}: {e}") from e
         for value, tensor in zip(op.results, results):
@@ -229,8 +228,6 @@ def check_fallback_target(target: Any, custom_ops: bool = False) -> str | None:
 def resolve_target(target: str, custom_ops: bool = False) -> Callable[..., Any]:
     """The ATen operator (``OpOverload`` / ``OpOverloadPacket``) a fallback names, nothing else
     (``custom_ops``: or another loaded library's operator, see ``check_fallback_target``)."""
-    import torch
-
     problem = check_fallback_target(target, custom_ops)
     if problem is None and "::" not in str(target):
         problem = f"fallback target {target!r} is not like 'aten::add.Tensor'"
@@ -251,8 +248,6 @@ def resolve_target(target: str, custom_ops: bool = False) -> Callable[..., Any]:
 
 
 def _decode(x: Any, tensors: Sequence[torch.Tensor]) -> Any:
-    import torch
-
     if isinstance(x, list):
         return [_decode(v, tensors) for v in x]
     if isinstance(x, dict):
@@ -272,8 +267,6 @@ def _decode(x: Any, tensors: Sequence[torch.Tensor]) -> Any:
 
 def _torch_constant(name: str, kind: type) -> Any:
     """``torch.<name>`` when it is a ``kind`` (a dtype, a layout...): args are data, not code."""
-    import torch
-
     value = getattr(torch, name, None) if _PART.match(name) and not name.startswith("_") else None
     if not isinstance(value, kind):
         raise ValueError(f"{name!r} is not a torch.{kind.__name__}")
@@ -281,8 +274,6 @@ def _torch_constant(name: str, kind: type) -> Any:
 
 
 def _flatten_tensors(out: Any) -> list[torch.Tensor]:
-    import torch
-
     if isinstance(out, torch.Tensor):
         return [out]
     if isinstance(out, (list, tuple)):

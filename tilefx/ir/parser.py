@@ -31,9 +31,12 @@ import time
 from pathlib import Path
 from typing import Any, Mapping
 
+import lark
+
 from tilefx.ir.dim_expr import MAX_INT_DIGITS, DimExprError, parse_dim_expr
 from tilefx.ir.graph import AttrValue, Graph, Op, Value
 from tilefx.ir.interpreter import check_fallback_target
+from tilefx.ir.ops.registry import OPS, REQUIRED
 from tilefx.ir.types import DType, TensorType, normalize_dim, symbol
 
 _DTYPES = {dt.short: dt for dt in DType}
@@ -54,16 +57,12 @@ class IRParseError(ValueError):
 
 @functools.lru_cache(maxsize=1)
 def _lark_parser() -> Any:
-    import lark
-
     grammar = (Path(__file__).parent / "grammar.lark").read_text()
     return lark.Lark(grammar, parser="lalr", lexer="contextual", maybe_placeholders=True)
 
 
 def parse_graph(text: str, constants: Mapping[str, Any] | None = None) -> Graph:
     """Parse IR text (one top-level ``graph``) into a ``Graph``."""
-    import lark
-
     if len(text) > MAX_TEXT_CHARS:
         raise IRParseError(f"line 1, column 1: IR text of {len(text)} characters is over the "
                            f"limit of {MAX_TEXT_CHARS}")
@@ -93,8 +92,6 @@ def _check_depth(text: str) -> None:
 
 
 def _syntax_message(e: Any, text: str) -> str:
-    import lark
-
     if isinstance(e, lark.exceptions.UnexpectedToken):
         what = f"unexpected {e.token.type} {str(e.token)!r}"
         expected = sorted(e.accepts or e.expected)
@@ -261,8 +258,6 @@ def _fill_defaults(name: str, attrs: dict[str, AttrValue]) -> None:
     """Attributes the text leaves out that have a default get it: an attribute added to an
     op later (``softmax``'s ``safe``, ``take``'s ``wrap``) keeps older IR text and artifacts
     loading, with the meaning they had. The printer writes every attribute."""
-    from tilefx.ir.ops.registry import OPS, REQUIRED
-
     opdef = OPS.get(name) if name != "const" else None  # a const's attributes are its own
     for key, default in (opdef.attrs.items() if opdef is not None else ()):
         if key not in attrs and default is not REQUIRED:

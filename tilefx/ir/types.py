@@ -150,6 +150,6 @@ def parse_dim(text: str) -> Dim:
         return int(text)
     # our own grammar, never sympify: dim text comes from IR files and artifacts, and
     # sympify evaluates Python (dim_expr.py builds tilefx symbols, positive integers)
-    from tilefx.ir.dim_expr import parse_dim_expr
+    from tilefx.ir.dim_expr import parse_dim_expr  # cycle: dim_expr imports this module
 
     return normalize_dim(parse_dim_expr(text))

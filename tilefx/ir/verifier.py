@@ -26,8 +26,10 @@ import json
 import numbers
 from typing import Any
 
+from tilefx.ir.builder import dtype_of_array
 from tilefx.ir.graph import Graph, Op, Value
 from tilefx.ir.ops import GIVEN_TYPE_OPS, OPS
+from tilefx.ir.printer import print_op
 from tilefx.ir.types import TensorType, dims_equal
 
 
@@ -49,7 +51,6 @@ def types_equal(a: TensorType, b: TensorType) -> bool:
 def _where(op: Op | str) -> str:
     if isinstance(op, str):
         return op
-    from tilefx.ir.printer import print_op
 
     try:
         return f"op `{print_op(op)}`"
@@ -151,7 +152,6 @@ def _verify_const(op: Op, graph: Graph, fail: Any) -> None:
     if name not in graph.constants:
         raise fail(f"constant {name!r} is not in graph @{graph.name}'s constants")
     array = graph.constants[name]
-    from tilefx.ir.builder import dtype_of_array
 
     try:
         dtype = dtype_of_array(array)

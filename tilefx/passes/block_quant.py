@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from typing import Any, Sequence
 
 import numpy as np
+import torch
 
 from tilefx.ir.graph import Graph
 from tilefx.ir.interpreter import run_graph
@@ -150,8 +151,6 @@ def block_quantize(graph: Graph, spec: BlockQuant | None = None, report: QuantLo
 def output_error(reference: Graph, outputs: Sequence[Any], inputs: Sequence[Any]) -> float:
     """Relative L2 error of ``outputs`` against the reference interpreter's run of the
     unquantized ``reference`` graph on the same ``inputs`` (all outputs together)."""
-    import torch  # not at module level: importing passes never loads torch
-
     want = run_graph(reference, [t.detach().cpu() for t in inputs])
     num = sum(float(torch.sum((g.detach().cpu().double() - w.double()) ** 2)) for g, w in zip(outputs, want))
     den = sum(float(torch.sum(w.double() ** 2)) for w in want)

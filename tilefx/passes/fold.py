@@ -25,6 +25,7 @@ from __future__ import annotations
 import logging
 
 import numpy as np
+import torch
 
 from tilefx.ir.graph import Graph, Op, Value
 from tilefx.ir.interpreter import run_graph
@@ -56,8 +57,6 @@ def _source_name(rw: PatternRewriter, inputs: tuple[Value, ...]) -> str:
 
 def evaluate(op: Op, arrays: list[np.ndarray]) -> list[np.ndarray]:
     """Run one op on numpy inputs through the reference interpreter."""
-    import torch  # not at module level: importing passes never loads torch
-
     graph = Graph("fold", op.inputs, (op,), op.results, {})
     tensors = [torch.from_numpy(np.array(a, copy=True)) for a in arrays]
     return [t.detach().cpu().numpy() for t in run_graph(graph, tensors)]

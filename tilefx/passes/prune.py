@@ -17,6 +17,7 @@ import logging
 from typing import Any
 
 import numpy as np
+import torch
 
 from tilefx.ir.graph import Graph
 from tilefx.passes.manager import graph_pass
@@ -93,8 +94,6 @@ def prune_weights(graph: Graph, amount: float = 0.0, block: tuple[int, int] = (1
 def prune_module(module: Any, amount: float, block: tuple[int, int] = (1, 1)) -> Any:
     """Prune an eager module's Linear / attention projection / Conv2d weights in place by the
     same rule as the pass (the IR prunes each contraction weight as its own tensor)."""
-    import torch  # not at module level: importing passes never loads torch
-
     with torch.no_grad():
         for m in module.modules():
             # linear weights [N, K] (attention's packed q/k/v projection too: one matmul in the IR)

@@ -1,6 +1,7 @@
 """What a tuning-database file is, below SQL: the header check that tells a foreign file
 from ours, the SQLite error codes that mean "corrupt" (not "locked"), and the lock file
-under which exactly one process moves a bad file aside, and the move (used by ``database.py``).
+under which exactly one process moves a bad file aside, and the move (used by
+``db_connect.py`` for SQLite databases; a server database has no file of ours).
 """
 
 from __future__ import annotations
@@ -47,11 +48,17 @@ class LockFile:
 
     def __exit__(self, *exc: Any) -> None:
         if self._fd is not None:
-            import fcntl
+            import fcntl  # POSIX only: set where __enter__ found it
 
             fcntl.flock(self._fd, fcntl.LOCK_UN)
             os.close(self._fd)
             self._fd = None
+
+
+def sqlite_error(e: BaseException) -> sqlite3.DatabaseError | None:
+    """The ``sqlite3`` error behind ``e`` (SQLAlchemy wraps it as ``e.orig``), or None."""
+    orig = getattr(e, "orig", e)
+    return orig if isinstance(orig, sqlite3.DatabaseError) else None
 
 
 def is_corruption(e: sqlite3.DatabaseError) -> bool:

@@ -3,7 +3,9 @@
 One JSON object a line: workloads, then targets, then measurements (each with its
 candidate's schedule and fingerprint). Importing merges: a measurement already
 present (same candidate, samples, status and time) is skipped, so importing the same
-file twice adds nothing. Used through ``TuningDatabase.export_jsonl`` / ``import_jsonl``.
+file twice adds nothing. The file is the same whichever dialect wrote it, so it also
+moves records between a SQLite file and a PostgreSQL server. Used through
+``TuningDatabase.export_jsonl`` / ``import_jsonl``.
 """
 
 from __future__ import annotations
@@ -11,6 +13,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+from sqlalchemy import select
+
+from tilefx.storage.db_schema import targets, workloads
 
 if TYPE_CHECKING:
     from tilefx.storage.database import TuningDatabase
@@ -20,12 +26,13 @@ def export_jsonl(db: TuningDatabase, path: str | Path) -> int:
     """Write ``db`` to ``path``; returns the number of measurement records written."""
     n = 0
     with open(path, "w", encoding="utf-8") as f:
-        for key, ir_text, fhash in db._execute(
-                "SELECT key, ir_text, functional_hash FROM workloads ORDER BY key").fetchall():
+        # sorted here, not by ORDER BY: the file is the same whichever dialect (and text
+        # collation) it comes from
+        w = workloads
+        for key, ir_text, fhash in sorted(db._all(select(w.c.key, w.c.ir_text, w.c.functional_hash))):
             f.write(json.dumps({"type": "workload", "key": key, "ir_text": ir_text,
                                 "functional_hash": fhash}, sort_keys=True) + "\n")
-        for key, target_json in db._execute(
-                "SELECT key, target_json FROM targets ORDER BY key").fetchall():
+        for key, target_json in sorted(db._all(select(targets.c.key, targets.c.target_json))):
             f.write(json.dumps({"type": "target", "key": key, "target_json": target_json},
                                sort_keys=True) + "\n")
         for record in db.records():
@@ -60,10 +67,6 @@ def import_jsonl(db: TuningDatabase, path: str | Path) -> int:
 def _import_record(db: TuningDatabase, d: dict[str, Any]) -> int:
     cid = db.add_candidate(d["workload_key"], d["target_key"], d["schedule_json"],
                            d["fingerprint"], int(d.get("features_version", 0)))
-    samples = json.dumps([float(s) for s in d["samples"]])
-    with db._lock:  # check and insert as one step: two importers must not both add it
-        if db.has_measurement(cid, samples, d["status"], float(d["created"])):
-            return 0
-        db.add_measurement(cid, d["samples"], d["status"], d.get("error", ""),
-                           created=float(d["created"]))
-    return 1
+    # check and insert as one step: two importers (threads, processes, machines) add it once
+    return int(db.add_measurement_once(cid, d["samples"], d["status"], d.get("error", ""),
+                                       created=float(d["created"])))

@@ -27,6 +27,7 @@ import logging
 from dataclasses import dataclass, field
 
 from tilefx.storage.database import TuningDatabase
+from tilefx.storage.db_connect import redact
 
 log = logging.getLogger("tilefx.storage.decisions")
 
@@ -35,7 +36,7 @@ log = logging.getLogger("tilefx.storage.decisions")
 class DatabaseDecisionStore:
     """The decisions of pass ``kind`` on ``target_key`` in the tuning database at ``path``."""
 
-    path: str | None  # None: the default database under $TILEFX_CACHE_DIR
+    path: str | None  # a path or URL; None: the default ($TILEFX_TUNING_DB or the cache folder's)
     target_key: str
     kind: str = "sparsity"  # the pass whose decisions these are (the rows' ``kind``)
     _memo: dict[str, str | None] = field(default_factory=dict, init=False, repr=False, compare=False)
@@ -48,7 +49,7 @@ class DatabaseDecisionStore:
                 text = db.pass_decision(self.kind, key, self.target_key)
         except Exception as e:  # noqa: BLE001 - a cache: never fail the compile on it
             log.warning("%s: cannot read decisions from the tuning database %s (%s); "
-                        "deciding anew", self.kind, self.path or "(default)", e)
+                        "deciding anew", self.kind, self._where(), e)
             return None
         self._memo[key] = text
         return text
@@ -60,4 +61,7 @@ class DatabaseDecisionStore:
                 db.set_pass_decision(self.kind, key, self.target_key, payload)
         except Exception as e:  # noqa: BLE001
             log.warning("%s: cannot store a decision in the tuning database %s (%s)",
-                        self.kind, self.path or "(default)", e)
+                        self.kind, self._where(), e)
+
+    def _where(self) -> str:
+        return redact(self.path) if self.path else "(default)"  # a URL's password never logged

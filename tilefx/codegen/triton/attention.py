@@ -34,7 +34,7 @@ from tilefx.codegen.triton.emit import (
     tl_type,
     the_anchor,
 )
-from tilefx.codegen.triton.matmul import input_precision
+from tilefx.codegen.triton.matmul import input_precision, sm_count
 from tilefx.codegen.triton.ops import delinearize
 from tilefx.codegen.triton.pointwise import arg_names
 from tilefx.codegen.triton.source import KernelSource, one_kernel_module
@@ -66,8 +66,6 @@ def default_schedule(body: Graph, target: Any = None) -> Schedule:
     """FlashAttention-2's Hopper choice for head dim <= 64: 128 query rows, 64 keys per
     step, 4 warps, 3 stages; 8 warps and 2 stages for wider heads (the larger V tile),
     and 64 query rows when the sequence is short or 128 would starve the SMs."""
-    from tilefx.codegen.triton.matmul import sm_count
-
     op = anchor_of(body)
     L, e = shape_of(op.inputs[0])[-2:]
     batch = numel(shape_of(op.result)[:-2])

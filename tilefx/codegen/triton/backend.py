@@ -13,10 +13,16 @@ from typing import Any, Callable, Mapping, Sequence
 from tilefx.codegen import timing
 from tilefx.codegen.backend import Backend, CheckPlacement, FeatureSet, PassDefaults
 from tilefx.codegen.schedule import Schedule
-from tilefx.codegen.space import SearchSpace
-from tilefx.codegen.triton import gpu_present
+from tilefx.codegen.space import EXTERN, SearchSpace
+from tilefx.codegen.triton import gpu_present, semi24
+from tilefx.codegen.triton.measure import (CudaRunner, TritonBuilder, TuningState, check_dtype, device,
+                                           extern_fingerprint, fingerprint, resolve, triton_space)
+from tilefx.codegen.triton.sparse import measure_layer
+from tilefx.codegen.triton.templates import build_kernel, default_schedule
 from tilefx.ir.graph import Op
 from tilefx.ir.identity import symbol_bindings
+from tilefx.ir.types import DType
+from tilefx.passes.sparsity import CUDA_BREAK_EVEN, AnalyticalChooser, MeasuredChooser
 
 
 class TritonBackend(Backend):
@@ -27,44 +33,29 @@ class TritonBackend(Backend):
 
     def build(self, op: Op, schedule: Schedule | None = None,
               bindings: Mapping[Any, int] | None = None) -> Any:
-        from tilefx.codegen.triton.measure import resolve
-        from tilefx.codegen.triton.templates import build_kernel
-
         # the tuner's extern schedule is the template's library implementation
         return build_kernel(op, self.target, resolve(schedule), bindings=symbol_bindings(bindings))
 
     def build_library(self, op: Op, bindings: Mapping[Any, int] | None = None) -> Any:
-        from tilefx.codegen.space import EXTERN
-
         return self.build(op, EXTERN, bindings)
 
     def default_schedule(self, op: Op, bindings: Mapping[Any, int] | None = None) -> Schedule:
-        from tilefx.codegen.triton.templates import default_schedule
-
         return default_schedule(op, self.target, bindings=symbol_bindings(bindings))
 
     def space(self, op: Op, bindings: Mapping[Any, int] | None = None) -> SearchSpace:
-        from tilefx.codegen.triton.measure import triton_space
-
         return triton_space(op, bindings)
 
     def fingerprint(self, op: Op, schedule: Schedule,
                     bindings: Mapping[Any, int] | None = None) -> str:
-        from tilefx.codegen.triton.measure import fingerprint
-
         return fingerprint(op, schedule, self.target, bindings)
 
     def extern_fingerprint(self) -> str:
-        from tilefx.codegen.triton.measure import extern_fingerprint
-
         return extern_fingerprint(self.target)
 
     def tuning_pair(self, *, workers: int, timeout: float, repeats: int,
                     min_repeat_seconds: float) -> tuple[Any, Any]:
         """Both in this process, sharing the workload's device data and built kernels
         (emitting is cheap; Triton compiles on the first launch)."""
-        from tilefx.codegen.triton.measure import CudaRunner, TritonBuilder, TuningState
-
         state = TuningState()
         return TritonBuilder(state=state), CudaRunner(repeats=repeats, state=state)
 
@@ -72,8 +63,6 @@ class TritonBackend(Backend):
         return timing.median_ms
 
     def check_placement(self, op: Op) -> CheckPlacement:
-        from tilefx.codegen.triton.measure import check_dtype, device
-
         return CheckPlacement(device(), tuple(check_dtype(op, r.type.dtype) for r in op.results))
 
     def pass_defaults(self) -> PassDefaults:
@@ -87,10 +76,6 @@ class TritonBackend(Backend):
         semi24 library candidate. With a GPU both are timed (decisions kept in ``store``);
         without one (TRITON_INTERPRET=1) the analytical estimate alone, which never picks
         2:4. (The CPU latency model's ``estimate`` does not apply to GPU kernels.)"""
-        from tilefx.codegen.triton import semi24
-        from tilefx.ir.types import DType
-        from tilefx.passes.sparsity import CUDA_BREAK_EVEN, AnalyticalChooser, MeasuredChooser
-
         gpu = gpu_present()
 
         def semi24_runs(layer: Any) -> bool:  # without a GPU: whether it could (reported, not picked)
@@ -102,12 +87,10 @@ class TritonBackend(Backend):
             return analytical
 
         def measure(layer: Any, block: tuple[int, int]) -> tuple[float, float]:
-            from tilefx.codegen.triton.sparse import measure_layer
-
             return measure_layer(layer, block, self.target)
 
         def measure_2to4(layer: Any) -> tuple[float, float]:
-            from tilefx.codegen.triton.sparse import measure_2to4
+            from tilefx.codegen.triton.sparse import measure_2to4  # looked up per call: tests monkeypatch it
 
             return measure_2to4(layer, self.target)
         return MeasuredChooser(measure, target=self.target.key(), estimate=analytical,

@@ -247,7 +247,7 @@ class Emitter:
         self.line(f"tl.store({ptr} + {off}, {val}" + (f", mask={mask})" if mask else ")"))
 
     def op_at(self, op: Op, v: Value, idx: Index, mask: str | None) -> Var:
-        from tilefx.codegen.triton import ops as ops_mod
+        from tilefx.codegen.triton import ops as ops_mod  # cycle: ops imports this module
 
         rule = ops_mod.RULES.get(op.name)
         if rule is None:

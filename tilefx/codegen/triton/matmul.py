@@ -117,7 +117,7 @@ def prefers_library(body: Graph, target: Any = None) -> str:
 
 def _tf32() -> bool:
     try:
-        import torch
+        import torch  # guarded: no torch, no TF32
     except ImportError:
         return False
     return bool(torch.backends.cuda.matmul.allow_tf32)

@@ -58,12 +58,19 @@ import warnings
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, Sequence
 
+import torch
+
 from tilefx import settings
 from tilefx.codegen import timing
 from tilefx.codegen.measure import BuildResult, MeasureResult, RunsInOrder, Workload
 from tilefx.codegen.space import SearchSpace, is_extern
 from tilefx.codegen.schedule import Schedule
+from tilefx.codegen.triton import build_kernel, default_schedule as default
+from tilefx.codegen.triton.source import fingerprint as source_fingerprint
+from tilefx.codegen.triton.templates import emit_source, space, template_for
+from tilefx.ir.functional_hash import outputs_match, reference_inputs, reference_outputs
 from tilefx.ir.identity import symbol_bindings
+from tilefx.ir.types import DType
 
 log = logging.getLogger("tilefx.autotune.cuda")
 
@@ -86,8 +93,6 @@ def resolve(schedule: Schedule | None) -> Schedule | None:
 
 def triton_space(kernel_op: Any, bindings: Mapping[Any, int] | None = None) -> SearchSpace:
     """The Triton template's space; ``impl="library"`` becomes the extern candidate."""
-    from tilefx.codegen.triton.templates import space, template_for
-
     try:
         knobs = space(kernel_op, symbol_bindings(bindings))
     except NotImplementedError:  # symbolic shapes and no bindings: the knobs alone
@@ -101,8 +106,6 @@ def triton_space(kernel_op: Any, bindings: Mapping[Any, int] | None = None) -> S
 
 
 def default_schedule(kernel_op: Any, target: Any, bindings: Mapping[Any, int] | None) -> Schedule:
-    from tilefx.codegen.triton import default_schedule as default
-
     return default(kernel_op, target, bindings=symbol_bindings(bindings))
 
 
@@ -112,10 +115,7 @@ def extern_fingerprint(target: Any) -> str:
 
 def _code_fingerprint(kernel_op: Any, schedule: Schedule, target: Any,
                       bindings: Mapping[Any, int] | None) -> str:
-    import triton
-
-    from tilefx.codegen.triton.source import fingerprint as source_fingerprint
-    from tilefx.codegen.triton.templates import emit_source
+    import triton  # heavy: loaded on first use
 
     source, _ = emit_source(kernel_op, schedule, target, symbol_bindings(bindings))
     text = (f"triton-fp{FINGERPRINT_VERSION}|{source_fingerprint(source)}|{target.key()}|"
@@ -208,7 +208,6 @@ def device() -> str:
     """Where candidates run: the GPU, or the CPU when Triton interprets."""
     if interpreting():
         return "cpu"
-    import torch
 
     if not torch.cuda.is_available():
         raise NoDeviceError("tuning for target cuda needs a CUDA device (torch sees none); set "
@@ -217,8 +216,6 @@ def device() -> str:
 
 
 def _make_device_data(workload: Workload, dev: str) -> _DeviceData:
-    from tilefx.ir.functional_hash import reference_inputs, reference_outputs
-
     bindings = workload.bindings_dict() or None
     inputs = [t.contiguous() for t in reference_inputs(workload.kernel, bindings)]
     want = reference_outputs(workload.kernel, inputs, bindings)
@@ -231,11 +228,7 @@ def check_dtype(kernel_op: Any, dtype: Any) -> Any:
     (matmuls when ``torch.backends.cuda.matmul.allow_tf32`` is on; convolutions also when
     ``torch.backends.cudnn.allow_tf32`` is, torch's default: cuDNN, the library candidate,
     then computes in TF32 as eager PyTorch does)."""
-    from tilefx.ir.types import DType
-
     if dtype == DType.float32 and kernel_op.attr("kind") == "contraction":
-        import torch
-
         conv = any(op.name == "conv2d" for op in kernel_op.body.ops)
         if torch.backends.cuda.matmul.allow_tf32 or (conv and torch.backends.cudnn.allow_tf32):
             return DType.float16
@@ -243,15 +236,11 @@ def check_dtype(kernel_op: Any, dtype: Any) -> Any:
 
 
 def _fresh_outputs(data: _DeviceData) -> list:
-    import torch
-
     return [torch.full_like(w, float("nan"), device=data.device) if w.is_floating_point()
             else torch.zeros_like(w, device=data.device) for w in data.want]
 
 
 def _kernel(workload: Workload, schedule: Schedule) -> Any:
-    from tilefx.codegen.triton import build_kernel
-
     return build_kernel(workload.kernel, workload.target, resolve(schedule),
                         bindings=symbol_bindings(workload.bindings_dict()))
 
@@ -290,7 +279,6 @@ class TritonBuilder:
             built = self.state.kernel(workload, schedule)
             data = self.state.device_data(workload)
             if data.device == "cuda":  # Triton compiles on the first launch
-                import torch
 
                 built(*data.inputs, *_fresh_outputs(data))
                 torch.cuda.synchronize()
@@ -334,8 +322,6 @@ class CudaRunner(RunsInOrder):
                              time.perf_counter() - t0)
 
     def _measure(self, workload: Workload, schedule: Schedule) -> tuple[str, list[float], str]:
-        from tilefx.ir.functional_hash import outputs_match
-
         data = self.state.device_data(workload)
         fn = self.state.kernel(workload, schedule)
         fault = self.fault(schedule) if self.fault is not None else None

@@ -23,6 +23,7 @@ from typing import Any
 
 from tilefx.codegen.schedule import Schedule
 from tilefx.codegen.triton.emit import Emitter, Var, compute_type, literal, next_pow2, numel, program_id, shape_of
+from tilefx.codegen.triton.matmul import sm_count
 from tilefx.codegen.triton.ops import NAN, delinearize
 from tilefx.codegen.triton.pointwise import arg_names
 from tilefx.codegen.triton.source import HEADER, KernelSource
@@ -93,8 +94,6 @@ class Plan:
 def default_schedule(body: Graph, target: Any = None) -> Schedule:
     """Persistent when the row fits (read once, no loop); rows per program up to a
     4096-element tile, fewer when that would leave SMs idle; looped beyond."""
-    from tilefx.codegen.triton.matmul import sm_count
-
     p = Plan(body)
     rb = next_pow2(p.R)
     if rb <= PERSISTENT_LIMIT:

@@ -36,8 +36,12 @@ import dataclasses
 import weakref
 from typing import Any
 
+import torch
+import torch.nn.functional as F
+from torch.sparse import to_sparse_semi_structured
+
 from tilefx.codegen.schedule import Schedule
-from tilefx.codegen.triton import gpu_present
+from tilefx.codegen.triton import gpu_present, library
 from tilefx.codegen.triton.source import HEADER, KernelSource
 from tilefx.ir.graph import Graph, Op
 from tilefx.ir.types import DType
@@ -52,7 +56,6 @@ def device_ok() -> bool:
     """A GPU with sparse tensor cores (compute capability 8.0 or newer) runs the kernels."""
     if not gpu_present():
         return False
-    import torch
 
     return torch.cuda.get_device_capability() >= MIN_CAPABILITY
 
@@ -69,8 +72,6 @@ def available(dtype: DType, k: int, n: int) -> bool:
 
 def compress(w_kn: Any) -> Any:
     """The semi-structured ``W^T[N, K]`` of a 2:4 ``W[K, N]`` (a CUDA fp16/bf16 tensor)."""
-    from torch.sparse import to_sparse_semi_structured
-
     if not holds_2to4(w_kn):
         raise ValueError("semi24 candidate: the weight is not 2:4 sparse along K (at most 2 "
                          "nonzeros in every 4); use the block-sparse Triton kernel instead")
@@ -79,8 +80,6 @@ def compress(w_kn: Any) -> Any:
 
 def dense_from_bsr(data: Any, indices: Any, indptr: Any, k: int) -> Any:
     """``W[K, N]`` from BSR tensors (torch; see ``ir/ops/sparse.py``)."""
-    import torch
-
     _, bk, bn = data.shape
     nb = indptr.numel() - 1
     col = torch.repeat_interleave(torch.arange(nb, device=data.device), torch.diff(indptr.long()))
@@ -102,9 +101,6 @@ def _weight(data: Any, indices: Any, indptr: Any, k: int) -> Any:
 
 def bsr_linear(x: Any, data: Any, indices: Any, indptr: Any, axis: int) -> Any:
     """``bsr_matmul(x, data, indices, indptr) {axis}`` through the 2:4 sparse tensor cores."""
-    import torch
-    import torch.nn.functional as F
-
     k = x.shape[axis]
     w24 = _weight(data, indices, indptr, k)
     xm = torch.movedim(x, axis, -1)
@@ -118,8 +114,6 @@ def bsr_linear(x: Any, data: Any, indices: Any, indptr: Any, axis: int) -> Any:
 
 
 def emit(body: Graph, name: str, anchor: Op, schedule: Schedule) -> KernelSource:
-    from tilefx.codegen.triton import library
-
     axis = int(anchor.attr("axis")) % anchor.inputs[0].type.rank
     src = library.emit(body, name, anchor,
                        lambda op, xs: f"semi24.bsr_linear({', '.join(xs)}, {axis})", schedule)

@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from tilefx.codegen.schedule import Schedule
+from tilefx.settings import cache_root
 
 log = logging.getLogger("tilefx.codegen.triton")
 
@@ -71,8 +72,6 @@ def fingerprint(source: KernelSource) -> str:
 
 
 def source_dir() -> Path:
-    from tilefx.settings import cache_root
-
     return cache_root() / "triton"
 
 

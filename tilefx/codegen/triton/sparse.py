@@ -35,14 +35,21 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
+import torch
+
+from tilefx.codegen import timing
 from tilefx.codegen.schedule import Schedule
+from tilefx.codegen.triton import build_kernel, semi24
 from tilefx.codegen.triton.emit import Emitter, Var, next_pow2, numel, shape_of, tl_type, the_anchor
 from tilefx.codegen.triton.matmul import input_precision
 from tilefx.codegen.triton.ops import delinearize
 from tilefx.codegen.triton.pointwise import arg_names
 from tilefx.codegen.triton.source import KernelSource, one_kernel_module
+from tilefx.ir.builder import kernel_op
 from tilefx.ir.graph import Graph, Op
-from tilefx.ir.types import DType
+from tilefx.ir.types import DType, TensorType
+from tilefx.passes.sparsity import SEMI24_BLOCK, to_bsr
 
 SPACE: dict[str, list[Any]] = {
     "impl": ["triton"], "BLOCK_M": [16, 32, 64, 128], "STEP_BLOCKS": [1, 2, 4, 8],
@@ -74,8 +81,6 @@ def uses_dot(bk: int, bn: int, step: int = 1) -> bool:
 
 
 def space(body: Graph) -> dict[str, list[Any]]:
-    from tilefx.codegen.triton import semi24
-
     out = {k: list(v) for k, v in SPACE.items()}
     lay = layout(body)
     if semi24.available(lay["dtype"], lay["k"], lay["nb"] * lay["bn"]):
@@ -100,8 +105,6 @@ def default_schedule(body: Graph, target: Any = None) -> Schedule:
 
 def requested_semi24(body: Graph) -> bool:
     """The pass picked the 2:4 kernel for this layer (``impl = "semi24"``) and it can run here."""
-    from tilefx.codegen.triton import semi24
-
     lay = layout(body)
     return anchor_of(body).attr("impl") == "semi24" and \
         semi24.available(lay["dtype"], lay["k"], lay["nb"] * lay["bn"])
@@ -124,8 +127,6 @@ def clamp(body: Graph, schedule: Schedule) -> Schedule:
 
 def emit(body: Graph, name: str, schedule: Schedule) -> KernelSource:
     if schedule.get("impl", "triton") == "semi24":
-        from tilefx.codegen.triton import semi24
-
         return semi24.emit(body, name, anchor_of(body), schedule)
     anchor = anchor_of(body)
     lay = layout(body)
@@ -215,13 +216,6 @@ def emit(body: Graph, name: str, schedule: Schedule) -> KernelSource:
 def _layer_kernels(layer: Any, block: tuple[int, int], impl: str = "auto") -> tuple[Any, Any, list, list]:
     """The dense and the ``bsr_matmul`` kernel ops of ``layer`` (a ``passes.sparsity.SparseLayer``,
     viewed as rows x K) and their GPU arguments (fresh random ``x``, the weight, outputs)."""
-    import numpy as np
-    import torch
-
-    from tilefx.ir.builder import kernel_op
-    from tilefx.ir.types import TensorType
-    from tilefx.passes.sparsity import to_bsr
-
     dtype = layer.dtype
     tdt = {DType.float16: torch.float16, DType.bfloat16: torch.bfloat16}.get(dtype, torch.float32)
     k, n = layer.kn
@@ -246,11 +240,6 @@ def _layer_kernels(layer: Any, block: tuple[int, int], impl: str = "auto") -> tu
 def _time(op: Any, args: list, target: Any, schedule: Any = None) -> float:
     """Median seconds of ``op``'s kernel: built and called once first, so one-time work
     (Triton compile, the 2:4 weight's compression and cuSPARSELt setup) is not timed."""
-    import torch
-
-    from tilefx.codegen import timing
-    from tilefx.codegen.triton import build_kernel
-
     fn = build_kernel(op, target, schedule)
     fn(*args)
     torch.cuda.synchronize()
@@ -268,9 +257,6 @@ def measure_layer(layer: Any, block: tuple[int, int], target: Any = None) -> tup
 def measure_2to4(layer: Any, target: Any = None) -> tuple[float, float]:
     """Seconds of the default dense kernel and of the 2:4 library candidate (``semi24``) for a
     2:4 ``layer``, as ``measure_layer``: the GPU ``MeasuredChooser``'s ``measure_2to4``."""
-    from tilefx.codegen.schedule import Schedule
-    from tilefx.passes.sparsity import SEMI24_BLOCK
-
     dense, sparse, d_args, s_args = _layer_kernels(layer, SEMI24_BLOCK, impl="semi24")
     return (_time(dense, d_args, target),
             _time(sparse, s_args, target, Schedule.of(impl="semi24", EPILOGUE_BLOCK=1024)))

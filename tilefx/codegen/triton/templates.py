@@ -20,6 +20,7 @@ from tilefx.codegen.schedule import Schedule
 from tilefx.ir.identity import specialize
 from tilefx.codegen.triton.source import BuiltKernel, build, identifier
 from tilefx.ir.graph import Graph, Op
+from tilefx.codegen.triton import attention, conv, matmul, pointwise, pool, reduction, sparse
 
 log = logging.getLogger("tilefx.codegen.triton")
 
@@ -27,8 +28,6 @@ ANCHORS = ("attention", "conv2d", "matmul")
 
 
 def template_for(kernel_op: Op) -> ModuleType:
-    from tilefx.codegen.triton import attention, conv, matmul, pointwise, pool, reduction, sparse
-
     kind = kernel_op.attr("kind")
     if kind == "sparse_contraction":
         return sparse

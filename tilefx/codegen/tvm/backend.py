@@ -13,10 +13,18 @@ from typing import Any, Callable, Mapping, Sequence
 
 from tilefx.codegen import timing
 from tilefx.codegen.backend import Backend, FeatureSet, PassDefaults
+from tilefx.codegen.measure import LibraryKernel, LocalBuilder, LocalRunner
 from tilefx.codegen.schedule import Schedule
-from tilefx.codegen.space import EXTERN_KINDS, SearchSpace
+from tilefx.codegen.space import EXTERN_KINDS, SearchSpace, is_extern
 from tilefx.codegen.tvm import configure_tvm_threads
+from tilefx.codegen.tvm.fingerprint import fingerprint
+from tilefx.codegen.tvm.isa import target_cpu_features
+from tilefx.codegen.tvm.kernel import build_kernel
+from tilefx.codegen.tvm.schedules import default_schedule, space
+from tilefx.codegen.tvm.schedules.conv import register_oc
+from tilefx.codegen.tvm.schedules.matmul import register_n
 from tilefx.ir.graph import Op
+from tilefx.passes.sparsity import MeasuredChooser
 
 
 class TVMBackend(Backend):
@@ -34,30 +42,19 @@ class TVMBackend(Backend):
 
     def build(self, op: Op, schedule: Schedule | None = None,
               bindings: Mapping[Any, int] | None = None) -> Any:
-        from tilefx.codegen.tvm.kernel import build_kernel
-
         return build_kernel(op, self.target, schedule, bindings=dict(bindings) if bindings else None)
 
     def build_library(self, op: Op, bindings: Mapping[Any, int] | None = None) -> Any:
-        from tilefx.codegen.measure import LibraryKernel
-
         return LibraryKernel(op, {getattr(s, "name", s): v for s, v in (bindings or {}).items()})
 
     def default_schedule(self, op: Op, bindings: Mapping[Any, int] | None = None) -> Schedule:
-        from tilefx.codegen.tvm.schedules import default_schedule
-
         return default_schedule(op, self.target, bindings=bindings)
 
     def space(self, op: Op, bindings: Mapping[Any, int] | None = None) -> SearchSpace:
-        from tilefx.codegen.tvm.schedules import space
-
         return SearchSpace.of(space(op, self.target), has_extern=op.attr("kind") in EXTERN_KINDS)
 
     def fingerprint(self, op: Op, schedule: Schedule,
                     bindings: Mapping[Any, int] | None = None) -> str:
-        from tilefx.codegen.space import is_extern
-        from tilefx.codegen.tvm.fingerprint import fingerprint
-
         if is_extern(schedule):
             return self.extern_fingerprint()
         return fingerprint(op, schedule, self.target, bindings)
@@ -68,8 +65,6 @@ class TVMBackend(Backend):
     def tuning_pair(self, *, workers: int, timeout: float, repeats: int,
                     min_repeat_seconds: float) -> tuple[Any, Any]:
         """A spawn pool builds (into the kernel disk cache), an isolated child process runs."""
-        from tilefx.codegen.measure import LocalBuilder, LocalRunner
-
         return LocalBuilder(workers=workers), LocalRunner(
             timeout=timeout, repeats=repeats, min_repeat_seconds=min_repeat_seconds)
 
@@ -82,23 +77,17 @@ class TVMBackend(Backend):
                             fusion_advisor=True)
 
     def pack_factor(self, op: Op, schedule: Schedule) -> int | None:
-        from tilefx.codegen.tvm.schedules.matmul import register_n
-
         return register_n(int(op.results[0].type.shape[-1]), schedule, self.target)
 
     def block_factor(self, op: Op, schedule: Schedule) -> int | None:
-        from tilefx.codegen.tvm.schedules.conv import register_oc
-
         return register_oc(int(op.results[0].type.shape[1]), schedule, self.target)
 
     def sparse_chooser(self, *, estimate: Callable[[], Any], store: Any = None) -> Any:
         """The dense-vs-sparse chooser: the latency model's estimate (``estimate()``, None
         without a model) picks the block and whether a layer is worth a look, a timing of
         both TVM kernels confirms; decisions are kept in ``store``."""
-        from tilefx.passes.sparsity import MeasuredChooser
-
         def measure(layer: Any, block: tuple[int, int]) -> tuple[float, float]:
-            from tilefx.codegen.tvm.schedules.sparse import measure_layer
+            from tilefx.codegen.tvm.schedules.sparse import measure_layer  # imports TVM
 
             return measure_layer(layer, block, self.target)
         estimate = estimate()
@@ -107,6 +96,4 @@ class TVMBackend(Backend):
         return MeasuredChooser(measure, target=self.target.key(), estimate=estimate, store=store)
 
     def cpu_features(self) -> list[str]:
-        from tilefx.codegen.tvm.isa import target_cpu_features
-
         return target_cpu_features(self.target)

@@ -38,8 +38,8 @@ def cache_dir() -> Path:
 
 
 def kernel_key(mod: Any, target: Target) -> str:
-    import tvm
-    import tvm_ffi
+    import tvm  # heavy: loaded on first use
+    import tvm_ffi  # heavy: loaded on first use
 
     shash = tvm_ffi.structural_hash(mod)
     text = f"{shash}|{target.key()}|{tvm.__version__}"
@@ -100,7 +100,7 @@ def verified_path(key: str) -> Path | None:
 
 
 def load(key: str) -> Any | None:
-    import tvm
+    import tvm  # heavy: loaded on first use
 
     path = verified_path(key)
     if path is None:

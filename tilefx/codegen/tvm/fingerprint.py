@@ -27,6 +27,8 @@ from typing import Any, Mapping
 
 from tilefx.codegen.schedule import Schedule
 from tilefx.codegen.target import Target
+from tilefx.codegen.tvm.kernel import to_prim_func
+from tilefx.codegen.tvm.schedules import apply_schedule, default_schedule
 from tilefx.ir.graph import Op
 
 log = logging.getLogger("tilefx.codegen.tvm.fingerprint")
@@ -38,9 +40,6 @@ FINGERPRINT_VERSION = 1
 def scheduled_module(kernel_op: Op, target: Target, schedule: Schedule | None = None,
                      bindings: Mapping[Any, int] | None = None) -> Any:
     """The scheduled ``IRModule`` that ``build_kernel`` would compile (no codegen)."""
-    from tilefx.codegen.tvm.kernel import to_prim_func
-    from tilefx.codegen.tvm.schedules import apply_schedule, default_schedule
-
     func = to_prim_func(kernel_op, bindings)
     if schedule is None:
         schedule = default_schedule(kernel_op, target, bindings=bindings)
@@ -49,7 +48,7 @@ def scheduled_module(kernel_op: Op, target: Target, schedule: Schedule | None = 
 
 def lowered_module(mod: Any, target: Target) -> Any:
     """``mod`` after TVM's default TIR pipeline for ``target``: what LLVM code generation gets."""
-    import tvm
+    import tvm  # heavy: loaded on first use
 
     # the same steps as tvm.tirx.build, in the caller's PassContext as build_kernel's
     # tvm.compile is, so that no pass runs here that the real build would skip
@@ -69,8 +68,8 @@ _MEMO_LIMIT = 8192
 
 def fingerprint_module(mod: Any, target: Target) -> str:
     """The fingerprint of a scheduled module (lowered here) for ``target``."""
-    import tvm
-    import tvm_ffi
+    import tvm  # heavy: loaded on first use
+    import tvm_ffi  # heavy: loaded on first use
 
     # map_free_vars: lowered modules hold buffers as free variables in attributes, which
     # would otherwise hash by identity and make every lowering unique

@@ -21,7 +21,7 @@ def isa_features(features: Sequence[str]) -> list[str]:
 
 def target_cpu_features(target: Target) -> list[str]:
     """The ISA features LLVM enables for ``target`` (imports TVM: compile side only)."""
-    from tvm.target import codegen
+    from tvm.target import codegen  # heavy: loaded on first use
 
     enabled = set(codegen.llvm_get_cpu_features(target.to_tvm()))
     for attr in target.mattr:  # explicit "+avx512f" / "-avx512f" on top of the CPU's own

@@ -18,9 +18,10 @@ import logging
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
-
 from tilefx.codegen.schedule import Schedule
 from tilefx.codegen.target import Target
+from tilefx.codegen.tvm import cache, configure_tvm_threads
+from tilefx.codegen.tvm.schedules import apply_schedule, default_schedule
 from tilefx.ir.identity import specialize
 from tilefx.ir.graph import Op
 
@@ -56,10 +57,10 @@ class BuiltKernel:
 
 def to_prim_func(kernel_op: Op, bindings: Mapping[Any, int] | None = None) -> Any:
     """The unscheduled PrimFunc of a kernel op (arguments: body inputs, then outputs)."""
-    from tvm import te, tirx
+    from tvm import te, tirx  # heavy: loaded on first use
 
     from tilefx.codegen.tvm import te_nn  # noqa: F401  (registers the nn computes)
-    from tilefx.codegen.tvm.te_ops import TE_OPS, TeContext, shape_of, tvm_dtype
+    from tilefx.codegen.tvm.te_ops import TE_OPS, TeContext, shape_of, tvm_dtype  # imports TVM
 
     if kernel_op.name != "kernel" or kernel_op.body is None:
         raise ValueError(f"build_kernel expects a 'kernel' op with a body, got {kernel_op.name!r}")
@@ -111,14 +112,9 @@ def _copy_fn(t: Any) -> Any:
 def build_kernel(kernel_op: Op, target: Target | None = None, schedule: Schedule | None = None,
                  *, bindings: Mapping[Any, int] | None = None, use_cache: bool = True) -> BuiltKernel:
     """Compile a ``kernel`` op with its template's schedule (the default one if None)."""
-    import tvm
-
-    from tilefx.codegen.tvm import configure_tvm_threads
+    import tvm  # heavy: loaded on first use
 
     configure_tvm_threads()  # before the kernel's first parallel launch (idempotent)
-
-    from tilefx.codegen.tvm import cache
-    from tilefx.codegen.tvm.schedules import apply_schedule, default_schedule
 
     target = target or Target.host_cpu()
     func = to_prim_func(kernel_op, bindings)

@@ -19,7 +19,8 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
-from tvm import te, tirx
+import tvm_ffi
+from tvm import ir, sym, te, tirx
 
 from tilefx.ir.graph import Op
 from tilefx.ir.types import DType
@@ -268,7 +269,7 @@ def _logical_not(x: tirx.PrimExpr) -> tirx.PrimExpr:
 def _fast(name: str) -> Callable[[tirx.PrimExpr], tirx.PrimExpr]:
     # exp / tanh / sigmoid as vectorizable polynomials (te_nn.fast_exp explains why)
     def fn(x: tirx.PrimExpr) -> tirx.PrimExpr:
-        from tilefx.codegen.tvm import te_nn
+        from tilefx.codegen.tvm import te_nn  # cycle: te_nn imports this module
 
         return getattr(te_nn, name)(x)
     return fn
@@ -378,8 +379,6 @@ def _load_parts(x: tirx.PrimExpr) -> tuple[Any, tuple] | None:
 
 def _same_load(a: tirx.PrimExpr, b: tirx.PrimExpr) -> bool:
     """Both read the same element of the same tensor."""
-    import tvm_ffi
-
     pa, pb = _load_parts(a), _load_parts(b)
     if pa is None or pb is None or not pa[0].same_as(pb[0]) or len(pa[1]) != len(pb[1]):
         return False
@@ -432,8 +431,6 @@ def _broadcast_to(ctx, op, ins):
 # ---------------------------------------------------------------- injective
 
 def _bounded(idx: Sequence[tirx.Var], shape: Sequence[int]) -> Any:
-    from tvm import ir, sym
-
     analyzer = sym.Analyzer()
     for v, d in zip(idx, shape):
         analyzer.bind(v, ir.Range(0, d))

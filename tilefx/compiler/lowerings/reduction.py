@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import torch
 
+from tilefx.compiler.lowerings.nn import only_first_result_used
 from tilefx.compiler.lowerings.registry import Unsupported, lowers
 from tilefx.ir.ops.shapes import normalize_axis
 from tilefx.ir.types import DType
@@ -55,8 +56,6 @@ lowers(*_REDUCE)(_reduce)
 @lowers(aten.max.dim, aten.min.dim)
 def _max_min_dim(ctx, node, args, kwargs):
     """``x.max(dim)`` when only ``.values`` is read: an amax/amin."""
-    from tilefx.compiler.lowerings.nn import only_first_result_used
-
     if not only_first_result_used(node):
         raise Unsupported("the indices of max/min along a dim are used")
     x, dim = args[0], args[1]

@@ -7,17 +7,20 @@ enumerate and search them without knowing what the knobs mean.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from types import ModuleType
 from typing import Any, Mapping
 
 from tilefx.codegen.schedule import Schedule
 from tilefx.codegen.target import Target
 from tilefx.ir.graph import Op
+from tilefx.ir.identity import specialize
 
 KINDS = ("pointwise", "reduction", "contraction", "sparse_contraction")
 
 
 def template(kind: str) -> ModuleType:
+    # sparse imports TVM (its TE op registers at import)
     from tilefx.codegen.tvm.schedules import contraction, pointwise, reduction, sparse
 
     templates = {"pointwise": pointwise, "reduction": reduction, "contraction": contraction,
@@ -30,9 +33,6 @@ def template(kind: str) -> ModuleType:
 def _specialized(kernel_op: Op, bindings: Mapping[Any, int] | None) -> Op:
     if not bindings:
         return kernel_op
-    from dataclasses import replace
-
-    from tilefx.ir.identity import specialize
 
     return replace(kernel_op, body=specialize(kernel_op.body, bindings))
 
@@ -48,7 +48,7 @@ def default_schedule(kernel_op: Op, target: Target, *,
 
 def apply_schedule(func: Any, kind: str, schedule: Schedule, target: Target) -> Any:
     """A ``s_tir.Schedule`` of ``func`` with the template of ``kind`` applied."""
-    from tvm import s_tir
+    from tvm import s_tir  # heavy: loaded on first use
 
     sch = s_tir.Schedule(func)
     template(kind).apply(sch, schedule, target)

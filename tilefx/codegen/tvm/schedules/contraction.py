@@ -32,6 +32,7 @@ from typing import Any, Callable
 
 from tilefx.codegen.schedule import Schedule
 from tilefx.codegen.target import Target
+from tilefx.codegen.tvm.schedules import conv, matmul, reduction
 from tilefx.ir.graph import Op
 
 
@@ -43,8 +44,6 @@ def _anchor(kernel_op: Op) -> Op | None:
 
 
 def space(kernel_op: Op, target: Target) -> dict[str, list[Any]]:
-    from tilefx.codegen.tvm.schedules import conv, matmul
-
     anchor = _anchor(kernel_op)
     if anchor is not None and anchor.name == "conv2d":
         return conv.space(anchor, target, kernel_op.body)
@@ -52,8 +51,6 @@ def space(kernel_op: Op, target: Target) -> dict[str, list[Any]]:
 
 
 def default_schedule(kernel_op: Op, target: Target) -> Schedule:
-    from tilefx.codegen.tvm.schedules import conv, matmul
-
     anchor = _anchor(kernel_op)
     if anchor is not None and anchor.name == "conv2d":
         return conv.default_schedule(anchor, target, kernel_op.body)
@@ -61,8 +58,7 @@ def default_schedule(kernel_op: Op, target: Target) -> Schedule:
 
 
 def apply(sch: Any, schedule: Schedule, target: Target) -> None:
-    from tilefx.codegen.tvm.schedules import common as c
-    from tilefx.codegen.tvm.schedules import conv, matmul
+    from tilefx.codegen.tvm.schedules import common as c  # imports TVM
 
     def is_pad(b: Any) -> bool:
         return c.block_name(sch, b).endswith("_pad")
@@ -71,8 +67,6 @@ def apply(sch: Any, schedule: Schedule, target: Target) -> None:
     anchors = [b for b in c.blocks(sch) if c.block_name(sch, b).split("_")[0] in ("matmul", "conv2d")
                and c.is_reduction(sch, b)]
     if not anchors:
-        from tilefx.codegen.tvm.schedules import reduction
-
         return reduction.apply(sch, schedule, target)
     anchor = anchors[0]
     op = conv if c.block_name(sch, anchor).startswith("conv2d") else matmul

@@ -109,14 +109,14 @@ def register_oc(oc: int, schedule: Schedule, target: Target) -> int:
 
 
 def _reg_oc(oc: int, schedule: Schedule, lanes: int) -> int:
-    from tilefx.codegen.tvm.schedules import common as c
+    from tilefx.codegen.tvm.schedules import common as c  # imports TVM
 
     reg_oc = c.pow2_divisor(oc, schedule.get("reg_oc", 2 * lanes))
     return reg_oc if reg_oc >= min(4, oc) else c.divisor_near(oc, schedule.get("reg_oc", 2 * lanes))
 
 
 def apply(sch: Any, anchor: Any, schedule: Schedule, target: Target) -> list[Any]:
-    from tilefx.codegen.tvm.schedules import common as c
+    from tilefx.codegen.tvm.schedules import common as c  # imports TVM
 
     lanes = target.vector_lanes(4)
     block = sch.get(anchor)
@@ -175,7 +175,7 @@ def _blocked_pad(sch: Any, pad: Any, cb: int, lanes: int, c: Any) -> list[Any]:
 def _oc_vector(sch: Any, anchor: Any, weight: int | None, schedule: Schedule, lanes: int,
                c: Any, blocks: list[int] | None = None) -> list[Any]:
     """``blocks``: ``[ic, oc]`` of a weight packed at compile time (None: plain OIHW)."""
-    from tilefx.codegen.tvm.schedules.contraction import (
+    from tilefx.codegen.tvm.schedules.contraction import (  # cycle: contraction imports this module
         epilogue_at, local_accumulator, pack_operand, vectorize_inner)
 
     n, oc, oh, ow, rc, ry, rx = sch.get_loops(anchor)
@@ -238,7 +238,7 @@ def _writes_blocked(sch: Any, block: Any) -> bool:
 def _channels_inner(sch: Any, writeback: Any, c: Any) -> None:
     """Reorder the write-back's tile loops so the output channel is innermost: a blocked
     output (``[N, OC/oc, OH, OW, oc]``) is then stored as whole vectors."""
-    from tvm import s_tir
+    from tvm import s_tir  # heavy: loaded on first use
 
     loops = list(sch.get_loops(writeback))
     realize = sch.get(loops[-1]).body
@@ -256,7 +256,7 @@ def _channels_inner(sch: Any, writeback: Any, c: Any) -> None:
 
 
 def _ow_vector(sch: Any, anchor: Any, schedule: Schedule, lanes: int, c: Any) -> list[Any]:
-    from tilefx.codegen.tvm.schedules.contraction import epilogue_at, local_accumulator
+    from tilefx.codegen.tvm.schedules.contraction import epilogue_at, local_accumulator  # cycle, as above
 
     writeback, epilogue = local_accumulator(sch, anchor, c)
     n, oc, oh, ow, rc, ry, rx = sch.get_loops(anchor)
@@ -294,7 +294,7 @@ def _ow_vector(sch: Any, anchor: Any, schedule: Schedule, lanes: int, c: Any) ->
 
 def _column_stride(block: Any) -> int:
     """The stride of the output column in the input's last index (1 if not plain)."""
-    from tvm import tirx
+    from tvm import tirx  # heavy: loaded on first use
 
     ow = block.iter_vars[3].var
     for region in block.reads:

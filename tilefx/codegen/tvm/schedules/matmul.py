@@ -77,7 +77,7 @@ def default_schedule(anchor: Op | None, target: Target, body: Any = None) -> Sch
 def register_n(n: int, schedule: Schedule, target: Target) -> int:
     """The register tile width ``apply`` uses for an ``N``-wide output: what a packing
     pass must use as its panel width so the kernel reads whole panels."""
-    from tilefx.codegen.tvm.schedules import common as c
+    from tilefx.codegen.tvm.schedules import common as c  # imports TVM
 
     lanes = target.vector_lanes(4)
     reg_n = c.pow2_divisor(n, schedule.get("reg_n", 2 * lanes))
@@ -85,8 +85,8 @@ def register_n(n: int, schedule: Schedule, target: Target) -> int:
 
 
 def apply(sch: Any, anchor: Any, schedule: Schedule, target: Target) -> list[Any]:
-    from tilefx.codegen.tvm.schedules import common as c
-    from tilefx.codegen.tvm.schedules.contraction import (
+    from tilefx.codegen.tvm.schedules import common as c  # imports TVM
+    from tilefx.codegen.tvm.schedules.contraction import (  # cycle: contraction imports this module
         epilogue_at, local_accumulator, pack_operand, vectorize_inner)
 
     lanes = target.vector_lanes(4)
@@ -156,8 +156,8 @@ def _pack_b(sch: Any, anchor: Any, reg_n: int, c: Any, pack_operand: Any) -> Any
 def _panel_map(pj: int, rank: int, reg_n: int) -> Any:
     """[..., K, N] (N at ``pj``) -> [..., N / reg_n, K, reg_n]. TVM reads the
     map's signature for its arity, so it gets exactly ``rank`` parameters."""
-    from tvm import tirx
-    from tvm.tirx import IndexMap
+    from tvm import tirx  # heavy: loaded on first use
+    from tvm.tirx import IndexMap  # heavy: loaded on first use
 
     def body(*x: Any) -> list[Any]:
         others = [v for d, v in enumerate(x) if d != pj]

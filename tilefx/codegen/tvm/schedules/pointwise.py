@@ -12,6 +12,7 @@ is in L1. Knobs: ``vectorize`` (lanes), ``unroll`` (vectors per iteration),
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from tilefx.codegen.schedule import Schedule
@@ -22,8 +23,6 @@ PARALLEL_MIN_ELEMENTS = 1 << 14  # below this, waking threads costs more than it
 
 
 def _numel(kernel_op: Op) -> int:
-    import math
-
     return max(math.prod(int(d) for d in r.type.shape) if r.type.is_static else 1 << 20
                for r in kernel_op.results)
 
@@ -50,7 +49,7 @@ def default_schedule(kernel_op: Op, target: Target) -> Schedule:
 
 
 def apply(sch: Any, schedule: Schedule, target: Target) -> None:
-    from tilefx.codegen.tvm.schedules.common import (attempt, blocks, inline_intermediates,
+    from tilefx.codegen.tvm.schedules.common import (attempt, blocks, inline_intermediates,  # imports TVM
                                                      is_output, parallel_vectorize, spatial_loops)
 
     inline_intermediates(sch)
@@ -73,7 +72,7 @@ def apply(sch: Any, schedule: Schedule, target: Target) -> None:
 def _transposed_axis(sch: Any, block: Any) -> int | None:
     """The position of the loop that walks an input's rows when the innermost loop
     does not (None: every input is read along the innermost loop, or broadcast)."""
-    from tilefx.codegen.tvm.schedules.common import vars_in
+    from tilefx.codegen.tvm.schedules.common import vars_in  # imports TVM
 
     names = [iv.var.name for iv in sch.get(block).iter_vars]
     if len(names) < 2:
@@ -92,8 +91,8 @@ def _transposed_axis(sch: Any, block: Any) -> int | None:
 
 def _tile(sch: Any, block: Any, spatial: list[Any], axis: int, *, tile: int, vectorize: int,
           parallel: bool) -> bool:
-    from tilefx.codegen.tvm.schedules.common import loop_extent, pow2_divisor
-    from tilefx.codegen.tvm.schedules.common import vectorize_loop
+    from tilefx.codegen.tvm.schedules.common import loop_extent, pow2_divisor  # imports TVM
+    from tilefx.codegen.tvm.schedules.common import vectorize_loop  # imports TVM
 
     inner = spatial[-1]
     ti = pow2_divisor(loop_extent(sch, inner), tile)

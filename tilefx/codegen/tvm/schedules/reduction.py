@@ -61,7 +61,7 @@ def _row_depth(sch: Any, block: Any, producers: set[Any]) -> int:
     elements, so computing them inside a parallel row loop is race-free and
     computes each reduction exactly once.
     """
-    from tilefx.codegen.tvm.schedules.common import vars_in
+    from tilefx.codegen.tvm.schedules.common import vars_in  # imports TVM
 
     names = [iv.var.name for iv in sch.get(block).iter_vars]
     used: set[str] = set()
@@ -75,9 +75,9 @@ def _row_depth(sch: Any, block: Any, producers: set[Any]) -> int:
 
 def reduction_shape(sch: Any, block: Any) -> str:
     """``row``, ``column`` or ``window``: what indexes the innermost read axis (module doc)."""
-    from tilefx.codegen.tvm.schedules.common import vars_in
+    from tilefx.codegen.tvm.schedules.common import vars_in  # imports TVM
 
-    from tvm import tirx
+    from tvm import tirx  # heavy: loaded on first use
 
     node = sch.get(block)
     reduce = {iv.var.name for iv in node.iter_vars if iv.iter_type == tirx.IterVar.CommReduce}
@@ -107,7 +107,7 @@ def rfactor_row(sch: Any, block: Any, *, lanes: int, accumulators: int) -> Any:
     block as it was, when the reduction has no power-of-two factor of at least
     4 lanes or is too short to gain.
     """
-    from tilefx.codegen.tvm.schedules.common import (attempt, loop_extent, loop_kinds,
+    from tilefx.codegen.tvm.schedules.common import (attempt, loop_extent, loop_kinds,  # imports TVM
                                                      pow2_divisor)
 
     loops, kinds = list(sch.get_loops(block)), loop_kinds(sch, block)
@@ -130,7 +130,7 @@ def rfactor_row(sch: Any, block: Any, *, lanes: int, accumulators: int) -> Any:
 
 def vectorize_rf(sch: Any, rf: Any, *, lanes: int) -> None:
     """Vectorize an rf block over its lane axis, with the reduction loop outside it."""
-    from tilefx.codegen.tvm.schedules.common import (attempt, vectorize_loop, loop_extent, loop_kinds,
+    from tilefx.codegen.tvm.schedules.common import (attempt, vectorize_loop, loop_extent, loop_kinds,  # imports TVM
                                                      pow2_divisor)
 
     loops, kinds = list(sch.get_loops(rf)), loop_kinds(sch, rf)
@@ -162,7 +162,7 @@ def _prod(xs: list[int]) -> int:
 def column_reduction(sch: Any, block: Any, *, lanes: int, accumulators: int,
                      parallel: bool) -> bool:
     """Kept axes outermost-parallel and innermost-vectorized, reduction loops between."""
-    from tilefx.codegen.tvm.schedules.common import (attempt, vectorize_loop, loop_extent, pow2_divisor,
+    from tilefx.codegen.tvm.schedules.common import (attempt, vectorize_loop, loop_extent, pow2_divisor,  # imports TVM
                                                      spatial_loops)
 
     spatial, reduce = spatial_loops(sch, block)
@@ -193,7 +193,7 @@ def column_reduction(sch: Any, block: Any, *, lanes: int, accumulators: int,
 
 
 def apply(sch: Any, schedule: Schedule, target: Target) -> None:
-    from tilefx.codegen.tvm.schedules.common import (attempt, blocks, inline_intermediates,
+    from tilefx.codegen.tvm.schedules.common import (attempt, blocks, inline_intermediates,  # imports TVM
                                                      is_reduction, parallel_vectorize,
                                                      spatial_loops)
 
@@ -251,14 +251,14 @@ def apply(sch: Any, schedule: Schedule, target: Target) -> None:
 
 
 def _is_consumer_output(sch: Any, block: Any) -> bool:
-    from tilefx.codegen.tvm.schedules.common import is_output, is_reduction
+    from tilefx.codegen.tvm.schedules.common import is_output, is_reduction  # imports TVM
 
     return is_output(sch, block) and not is_reduction(sch, block)
 
 
 def _rows_of_write_back(sch: Any, rf: Any, wb: Any, *, parallel: bool) -> set[str]:
     """A standalone rfactor-ed reduction: its partials computed per row of the write-back."""
-    from tilefx.codegen.tvm.schedules.common import attempt, loop_kinds
+    from tilefx.codegen.tvm.schedules.common import attempt, loop_kinds  # imports TVM
 
     loops, kinds = list(sch.get_loops(wb)), loop_kinds(sch, wb)
     n = len(kinds) - kinds[::-1].index("spatial") if "spatial" in kinds else 0
@@ -275,7 +275,7 @@ def _rows_of_write_back(sch: Any, rf: Any, wb: Any, *, parallel: bool) -> set[st
 def _fuse_rows(sch: Any, out: Any, shapes: dict[str, str], *, vec: int, unroll: int,
                parallel: bool) -> set[str]:
     """Compute the blocks ``out`` depends on per row of ``out``; the names placed."""
-    from tilefx.codegen.tvm.schedules.common import (attempt, is_reduction, loop_kinds,
+    from tilefx.codegen.tvm.schedules.common import (attempt, is_reduction, loop_kinds,  # imports TVM
                                                      parallel_vectorize)
 
     producers = _producers(sch, out)
@@ -311,7 +311,7 @@ def _fuse_rows(sch: Any, out: Any, shapes: dict[str, str], *, vec: int, unroll: 
 
 def _producers(sch: Any, block: Any) -> list[Any]:
     """Every non-output block ``block`` transitively reads, in program order."""
-    from tilefx.codegen.tvm.schedules.common import blocks, is_output
+    from tilefx.codegen.tvm.schedules.common import blocks, is_output  # imports TVM
 
     order = [b for b in blocks(sch) if not is_output(sch, b)]
     writer = {w.source: b for b in order for w in sch.get(b).writes}

@@ -32,10 +32,18 @@ from __future__ import annotations
 import math
 from typing import Any
 
+import numpy as np
+import torch
+
 from tilefx.codegen import timing
 from tilefx.codegen.schedule import Schedule
 from tilefx.codegen.target import Target
+from tilefx.codegen.tvm import build_kernel
+from tilefx.codegen.tvm.schedules.contraction import schedule_leftovers
+from tilefx.ir.builder import kernel_op
 from tilefx.ir.graph import Op
+from tilefx.ir.types import DType, TensorType
+from tilefx.passes.sparsity import to_bsr
 
 EXTERN_NAME = "bsr_matmul"
 
@@ -51,7 +59,7 @@ def _unravel(flat: Any, dims: list[int]) -> list[Any]:
 
 def loop_plan(shape: list[int], axis: int, bn: int, lanes: int = 16) -> dict[str, int]:
     """The register tile for input ``shape`` contracted on ``axis`` with ``bn``-wide blocks."""
-    from tilefx.codegen.tvm.schedules.common import divisor_near, pow2_divisor
+    from tilefx.codegen.tvm.schedules.common import divisor_near, pow2_divisor  # imports TVM
 
     a = math.prod(shape[:axis])
     if axis == len(shape) - 1:
@@ -70,9 +78,9 @@ def loop_plan(shape: list[int], axis: int, bn: int, lanes: int = 16) -> dict[str
 
 def bsr_extern(x: Any, data: Any, indices: Any, indptr: Any, axis: int, name: str) -> Any:
     """The TE tensor of ``bsr_matmul`` (see ``ir/ops/sparse.py``) as a scheduled extern."""
-    from tvm import te, tirx
-    from tvm.script.ir_builder import IRBuilder
-    from tvm.script.ir_builder import tirx as T
+    from tvm import te, tirx  # heavy: loaded on first use
+    from tvm.script.ir_builder import IRBuilder  # heavy: loaded on first use
+    from tvm.script.ir_builder import tirx as T  # heavy: loaded on first use
 
     shape = [int(d) for d in x.shape]
     _, bk, bn = (int(d) for d in data.shape)
@@ -157,8 +165,7 @@ def default_schedule(kernel_op: Op, target: Target) -> Schedule:
 
 def apply(sch: Any, schedule: Schedule, target: Target) -> None:
     """Inline the epilogue into one output pass; run it parallel and vectorized."""
-    from tilefx.codegen.tvm.schedules import common as c
-    from tilefx.codegen.tvm.schedules.contraction import schedule_leftovers
+    from tilefx.codegen.tvm.schedules import common as c  # imports TVM
 
     def is_extern(b: Any) -> bool:
         return c.block_name(sch, b).startswith(EXTERN_NAME)
@@ -171,7 +178,7 @@ def apply(sch: Any, schedule: Schedule, target: Target) -> None:
 
 def register_te() -> None:
     """Register the TE compute of ``bsr_matmul`` (idempotent)."""
-    from tilefx.codegen.tvm.te_ops import TE_OPS, TeContext
+    from tilefx.codegen.tvm.te_ops import TE_OPS, TeContext  # imports TVM
 
     if "bsr_matmul" in TE_OPS:
         return
@@ -196,12 +203,6 @@ def layer_kernels(x_shape: tuple[int, ...], axis: int, weight: Any, block: tuple
     The dense kernel's weight operand is ``W[K, N]`` (linear) or ``[N, K, 1, 1]``
     (1x1 conv); the sparse kernel takes ``(data, indices, indptr)``.
     """
-    import numpy as np
-
-    from tilefx.ir.builder import kernel_op
-    from tilefx.ir.types import DType, TensorType
-    from tilefx.passes.sparsity import to_bsr
-
     f32 = lambda shape: TensorType(DType.float32, tuple(shape))  # noqa: E731
     xt = f32(x_shape)
     if kind == "conv1x1":
@@ -223,10 +224,6 @@ def measure_layer(layer: Any, block: tuple[int, int], target: Target | None = No
                   repeats: int = 5) -> tuple[float, float]:
     """Seconds of the default dense kernel and of the sparse kernel for ``layer``
     (a ``passes.sparsity.SparseLayer``), built here and timed in-process."""
-    import torch
-
-    from tilefx.codegen.tvm import build_kernel
-
     target = target or Target.host_cpu()
     dense, sparse, (wd, bsr) = layer_kernels(layer.x_shape, layer.axis, layer.weight, block, layer.kind)
     x = torch.randn(*layer.x_shape)
