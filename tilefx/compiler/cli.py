@@ -247,3 +247,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         hint = "" if args.verbose else " (run with --verbose for the traceback)"
         print(f"{parser.prog}: error: {first_line(e)}{hint}", file=sys.stderr)
         return 2
+
+
+def ray_pair(target: Any, options: Any, address: str) -> dict:
+    """``--ray [ADDRESS]``: the tuner's Ray builder and runner, connected now, so a bad
+    address is reported (naming ``--ray``) before anything is tuned or measured."""
+    from tilefx.autotune.cluster import ClusterError, describe, ray_tuning_pair  # imports ray
+
+    builder, runner = ray_tuning_pair(target, options, where=describe(address, "--ray"))
+    try:
+        runner.cluster.connect()
+    except ClusterError as e:
+        raise CLIError(str(e)) from None
+    return dict(builder=builder, runner=runner)

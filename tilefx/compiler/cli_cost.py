@@ -32,7 +32,7 @@ from tqdm.auto import tqdm
 
 from tilefx.autotune.tuner import TuneOptions, Tuner
 from tilefx.codegen.target import Target
-from tilefx.compiler.cli import CLIError, resolve_reference
+from tilefx.compiler.cli import CLIError, ray_pair, resolve_reference
 from tilefx.cost_model.train import DatasetTooSmall, train_from_db
 from tilefx.cost_model.workloads import workload_set
 from tilefx.storage.database import TuningDatabase
@@ -111,16 +111,7 @@ def cmd_collect(args: argparse.Namespace) -> int:
         kernels = kernels[:args.limit]
     options = TuneOptions(trials=args.trials, strategy=args.strategy, repeats=args.repeats,
                           progress=False, cluster=args.ray)
-    pair: dict = {}
-    if args.ray:  # connected now, so a bad address is reported before anything is made
-        from tilefx.autotune.cluster import ClusterError, describe, ray_tuning_pair
-
-        builder, runner = ray_tuning_pair(target, options, where=describe(args.ray, "--ray"))
-        try:
-            runner.cluster.connect()
-        except ClusterError as e:
-            raise CLIError(str(e)) from None
-        pair = dict(builder=builder, runner=runner)
+    pair = ray_pair(target, options, args.ray) if args.ray else {}
     db = TuningDatabase(args.db)
     print(f"tilefx collect: {len(kernels)} workloads on {target.key()} into {args.db}", flush=True)
     tuner = Tuner(target, options, db=db, **pair)

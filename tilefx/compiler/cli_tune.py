@@ -24,7 +24,7 @@ from typing import Any
 
 from tilefx.autotune.search import STRATEGIES
 from tilefx.autotune.tuner import TuneOptions, Tuner, format_summary
-from tilefx.compiler.cli import SPEC_HELP, CLIError, load_model, parse_input_spec
+from tilefx.compiler.cli import SPEC_HELP, CLIError, load_model, parse_input_spec, ray_pair
 from tilefx.compiler.options import CompileOptions
 from tilefx.compiler.pipeline import model_kernels
 from tilefx.compiler.session import CompileSession
@@ -67,17 +67,9 @@ def cmd_tune(args: argparse.Namespace) -> int:
                                         progress=not args.no_progress)
     except ValueError as e:
         raise CLIError(str(e)) from None
-    pair: dict = {}
-    if args.ray:  # connected now, so a bad address is reported before anything is tuned
-        from tilefx.autotune.cluster import ClusterError, describe, ray_tuning_pair
-
+    if args.ray:
         options.cluster = args.ray
-        builder, runner = ray_tuning_pair(target, options, where=describe(args.ray, "--ray"))
-        try:
-            runner.cluster.connect()
-        except ClusterError as e:
-            raise CLIError(str(e)) from None
-        pair = dict(builder=builder, runner=runner)
+    pair = ray_pair(target, options, args.ray) if args.ray else {}
     print(f"tilefx tune {args.model}: {len(kernels)} distinct kernels on {target.key()}")
     tuner = Tuner(target, options, **pair)
     try:
