@@ -82,7 +82,7 @@ def test_import_tilefx_is_light_and_fast() -> None:
         "import sys, time, json\n"
         "import torch\n"  # torch is a given for every user; time tilefx alone
         "t = time.perf_counter(); import tilefx; dt = time.perf_counter() - t\n"
-        "heavy = sorted(m for m in ('tvm', 'tvm_ffi', 'triton', 'xgboost', 'sklearn') if m in sys.modules)\n"
+        "heavy = sorted(m for m in ('tvm', 'tvm_ffi', 'triton', 'xgboost', 'sklearn', 'ray', 'psycopg') if m in sys.modules)\n"
         "print(json.dumps({'seconds': dt, 'heavy': heavy}))\n"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=ROOT)

@@ -82,6 +82,14 @@ def test_train_cli_writes_a_model_and_rejects_a_tiny_db(synthetic, tmp_path, cap
     out = capsys.readouterr().out
     assert "pairwise" in out and "xgboost rank" in out and "analytical" in out
     assert LearnedModel.load(tmp_path / "m.json").objective == "rank"
+    # a database URL is read as well as a path (a PostgreSQL one the same way)
+    assert main(["train-cost-model", "--db", f"sqlite:///{path}", "--target", "cpu",
+                 "-o", str(tmp_path / "u.json")]) == 0
+    assert LearnedModel.load(tmp_path / "u.json").meta["db"] == f"sqlite:///{path}"
+    assert main(["train-cost-model", "--db", f"sqlite:///{tmp_path}/none.db", "-o",
+                 str(tmp_path / "n.json")]) == 2
+    assert "no tuning database at" in capsys.readouterr().err
+    assert not (tmp_path / "none.db").exists()  # a missing file is not created empty
     make_db(tmp_path / "tiny.db", shapes=SHAPES[:3], per_workload=10).close()
     assert main(["train-cost-model", "--db", str(tmp_path / "tiny.db"), "-o",
                  str(tmp_path / "t.json")]) == 2

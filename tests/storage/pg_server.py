@@ -29,7 +29,15 @@ from typing import Callable, Iterator
 
 import pytest
 
-PG_BIN = Path(os.environ.get("TILEFX_TEST_PG_BIN", "/usr/lib/postgresql/15/bin"))
+def _newest_pg_bin() -> Path:
+    """Debian puts each major version in /usr/lib/postgresql/<major>/bin; take the newest
+    (15 on these machines, whatever ``apt-get install postgresql`` brought elsewhere)."""
+    found = [p.parent for p in Path("/usr/lib/postgresql").glob("*/bin/initdb")]
+    found.sort(key=lambda p: int(p.parent.name) if p.parent.name.isdigit() else 0)
+    return found[-1] if found else Path("/usr/lib/postgresql/15/bin")
+
+
+PG_BIN = Path(os.environ.get("TILEFX_TEST_PG_BIN") or _newest_pg_bin())
 USER = "tilefx"
 
 

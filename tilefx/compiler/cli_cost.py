@@ -42,7 +42,7 @@ def add_parser(sub: Any) -> None:
     """Register ``collect`` and ``train-cost-model`` on ``cli.py``'s subparsers."""
     p = sub.add_parser("collect", help="measure random schedules of a workload set into a "
                        "tuning database (cost-model training data)")
-    p.add_argument("--db", required=True, help="tuning database file to fill")
+    p.add_argument("--db", required=True, help="tuning database to fill: a file, or postgresql://user@host:port/db")
     p.add_argument("--trials", type=int, default=24, help="candidates per contraction kernel")
     p.add_argument("--workloads", default=None,
                    help="comma list of family, sparse, zoo or zoo model names (default: "
@@ -67,7 +67,7 @@ def add_parser(sub: Any) -> None:
     p.set_defaults(func=cmd_collect)
 
     t = sub.add_parser("train-cost-model", help="train the learned cost model on a tuning database")
-    t.add_argument("--db", required=True, help="tuning database with measurements")
+    t.add_argument("--db", required=True, help="tuning database with measurements: a file, or postgresql://user@host:port/db")
     t.add_argument("--target", default="cpu",
                    help="cpu (the host), cuda (the db's cuda target) or a target key in the db")
     t.add_argument("-o", "--output", required=True, help="model JSON to write")

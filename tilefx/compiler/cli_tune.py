@@ -14,7 +14,9 @@ cleanly; a rerun resumes.
 ``--ray`` builds and measures on a local Ray (attached, or started here);
 ``--ray ADDRESS`` on a Ray cluster (``autotune/cluster.py``: measuring nodes offer
 the target's ``tilefx-measure:<hash>`` resource). Put it after MODEL, or write
-``--ray=ADDRESS``. The database stays on this machine.
+``--ray=ADDRESS``. Records are written by this process only, to ``--db`` (a file here,
+or a ``postgresql://`` server a team shares). ``tilefx ray-resources`` prints the
+resource a node offers: ``ray start ... --resources="$(tilefx ray-resources)"``.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from typing import Any
 
 from tilefx.autotune.search import STRATEGIES
 from tilefx.autotune.tuner import TuneOptions, Tuner, format_summary
+from tilefx.codegen.target import Target
 from tilefx.compiler.cli import SPEC_HELP, CLIError, load_model, parse_input_spec, ray_pair
 from tilefx.compiler.options import CompileOptions
 from tilefx.compiler.pipeline import model_kernels
@@ -44,12 +47,39 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--workers", type=int, default=1, help="builder processes (0: in process)")
     p.add_argument("--batch", type=int, default=8, help="candidates per round")
     p.add_argument("--timeout", type=float, default=30.0, help="seconds per candidate run")
-    p.add_argument("--db", help="tuning database file (default: the cache dir's tuning.db)")
+    p.add_argument("--db", help="tuning database: a file or postgresql://user@host:port/db (default: "
+                   "$TILEFX_TUNING_DB, else the cache dir's tuning.db)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.add_argument("--ray", nargs="?", const="ray", default=None, metavar="ADDRESS",
                    help="build and measure on Ray: a local one (no ADDRESS) or the cluster at "
                    "ADDRESS (host:port); --workers is then the cluster's business")
     p.set_defaults(func=cmd_tune)
+
+    r = sub.add_parser("ray-resources", help="the Ray resource this machine offers to measure for a "
+                       "target: ray start --resources=\"$(tilefx ray-resources)\"")
+    r.add_argument("--target", default="cpu", help="cpu (the host), cpu:<llvm mcpu> or cuda")
+    r.add_argument("--devices", type=int, default=1,
+                   help="measurements at once on this node: 1 per device (a CPU is one device)")
+    r.set_defaults(func=cmd_ray_resources)
+
+
+def cmd_ray_resources(args: argparse.Namespace) -> int:
+    """Print ``{"tilefx-measure:<hash>": N}``: a node started with it measures for ``--target``.
+
+    The hash is of the target key (CPU model features or GPU name), so only nodes whose
+    hardware gives the same key can take a measurement; builds go anywhere."""
+    import json
+
+    from tilefx.autotune.cluster import measure_resource  # imports no ray at module level
+
+    if args.devices < 1:
+        raise CLIError(f"--devices must be at least 1, got {args.devices}")
+    try:
+        target = Target.parse(args.target)
+    except ValueError as e:
+        raise CLIError(f"--target: {e}") from None
+    print(json.dumps({measure_resource(target): args.devices}))
+    return 0
 
 
 def cmd_tune(args: argparse.Namespace) -> int:

@@ -11,7 +11,6 @@ workload and write the model.
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
@@ -22,6 +21,7 @@ from tilefx.cost_model.features import layout_of
 from tilefx.cost_model.metrics import evaluate, format_metrics
 from tilefx.cost_model.model import LearnedModel
 from tilefx.storage.database import TuningDatabase
+from tilefx.storage.db_connect import parse as parse_location
 
 log = logging.getLogger("tilefx.cost_model")
 
@@ -88,19 +88,21 @@ def evaluate_split(ds: Any, X: np.ndarray, train: np.ndarray, test: np.ndarray, 
 def train_from_db(db_path: str, target: str, output: str, *, objective: str = "rank",
                   test_fraction: float = 0.25, seed: int = 0) -> str:
     """Train on ``db_path`` and write ``output``; returns the printed report."""
-    if not Path(db_path).is_file():
-        raise FileNotFoundError(f"no tuning database at {db_path}; make one with `tilefx collect`")
+    where = parse_location(db_path)
+    # a server database is checked by connecting; a missing file must not become a new empty one
+    if where.path is not None and not where.path.is_file():
+        raise FileNotFoundError(f"no tuning database at {where}; make one with `tilefx collect`")
     with TuningDatabase(db_path) as db:
         key = resolve_target_key(db, target)
         ds = load_dataset(db, key)
-    check_size(len(ds.samples), len(ds.workloads), db_path)
+    check_size(len(ds.samples), len(ds.workloads), str(where))
     X = ds.features()
     g = ds.groups()
     train, test = split_by_workload(g, test_fraction, seed)
     rows, _ = evaluate_split(ds, X, train, test, seed=seed)
     model = LearnedModel.train(X, ds.seconds(), g, key, feature_set=ds.feature_set,
                                objective=objective, seed=seed,
-                               meta={"db": str(db_path), "samples": len(ds.samples),
+                               meta={"db": str(where), "samples": len(ds.samples),
                                      "workloads": len(ds.workloads)})
     model.save(output)
     n_test = len(np.unique(g[test]))
