@@ -92,3 +92,21 @@ def test_python_dash_m_tilefx_inspect(model_file):
                           "--input", "4x8"], capture_output=True, text=True, cwd=ROOT, timeout=300)
     assert out.returncode == 0, out.stderr
     assert "IR after frontend" in out.stdout and "kernels (" in out.stdout
+
+
+def test_ray_resources_names_the_measure_resource_of_a_target(capsys):
+    """``ray start --resources="$(tilefx ray-resources)"``: the same resource the cluster's
+    measuring tasks ask for, one per device; other CPUs get other resources."""
+    import json
+
+    from tilefx.autotune.cluster import measure_resource
+    from tilefx.codegen.target import Target
+
+    assert main(["ray-resources"]) == 0
+    host = json.loads(capsys.readouterr().out)
+    assert host == {measure_resource(Target.parse("cpu")): 1}
+    assert main(["ray-resources", "--target", "cpu:haswell", "--devices", "2"]) == 0
+    avx2 = json.loads(capsys.readouterr().out)
+    assert list(avx2.values()) == [2] and avx2.keys() != host.keys()
+    assert main(["ray-resources", "--devices", "0"]) == 2
+    assert "--devices" in capsys.readouterr().err
