@@ -13,6 +13,7 @@ variables" table lists the same names.
 | ``TILEFX_RECOMPILE_LIMIT`` | ``recompile_limit()`` | 8 |
 | ``TILEFX_TUNE_WORKERS`` | ``tune_workers()`` | 1 |
 | ``TILEFX_STRICT`` | ``strict()`` | off (dynamo backend: raise on a kernel build failure) |
+| ``TILEFX_DEFAULT_SCHEDULE`` | ``default_schedule_source()`` | the backend's choice (``template``: fixed defaults; ``cost_model``: the learned model's pick) |
 | ``TILEFX_CUDA_GRAPHS`` | ``cuda_graphs()`` | on (``0``: never replay CUDA graphs) |
 | ``TILEFX_MCPU`` | ``forced_mcpu()`` | the host's LLVM CPU name |
 | ``TILEFX_VERIFY`` | ``verify_passes()`` | off |
@@ -86,6 +87,17 @@ def strict() -> bool:
 def cuda_graphs() -> bool:
     """``TILEFX_CUDA_GRAPHS=0`` turns CUDA-graph replay off where the caller did not choose."""
     return os.environ.get("TILEFX_CUDA_GRAPHS", "1").strip() != "0"
+
+
+def default_schedule_source() -> str | None:
+    """Where an untuned kernel's schedule comes from: ``"template"``, ``"cost_model"``, or
+    None (the backend decides)."""
+    value = os.environ.get("TILEFX_DEFAULT_SCHEDULE", "").strip().lower()
+    if value in ("", "auto"):
+        return None
+    if value not in ("template", "cost_model"):
+        raise ValueError(f"TILEFX_DEFAULT_SCHEDULE={value!r}: expected template or cost_model")
+    return value
 
 
 def forced_mcpu() -> str | None:

@@ -31,6 +31,9 @@ class CompileOptions:
     # opt-in simulated block quantization (lossy): "int4", "int8:16" or a BlockQuant
     quantize: Union[str, BlockQuant, None] = None
     check_builds: bool | None = None  # run new kernels once vs the reference; None: TILEFX_CHECK_BUILDS
+    # an untuned kernel's schedule: "template" (fixed default), "cost_model" (the learned model's
+    # pick, cost_model/default_pick.py); None: TILEFX_DEFAULT_SCHEDULE, else the backend's choice
+    default_schedules: str | None = None
 
     def resolved_target(self) -> Target:
         return self.target if isinstance(self.target, Target) else Target.parse(self.target)

@@ -27,7 +27,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import OrderedDict
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Mapping
 
 import sympy
@@ -40,8 +40,10 @@ from tilefx.compiler.check import BuildChecker, CheckMemory, CheckOutcome, check
 from tilefx.compiler.options import CompileOptions
 from tilefx.compiler.records import CheckStatus, CompileRecord, KernelImpl, KernelRecord
 from tilefx.compiler.runtime import InterpretedKernel, KernelFn
+from tilefx.cost_model.default_pick import predicted_best
 from tilefx.ir.graph import Op
 from tilefx.ir.identity import fused_op_names, kernel_key, kernel_symbols
+from tilefx.settings import default_schedule_source
 from tilefx.storage.decisions import DatabaseDecisionStore
 
 log = logging.getLogger("tilefx.compiler")
@@ -170,10 +172,16 @@ class KernelBuilder:
             schedule, tuned = tune_or_default(tuner, op, bound)
             if tuned is not None:
                 self.record.tuning.append(tuned)
+        picked = schedule is None and self._picks_by_cost_model()
+        if picked:
+            schedule = predicted_best(op, self.target, bound)
+            picked = schedule is not None
         op_key = kernel_key(op)
         if self.checker is not None:  # found wrong before: not even built
             known = self.checker.known_bad(op_key, bound, schedule)
             if known is not None:
+                if picked:  # the model's pick, not the user's: the fixed default instead
+                    return self._build_default(op, bound, kr)
                 return self._rejected(op, kr, known)
         built = self.session.build(op, self.target, bound, schedule, op_key=op_key)
         kr.impl = KernelImpl.LIBRARY if is_extern(schedule) else KernelImpl.GENERATED
@@ -190,7 +198,24 @@ class KernelBuilder:
         kr.check = {"ok": CheckStatus.PASSED, "unchecked": CheckStatus.UNCHECKED,
                     "rejected": CheckStatus.REJECTED}[outcome.status]
         kr.check_note = outcome.note
+        if outcome.rejected and picked:
+            return self._build_default(op, bound, kr)
         return self._rejected(op, kr, outcome) if outcome.rejected else built
+
+    def _picks_by_cost_model(self) -> bool:
+        source = self.options.default_schedules or default_schedule_source()
+        if source is None:
+            return self.target.backend().default_from_cost_model
+        return source == "cost_model"
+
+    def _build_default(self, op: Op, bound: dict[sympy.Symbol, int], kr: KernelRecord) -> KernelFn:
+        """The cost model's pick was found wrong: build the fixed default (checked too)."""
+        log.warning("tilefx: kernel %s: the cost model's default schedule was rejected; using "
+                    "the template's", kr.name)
+        plain = KernelBuilder(self.session, self.target,
+                              replace(self.options, tune_trials=0, default_schedules="template"),
+                              self.record, keep_source=self.keep_source)
+        return plain._build(op, bound, kr)
 
     def _rejected(self, op: Op, kr: KernelRecord, outcome: CheckOutcome) -> KernelFn:
         """A kernel that computed a wrong result: PyTorch runs its body instead."""
