@@ -2,9 +2,9 @@
 
 One cluster for the module (``ray.cluster_utils.Cluster``: two raylets on this
 machine, one CPU and the target's measure resource each), so re-timing on a second
-node has a second node. Every thread count is 1 there: the two "nodes" share two
-cores, and a kernel timed on one while the other times another would otherwise
-see its threads fight. Kernels are tiny and trials few; the Ray workers keep their
+node has a second node; the node-death test adds a third and kills it. Every thread
+count is 1 there: the "nodes" share two cores, and a kernel timed on one while another
+times another would otherwise see its threads fight. Kernels are tiny and trials few; the Ray workers keep their
 runner child between tests.
 """
 
@@ -64,8 +64,12 @@ def cluster(tmp_path_factory):
            "TVM_BIND_THREADS": "0", "TVM_NUM_THREADS": "1", "OMP_NUM_THREADS": "1"}
     saved = {k: os.environ.get(k) for k in env}
     os.environ.update(env)  # the raylets, and so every worker, inherit these
+    # a killed node is declared dead after 3 failed health checks 1 s apart (Ray's default:
+    # 5, 3 s apart), so the node-death test waits seconds, not a quarter minute; a live but
+    # busy raylet still has each check's 10 s to answer
     nodes = Cluster(initialize_head=True, head_node_args=dict(
-        num_cpus=1, resources={RESOURCE: 1}, include_dashboard=False))
+        num_cpus=1, resources={RESOURCE: 1}, include_dashboard=False,
+        _system_config={"health_check_period_ms": 1000, "health_check_failure_threshold": 3}))
     nodes.add_node(num_cpus=1, resources={RESOURCE: 1})
     try:
         ray.init(address=nodes.address, log_to_driver=False)
@@ -207,9 +211,8 @@ def test_a_slow_node_is_named_and_its_disagreement_never_picks_the_winner(cluste
 def test_a_backend_without_a_shipper_builds_where_it_measures(cluster, tmp_path, monkeypatch):
     """Triton's builds live in the process: such a backend's candidates are built by the
     measuring task itself (here TVM with its shipper taken away)."""
-    from tilefx.autotune import cluster as cluster_mod
-
-    monkeypatch.setattr(cluster_mod, "_SHIPPERS", {})  # in this process: no build tasks
+    # in this process (the driver) only: no build tasks
+    monkeypatch.setattr(type(TARGET.backend()), "ships_builds", False)
     conn = RayCluster("ray", TARGET)
     tuner = _ray_tuner(tmp_path, conn)
     try:
@@ -345,6 +348,94 @@ def test_killed_workers_lose_nothing_and_kernels_travel(cluster, tmp_path):
             cache.entry_digest(so.stem, there)
 
 
+def _small_model():
+    """LayerNorm, GELU, softmax, sigmoid: three kernels (two reductions, one pointwise;
+    no library candidate, so no re-match measurements to count around)."""
+    import torch
+
+    class Small(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.ln = torch.nn.LayerNorm(64)
+
+        def forward(self, x):
+            h = torch.nn.functional.gelu(self.ln(x))
+            return torch.softmax(h * 2.0, dim=-1) + torch.sigmoid(x)
+
+    torch.manual_seed(0)
+    return Small().eval(), torch.randn(8, 64)
+
+
+def _measuring_now(node_id: str) -> bool:
+    """Whether the node's measure resource is taken: a measurement runs there now."""
+    from ray._private.state import available_resources_per_node
+
+    return available_resources_per_node().get(node_id, {}).get(RESOURCE, 0) < 1
+
+
+def test_a_node_killed_mid_run_loses_no_record_and_tuning_finishes(cluster, tmp_path):
+    """The issue's fault: a whole worker node (its raylet and every worker on it) is killed
+    while a small model's kernels are tuned on three measuring nodes, as a record from
+    another node is committed and the doomed node is mid-measurement. Its task is submitted
+    again on the nodes that remain; tuning finishes; every candidate has exactly one
+    record (rows counted); the records committed before the kill are all there; and the
+    model compiled from the database matches eager PyTorch."""
+    import torch
+
+    import tilefx
+    from tilefx.compiler.options import CompileOptions
+    from tilefx.compiler.pipeline import model_kernels
+    from tilefx.compiler.session import CompileSession
+
+    model, x = _small_model()
+    with CompileSession() as session:
+        kernels = model_kernels(model, (x,), CompileOptions(), session).kernels
+    assert len(kernels) >= 2, [k.attr("name") for k in kernels]
+    doomed = cluster.add_node(num_cpus=1, resources={RESOURCE: 1})  # head + two workers
+    cluster.wait_for_nodes()
+    conn = RayCluster("ray", TARGET)
+    tuner = _ray_tuner(tmp_path, conn, tolerance=1.5)  # re-timing on, as by default
+    before_kill: list = []
+    on_result = tuner._on_result
+
+    def kill_while_it_measures(res, bar, measured, r):
+        on_result(res, bar, measured, r)  # committed by now
+        if not before_kill and _measuring_now(doomed.node_id):
+            before_kill.extend((rec.fingerprint, rec.status, rec.samples)
+                               for rec in tuner.db.records())
+            cluster.remove_node(doomed, allow_graceful=False)  # raylet and workers, SIGKILL
+
+    tuner._on_result = kill_while_it_measures
+    try:
+        results = [tuner.tune_kernel(op) for op in kernels]
+    finally:
+        tuner.close()
+        if doomed in cluster.worker_nodes:  # the kill never came: leave the fixture as it was
+            cluster.remove_node(doomed)
+    assert before_kill, "the node was never killed"
+    assert doomed.node_id not in {n["NodeID"] for n in ray.nodes() if n["Alive"]}
+    assert conn.stats.tasks["retried"] >= 1, conn.stats.tasks  # its task ran again elsewhere
+    for res in results:
+        assert not res.interrupted and res.trials == 4, res
+        assert res.statuses == {"ok": 4}, res.statuses
+        _once_per_candidate(tuner.db, res)
+    records = tuner.db.records()
+    primary = _primary(records)
+    assert len(primary) == 4 * len(kernels) == \
+        len({(r.workload_key, r.fingerprint) for r in primary})  # one row per candidate
+    after = [(r.fingerprint, r.status, r.samples) for r in records]
+    assert all(rec in after for rec in before_kill), "a record committed before the kill is lost"
+    assert len(after) == len(set(after)), "a measurement was written twice"
+
+    db = str(tmp_path / "tuning.db")
+    with CompileSession() as session:  # the tuned model, from the database alone
+        compiled = tilefx.compile(model, options=CompileOptions(tune_trials=4, tune_db=db),
+                                  session=session)
+        out = compiled(x)
+    assert len(tuner.db.records()) == len(records)  # nothing measured again
+    torch.testing.assert_close(out, model(x), rtol=1e-4, atol=1e-5)
+
+
 def test_the_slower_of_two_disagreeing_nodes_counts():
     """The re-timing verdict on made-up results: agree -> both ok; disagree -> the slower
     ok, the faster kept as run_error; a node always on one side is named."""
@@ -353,24 +444,25 @@ def test_the_slower_of_two_disagreeing_nodes_counts():
     from tilefx.codegen.schedule import Schedule
 
     runner = RayRunner(RayCluster("ray", TARGET), tolerance=1.5)  # never connects here
+    referee = runner.referee
     work = Workload(_relu_add(), TARGET, (), "wk")
 
     def result(name, node, ms, status="ok"):
         return ClusterMeasureResult(Schedule.of(tile=name), status, (ms * 1e-3,) * 3, "",
                                     node=node)
 
-    agree = runner._judge(work, result("a", "n1", 1.0), result("a", "n2", 1.2))
+    agree = referee.judge(work, result("a", "n1", 1.0), result("a", "n2", 1.2))
     assert agree.status == "ok" and agree.seconds == 1e-3 and len(agree.also) == 1
     assert agree.also[0].status == "ok" and "1.20x apart" in agree.also[0].error
-    assert runner._best["wk"][1] == 1e-3  # what db.best will take: the lower of the two
+    assert referee.best["wk"][1] == 1e-3  # what db.best will take: the lower of the two
     for name in ("b", "c"):  # node n2 is 3x slower, twice
-        kept = runner._judge(work, result(name, "n1", 0.5), result(name, "n2", 1.5))
+        kept = referee.judge(work, result(name, "n1", 0.5), result(name, "n2", 1.5))
         assert kept.status == "ok" and kept.seconds == 1.5e-3 and kept.node == "n2"
         (dropped,) = kept.also
         assert dropped.status == "run_error" and dropped.seconds is None
         assert dropped.samples == (0.5e-3,) * 3 and "3.00x > tolerance 1.50x" in dropped.error
-    assert runner._best["wk"][1] == 1e-3  # 1.5 ms confirmed does not beat 1.0 ms
-    assert dict(runner._odd["n2"]) == {"slower": 2}
-    failed = runner._judge(work, result("d", "n1", 0.2), result("d", "n2", 0, "timeout"))
+    assert referee.best["wk"][1] == 1e-3  # 1.5 ms confirmed does not beat 1.0 ms
+    assert dict(referee.odd["n2"]) == {"slower": 2}
+    failed = referee.judge(work, result("d", "n1", 0.2), result("d", "n2", 0, "timeout"))
     assert failed.seconds == 0.2e-3 and failed.also[0].status == "timeout"
     assert "re-timing on another node failed" in failed.also[0].error

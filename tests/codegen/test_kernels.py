@@ -100,6 +100,56 @@ def test_disk_cache_hit_and_corrupt_entry(caplog):
     torch.testing.assert_close(y, torch.sigmoid(x))
 
 
+def test_a_shipped_kernel_installs_into_another_cache_and_a_tampered_one_is_refused(
+        tmp_path, monkeypatch):
+    """``Backend.ship`` on the building machine, ``unship`` on the measuring one (the Ray
+    cluster's nodes): the kernel then loads from the receiving cache and runs; bytes that
+    do not match the digest sent with them are refused and nothing is written."""
+    from dataclasses import replace
+
+    import pytest
+
+    from tilefx.codegen.backend import Backend
+    from tilefx.codegen.tvm import build_kernel
+    from tilefx.codegen.tvm.cache import cache_dir, entry_digest
+
+    target = Target.host_cpu()
+    backend = target.backend()
+    op = kernel_op("pointwise", [f32(8, 32)], lambda b, x: b.op("tanh", x), name="shipped")
+    monkeypatch.setenv("TILEFX_CACHE_DIR", str(tmp_path / "builder"))
+    built = build_kernel(op, target)
+    assert backend.ships_builds
+    shipment = backend.ship(built.fingerprint)
+    assert shipment.artifact == built.fingerprint and shipment.payload[:4] == b"\x7fELF"
+
+    monkeypatch.setenv("TILEFX_CACHE_DIR", str(tmp_path / "measurer"))  # a fresh cache
+    assert backend.unship(shipment) == built.fingerprint
+    entry = cache_dir() / f"{built.fingerprint}.so"
+    assert entry.read_bytes() == shipment.payload
+    assert entry.with_suffix(".sha256").read_text().strip() == entry_digest(entry.stem, entry)
+    backend.unship(shipment)  # again: the verified entry is kept
+    there = build_kernel(op, target)
+    assert there.from_cache  # loaded from what was installed, not rebuilt
+    x, y = _rand(8, 32), torch.empty(8, 32)
+    there(x, y)
+    torch.testing.assert_close(y, torch.tanh(x))
+
+    monkeypatch.setenv("TILEFX_CACHE_DIR", str(tmp_path / "third"))
+    flipped = bytearray(shipment.payload)
+    flipped[len(flipped) // 2] ^= 0xFF
+    for bad in (replace(shipment, payload=bytes(flipped)), replace(shipment, digest="0" * 64)):
+        with pytest.raises(ValueError, match=rf"kernel {built.fingerprint} arrived damaged: "
+                                             "its bytes do not match the sha256"):
+            backend.unship(bad)
+    assert not list((tmp_path / "third").rglob("*.so"))
+    with pytest.raises(ValueError, match="not a kernel cache key"):
+        backend.unship(replace(shipment, artifact="../../etc/evil"))
+    with pytest.raises(FileNotFoundError, match="is not in this machine's kernel cache"):
+        backend.ship("0" * 32)
+    with pytest.raises(NotImplementedError, match="build where you measure"):
+        Backend(target).ship(built.fingerprint)  # a backend whose builds cannot travel
+
+
 def test_schedule_space_is_data_and_non_default_schedules_work():
     from tilefx.codegen.tvm import default_schedule, schedule_space
 

@@ -225,8 +225,9 @@ STRATEGIES = ("evolutionary", "random", "grid")
 
 
 def make_strategy(name: str, space: SearchSpace, *, kernel: Any = None, target: Any = None,
-                  model: CostModel | None = None, seed: int = 0) -> _Base:
-    """A strategy by name: ``evolutionary`` (default), ``random`` or ``grid``."""
+                  model: CostModel | None = None, seed: int = 0, pool: int = 512) -> _Base:
+    """A strategy by name: ``evolutionary`` (default), ``random`` or ``grid``; ``pool``:
+    candidates the evolutionary search ranks per round."""
     if name == "random":
         return RandomSearch(space, seed)
     if name == "grid":
@@ -234,5 +235,5 @@ def make_strategy(name: str, space: SearchSpace, *, kernel: Any = None, target: 
     if name == "evolutionary":
         if model is None:
             model = AnalyticalModel()
-        return EvolutionarySearch(space, model, kernel, target, seed=seed)
+        return EvolutionarySearch(space, model, kernel, target, seed=seed, pool=pool)
     raise ValueError(f"unknown search strategy {name!r}: use one of {', '.join(STRATEGIES)}")

@@ -25,6 +25,14 @@ the database at once. So:
   and the search goes on; a wrong result is logged with its schedule;
 - a schedule whose built kernel failed the compile's check (marked bad in the
   database's ``kernel_checks``) is never measured, seeded from or chosen.
+
+Under a time limit (``seconds``: per kernel, or the share of a model budget that
+``model_tune.tune_model`` gives each kernel, ``budget.py``) the first round
+measures the baselines alone, and each later round only as many candidates as
+the time left fits at the cost per candidate seen so far, so a kernel ends near
+its limit, not a whole batch past it. With ``patience`` a search whose best has
+not improved by 1% over that many candidates stops early (its time goes back to
+the model's budget).
 """
 
 from __future__ import annotations
@@ -41,6 +49,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from tilefx import settings
+from tilefx.autotune.budget import Spent, converged, ranking_pool
 from tilefx.autotune.search import make_strategy
 from tilefx.codegen.measure import EXTERN_ARTIFACT, BuildResult, LocalBuilder, LocalRunner, MeasureResult, Workload
 from tilefx.codegen.space import EXTERN, SearchSpace, is_extern
@@ -48,6 +57,7 @@ from tilefx.codegen.schedule import Schedule
 from tilefx.codegen.target import Target
 from tilefx.cost_model import default_model  # learned: local, else shipped
 from tilefx.cost_model.analytical import AnalyticalModel
+from tilefx.ir.identity import kernel_key, kernel_symbols
 from tilefx.ir.printer import print_graph
 from tilefx.storage.database import TuningDatabase
 
@@ -70,10 +80,26 @@ def parse_budget(tune: int | str | float | None) -> tuple[int, float | None]:
     return 1_000_000, float(m.group(1)) * scale
 
 
+def parse_tune(tune: int | str | float | None) -> tuple[int, float | None, float | None]:
+    """What ``tilefx.compile(tune=...)`` asks: (trials per kernel, seconds per kernel, seconds
+    for the whole model). ``32``: 32 trials per kernel; ``"60s"``: 60 seconds for the model,
+    shared by expected gain (``model_tune.py``); ``"30s/kernel"``: 30 seconds per kernel."""
+    text = tune.strip() if isinstance(tune, str) else ""
+    per_kernel = text.endswith("/kernel")
+    try:
+        trials, seconds = parse_budget(text[:-len("/kernel")] if per_kernel else tune)
+    except ValueError:
+        raise ValueError(f"tune={tune!r}: give a number of trials per kernel (32), a time "
+                         "budget for the whole model ('60s', '2m') or per kernel "
+                         "('30s/kernel')") from None
+    return (trials, seconds, None) if per_kernel else (trials, None, seconds)
+
+
 @dataclass
 class TuneOptions:
     trials: int = 32                   # new candidates measured per kernel
     seconds: float | None = None       # or a time budget per kernel
+    model_seconds: float | None = None  # or one for the whole model (model_tune.py)
     strategy: str = "evolutionary"     # evolutionary | random | grid
     batch: int = 8                     # candidates proposed (and built in parallel) per round
     workers: int = field(default_factory=settings.tune_workers)
@@ -113,6 +139,9 @@ class KernelTuneResult:
     from_db: bool = False              # nothing measured: the database had it
     interrupted: bool = False
     seconds: float = 0.0               # wall time of tuning this kernel
+    budget: Spent | None = None        # its part of a model budget (model_tune.py)
+    # seconds one candidate cost (propose, build, measure) in the rounds after the baselines'
+    candidate_seconds: float | None = None
 
     @property
     def speedup(self) -> float | None:
@@ -158,13 +187,23 @@ class Tuner:
         self.results: list[KernelTuneResult] = []
         self.interrupted = False
         self.measurements = 0          # candidates measured by this tuner, all kernels
+        # model budget: each kernel's result by planned_key(), from model_tune.tune_model
+        self.planned: dict[tuple, KernelTuneResult] = {}
 
     # ------------------------------------------------------------------ one kernel
 
-    def tune_kernel(self, kernel_op: Any, bindings: Mapping[Any, int] | None = None
-                    ) -> KernelTuneResult:
+    def tune_kernel(self, kernel_op: Any, bindings: Mapping[Any, int] | None = None, *,
+                    seconds: float | None = None, patience: int = 0,
+                    cost_hint: float | None = None) -> KernelTuneResult:
+        """Tune one kernel: ``options.trials`` new candidates, or until ``seconds`` (default
+        ``options.seconds``) have passed; ``patience``: stop once converged (budget.py);
+        ``cost_hint``: seconds per candidate seen on other kernels, which sizes the rounds
+        until this one has its own (its first round loads the workload: it says little)."""
         t_start = time.perf_counter()
         opts, tkey = self.options, self.target.key()
+        limit = opts.seconds if seconds is None else seconds
+        if limit is None and opts.model_seconds is not None:  # never more than the model's
+            limit = opts.model_seconds
         names = {(getattr(k, "name", k)): int(v) for k, v in (bindings or {}).items()}
         bindings = names or None
         wkey = self._workload_key(kernel_op, bindings)
@@ -182,12 +221,14 @@ class Tuner:
         state = self.db.tuning_state(wkey, tkey)  # a finished search is not resumed
         finished = state is not None and (state[1] or state[0] >= opts.trials)
         if past and (done_before >= opts.trials or finished or
-                     (opts.seconds is not None and self.db.best(wkey, tkey))):
+                     (limit is not None and self.db.best(wkey, tkey))):
             res.from_db = True
+            return self._finish(res, kernel_op, bindings, t_start)
+        if limit is not None and limit <= 0:  # a look-up: the database's best, or nothing
             return self._finish(res, kernel_op, bindings, t_start)
 
         space = self.backend.space(kernel_op, bindings)
-        strategy = self._strategy(space, kernel_op, bindings)
+        strategy = self._strategy(space, kernel_op, bindings, seconds)
         strategy.update([_Known(r.schedule, r.median if r.ok else None) for r in past])
         default = self.backend.default_schedule(kernel_op, bindings)
         first = [default] + ([EXTERN] if space.has_extern else [])
@@ -195,13 +236,23 @@ class Tuner:
         ranked = sorted((r for r in past if r.ok and r.median), key=lambda r: r.median)
         strategy.seed([default] + [r.schedule for r in ranked[:4] if not is_extern(r.schedule)])
         goal = max(0, opts.trials - done_before)
-        deadline = None if opts.seconds is None else t_start + opts.seconds
-        cost_per_candidate: list[float] = []
-        bar = _progress(res.name, goal if opts.seconds is None else None, opts.progress)
+        deadline = None if limit is None else t_start + limit
+        cost_per_candidate: list[float] = []  # build + run: what skipping a duplicate saves
+        round_cost: list[float] = []  # per candidate, with proposing and fingerprinting
+        bar = _progress(res.name if seconds is None else f"{res.name} [{seconds:.1f}s]",
+                        goal if limit is None else None, opts.progress)
         idle_rounds, exhausted = 0, False
         try:
             while res.trials < goal and (deadline is None or time.perf_counter() < deadline):
-                proposals = first + strategy.propose(min(opts.batch, goal - res.trials))
+                t_round = time.perf_counter()
+                if patience and converged(res.history, patience):
+                    break
+                want = _round_size(min(opts.batch, goal - res.trials), deadline, round_cost,
+                                   baselines=len(first), reserve=1 if space.has_extern else 0,
+                                   hint=cost_hint)
+                if want == 0 and not first:  # not even one more candidate fits the time left
+                    break
+                proposals = first + (strategy.propose(want) if want else [])
                 first = []
                 if not proposals:
                     exhausted = True
@@ -236,9 +287,10 @@ class Tuner:
                 finally:
                     cost_per_candidate.append((time.perf_counter() - t0) / max(1, len(measured)))
                     strategy.update(measured)
+                    round_cost.append((time.perf_counter() - t_round) / max(1, len(measured)))
             if space.has_extern and res.trials:
                 self._rematch(workload, bad)
-            self.db.set_tuning_state(wkey, tkey, opts.trials if opts.seconds is None else
+            self.db.set_tuning_state(wkey, tkey, opts.trials if limit is None else
                                      done_before + res.trials, exhausted)
         except KeyboardInterrupt:
             log.warning("tilefx tune: interrupted while tuning %s; keeping the %d measurements "
@@ -250,6 +302,9 @@ class Tuner:
                 bar.close()
         if cost_per_candidate:
             res.saved_seconds = res.dup_skipped * sum(cost_per_candidate) / len(cost_per_candidate)
+        if len(round_cost) > 1:  # the first round also loads the workload (or starts the
+            # runner's processes): left out, and no estimate from it alone
+            res.candidate_seconds = sum(round_cost[1:]) / (len(round_cost) - 1)
         return self._finish(res, kernel_op, bindings, t_start)
 
     def _workload_key(self, kernel_op: Any, bindings: Mapping[str, int] | None) -> str:
@@ -275,14 +330,21 @@ class Tuner:
             self.db.remember_workload_key(ir_hash, key)
         return key
 
-    def _strategy(self, space: SearchSpace, kernel_op: Any, bindings: Any) -> Any:
-        model = self.model
+    def _strategy(self, space: SearchSpace, kernel_op: Any, bindings: Any,
+                  share: float | None = None) -> Any:
+        """The search; with a model budget's ``share`` of seconds a learned model ranks a
+        pool sized to it, or the analytical model ranks when none fits (``budget.ranking_pool``):
+        its features are not free."""
+        model, pool = self.model, 512
         if model is None and self.options.strategy == "evolutionary":
-            model = default_model(self.target, bindings)
+            fits = 512 if share is None else ranking_pool(share)
+            if fits:
+                model = default_model(self.target, bindings)
+                pool = fits if model is not None else pool
         if model is None and self.options.strategy == "evolutionary":
             model = AnalyticalModel(bindings)
         return make_strategy(self.options.strategy, space, kernel=kernel_op, target=self.target,
-                             model=model, seed=self.options.seed)
+                             model=model, seed=self.options.seed, pool=pool)
 
     def _rematch(self, workload: Workload, bad: set[str], rounds: int = 2) -> None:
         """Measure the library candidate and the best TVM schedule again, in turns.
@@ -358,6 +420,8 @@ class Tuner:
             res.wrong_results.append(str(r.schedule))
         elif r.status != "ok":
             log.info("tilefx tune: kernel %s: %s %s: %s", res.name, r.status, r.schedule, r.error)
+        log.debug("tilefx tune: kernel %s: %s %s (build %.2fs, run %.2fs)", res.name, r.status,
+                  r.schedule, r.build_seconds, r.run_seconds)
         prev = res.history[-1] if res.history else float("inf")
         t = r.seconds
         res.history.append(min(prev, t) if t is not None else prev)
@@ -366,8 +430,16 @@ class Tuner:
                 t_start: float) -> KernelTuneResult:
         tkey = self.target.key()
         best = self.db.best(res.workload_key, tkey)
-        if best is not None:
+        if best is not None:  # else nothing measured correctly: no baseline to look up either
             res.best, res.best_seconds = best.schedule, best.median
+            self._baselines(res, kernel_op, bindings)
+        res.seconds = time.perf_counter() - t_start
+        self.results.append(res)
+        return res
+
+    def _baselines(self, res: KernelTuneResult, kernel_op: Any, bindings: Any) -> None:
+        """The default schedule's and the library's times, for the summary."""
+        tkey = self.target.key()
         default = self.backend.default_schedule(kernel_op, bindings)
         try:  # by schedule first: lowering for a fingerprint is the slow way
             rec = self.db.lookup_schedule(res.workload_key, tkey, default.to_json()) or \
@@ -378,15 +450,20 @@ class Tuner:
             log.debug("no default fingerprint for %s: %s", res.name, e)
         rec = self.db.lookup_fingerprint(res.workload_key, tkey, self.backend.extern_fingerprint())
         res.library_seconds = rec.median if rec is not None and rec.ok else None
-        res.seconds = time.perf_counter() - t_start
-        self.results.append(res)
-        return res
 
     def time_summary(self) -> str:
         """Where the tuning time went (build, queue, measure, driver) when the runner can
         tell (a cluster), in one line; "" otherwise."""
         summary = getattr(self.runner, "time_summary", None)
         return summary(sum(r.seconds for r in self.results)) if summary is not None else ""
+
+    def warm_up(self) -> None:
+        """Start the builder's and runner's processes now, where they can (each imports torch
+        and TVM: seconds), so a time-limited run does not wait for them."""
+        for part in (self.builder, self.runner):
+            start = getattr(part, "warm_up", None)
+            if start is not None:
+                start()
 
     def close(self) -> None:
         line = self.time_summary()
@@ -396,6 +473,23 @@ class Tuner:
         self.runner.close()
         if self._own_db:
             self.db.close()
+
+
+def _round_size(want: int, deadline: float | None, costs: list[float], *, baselines: int,
+                reserve: int = 0, hint: float | None = None) -> int:
+    """New candidates to propose this round: ``want``, or under a time limit as many as the
+    time left fits at the mean cost per candidate so far (past the first round when there
+    is a ``hint`` to go by instead), keeping ``reserve`` candidates' time (the library
+    re-match after the search); the first round (``baselines`` queued, no cost known yet)
+    measures the baselines alone, or one candidate without any."""
+    if deadline is None:
+        return want
+    if not costs:
+        return 0 if baselines else min(want, 1)
+    later = costs[1:] if hint else costs
+    per = sum(later) / len(later) if later else hint
+    left = deadline - time.perf_counter() - reserve * per
+    return max(0, min(want, int(left / per) if per > 0 else want))
 
 
 def _progress(name: str, total: int | None, enabled: bool) -> Any:
@@ -412,10 +506,12 @@ def _ms(seconds: float | None) -> str:
 
 
 def format_summary(results: list[KernelTuneResult]) -> str:
-    """A markdown table: kernel, trials, dup skipped, default/best/library ms, speedup."""
+    """A markdown table: kernel, trials, dup skipped, default/best/library ms, speedup; under
+    a model budget also each kernel's budget (seconds used / given, expected gain)."""
+    budgeted = any(r.budget is not None for r in results)
     rows = ["| kernel | kind | trials | dup skipped | failed | default ms | best ms | speedup "
-            "| library ms | best schedule |",
-            "|---|---|---:|---:|---:|---:|---:|---:|---:|---|"]
+            "| library ms | best schedule |" + (" budget |" if budgeted else ""),
+            "|---|---|---:|---:|---:|---:|---:|---:|---:|---|" + ("---|" if budgeted else "")]
     for r in results:
         failed = sum(n for s, n in r.statuses.items() if s != "ok")
         sp = f"{r.speedup:.2f}x" if r.speedup else "-"
@@ -423,7 +519,8 @@ def format_summary(results: list[KernelTuneResult]) -> str:
         sched = "extern torch" if is_extern(r.best) else (str(r.best) if r.best else "-")
         rows.append(f"| {r.name} | {r.kind} | {trials} | {r.dup_skipped} | {failed} | "
                     f"{_ms(r.default_seconds)} | {_ms(r.best_seconds)} | {sp} | "
-                    f"{_ms(r.library_seconds)} | {sched} |")
+                    f"{_ms(r.library_seconds)} | {sched} |"
+                    + (f" {r.budget.cell() if r.budget else '-'} |" if budgeted else ""))
     dups = sum(r.dup_skipped for r in results)
     saved = sum(r.saved_seconds for r in results)
     wrong = sum(len(r.wrong_results) for r in results)
@@ -434,13 +531,29 @@ def format_summary(results: list[KernelTuneResult]) -> str:
 
 # ------------------------------------------------------- the compiler's entry point
 
+def planned_key(kernel_op: Any, bindings: Mapping[Any, int] | None) -> tuple:
+    """A kernel at a binding, as ``Tuner.planned`` knows it: equal computations, one key."""
+    used = {getattr(s, "name", str(s)) for s in kernel_symbols(kernel_op)}
+    sizes = {getattr(s, "name", str(s)): int(v) for s, v in (bindings or {}).items()}
+    return kernel_key(kernel_op), tuple(sorted((k, v) for k, v in sizes.items() if k in used))
+
+
 def tune_or_default(tuner: Tuner, kernel_op: Any, bindings: Mapping[Any, int] | None
                     ) -> tuple[Schedule | None, KernelTuneResult | None]:
     """The schedule to build ``kernel_op`` with: tuned (or read from the database) by
     ``tuner``; (None, ...) when nothing measured correctly or tuning failed (the default
-    schedule is then used: tuning is an optimization and never fails a compile)."""
+    schedule is then used: tuning is an optimization and never fails a compile).
+
+    Under a model budget the kernel was tuned with the others (``model_tune.tune_model``,
+    before the binding's kernels are built): its result is taken from there. One that no
+    plan covered only reads the database (a zero time limit)."""
+    planned = tuner.planned.get(planned_key(kernel_op, bindings)) \
+        if tuner.options.model_seconds is not None else None
+    if planned is not None:
+        return planned.best, planned
     try:
-        result = tuner.tune_kernel(kernel_op, bindings)
+        result = tuner.tune_kernel(kernel_op, bindings) if tuner.options.model_seconds is None \
+            else tuner.tune_kernel(kernel_op, bindings, seconds=0.0)
     except Exception as e:  # noqa: BLE001 - tuning is an optimization: never fail the compile
         log.warning("tilefx tune: could not tune kernel %s (%s: %s); it uses its default "
                     "schedule", kernel_op.attr("name"), type(e).__name__, e)

@@ -10,7 +10,9 @@ uses asks its ``Backend`` instead of comparing the target's kind:
   (identity of the generated code, ``extern_fingerprint`` for the library's);
 - measuring: ``tuning_pair`` (the builder and runner the tuner builds and times
   candidates with), ``timer`` (whole-model timing), ``check_placement``
-  (device and tolerance dtypes of a checked build);
+  (device and tolerance dtypes of a checked build); ``ship`` / ``unship``
+  (``ships_builds``): a built candidate packed on the machine that built it and
+  installed on the one that times it (the Ray cluster, ``autotune/cluster.py``);
 - the passes' hooks: ``pass_defaults`` (which passes apply to this code
   generator), ``pack_factor`` / ``block_factor`` (the weight panel and channel
   block a schedule reads), ``sparse_timers`` (timing dense vs sparse layers);
@@ -26,7 +28,7 @@ from __future__ import annotations
 
 import enum
 import importlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import TYPE_CHECKING, Any, Callable, Mapping, Protocol, Sequence
 
@@ -67,6 +69,15 @@ class CheckPlacement:
     dtypes: tuple[Any, ...]
 
 
+@dataclass(frozen=True)
+class Shipment:
+    """A built candidate packed to travel to another machine (``Backend.ship``)."""
+
+    artifact: str                            # what the builder returned (TVM: the cache key)
+    payload: bytes = field(repr=False)       # what travels (TVM: the kernel's .so)
+    digest: str                              # what the receiver checks the payload against
+
+
 class Backend:
     """The interface; ``codegen/tvm/backend.py`` and ``codegen/triton/backend.py`` implement it."""
 
@@ -74,6 +85,10 @@ class Backend:
     feature_set: FeatureSet = FeatureSet.LOOP_NEST
     cost_model_arch: str = ""
     writes_artifacts: bool = False
+    ships_builds: bool = False   # ship/unship exist: a build can be timed on another machine
+    # untuned kernels take the learned cost model's pick over the fixed default (measured to pay
+    # on this backend; TILEFX_DEFAULT_SCHEDULE / CompileOptions.default_schedules override)
+    default_from_cost_model: bool = False
 
     def __init__(self, target: Target) -> None:
         self.target = target
@@ -115,6 +130,18 @@ class Backend:
 
     def check_placement(self, op: Op) -> CheckPlacement:
         return CheckPlacement("cpu", tuple(r.type.dtype for r in op.results))
+
+    def ship(self, artifact: str) -> Shipment:
+        """The build ``artifact`` (from this machine's ``tuning_pair`` builder), packed
+        for another machine of the same target."""
+        raise NotImplementedError(f"the {self.name} backend's builds live in the process "
+                                  "that made them: build where you measure")
+
+    def unship(self, shipment: Shipment) -> str:
+        """Install a ``ship``-ped build here, so this machine's runner finds it; returns
+        its artifact. A payload that does not match its digest is refused (``ValueError``)."""
+        raise NotImplementedError(f"the {self.name} backend's builds live in the process "
+                                  "that made them: build where you measure")
 
     # -- the passes' hooks
     def pass_defaults(self) -> PassDefaults:

@@ -219,6 +219,11 @@ def _ignore_sigint() -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
+def _ready() -> None:
+    """A worker's first job under ``warm_up``: imports what a build needs (torch, TVM)."""
+    import tvm  # noqa: F401
+
+
 def _build_worker(kernel_bytes: bytes, target_json: str, bindings: dict[str, int],
                   schedule_json: str, cache_dir: str | None,
                   fault: str | None = None) -> tuple[str, str, str, float]:
@@ -248,6 +253,7 @@ class LocalBuilder:
         self.timeout = timeout
         self.fault = fault  # test hook: fault(schedule) == "crash" kills the worker building it
         self._pool: ProcessPoolExecutor | None = None
+        self._idle = False  # the pool was started by warm_up and has built nothing
 
     def _executor(self) -> ProcessPoolExecutor:
         if self._pool is None:
@@ -265,12 +271,21 @@ class LocalBuilder:
                 for s in schedules if not is_extern(s)]
         done: dict[Schedule, BuildResult] = {s: BuildResult(s, "ok", EXTERN_ARTIFACT)
                                              for s in schedules if is_extern(s)}
+        self._idle = False
         if self.workers <= 0:
             for s, args in jobs:
                 done[s] = BuildResult(s, *_build_worker(*args))
         else:
             self._pool_build(jobs, done)
         return [done[s] for s in schedules]
+
+    def warm_up(self) -> None:
+        """Start the workers now, in the background: each imports torch and TVM (seconds),
+        which a time-limited tuning run would otherwise wait for at its first build."""
+        if self.workers > 0 and self._pool is None:
+            self._idle = True
+            for _ in range(self.workers):
+                self._executor().submit(_ready)
 
     def _pool_build(self, jobs: list, done: dict[Schedule, BuildResult]) -> None:
         """Build ``jobs`` in the pool. When a worker dies or hangs, the first unfinished
@@ -303,6 +318,8 @@ class LocalBuilder:
             pool.shutdown(wait=False, cancel_futures=True)
 
     def close(self) -> None:
+        if self._idle:  # warmed up, never used: stop it now, not after its imports
+            self._restart()
         if self._pool is not None:
             self._pool.shutdown(wait=True, cancel_futures=True)
             self._pool = None
@@ -310,12 +327,14 @@ class LocalBuilder:
 
 # -------------------------------------------------------------------------------- runner
 
-def _runner_main(conn: Any, cache_dir: str | None) -> None:
+def _runner_main(conn: Any, cache_dir: str | None, preload_tvm: bool = False) -> None:
     """The runner child: serve ("workload", ...) and ("run", ...) requests until EOF."""
     _ignore_sigint()
     configure_tvm_threads()  # the measured kernels run on a pool sized like torch's, unpinned
     if cache_dir:
         os.environ["TILEFX_CACHE_DIR"] = cache_dir
+    if preload_tvm:  # the TVM child will load a kernel: import now, not in the first timing
+        import tvm  # noqa: F401
 
     state: dict[str, Any] = {}
     while True:
@@ -372,11 +391,12 @@ def _run_one(state: dict, artifact: str, fault: str | None, repeats: int, warmup
 class _Child:
     """One runner process and its pipe; the workload it has loaded."""
 
-    def __init__(self) -> None:
+    def __init__(self, role: str = "tvm") -> None:
         ctx = worker_context()
         self.conn, child = ctx.Pipe()
         self.proc = ctx.Process(target=_runner_main, name="tilefx-runner",
-                                args=(child, os.environ.get("TILEFX_CACHE_DIR")), daemon=True)
+                                args=(child, os.environ.get("TILEFX_CACHE_DIR"), role == "tvm"),
+                                daemon=True)
         self.proc.start()
         child.close()
         self.loaded = ""
@@ -390,6 +410,9 @@ class _Child:
         self.conn.close()
 
     def close(self) -> None:
+        if not self.loaded:  # started by warm_up and never used: maybe still importing
+            self.kill()
+            return
         self.conn.close()  # the child sees EOF and exits
         self.proc.join(5)
         if self.proc.is_alive():
@@ -442,7 +465,7 @@ class LocalRunner(RunsInOrder):
         """Send ``msg`` to the ``role`` child and wait; a dead or stuck child becomes a status."""
         child = self._children.get(role)
         if child is None or not child.alive():
-            child = self._children[role] = _Child()
+            child = self._children[role] = _Child(role)
         try:
             child.conn.send(msg)
             if not child.conn.poll(timeout):
@@ -454,6 +477,14 @@ class LocalRunner(RunsInOrder):
             code = child.proc.exitcode
             self._drop(role)
             return "run_error", (), f"runner process died (exit code {code})"
+
+    def warm_up(self) -> None:
+        """Start both children now, in the background (each imports torch and TVM: seconds);
+        they load a workload when the first measurement asks."""
+        for role in ("tvm", "library"):
+            child = self._children.get(role)
+            if child is None or not child.alive():
+                self._children[role] = _Child(role)
 
     def _drop(self, role: str) -> None:
         self._children.pop(role).kill()

@@ -284,8 +284,9 @@ def compile(model: Any = None, target: str | Any = "cpu", *, dynamic: bool = Fal
 
     Without ``model`` it returns a decorator. On an nn.Module class it returns a
     subclass whose instances compile lazily on their first call. ``tune=N``
-    autotunes each kernel with N candidate schedules (``tune="30s"``: a time
-    budget per kernel); results go to the tuning database, so a second compile
+    autotunes each kernel with N candidate schedules; ``tune="60s"`` tunes the
+    whole model within 60 seconds, shared among its kernels by expected gain
+    (``tune="30s/kernel"``: 30 seconds per kernel); results go to the tuning database, so a second compile
     of the same model measures nothing. ``cluster="ray"`` (a local Ray) or a Ray
     cluster's address builds and measures the candidates there (``pip install
     'tilefx[cluster]'``); a cluster that cannot be reached leaves the default schedules.

@@ -173,7 +173,7 @@ def cmd_compile(args: argparse.Namespace) -> int:
     tuning_s = sum(getattr(t, "seconds", 0.0) for t in getattr(record, "tuning", None) or ())
     lines = [record.report(), "",
              f"compiled {args.model} in {seconds:.1f}s: {len(record.kernels)} kernels "
-             f"({fused} fusions), {len(record.fallbacks)} fallbacks",
+             f"({fused} fusions), {len(record.fallbacks)} fallbacks, {len(record.interpreted)} interpreted",
              f"tuning: {_tuning_text(tune, tuning_s)}",
              f"latency on {', '.join(str(s.concrete(first)) for s in args.input)} (median of "
              f"{args.repeats}): tilefx {compiled_ms:.3f} ms, eager {eager_ms:.3f} ms, "
@@ -209,7 +209,9 @@ def _compiled_vs_eager(compiled: Callable[..., Any], model: Any, inputs: Sequenc
 def _tuning_text(tune: int | str, seconds: float) -> str:
     if not tune:
         return "none (default schedules; pass --trials N or --time-budget 10m to autotune)"
-    return f"budget {tune} per kernel, {seconds:.1f}s spent"
+    if isinstance(tune, int):
+        return f"{tune} trials per kernel, {seconds:.1f}s spent"
+    return f"budget {tune} for the model (each batch size), {seconds:.1f}s spent"
 
 
 def _update_compile_info(out: Path, **info: Any) -> None:
@@ -251,7 +253,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     lines = [f"loaded {args.artifact} in {load_s * 1e3:.0f} ms "
              f"({len(module.manifest['kernels'])} kernels, "
              # counted in the IR that runs, not taken from the manifest's word
-             f"{sum(op.name == 'fallback' for op in module.graph.ops)} fallbacks)",
+             f"{sum(op.name == 'fallback' for op in module.graph.ops)} fallbacks, "
+             f"{sum(k.get('backend') == 'interpreter' for k in module.manifest['kernels'])} interpreted)",
              f"tilefx: {ms:.3f} ms (median of {args.repeats}) on {shapes}"]
     if model is not None:
         lines.append(f"eager:  {eager:.3f} ms; speedup {eager / ms:.2f}x; max |diff| {diff:.2e}")
@@ -278,7 +281,8 @@ def add_subcommands(sub: Any) -> None:
     tune.add_argument("--trials", metavar="N", type=positive_int,
                       help="autotune: measure N candidate schedules per kernel")
     tune.add_argument("--time-budget", metavar="DURATION", type=parse_time_budget,
-                      help=f"autotune with a time budget per kernel: {BUDGET_HELP}")
+                      help=f"autotune within a time budget for the whole model (per batch size), "
+                      f"shared among its kernels by expected gain: {BUDGET_HELP}")
     p.add_argument("--dynamic", choices=["batch"], help="make dim 0 of every input a symbol; "
                    "kernels are built for each of --batch-sizes")
     p.add_argument("--batch-sizes", metavar="SIZES", type=parse_batch_sizes,

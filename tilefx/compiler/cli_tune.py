@@ -2,11 +2,15 @@
 
     tilefx tune examples/mlp.py:build --input 64x1024 --trials 32
     tilefx tune mypkg.models:resnet --input 1x3x224x224 --time 30s --strategy random
+    tilefx tune mypkg.models:resnet --input 1x3x224x224 --budget 60s
 
 Captures and optimizes the model like ``tilefx compile``, then tunes each
 distinct kernel (kernels with equal computation are tuned once) with a
 progress bar per kernel, and prints the summary table (kernel, trials,
-duplicates skipped, default / best / library latency, speedup). Results go
+duplicates skipped, default / best / library latency, speedup). ``--trials``
+and ``--time`` limit each kernel; ``--budget`` limits the whole model, shared
+among its kernels by expected gain (``autotune/budget.py``): the plan is printed
+first, and the table gets a budget column (seconds used / given). Results go
 to the tuning database (``--db``, default ``$TILEFX_CACHE_DIR/tuning.db``),
 so a later ``tilefx.compile(model, tune=N)`` measures nothing. Ctrl-C stops
 cleanly; a rerun resumes.
@@ -24,6 +28,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from tilefx.autotune.model_tune import tune_model
 from tilefx.autotune.search import STRATEGIES
 from tilefx.autotune.tuner import TuneOptions, Tuner, format_summary
 from tilefx.codegen.target import Target
@@ -43,6 +48,8 @@ def add_parser(sub: Any) -> None:
     budget = p.add_mutually_exclusive_group()
     budget.add_argument("--trials", type=int, default=32, help="new candidates per kernel (32)")
     budget.add_argument("--time", metavar="BUDGET", help="time budget per kernel, e.g. 30s, 2m")
+    budget.add_argument("--budget", metavar="TIME", help="time budget for the whole model, e.g. "
+                        "60s, 5m: shared among the kernels by expected gain")
     p.add_argument("--strategy", choices=STRATEGIES, default="evolutionary")
     p.add_argument("--workers", type=int, default=1, help="builder processes (0: in process)")
     p.add_argument("--batch", type=int, default=8, help="candidates per round")
@@ -85,29 +92,41 @@ def cmd_ray_resources(args: argparse.Namespace) -> int:
 def cmd_tune(args: argparse.Namespace) -> int:
     if args.trials is not None and args.trials < 1:
         raise CLIError(f"--trials must be at least 1, got {args.trials}")
+    try:
+        options = TuneOptions.from_tune(args.budget or args.time or args.trials,
+                                        strategy=args.strategy, workers=args.workers,
+                                        batch=args.batch, timeout=args.timeout, db_path=args.db,
+                                        progress=not args.no_progress)
+        if (args.budget or args.time) and options.seconds is None:
+            raise ValueError("a time, not a number of trials")
+    except ValueError:
+        flag, value = ("--budget", args.budget) if args.budget else ("--time", args.time)
+        raise CLIError(f"{flag} {value!r}: give a time, e.g. 30s, 2m") from None
+    if args.budget:  # the whole model's: model_tune.py shares it among the kernels
+        options.model_seconds, options.seconds = options.seconds, None
     model = load_model(args.model)
     tensors = tuple(spec.make(seed=i) for i, spec in enumerate(args.input))
     with CompileSession() as session:
         found = model_kernels(model, tensors, CompileOptions(target=args.target), session)
     kernels, bindings, target = found.kernels, found.bindings, found.target
-    try:
-        options = TuneOptions.from_tune(args.time or args.trials, strategy=args.strategy,
-                                        workers=args.workers, batch=args.batch,
-                                        timeout=args.timeout, db_path=args.db,
-                                        progress=not args.no_progress)
-    except ValueError as e:
-        raise CLIError(str(e)) from None
     if args.ray:
         options.cluster = args.ray
     pair = ray_pair(target, options, args.ray) if args.ray else {}
     print(f"tilefx tune {args.model}: {len(kernels)} distinct kernels on {target.key()}")
     tuner = Tuner(target, options, **pair)
+    report = None
     try:
-        for op in kernels:
-            tuner.tune_kernel(op, bindings)
+        if options.model_seconds is not None:
+            report = tune_model(tuner, [op for op in found.graph.ops if op.name == "kernel"],
+                                bindings, echo=print)
+        else:
+            for op in kernels:
+                tuner.tune_kernel(op, bindings)
     finally:
         tuner.close()
     print(format_summary(tuner.results))
+    if report is not None:
+        print(report.line())
     if tuner.time_summary():
         print(tuner.time_summary())
     if tuner.interrupted:

@@ -20,7 +20,9 @@ if TYPE_CHECKING:
 class CompileOptions:
     target: str | Target = "cpu"
     passes: PassOptions | None = None  # None: the defaults for the target's backend
-    tune_trials: int | str = 0  # autotune each kernel: N trials, or a time budget "30s"
+    # autotune: N trials per kernel, "60s" for the whole model (shared by expected gain),
+    # or "30s/kernel"
+    tune_trials: int | str = 0
     tune_db: str | None = None  # tuning database path (None: $TILEFX_CACHE_DIR/tuning.db)
     cluster: str | None = None  # tune on Ray: "ray" (a local one) or a cluster's address
     strict: bool = False      # raise on a kernel build failure instead of interpreting it

@@ -64,6 +64,8 @@ def compile_graph(captured: Any, options: CompileOptions, session: CompileSessio
     target = options.resolved_target()
     record = CompileRecord(name or getattr(captured, "name", None) or "main",
                            target=f"{target.kind}:{target.mcpu}")
+    if example_inputs is not None:  # tune="60s": its processes start while the passes run
+        session.start_tuner(target, options)
     graph = lower(captured, record)                                              # 2
     graph = optimize(graph, options, target, session, record)                    # 3
     compiled = assemble(graph, KernelBuilder(session, target, options, record),  # 4 (5-7 lazily)
@@ -77,8 +79,9 @@ def compile_graph(captured: Any, options: CompileOptions, session: CompileSessio
         if options.quantize is not None:  # lossy: say how much, on the inputs we were given
             note_quant_error(compiled, record, inputs)
         session.release()  # built: the checks are done with the database for now
-    log.info("tilefx: compiled %s: %d kernels, %d fallbacks in %.2fs", record.name,
-             len(record.kernels), len(record.fallbacks), sum(record.seconds.values()))
+    log.info("tilefx: compiled %s: %d kernels, %d fallbacks, %d interpreted in %.2fs", record.name,
+             len(record.kernels), len(record.fallbacks), len(record.interpreted),
+             sum(record.seconds.values()))
     return compiled
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass, field
+from tilefx.autotune.budget import BudgetReport
 from tilefx.autotune.tuner import KernelTuneResult, format_summary
 from tilefx.cost_model.advisor import FusionDecision
 from tilefx.ir.graph import Graph
@@ -101,6 +102,7 @@ class CompileRecord:
     seconds: dict[str, float] = field(default_factory=dict)  # stage -> seconds
     buffers: list[str] = field(default_factory=list)         # buffer plan per binding
     tuning: list[KernelTuneResult] = field(default_factory=list)
+    tuning_budgets: list[BudgetReport] = field(default_factory=list)  # tune="60s": per binding
     tuning_decision: TuningDecision | None = None
     notes: list[str] = field(default_factory=list)  # one line per pass decision (sparsity, packing)
     fusion_decisions: list[FusionDecision] = field(default_factory=list)  # with fusion_check
@@ -125,7 +127,11 @@ class CompileRecord:
                          f"({k.status()}, {k.build_seconds:.2f}s){extra}")
             if k.schedule:
                 lines.append(f"      schedule {k.schedule}")
-        lines.append(f"fallbacks: {len(self.fallbacks)}")
+        # a kernel that failed to build or its check runs in PyTorch too: say so next to
+        # the fallbacks, so "fallbacks: 0" never hides a model that is not compiled whole
+        interpreted = [k.name for k in self.interpreted]
+        lines.append(f"fallbacks: {len(self.fallbacks)}, interpreted: {len(interpreted)}"
+                     + (f" ({', '.join(interpreted)} run in the reference interpreter)" if interpreted else ""))
         for f in self.fallbacks:
             nodes = f" (nodes {', '.join(f.nodes)})" if f.nodes else ""
             lines.append(f"  {f.target} runs in PyTorch: {f.reason}{nodes}")
@@ -133,6 +139,7 @@ class CompileRecord:
             lines.append(f"buffers: {b}")
         if self.tuning:
             lines += ["tuning:", format_summary(self.tuning)]
+        lines += [f"tuning {b.line()}" for b in self.tuning_budgets]
         if self.tuning_decision is not None:
             lines.append(f"tuning check: {self.tuning_decision.line()}")
         lines += self.notes

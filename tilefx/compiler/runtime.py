@@ -1,8 +1,8 @@
 """The runtime: executes an optimized IR graph as a flat list of steps.
 
 After the passes, the top level of a graph holds only ``const``, ``kernel``,
-``fallback`` and free ``reshape`` ops. For one concrete input signature (the
-symbolic dims bound to sizes) ``CompiledGraph`` makes an ``ExecutionPlan``:
+``fallback``, free ``reshape`` and constant ``cast`` ops. For one concrete input
+signature (the symbolic dims bound to sizes) ``CompiledGraph`` makes an ``ExecutionPlan``:
 
 - every value gets a *slot* in a flat environment list; constants are turned
   into torch tensors once and sit in their slots for good;
@@ -10,6 +10,8 @@ symbolic dims bound to sizes) ``CompiledGraph`` makes an ``ExecutionPlan``:
   style (``fn(*inputs, *outputs)``) into preallocated buffers;
 - a ``fallback`` op runs its PyTorch op (``interpreter.run_fallback``);
 - a ``reshape`` is a free view of its input;
+- a ``cast`` of a constant (a bf16 weight, held as f32 in the IR: numpy has no
+  bfloat16) is cast once with the constants, and the f32 copy is dropped;
 - anything else left at the top level (e.g. with fusion turned off) runs in the
   reference interpreter, so an unfused graph still executes.
 
@@ -50,7 +52,9 @@ log = logging.getLogger("tilefx.runtime")
 
 # A built kernel: called with the input tensors then the preallocated outputs.
 KernelFn = Callable[..., Any]
-# Builds (or fetches) the kernel of one kernel op for concrete symbol bindings.
+# Builds (or fetches) the kernel of one kernel op for concrete symbol bindings. One that has
+# a ``prepare(kernel_ops, bindings)`` method sees a binding's kernels all at once first (the
+# session's builder tunes them there under a model budget: autotune/model_tune.py).
 KernelBuilder = Callable[[Op, Mapping[sympy.Symbol, int]], KernelFn]
 
 
@@ -253,7 +257,7 @@ def plan_graph(graph: Graph, bindings: Mapping[sympy.Symbol, int], kernels: Mapp
         for v in op.inputs:
             for r in roots[v.name]:
                 last_use[r] = i
-        if op.name == "const":
+        if op.name == "const" or made_once(op, constants):
             roots[op.result.name] = frozenset({op.result.name})
             external.add(op.result.name)
         elif op.name == "kernel":
@@ -308,8 +312,9 @@ def plan_graph(graph: Graph, bindings: Mapping[sympy.Symbol, int], kernels: Mapp
     input_checks: list = []
     view_of: dict[int, int] = {}  # a reshape's slot -> the slot it views
     for op in graph.ops:
-        if op.name == "const":
-            consts[slot(op.result)] = constants[op.result.name]
+        if op.name == "const" or made_once(op, constants):
+            if op.result.name in constants:  # not an f32 array held for its bf16 cast only
+                consts[slot(op.result)] = constants[op.result.name]
         elif op.name == "kernel":
             fresh = tuple((slot(r), concrete_shape(r.type, bindings), torch_dtype(r.type.dtype))
                           for r in op.results if r.name in fresh_roots)
@@ -367,14 +372,32 @@ def _index_checks(op: Op, ins: tuple[int, ...], bindings: Mapping[sympy.Symbol, 
 
 
 def constant_tensors(graph: Graph) -> dict[str, torch.Tensor]:
-    """Every ``const`` op's value as a torch tensor, made once per graph."""
+    """Every constant of the top level as a torch tensor, made once per graph: each
+    ``const`` op's value, and each constant ``cast`` (how a bf16 weight is held: numpy
+    has no bfloat16) cast now. An f32 array read only by its casts is not kept, so a
+    bf16 weight sits in memory once, as bf16."""
     out = {}
     for op in graph.ops:
         if op.name == "const":
             # a copy into torch's aligned memory; the graph's arrays stay untouched
             array = np.ascontiguousarray(graph.const_data(op))
             out[op.result.name] = aligned(torch.from_numpy(array).clone())
-    return out
+        elif is_constant_cast(op, out):
+            out[op.result.name] = aligned(out[op.inputs[0].name].to(torch_dtype(op.result.type.dtype)))
+    read = {v.name for v in graph.outputs}
+    read.update(v.name for op in graph.ops if not is_constant_cast(op, out) for v in op.inputs)
+    casts = {op.result.name for op in graph.ops if is_constant_cast(op, out)}
+    return {k: t for k, t in out.items() if k in read or k in casts}
+
+
+def is_constant_cast(op: Op, constants: Mapping[str, Any]) -> bool:
+    """A top-level ``cast`` of a constant: made once with the constants, not run per call."""
+    return op.name == "cast" and op.inputs[0].name in constants
+
+
+def made_once(op: Op, constants: Mapping[str, Any]) -> bool:
+    """A constant ``cast`` that ``constant_tensors`` made (its f32 source may be gone)."""
+    return op.name == "cast" and op.result.name in constants
 
 
 class CompiledGraph:
@@ -409,8 +432,11 @@ class CompiledGraph:
             device = None
         plan = self._plans.get(key)
         if plan is None:
-            kernels = {op.results[0].name: self._build_kernel(op, bindings)
-                       for op in self.graph.ops if op.name == "kernel"}
+            ops = [op for op in self.graph.ops if op.name == "kernel"]
+            prepare = getattr(self._build_kernel, "prepare", None)
+            if prepare is not None:
+                prepare(ops, bindings)
+            kernels = {op.results[0].name: self._build_kernel(op, bindings) for op in ops}
             if device is not None and device not in self._device_constants:  # once per device
                 self._device_constants[device] = {k: v.to(device) for k, v in self._constants.items()}
             constants = self._constants if device is None else self._device_constants[device]

@@ -25,14 +25,16 @@ reference interpreter (``strict=True`` raises instead).
 from __future__ import annotations
 
 import logging
+import os
 import time
 from collections import OrderedDict
 from dataclasses import dataclass, field, replace
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import sympy
 
-from tilefx.autotune.tuner import Tuner, TuneOptions, parse_budget, tune_or_default
+from tilefx.autotune.model_tune import tune_model
+from tilefx.autotune.tuner import Tuner, TuneOptions, parse_tune, tune_or_default
 from tilefx.codegen.schedule import Schedule
 from tilefx.codegen.space import is_extern
 from tilefx.codegen.target import Target
@@ -49,6 +51,7 @@ from tilefx.storage.decisions import DatabaseDecisionStore
 log = logging.getLogger("tilefx.compiler")
 
 BUILT_LIMIT = 1024
+EARLY_START_CORES = 8  # start_tuner starts processes during the passes from this many cores
 
 
 class WrongKernelError(RuntimeError):
@@ -86,15 +89,27 @@ class CompileSession:
 
     def tuner(self, target: Target, options: CompileOptions) -> Tuner | None:
         """The tuner of ``options.tune_trials`` on ``target`` (None when not tuning)."""
-        trials, seconds = parse_budget(options.tune_trials)
-        if not trials and seconds is None:
+        trials, seconds, model_seconds = parse_tune(options.tune_trials)
+        if not trials and seconds is None and model_seconds is None:
             return None
         key = (str(options.tune_trials), str(options.tune_db), target.key(), options.cluster)
         tuner = self._tuners.get(key)
         if tuner is None:
             tuner = self._tuners[key] = Tuner(target, TuneOptions(
-                trials=trials, seconds=seconds, db_path=options.tune_db, cluster=options.cluster))
+                trials=trials, seconds=seconds, model_seconds=model_seconds,
+                db_path=options.tune_db, cluster=options.cluster))
         return tuner
+
+    def start_tuner(self, target: Target, options: CompileOptions) -> None:
+        """Under a model budget (``tune="60s"``), start the tuner's build and run processes
+        now: each imports torch and TVM (seconds), which the budget would otherwise pay.
+        Only with cores to spare: on 2 cores their imports slowed the passes down by more
+        than they saved (4s of passes took 8-16s); there they start with the tuning."""
+        if len(os.sched_getaffinity(0)) < EARLY_START_CORES:
+            return
+        tuner = self.tuner(target, options)
+        if tuner is not None and tuner.options.model_seconds is not None:
+            tuner.warm_up()
 
     def checker(self, target: Target, db_path: str | None) -> BuildChecker:
         key = (target.key(), str(db_path))
@@ -141,6 +156,17 @@ class KernelBuilder:
         self.checker = session.checker(target, options.tune_db) \
             if checks_enabled(options.check_builds) else None
 
+    def prepare(self, ops: Sequence[Op], bindings: Mapping[sympy.Symbol, int]) -> None:
+        """Called with all of a binding's kernel ops before any is built: under a model
+        budget (``tune="60s"``) they are tuned here, together, the budget shared by
+        expected gain (``autotune/model_tune.py``); ``__call__`` then takes their results."""
+        tuner = self.session.tuner(self.target, self.options)
+        if tuner is None or tuner.options.model_seconds is None:
+            return
+        t0 = time.perf_counter()
+        self.record.tuning_budgets.append(tune_model(tuner, ops, bindings))
+        self.record.add_time("tune", time.perf_counter() - t0)
+
     def __call__(self, op: Op, bindings: Mapping[sympy.Symbol, int]) -> KernelFn:
         used = kernel_symbols(op)
         bound = {s: v for s, v in bindings.items() if s in used}
@@ -170,8 +196,8 @@ class KernelBuilder:
         tuner = self.session.tuner(self.target, self.options)
         if tuner is not None:  # autotune (or read the tuning database) first
             schedule, tuned = tune_or_default(tuner, op, bound)
-            if tuned is not None:
-                self.record.tuning.append(tuned)
+            if tuned is not None and not any(t is tuned for t in self.record.tuning):
+                self.record.tuning.append(tuned)  # a planned kernel's result: once per kernel
         picked = schedule is None and self._picks_by_cost_model()
         if picked:
             schedule = predicted_best(op, self.target, bound)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import time
 from dataclasses import replace
 
 from tilefx.codegen.target import Target
@@ -31,6 +32,7 @@ log = logging.getLogger("tilefx.compiler")
 def keep_tuning_if_it_pays(tuned: CompiledGraph, session: CompileSession, target: Target,
                            options: CompileOptions, inputs: list) -> CompiledGraph:
     """Time the whole graph with the tuned schedules and with the defaults; keep the faster."""
+    t0 = time.perf_counter()
     record = tuned.record
     plain_record = CompileRecord(record.name, target=record.target)
     plain_builder = KernelBuilder(session, target, replace(options, tune_trials=0), plain_record)
@@ -47,12 +49,12 @@ def keep_tuning_if_it_pays(tuned: CompiledGraph, session: CompileSession, target
             decision = TuningDecision(*known, from_database=True)
     record.tuning_decision = decision
     log.info("tilefx: %s", decision.line())
-    if decision.keep_tuned:
-        return tuned
-    plain(*inputs)  # build now, not on the user's first call
-    record.kernels = plain_record.kernels  # what runs now
-    plain.record = record
-    return plain
+    if not decision.keep_tuned:
+        plain(*inputs)  # build now, not on the user's first call
+        record.kernels = plain_record.kernels  # what runs now
+        plain.record = record
+    record.add_time("tuning decision", time.perf_counter() - t0)
+    return tuned if decision.keep_tuned else plain
 
 
 def _time_tuned_and_plain(tuned: CompiledGraph, plain: CompiledGraph, inputs: list,

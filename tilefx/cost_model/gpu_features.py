@@ -6,7 +6,8 @@ vector is computed from the kernel body and the template's own clamped
 schedule (``codegen/triton``), without building anything:
 
 - the problem: template, dtype, float ops, bytes in and out, arithmetic
-  intensity, the contraction's M x N x K (implicit GEMM for conv2d, Q x K
+  intensity, the contraction's M x N x K (implicit GEMM for conv2d; pixels x
+  channels x taps for the direct depthwise/grouped conv, Q x K
   blocks for attention, rows x nonzero blocks for ``bsr_matmul``), a
   reduction's rows x row length;
 - the launch: programs (grid size), waves over the SMs and how full the last
@@ -36,6 +37,7 @@ import math
 from typing import Any, Mapping
 
 from tilefx.codegen.space import is_extern
+from tilefx.codegen.triton import depthwise
 from tilefx.codegen.triton.emit import shape_of
 from tilefx.codegen.triton.measure import resolve
 from tilefx.codegen.triton.templates import body_of, template_for
@@ -148,6 +150,9 @@ def _tile(template: str, module: Any, body: Any, schedule: Any) -> dict[str, Any
                            "batch": 1, "n": 1, "bn": 1, "bk": 0, "contraction": False,
                            # as asked (clamping may rewrite it); conv's default is the library
                            "impl": schedule.get("impl", "library" if template == "conv" else "triton")}
+    if template == "conv" and out["impl"] == "depthwise":
+        out.update(_direct_conv(module.anchor_of(body), schedule))
+        return out
     if template in ("matmul", "conv", "attention", "sparse"):
         out.update(_contraction(template, module, body, s))
         return out
@@ -174,6 +179,20 @@ def _tile(template: str, module: Any, body: Any, schedule: Any) -> dict[str, Any
 def _pad(rows: int, block_rows: int, cols: int = 1, block_cols: int = 1) -> float:
     """Share of a grid of ``block_rows x block_cols`` tiles over ``rows x cols`` that is masked."""
     return 1.0 - rows * cols / (_cdiv(rows, block_rows) * block_rows * _cdiv(cols, block_cols) * block_cols)
+
+
+def _direct_conv(anchor: Any, schedule: Any) -> dict[str, Any]:
+    """A depthwise/grouped conv as the direct template runs it: ``BLOCK_C x BLOCK_HW`` output
+    tiles (channels x pixels of one image), ``Cg x KH x KW`` taps each on the CUDA cores (no
+    tensor cores, no shared memory: described like a pointwise tile), the ``Cg`` loop the
+    serial steps."""
+    g = depthwise.ConvGeometry.of(anchor)
+    s = depthwise.clamp(g, schedule)
+    bc, bhw, taps = int(s["BLOCK_C"]), int(s["BLOCK_HW"]), g.cg * g.KH * g.KW
+    return {"schedule": s, "warps": int(s["num_warps"]), "stages": int(s["num_stages"]),
+            "itemsize": anchor.inputs[0].type.dtype.itemsize, "m": g.N * g.pixels, "n": g.CO,
+            "k": taps, "bm": bhw, "bn": bc, "flops": 2.0 * g.N * g.pixels * g.CO * taps,
+            "programs": depthwise.programs(g, s), "steps": g.cg, "pad_share": _pad(g.pixels, bhw, g.CO, bc)}
 
 
 def _contraction(template: str, module: Any, body: Any, s: Any) -> dict[str, Any]:

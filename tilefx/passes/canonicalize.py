@@ -33,6 +33,8 @@ from tilefx.passes.rewrite import PatternRewriter, Rule, rewrite_graph
 def _param_hint(rw: PatternRewriter, v: Value, suffix: str) -> str:
     """``bn1_weight`` -> ``bn1_scale``: readable names for folded parameters."""
     op = rw.producer(v)
+    if op is not None and op.name == "cast":  # a bf16 weight is held as cast(const f32)
+        op = rw.producer(op.inputs[0])
     base = (op.attr("name") if op is not None and op.name == "const" else None) or v.name
     for tail in (".weight", "_weight", "weight"):
         if base.endswith(tail) and len(base) > len(tail):
@@ -47,14 +49,14 @@ def batch_norm_to_affine(rw: PatternRewriter, op: Op) -> Value | None:
         return None
     eps = float(op.attr("eps"))
     channel_shape = (-1,) + (1,) * (x.type.rank - 2)
-    arrays = [rw.const_array(v) for v in (mean, var, weight, bias)]
-    if all(a is not None for a in arrays) and x.type.dtype != DType.bfloat16:
+    arrays = [rw.held_array(v) for v in (mean, var, weight, bias)]  # bf16 ones too
+    if all(a is not None for a in arrays):
         m, var_, w, b = (a.astype(np.float64) for a in arrays)
         scale = w / np.sqrt(var_ + eps)
         shift = b - m * scale
-        dtype = x.type.dtype.value[1]
-        s = rw.const(scale.astype(dtype).reshape(channel_shape), _param_hint(rw, weight, "scale"))
-        t = rw.const(shift.astype(dtype).reshape(channel_shape), _param_hint(rw, weight, "shift"))
+        dtype = x.type.dtype
+        s = rw.typed_const(scale.reshape(channel_shape), dtype, _param_hint(rw, weight, "scale"))
+        t = rw.typed_const(shift.reshape(channel_shape), dtype, _param_hint(rw, weight, "shift"))
     else:
         eps_v = rw.scalar_const(eps, var.type.dtype, "eps")
         scale = rw.op("mul", weight, rw.op("rsqrt", rw.op("add", var, eps_v)))

@@ -7,7 +7,10 @@ replaced by a new constant named after its source (``fc1_weight`` ->
 reshaped biases, and the ops ``canonicalize`` emits on constant parameters.
 A fold that would *grow* the weights (``broadcast_to`` a bias to a full
 activation, a big ``iota``) is skipped: that costs memory and bandwidth for no
-work saved.
+work saved. numpy has no bfloat16, so a bf16 constant is held as
+``cast(const f32 -> bf16)``; both passes read through that cast
+(``Rewriter.held_array``) and write bf16 results in the same form
+(``Rewriter.typed_const``), so bf16 weights fold as fp16 ones do.
 
 ``fold_batch_norm``: ``canonicalize`` has already turned ``batch_norm`` into
 ``x * s + t`` (per-channel constants), so this pass folds a per-output-channel
@@ -28,7 +31,7 @@ import numpy as np
 import torch
 
 from tilefx.ir.graph import Graph, Op, Value
-from tilefx.ir.interpreter import run_graph
+from tilefx.ir.interpreter import run_graph, torch_dtype
 from tilefx.ir.ops import GIVEN_TYPE_OPS
 from tilefx.ir.ops.shapes import broadcast_shapes
 from tilefx.ir.types import DType
@@ -46,6 +49,8 @@ def _source_name(rw: PatternRewriter, inputs: tuple[Value, ...]) -> str:
     best, best_size = None, -1
     for v in inputs:
         op = rw.producer(v)
+        if op is not None and op.name == "cast":  # a bf16 constant is held as cast(const f32)
+            op = rw.producer(op.inputs[0])
         if op is not None and op.name == "const" and op.attr("name") is not None:
             size = rw.constants[op.attr("name")].size
             if size > best_size:
@@ -56,20 +61,30 @@ def _source_name(rw: PatternRewriter, inputs: tuple[Value, ...]) -> str:
 
 
 def evaluate(op: Op, arrays: list[np.ndarray]) -> list[np.ndarray]:
-    """Run one op on numpy inputs through the reference interpreter."""
+    """Run one op on numpy inputs through the reference interpreter. bf16 values come and
+    go held as float32 (numpy has no bfloat16), so the op itself computes in bf16."""
     graph = Graph("fold", op.inputs, (op,), op.results, {})
-    tensors = [torch.from_numpy(np.array(a, copy=True)) for a in arrays]
-    return [t.detach().cpu().numpy() for t in run_graph(graph, tensors)]
+    tensors = [torch.from_numpy(np.array(a, copy=True)).to(torch_dtype(v.type.dtype))
+               for a, v in zip(arrays, op.inputs)]
+    outs = run_graph(graph, tensors)
+    return [(t.float() if t.dtype == torch.bfloat16 else t).detach().cpu().numpy() for t in outs]
+
+
+def _holds_bf16(rw: PatternRewriter, op: Op) -> bool:
+    """``cast(const f32 -> bf16)``: how a bf16 array is held, nothing left to fold (a
+    rank-0 one folds: a scalar ``const`` holds a bf16 value as it is)."""
+    return (op.name == "cast" and op.result.type.dtype == DType.bfloat16 and op.result.type.rank > 0
+            and op.inputs[0].type.dtype == DType.float32 and rw.const_array(op.inputs[0]) is not None)
 
 
 def fold_all_const(rw: PatternRewriter, op: Op) -> list[Value] | None:
-    if op.name in NOT_FOLDABLE or not op.results:
+    if op.name in NOT_FOLDABLE or not op.results or _holds_bf16(rw, op):
         return None
-    arrays = [rw.const_array(v) for v in op.inputs]
+    arrays = [rw.held_array(v) for v in op.inputs]  # bf16 constants too (held as f32)
     if any(a is None for a in arrays):
         return None
-    if any(not r.type.is_static or r.type.dtype == DType.bfloat16 for r in op.results):
-        return None  # numpy has no bfloat16; a symbolic size is not known yet
+    if any(not r.type.is_static for r in op.results):
+        return None  # a symbolic size is not known yet
     in_size = sum(int(a.size) for a in arrays)  # type: ignore[union-attr]
     out_size = sum(int(r.type.numel()) for r in op.results)
     if out_size > max(in_size, SMALL_CONST):
@@ -82,8 +97,9 @@ def fold_all_const(rw: PatternRewriter, op: Op) -> list[Value] | None:
     hint = _source_name(rw, op.inputs)
     new = []
     for r, a in zip(op.results, outs):
-        a = a.astype(r.type.dtype.value[1], copy=False).reshape(r.type.shape)
-        new.append(rw.const(a, hint) if a.ndim else rw.scalar_const(a.item(), r.type.dtype, hint))
+        a = a.reshape(r.type.shape)
+        new.append(rw.typed_const(a, r.type.dtype, hint) if a.ndim
+                   else rw.scalar_const(a.item(), r.type.dtype, hint))
     return new
 
 
@@ -114,18 +130,18 @@ def _squeeze_leading(array: np.ndarray, ndim: int) -> np.ndarray:
 def _split_const(rw: PatternRewriter, op: Op) -> tuple[Value, np.ndarray, Value] | None:
     """``(y, c, const value)`` for a binary op with exactly one constant operand."""
     a, b = op.inputs
-    ca, cb = rw.const_array(a), rw.const_array(b)
+    ca, cb = rw.held_array(a), rw.held_array(b)
     if (ca is None) == (cb is None):
         return None
     return (b, ca, a) if ca is not None else (a, cb, b)  # type: ignore[return-value]
 
 
 def _scaled_conv(rw: PatternRewriter, conv: Op, scale: np.ndarray) -> Value | None:
-    weight = rw.const_array(conv.inputs[1])
+    weight = rw.held_array(conv.inputs[1])
     if weight is None or rw.uses(conv.result) != 1 or not weight.dtype.kind == "f":
         return None
-    folded = (weight.astype(np.float64) * scale.reshape(-1, 1, 1, 1)).astype(weight.dtype)
-    w = rw.const(folded, _source_name(rw, (conv.inputs[1],)))
+    folded = weight.astype(np.float64) * scale.reshape(-1, 1, 1, 1)
+    w = rw.typed_const(folded, conv.inputs[1].type.dtype, _source_name(rw, (conv.inputs[1],)))
     return rw.op("conv2d", conv.inputs[0], w, **conv.attr_dict)
 
 
@@ -154,10 +170,10 @@ def fold_scale_into_conv(rw: PatternRewriter, op: Op) -> Value | None:
         if new_conv is None:
             return None
         b4 = b.reshape((1,) * (4 - b.ndim) + b.shape).astype(np.float64)
-        new_b = _squeeze_leading((b4 * scale.reshape(1, -1, 1, 1)).astype(b.dtype), b.ndim)
+        new_b = _squeeze_leading(b4 * scale.reshape(1, -1, 1, 1), b.ndim)
         if broadcast_shapes(new_b.shape, y.type.shape) != y.type.shape:
             return None
-        return rw.op("add", new_conv, rw.const(new_b, _source_name(rw, (b_value,))))
+        return rw.op("add", new_conv, rw.typed_const(new_b, b_value.type.dtype, _source_name(rw, (b_value,))))
     return None
 
 
@@ -173,12 +189,11 @@ def merge_const_adds(rw: PatternRewriter, op: Op) -> Value | None:
     if inner_split is None:
         return None
     z, b1, b1_value = inner_split
-    total = (b1.astype(np.float64) + b2.astype(np.float64)).astype(b1.dtype) if b1.dtype.kind == "f" \
-        else b1 + b2
+    total = b1.astype(np.float64) + b2.astype(np.float64) if b1.dtype.kind == "f" else b1 + b2
     total = _squeeze_leading(total, max(b1.ndim, b2.ndim, 1))
     if broadcast_shapes(z.type.shape, total.shape) != op.result.type.shape or z.type.dtype != op.result.type.dtype:
         return None
-    return rw.op("add", z, rw.const(total, _source_name(rw, (b1_value, b2_value))))
+    return rw.op("add", z, rw.typed_const(total, b1_value.type.dtype, _source_name(rw, (b1_value, b2_value))))
 
 
 @graph_pass("fold_batch_norm")

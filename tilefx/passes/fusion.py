@@ -31,10 +31,17 @@ A merge that would create a cycle (a group reading, through an op outside it,
 a value it produces) is refused. A ``reshape`` left at the end of a group is
 peeled off to the top level, where the runtime makes it a free view.
 
-After fusion the top level holds only ``const``, ``kernel``, ``fallback`` and
-standalone ``reshape`` ops. A kernel's ``body`` is the subgraph: its inputs
-bind to the kernel's inputs (outside values, constants included), its outputs
-are the kernel's results; value names are kept from the graph. Rank-0 scalar
+A ``cast`` of a named constant stays at the top level, fused into nothing: it is
+how a bf16 weight is held (numpy has no bfloat16, so the frontend and constant
+folding keep ``cast(const f32 -> bf16)``), and the runtime casts it once when it
+loads the graph. Fused into its readers it would make bf16 graphs differ from
+fp16 ones (a kernel per weight cast, or a reduction exporting a cast parameter),
+and kernels would read f32 weights on every call.
+
+After fusion the top level holds only ``const``, ``kernel``, ``fallback``,
+standalone ``reshape`` and constant ``cast`` ops. A kernel's ``body`` is the
+subgraph: its inputs bind to the kernel's inputs (outside values, constants
+included), its outputs are the kernel's results; value names are kept from the graph. Rank-0 scalar
 constants are copied into the body rather than passed in. ``kind`` is
 ``contraction`` if the group has a matmul/conv2d, else ``reduction`` if it has a
 reduction-category op, else ``pointwise``. An ``attention`` op that was not
@@ -227,9 +234,16 @@ class _Fuser:
         return True
 
     # --- the join rules (JOIN_RULES names one of these per op category) ----
+    def constant_cast(self, op: Op) -> bool:
+        """A ``cast`` of a named constant (a bf16 weight): the runtime casts it once."""
+        if op.name != "cast":
+            return False
+        j = self.producer.get(op.inputs[0].name)
+        return j is not None and self.ops[j].name == "const" and self.ops[j].attr("name") is not None
+
     def visit(self, i: int) -> None:
         op = self.ops[i]
-        if op.name in TOP_LEVEL_OPS:
+        if op.name in TOP_LEVEL_OPS or self.constant_cast(op):
             self.new_group(i, fusible=False)
             return
         category = get_op(op.name).category

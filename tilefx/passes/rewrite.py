@@ -23,6 +23,7 @@ from __future__ import annotations
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import numpy as np
+import torch
 
 from tilefx.ir.builder import GraphBuilder, dtype_of_array
 from tilefx.ir.graph import Graph, Op, Value, freeze_attrs
@@ -77,6 +78,19 @@ class Rewriter:
         if op.attr("name") is not None:
             return self.constants[op.attr("name")]
         return np.asarray(op.attr("value"), dtype=op.result.type.dtype.numpy_name)
+
+    def held_array(self, v: Value) -> np.ndarray | None:
+        """Like ``const_array``, and also the values of a bf16 constant. numpy has no
+        bfloat16, so a bf16 constant is held as ``cast(const f32 -> bf16)``
+        (``typed_const``); its values are the f32 array rounded to bf16, held as f32."""
+        data = self.const_array(v)
+        if data is not None or v.type.dtype != DType.bfloat16:
+            return data
+        op = self.producer(v)
+        if op is None or op.name != "cast" or op.inputs[0].type.dtype != DType.float32:
+            return None
+        data = self.const_array(op.inputs[0])
+        return None if data is None else round_to_bf16(data)
 
     def scalar(self, v: Value) -> float | int | bool | None:
         """The number behind a rank-0 const (a one-element const counts too)."""
@@ -136,6 +150,15 @@ class Rewriter:
         value = Value(key, TensorType(dtype, tuple(int(d) for d in array.shape)))
         return self.emit(Op("const", (), (value,), freeze_attrs({"name": key})))[0]
 
+    def typed_const(self, array: np.ndarray, dtype: DType, hint: str) -> Value:
+        """A constant of IR type ``dtype`` from ``array`` (rounded once to ``dtype``): a
+        plain ``const``, but for bf16 arrays of rank >= 1 the ``cast(const f32 -> bf16)``
+        that holds them (``held_array`` reads it back; the runtime casts it once)."""
+        array = np.asarray(array)
+        if dtype != DType.bfloat16 or array.ndim == 0:
+            return self.const(array.astype(dtype.numpy_name), hint)
+        return self.op("cast", self.const(round_to_bf16(array), hint), dtype=DType.bfloat16)
+
     def scalar_const(self, value: bool | int | float, dtype: DType, hint: str = "c") -> Value:
         py = bool(value) if dtype == DType.bool else int(value) if dtype.is_int else float(value)
         v = Value(self.fresh_name(hint), TensorType(dtype, ()))
@@ -194,6 +217,14 @@ class PatternRewriter(Rewriter):
         self.producers[old.name] = self.ops[-1]
         self.subst[new.name] = renamed
         return renamed
+
+
+def round_to_bf16(array: np.ndarray) -> np.ndarray:
+    """``array`` rounded to bfloat16 (to nearest even, as torch casts), held as float32."""
+    held = np.ascontiguousarray(array, dtype=np.float32)
+    if not (held.view(np.uint32) & 0xFFFF).any():
+        return held  # already bf16 values (a weight the frontend held): no copy
+    return torch.from_numpy(held.copy()).to(torch.bfloat16).float().numpy()
 
 
 def rewrite_graph(graph: Graph, rules: Mapping[str, Sequence[Rule]]) -> Graph:

@@ -79,7 +79,13 @@ def test_schedule_spaces_and_defaults():
     assert schedule_space(conv)["impl"] == ["library", "triton"] and default_schedule(conv)["impl"] == "library"
     depthwise = kernel_op("contraction", [f32(1, 2, 5, 5), f32(2, 1, 3, 3)],
                           lambda b, x, w: b.op("conv2d", x, w, groups=2))
-    assert schedule_space(depthwise)["impl"] == ["library"]
+    # grouped: the library and the direct template (depthwise.py); a depthwise conv defaults
+    # to the direct template (measured faster than cuDNN), a grouped one with Cg > 1 to the library
+    assert schedule_space(depthwise)["impl"] == ["library", "depthwise"] and "BLOCK_HW" in schedule_space(depthwise)
+    assert default_schedule(depthwise)["impl"] == "depthwise"
+    grouped = kernel_op("contraction", [f32(1, 4, 5, 5), f32(4, 2, 3, 3)],
+                        lambda b, x, w: b.op("conv2d", x, w, groups=2))
+    assert default_schedule(grouped)["impl"] == "library"
     # a matmul fed by a computed operand has no library candidate
     computed = kernel_op("contraction", [f32(8, 16), f32(16, 8)], lambda b, x, w: b.op(
         "matmul", b.op("pad", x, pads=(0, 0, 0, 0), value=0.0), w))

@@ -8,7 +8,8 @@
 Templates: ``pointwise``, ``reduction`` (row reductions, softmax,
 layer_norm; persistent or looped), ``matmul`` (grouped tiles, fused
 epilogue; or cuBLAS + epilogue), ``attention`` (FlashAttention-style; or
-torch SDPA), ``conv`` (torch conv2d + fused epilogue). Each declares its
+torch SDPA), ``conv`` (torch conv2d + fused epilogue; implicit GEMM;
+``depthwise``: direct depthwise/grouped conv). Each declares its
 knobs next to its code. Under ``TRITON_INTERPRET=1`` the same kernels run on
 CPU tensors, which is how CI tests this backend without a GPU.
 

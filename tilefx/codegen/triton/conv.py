@@ -5,6 +5,9 @@ residual add, activation).
   the convolution, then one generated Triton kernel for the epilogue
   (``library.py``). cuDNN is hard to beat on the zoo's convolutions, and it
   covers grouped/depthwise ones;
+- ``impl="depthwise"``: a direct convolution for ``groups > 1`` (depthwise,
+  channel multipliers, grouped convs with few channels per group), fused with
+  the epilogue (``depthwise.py``);
 - ``impl="triton"``: an *implicit GEMM* for ``groups == 1``: the output is a
   ``[N*OH*OW, O]`` matrix, the reduction runs over ``K = C*KH*KW``; each A tile
   is gathered from the input at ``(n, c, oh*stride - pad + kh*dilation, ...)``
@@ -13,7 +16,10 @@ residual add, activation).
   matmul template's.
 
 Knobs (``space``): ``impl``, and for ``triton`` ``BLOCK_M/N/K``, ``GROUP_M``,
-``num_warps``, ``num_stages``; ``EPILOGUE_BLOCK`` for ``library``.
+``num_warps``, ``num_stages``; ``EPILOGUE_BLOCK`` for ``library``. A grouped
+conv's space is ``library`` and ``depthwise`` with the direct template's knobs
+(``depthwise.SPACE``). The default stays the library until GPU measurements
+say where the direct template wins.
 """
 
 from __future__ import annotations
@@ -21,14 +27,13 @@ from __future__ import annotations
 from typing import Any
 
 from tilefx.codegen.schedule import Schedule
-from tilefx.codegen.triton import library
+from tilefx.codegen.triton import depthwise, library
 from tilefx.codegen.triton.emit import Emitter, Var, next_pow2, shape_of, tl_type, the_anchor
 from tilefx.codegen.triton.matmul import _all, grouped_tiles, input_precision
 from tilefx.codegen.triton.ops import delinearize
 from tilefx.codegen.triton.pointwise import arg_names
 from tilefx.codegen.triton.source import KernelSource, one_kernel_module
 from tilefx.ir.graph import Graph, Op
-from tilefx.ir.types import DType
 
 SPACE: dict[str, list[Any]] = {
     "impl": ["library", "triton"], "EPILOGUE_BLOCK": [256, 512, 1024, 2048],
@@ -42,15 +47,25 @@ def anchor_of(body: Graph) -> Op:
 
 
 def space(body: Graph) -> dict[str, list[Any]]:
-    out = {k: list(v) for k, v in SPACE.items()}
     op = anchor_of(body)
-    if op.attr("groups") != 1 or op.inputs[0].type.dtype not in (DType.float32, DType.float16, DType.bfloat16):
+    floating = op.inputs[0].type.dtype in depthwise.DTYPES
+    if op.attr("groups") != 1:
+        # the implicit GEMM's knobs mean nothing here: only the direct template's
+        if not floating:
+            return {"impl": ["library"], "EPILOGUE_BLOCK": list(SPACE["EPILOGUE_BLOCK"])}
+        return {"impl": ["library", "depthwise"], **{k: list(v) for k, v in depthwise.SPACE.items()}}
+    out = {k: list(v) for k, v in SPACE.items()}
+    if not floating:
         out["impl"] = ["library"]
     return out
 
 
 def default_schedule(body: Graph, target: Any = None) -> Schedule:
-    anchor_of(body)
+    op = anchor_of(body)
+    if op.attr("groups") != 1 and op.inputs[0].type.dtype in depthwise.DTYPES:
+        direct = depthwise.default_schedule(depthwise.ConvGeometry.of(op))
+        if direct is not None:  # depthwise: the direct template beats cuDNN (measured)
+            return direct
     return Schedule.of(impl="library", EPILOGUE_BLOCK=1024)
 
 
@@ -62,8 +77,11 @@ def conv_call(op: Op, xs: list[str]) -> str:
 
 def emit(body: Graph, name: str, schedule: Schedule) -> KernelSource:
     op = anchor_of(body)
-    if schedule.get("impl", "library") == "library":
+    impl = schedule.get("impl", "library")
+    if impl == "library":
         return library.emit(body, name, op, conv_call, schedule)
+    if impl == "depthwise":
+        return depthwise.emit(body, name, op, schedule)
     if "triton" not in space(body)["impl"]:
         raise NotImplementedError(f"conv2d with groups={op.attr('groups')} on {op.inputs[0].type.dtype.short} "
                                   f"has only the library candidate (torch conv2d + epilogue)")

@@ -13,6 +13,11 @@ computed where the result is known.
   (sum-like: 1; softmax: an online max/sum pass and a write pass;
   layer_norm: mean, variance, write), recomputing the prologue per pass.
 
+A prologue value the kernel also exports on another shape than the reduced
+input (a ``[768]`` parameter computed once and read by a later kernel too) does
+not depend on the reduction: it gets a flat pointwise function of its own
+(``pointwise.emit_flat_kernel``), launched after the reduction.
+
 Knobs (``SPACE``): ``XBLOCK`` rows per program, ``RBLOCK``, ``persistent``,
 ``num_warps``. Pooling has its own template (``pool.py``).
 """
@@ -25,7 +30,7 @@ from tilefx.codegen.schedule import Schedule
 from tilefx.codegen.triton.emit import Emitter, Var, compute_type, literal, next_pow2, numel, program_id, shape_of
 from tilefx.codegen.triton.matmul import sm_count
 from tilefx.codegen.triton.ops import NAN, delinearize
-from tilefx.codegen.triton.pointwise import arg_names
+from tilefx.codegen.triton.pointwise import arg_names, emit_flat_kernel
 from tilefx.codegen.triton.source import HEADER, KernelSource
 from tilefx.ir.graph import Graph, Op
 from tilefx.ir.types import DType
@@ -80,12 +85,15 @@ class Plan:
         self.out_shape = shape_of(self.anchor.result)
         self.in_domain: list[int] = []
         self.out_domain: list[int] = []
+        self.side: list[int] = []  # prologue values on another shape: a flat function each
         for j, v in enumerate(body.outputs):
             s = shape_of(v)
             if v.name not in post and s == self.shape:
                 self.in_domain.append(j)
             elif v.name in post and s == self.out_shape:
                 (self.in_domain if self.row else self.out_domain).append(j)
+            elif v.name not in post:
+                self.side.append(j)
             else:
                 raise NotImplementedError(f"reduction kernel output %{v.name} {s} is neither on the "
                                           f"reduced input {self.shape} nor on the result {self.out_shape}")
@@ -312,11 +320,34 @@ def emit(body: Graph, name: str, schedule: Schedule) -> KernelSource:
             zero = None if p.X > 1 else "xoffs * 0"
             e.store(f"out{j}", body.outputs[j], oidx, w.xmask, zero=zero)
     nan = p.anchor.name in ("softmax", "log_softmax", "amax", "amin")
+    side_fns, side_calls = side_outputs(p, name, args, ins, outs)
     text = "\n".join([HEADER] + ([NAN_COMBINE] if nan else []) +
                       ([PROD_COMBINE] if p.anchor.name == "prod" else []) + ["@triton.jit",
                       f"def {name}({', '.join(ins + outs)}, XBLOCK: tl.constexpr, RBLOCK: tl.constexpr):",
-                      *e.lines, "",
+                      *e.lines, "", *side_fns,
                       f"def launch({', '.join(ins + outs)}):",
                       f"    {name}[({-(-p.X // xb)},)]({', '.join(ins + outs)}, XBLOCK={xb}, RBLOCK={rb}, "
-                      f"num_warps={warps})", ""])
+                      f"num_warps={warps})", *side_calls, ""])
     return KernelSource(name, text, (("num_warps", warps),), schedule)
+
+
+def side_outputs(p: Plan, name: str, args: dict[str, str], ins: list[str],
+                 outs: list[str]) -> tuple[list[str], list[str]]:
+    """The flat functions storing the prologue values exported on other shapes, one per
+    shape, and their launch lines. They read only kernel inputs, so run in any order."""
+    by_shape: dict[tuple[int, ...], list[int]] = {}
+    for j in p.side:
+        by_shape.setdefault(shape_of(p.body.outputs[j]), []).append(j)
+    fns: list[str] = []
+    calls: list[str] = []
+    for g, (shape, positions) in enumerate(by_shape.items()):
+        n = numel(shape)
+        if not n:
+            continue
+        block = min(1024, next_pow2(n))
+        warps = 4 if block >= 1024 else 2 if block >= 256 else 1
+        fn, params = f"{name}_side{g}", ins + [outs[j] for j in positions]
+        fns += emit_flat_kernel(p.body, fn, shape, [(outs[j], p.body.outputs[j]) for j in positions],
+                                block, args, params) + [""]
+        calls.append(f"    {fn}[({-(-n // block)},)]({', '.join(params)}, BLOCK={block}, num_warps={warps})")
+    return fns, calls

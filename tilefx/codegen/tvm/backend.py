@@ -12,11 +12,11 @@ from __future__ import annotations
 from typing import Any, Callable, Mapping, Sequence
 
 from tilefx.codegen import timing
-from tilefx.codegen.backend import Backend, FeatureSet, PassDefaults
+from tilefx.codegen.backend import Backend, FeatureSet, PassDefaults, Shipment
 from tilefx.codegen.measure import LibraryKernel, LocalBuilder, LocalRunner
 from tilefx.codegen.schedule import Schedule
 from tilefx.codegen.space import EXTERN_KINDS, SearchSpace, is_extern
-from tilefx.codegen.tvm import configure_tvm_threads
+from tilefx.codegen.tvm import cache, configure_tvm_threads
 from tilefx.codegen.tvm.fingerprint import fingerprint
 from tilefx.codegen.tvm.isa import target_cpu_features
 from tilefx.codegen.tvm.kernel import build_kernel
@@ -31,6 +31,7 @@ class TVMBackend(Backend):
     name = "tvm"
     feature_set = FeatureSet.LOOP_NEST
     writes_artifacts = True
+    ships_builds = True
 
     def __init__(self, target: Any) -> None:
         super().__init__(target)
@@ -67,6 +68,15 @@ class TVMBackend(Backend):
         """A spawn pool builds (into the kernel disk cache), an isolated child process runs."""
         return LocalBuilder(workers=workers), LocalRunner(
             timeout=timeout, repeats=repeats, min_repeat_seconds=min_repeat_seconds)
+
+    def ship(self, artifact: str) -> Shipment:
+        """A build is a kernel disk-cache entry (``cache.py``): its ``.so`` and digest."""
+        payload, digest = cache.export_built(artifact)
+        return Shipment(artifact, payload, digest)
+
+    def unship(self, shipment: Shipment) -> str:
+        cache.install_built(shipment.artifact, shipment.payload, shipment.digest)
+        return shipment.artifact
 
     def timer(self) -> Callable[[Callable[..., Any], Sequence[Any]], float]:
         return timing.median_ms

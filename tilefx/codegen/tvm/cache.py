@@ -13,6 +13,10 @@ does not pass as that entry. A missing or wrong hash is reported in one
 warning line, the entry deleted and the kernel rebuilt. This guards against
 mix-ups and damage, not against someone who can write the cache folder (they
 could compute the hash too): the folder must be writable by its user only.
+
+An entry travels to another machine's cache (the Ray cluster's measuring nodes)
+as ``export_built`` -> ``install_built``: the bytes with their digest, checked
+again against the received bytes before anything is written there.
 """
 
 from __future__ import annotations
@@ -21,9 +25,10 @@ import contextlib
 import hashlib
 import logging
 import os
+import re
 import tempfile
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterable, Iterator
 
 from tilefx import settings
 from tilefx.codegen.target import Target
@@ -46,13 +51,17 @@ def kernel_key(mod: Any, target: Target) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:32]
 
 
+def _digest(key: str, chunks: Iterable[bytes]) -> str:
+    h = hashlib.sha256(f"tilefx-kernel-cache|{key}|".encode())
+    for chunk in chunks:
+        h.update(chunk)
+    return h.hexdigest()
+
+
 def entry_digest(key: str, path: Path) -> str:
     """sha256 of the key and the file's bytes: what ``<key>.sha256`` must hold."""
-    h = hashlib.sha256(f"tilefx-kernel-cache|{key}|".encode())
     with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+        return _digest(key, iter(lambda: f.read(1 << 20), b""))
 
 
 @contextlib.contextmanager
@@ -115,6 +124,17 @@ def load(key: str) -> Any | None:
         return None
 
 
+def _commit(directory: Path, key: str, tmp: str, digest: str) -> None:
+    """Move a written ``.so`` (temp file ``tmp`` in ``directory``) into place with its
+    hash: the pair is replaced as one under the folder's lock."""
+    fd, tmp_hash = tempfile.mkstemp(suffix=_HASH_SUFFIX, dir=directory)
+    with os.fdopen(fd, "w") as f:
+        f.write(digest + "\n")
+    with _locked(directory):
+        os.replace(tmp, directory / f"{key}.so")
+        os.replace(tmp_hash, directory / f"{key}{_HASH_SUFFIX}")
+
+
 def store(key: str, module: Any) -> None:
     directory = cache_dir()
     tmp = ""
@@ -123,15 +143,51 @@ def store(key: str, module: Any) -> None:
         fd, tmp = tempfile.mkstemp(suffix=".so", dir=directory)
         os.close(fd)
         module.export_library(tmp)
-        digest = entry_digest(key, Path(tmp))
-        fd, tmp_hash = tempfile.mkstemp(suffix=_HASH_SUFFIX, dir=directory)
-        with os.fdopen(fd, "w") as f:
-            f.write(digest + "\n")
-        with _locked(directory):
-            os.replace(tmp, directory / f"{key}.so")
-            os.replace(tmp_hash, directory / f"{key}{_HASH_SUFFIX}")
+        _commit(directory, key, tmp, entry_digest(key, Path(tmp)))
     except Exception as e:  # noqa: BLE001 - caching is an optimization only
         log.warning("could not store kernel %s in the cache at %s: %s", key, directory, e)
         with contextlib.suppress(OSError):
             if tmp:
                 os.unlink(tmp)
+
+
+# ------------------------------------------------------------- to another machine's cache
+
+def export_built(key: str) -> tuple[bytes, str]:
+    """The entry's ``.so`` bytes and its digest, to ``install_built`` elsewhere; the entry
+    is verified first (a bad one is not sent: ``FileNotFoundError``)."""
+    path = verified_path(key)
+    if path is None:
+        raise FileNotFoundError(f"kernel {key} is not in this machine's kernel cache "
+                                f"{cache_dir()}")
+    blob = path.read_bytes()  # read once: the digest sent is that of the bytes sent
+    digest = _digest(key, (blob,))
+    if (path.parent / f"{key}{_HASH_SUFFIX}").read_text().strip() != digest:
+        raise FileNotFoundError(f"kernel {key} changed in the cache {cache_dir()} while "
+                                "it was read; not sent")
+    return blob, digest
+
+
+def install_built(key: str, blob: bytes, digest: str) -> None:
+    """Put an exported entry into this machine's cache, as ``store`` would have. The
+    digest is recomputed over the received bytes first: bytes that do not match it
+    (damaged or swapped on the way) are refused with ``ValueError``. An entry already
+    here that verifies is kept."""
+    if not re.fullmatch(r"[0-9a-f]{8,64}", key):
+        raise ValueError(f"not a kernel cache key: {key!r}")
+    if _digest(key, (blob,)) != digest:
+        raise ValueError(f"kernel {key} arrived damaged: its bytes do not match the sha256 "
+                         "sent with them; it was not installed")
+    if verified_path(key) is not None:
+        return  # built or received here before
+    directory = cache_dir()
+    directory.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(suffix=".so", dir=directory)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(blob)
+        _commit(directory, key, tmp, digest)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
