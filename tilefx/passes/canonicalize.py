@@ -11,6 +11,12 @@ The rules are a table (``canonical_rules``), one line per pattern:
   a bool mask (keep = True) and the causal mask become ``where(mask, s, -inf)``;
   the causal mask is a constant ``[L, S]`` when L and S are static, else built
   from two ``iota`` ops. Only with ``decompose_attention`` (the default).
+- ``adaptive_avg_pool2d(x, 1)`` and an ``avg_pool2d`` whose one window is the
+  whole plane -> ``mean(x, dims=(2, 3), keepdim=True)``: a global pool is a row
+  reduction (N*C rows of H*W), which the reduction templates read at memory
+  bandwidth; the pooling templates loop over one window per output element.
+  ``adaptive_avg_pool2d`` whose windows are uniform (H % OH == W % OW == 0) ->
+  ``avg_pool2d`` with kernel = stride = H/OH, W/OW; to the input's own size -> ``x``.
 - ``identity(x)``, ``cast(x)`` to its own dtype, identity ``permute``/``reshape``
   -> ``x``; ``clamp(min=0)`` -> ``relu``; permute∘permute and reshape∘reshape
   merged; ``x * 1``, ``x / 1``, ``x + 0``, ``x - 0`` (scalars) -> ``x``.
@@ -105,6 +111,29 @@ def attention_to_softmax(rw: PatternRewriter, op: Op) -> Value | None:
     return rw.op("matmul", rw.op("softmax", s, dim=-1, safe=True), v)
 
 
+def adaptive_pool_to_avg_pool(rw: PatternRewriter, op: Op) -> Value | None:
+    x = op.inputs[0]
+    (h, w), (oh, ow) = x.type.shape[2:], op.attr("output_size")
+    if (h, w) == (oh, ow):
+        return x
+    if (oh, ow) == (1, 1):  # symbolic planes too
+        return rw.op("mean", x, dims=(2, 3), keepdim=True)
+    if not all(isinstance(d, int) and d > 0 for d in (h, w, oh, ow)) or h % oh or w % ow:
+        return None
+    kernel = (h // oh, w // ow)
+    return rw.op("avg_pool2d", x, kernel=kernel, stride=kernel)
+
+
+def global_avg_pool_to_mean(rw: PatternRewriter, op: Op) -> Value | None:
+    """One unpadded window covering the plane: every divisor is H*W, as in ``mean``."""
+    x = op.inputs[0]
+    plane = tuple(x.type.shape[2:])
+    if (tuple(op.attr("kernel")) != plane or tuple(op.attr("padding")) != (0, 0)
+            or op.attr("divisor_override") is not None or tuple(op.result.type.shape[2:]) != (1, 1)):
+        return None
+    return rw.op("mean", x, dims=(2, 3), keepdim=True)
+
+
 def drop_identity(rw: PatternRewriter, op: Op) -> Value | None:
     return op.inputs[0]
 
@@ -167,6 +196,8 @@ def canonical_rules(decompose: bool = True) -> Mapping[str, Sequence[Rule]]:
         "div": [_neutral_operand(1, commutes=False)],
         "add": [_neutral_operand(0, commutes=True)],
         "sub": [_neutral_operand(0, commutes=False)],
+        "adaptive_avg_pool2d": [adaptive_pool_to_avg_pool],
+        "avg_pool2d": [global_avg_pool_to_mean],
     }
     if decompose:
         rules["attention"] = [attention_to_softmax]
