@@ -55,6 +55,7 @@ class PassDefaults:
     blocked_conv_layout: bool    # the conv template reads NCHWc blocked layouts
     sparsity: bool               # block-sparse kernels exist for this target
     fusion_advisor: bool         # the learned latency model can vet fusions (opt-in)
+    pad_columns: bool            # matmuls with unaligned rows (N % 8 != 0) are several times slower
 
 
 class KernelFn(Protocol):

@@ -69,7 +69,8 @@ def configure_passes(options: CompileOptions, target: Target, session: CompileSe
     defaults = backend.pass_defaults()
     passes = options.passes
     if passes is None:
-        passes = PassOptions(decompose_attention=defaults.decompose_attention)
+        passes = PassOptions(decompose_attention=defaults.decompose_attention,
+                             pad_columns=defaults.pad_columns)
     if options.prune:
         passes = replace(passes, prune=options.prune, prune_block=tuple(options.prune_block))
     passes, chooser = _sparsity_options(passes, options, backend, session)

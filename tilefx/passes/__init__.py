@@ -3,7 +3,7 @@
 Each pass is a named ``Graph -> Graph`` function (``manager.graph_pass``); the
 pipeline (``pipeline.py``) lists them in order: canonicalize -> fold constants
 and batch norms -> (opt-in) prune, quantize -> permute channels -> sparsify ->
-CSE -> DCE -> fusion -> mark sparse kernels -> pack weights -> blocked conv
+pad matmul columns (GPU) -> CSE -> DCE -> fusion -> mark sparse kernels -> pack weights -> blocked conv
 layouts. Passes know nothing of TVM, Triton or the tuning database: what only
 the target knows comes in through ``PassOptions``' hooks (typed in the pass
 modules: ``SparseChooser``, ``PackFactor``, ``BlockFactor``, ``FusionAdvisor``),

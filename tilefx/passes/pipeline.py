@@ -21,6 +21,7 @@ from tilefx.passes.layout import BlockFactor, block_layout
 from tilefx.passes.manager import GraphPass, Instrument, PassManager, TraceInstrument, env_instruments
 from tilefx.passes.outliers import group_outliers
 from tilefx.passes.packing import PackFactor, PackingLog, pack_weights
+from tilefx.passes.pad_columns import pad_columns
 from tilefx.passes.permute import PermutationLog, permute_channels
 from tilefx.passes.prune import prune_weights
 from tilefx.passes.sparsity import SparseChooser, mark_sparse_kernels, sparsify
@@ -61,6 +62,8 @@ class PassOptions:
     # May be the same object as pack_log (the compiler reports both passes' lines together).
     layout_log: PackingLog | None = None
     fusion_advisor: FusionAdvisor | None = None  # .should_fuse(fused, separate); None: rules only
+    pad_columns: bool = False   # constant matmul weights padded to 8k columns, result sliced (exact;
+    #                             the compiler turns it on where the backend's matmul wants aligned rows)
 
 
 def pipeline(options: PassOptions | None = None) -> list[GraphPass]:
@@ -76,6 +79,7 @@ def pipeline(options: PassOptions | None = None) -> list[GraphPass]:
         if o.quantize is not None else None,
         permute_channels.bind(report=o.permute_log) if o.sparsity and o.permute else None,  # fewer blocks
         sparsify.bind(chooser=o.sparse_chooser) if o.sparsity else None,  # sparse weights -> bsr_matmul
+        pad_columns if o.pad_columns else None,                         # W[K, N] -> W[K, 8k], then slice
         cse,                                                            # equal ops and equal weights once
         dce,                                                            # unused ops and weights dropped
         fuse.bind(advisor=o.fusion_advisor) if o.fuse else None,        # ops -> kernel ops

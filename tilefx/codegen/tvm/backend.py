@@ -84,7 +84,7 @@ class TVMBackend(Backend):
     def pass_defaults(self) -> PassDefaults:
         return PassDefaults(decompose_attention=True, pack_weights=True,
                             blocked_conv_layout=True, sparsity=True,
-                            fusion_advisor=True)
+                            fusion_advisor=True, pad_columns=False)
 
     def pack_factor(self, op: Op, schedule: Schedule) -> int | None:
         return register_n(int(op.results[0].type.shape[-1]), schedule, self.target)
