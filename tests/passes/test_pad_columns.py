@@ -2,23 +2,19 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
 import textwrap
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
+from tests.cuda_subprocess import run_script
 from tests.passes.passes_testing import assert_same
 from tilefx.ir.builder import GraphBuilder
 from tilefx.ir.graph import Graph
 from tilefx.ir.types import DType, TensorType
 from tilefx.passes import PassOptions, kernels, optimize
 from tilefx.passes.pad_columns import pad_columns
-
-ROOT = Path(__file__).resolve().parents[2]
 
 
 def _head(n=1001, k=48, dtype=DType.float32, bias=False, act=None, const_b=True, reader=None):
@@ -169,8 +165,4 @@ SCRIPT = textwrap.dedent('''
 
 
 def test_compile_for_cuda_pads_and_matches_eager(tmp_path):
-    env = {"PATH": "/usr/bin:/bin", "TILEFX_CACHE_DIR": str(tmp_path), "PYTHONPATH": str(ROOT),
-           "HOME": str(tmp_path)}
-    proc = subprocess.run([sys.executable, "-W", "ignore", "-c", SCRIPT], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0 and "OK" in proc.stdout, proc.stdout[-3000:] + proc.stderr[-3000:]
+    run_script(SCRIPT, tmp_path, timeout=600)

@@ -2,12 +2,9 @@
 kernel as generated Triton under TRITON_INTERPRET=1, in a process where ``import tvm``
 fails (a GPU machine may have no TVM installed)."""
 
-import subprocess
-import sys
 import textwrap
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[3]
+from tests.cuda_subprocess import run_script
 
 SCRIPT = textwrap.dedent('''
     import os, sys
@@ -58,10 +55,6 @@ SCRIPT = textwrap.dedent('''
 
 
 def test_compile_for_cuda_without_tvm(tmp_path):
-    env = {"PATH": "/usr/bin:/bin", "TILEFX_CACHE_DIR": str(tmp_path), "PYTHONPATH": str(ROOT),
-           "HOME": str(tmp_path)}
-    proc = subprocess.run([sys.executable, "-W", "ignore", "-c", SCRIPT], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0 and "OK" in proc.stdout, proc.stdout[-3000:] + proc.stderr[-3000:]
+    run_script(SCRIPT, tmp_path, timeout=300)
     # every kernel was generated Triton, written to the cache dir
     assert list((tmp_path / "triton").glob("*.py"))
