@@ -112,12 +112,13 @@ def tf32_off() -> Iterator[None]:
 
 
 def tilefx_compile(model: Any, device: str, cuda_graphs: bool, tune: int | str = 0,
-                   tune_db: str | None = None, session: Any = None) -> Any:
+                   tune_db: str | None = None, session: Any = None,
+                   default_schedules: str | None = None) -> Any:
     import tilefx
     from tilefx.compiler.options import CompileOptions
 
     options = CompileOptions(target="cuda" if device == "cuda" else "cpu", cuda_graphs=cuda_graphs,
-                             tune_trials=tune, tune_db=tune_db)
+                             tune_trials=tune, tune_db=tune_db, default_schedules=default_schedules)
     return tilefx.compile(model, options=options, session=session)
 
 
@@ -233,6 +234,9 @@ class Child:
             if args.max_autotune:
                 self.stage("max-autotune", self.max_autotune)
             self.stage("tilefx", self.tilefx)
+            if args.cm_default:  # untuned kernels on the cost model's pick: the A/B of that default
+                self.stage("tilefx cm-default", lambda: self.timed("tilefx cm-default", lambda: tilefx_compile(
+                    self.model, self.device, True, default_schedules="cost_model")))
             if not args.skip_kernels and "tilefx" not in row["errors"]:
                 self.stage("kernels", self.kernels)
             if args.tune:
@@ -362,6 +366,7 @@ def child_row(name: str, dtype: str, args: argparse.Namespace, timeout: float, g
     cmd = [sys.executable, str(Path(__file__).resolve()), "--one", name, "--dtype", dtype,
            "--repeats", str(args.repeats), "--device", args.device, "--batch", str(args.batch)]
     cmd += ["--max-autotune"] * args.max_autotune + ["--skip-kernels"] * args.skip_kernels
+    cmd += ["--cm-default"] * args.cm_default
     cmd += ["--tune", args.tune] if args.tune else []
     env = dict(os.environ, **({"CUDA_VISIBLE_DEVICES": gpu} if gpu is not None else {}))
     row, why = run_child(cmd, env, timeout)
@@ -397,8 +402,9 @@ def driver(args: argparse.Namespace) -> int:
         commands = old.get("commands", []) + commands
         progress(f"--resume: {len(done)} finished row(s) from {state}")
     jobs = [(n, d) for d in dtypes for n in names if (n, d) not in done]
-    columns = tuple(c for c in COLS if c not in ("max-autotune", "tilefx tuned")
-                    or c == "max-autotune" and args.max_autotune or c == "tilefx tuned" and args.tune)
+    asked = {"max-autotune": args.max_autotune, "tilefx cm-default": args.cm_default,
+             "tilefx tuned": bool(args.tune)}
+    columns = tuple(c for c in COLS if asked.get(c, True))
     results = dict(done)
     start, lock = time.monotonic(), threading.Lock()
     order = [(n, d) for d in dtypes for n in names] + [k for k in done if k[1] not in dtypes or k[0] not in names]
@@ -480,6 +486,9 @@ def main(argv: list[str] | None = None) -> int:
                    help="keep the finished rows of FILE (default $OUT/models.json), run the rest, save all there")
     p.add_argument("--gpus", type=int, default=1, help="models run at once, one per GPU")
     p.add_argument("--batch", type=int, default=0, help="override every model's batch size")
+    p.add_argument("--cm-default", action="store_true",
+                   help="add tilefx with the learned cost model's default schedules (TILEFX_DEFAULT_SCHEDULE="
+                   "cost_model) beside the fixed defaults")
     p.add_argument("--skip-kernels", action="store_true", help="no profiler table of tilefx's kernels")
     p.add_argument("--device", default="cuda", choices=["cuda", "cpu"], help="cpu: a dry run (tilefx cpu target)")
     p.add_argument("--one", help=argparse.SUPPRESS)  # the child: run one model, print JSON rows

@@ -11,7 +11,7 @@ import torch
 
 from models_kernels import PROFILED_CALLS, TOP
 
-COLS = ("eager", "inductor", "reduce-overhead", "max-autotune", "tilefx", "tilefx tuned")
+COLS = ("eager", "inductor", "reduce-overhead", "max-autotune", "tilefx", "tilefx cm-default", "tilefx tuned")
 
 
 def header(commands: list[str], rows: list[dict]) -> str:
@@ -57,6 +57,8 @@ def render(rows: list[dict], commands: list[str], columns: tuple[str, ...]) -> s
     present = [c for c in COLS if c in columns or any(c in r.get("ms", {}) for r in rows)]
     timed = [c for c in present if c != "eager"]
     pairs = [("tilefx", "reduce-overhead")]
+    if "tilefx cm-default" in present:
+        pairs.append(("tilefx cm-default", "tilefx"))
     if "tilefx tuned" in present:
         pairs.append(("tilefx tuned", "max-autotune" if "max-autotune" in present else "reduce-overhead"))
     for dtype in dict.fromkeys(r["dtype"] for r in rows):
