@@ -376,7 +376,9 @@ def constant_tensors(graph: Graph) -> dict[str, torch.Tensor]:
     ``const`` op's value, and each constant ``cast`` (how a bf16 weight is held: numpy
     has no bfloat16) cast now. An f32 array read only by its casts is not kept, so a
     bf16 weight sits in memory once, as bf16."""
-    out = {}
+    out: dict[str, torch.Tensor] = {}
+    casts: set[str] = set()
+    read = {v.name for v in graph.outputs}  # what something other than a constant cast reads
     for op in graph.ops:
         if op.name == "const":
             # a copy into torch's aligned memory; the graph's arrays stay untouched
@@ -384,9 +386,9 @@ def constant_tensors(graph: Graph) -> dict[str, torch.Tensor]:
             out[op.result.name] = aligned(torch.from_numpy(array).clone())
         elif is_constant_cast(op, out):
             out[op.result.name] = aligned(out[op.inputs[0].name].to(torch_dtype(op.result.type.dtype)))
-    read = {v.name for v in graph.outputs}
-    read.update(v.name for op in graph.ops if not is_constant_cast(op, out) for v in op.inputs)
-    casts = {op.result.name for op in graph.ops if is_constant_cast(op, out)}
+            casts.add(op.result.name)
+        else:
+            read.update(v.name for v in op.inputs)
     return {k: t for k, t in out.items() if k in read or k in casts}
 
 
