@@ -285,7 +285,7 @@ class Child:
             fallbacks=len(rec.fallbacks), interpreted=len(rec.interpreted), graph=graph,
             stages={k: round(v, 1) for k, v in rec.seconds.items()})
         for f in rec.fallbacks[:3]:
-            self.row["notes"].append(f"fallback: {f.reason}"[:160])
+            self.row["notes"].append(f"fallback: {f.target}: {f.reason}"[:160])
         for k in rec.interpreted[:3]:
             self.row["notes"].append(f"interpreted {k.name}: {k.error}"[:160])
 

@@ -73,6 +73,50 @@ def test_constant_subgraphs_are_evaluated_at_lowering():
     check(captured, result, m, torch.randn(2, 5))
 
 
+class ShiftedWindowMask(nn.Module):
+    """Swin's attention mask for shifted windows, as torchvision builds it: zeros, then one
+    slice assignment per region (``copy_`` into slices: ``slice_scatter`` once functional)."""
+
+    def forward(self, x, attn):
+        h, w, ws, ss = x.shape[1], x.shape[2], 4, 2
+        mask = x.new_zeros((h, w))
+        count = 0
+        for hs in ((0, -ws), (-ws, -ss), (-ss, None)):
+            for wsl in ((0, -ws), (-ws, -ss), (-ss, None)):
+                mask[hs[0]:hs[1], wsl[0]:wsl[1]] = count
+                count += 1
+        mask = mask.view(h // ws, ws, w // ws, ws).permute(0, 2, 1, 3).reshape(-1, ws * ws)
+        mask = mask.unsqueeze(1) - mask.unsqueeze(2)
+        mask = mask.masked_fill(mask != 0, -100.0)
+        x = torch.roll(x, shifts=(-ss, -ss), dims=(1, 2))
+        return attn + mask, x * 2
+
+
+def test_slice_assignments_lower_and_a_constant_mask_folds():
+    m = ShiftedWindowMask()
+    x, attn = torch.randn(2, 8, 12, 3), torch.randn(6, 16, 16)
+    captured, result = lower(m, x, attn)
+    assert result.fallbacks == []
+    check(captured, result, m, torch.randn(2, 8, 12, 3), torch.randn(6, 16, 16))
+    from tilefx.passes.fold import fold_constants
+
+    folded = op_names(fold_constants(result.graph))
+    assert "where" not in folded and "pad" not in folded  # the mask depends on shapes only
+
+
+def test_slice_scatter_and_copy_into_a_tensor_input():
+    def fn(x, y):
+        z = x.clone()
+        z[:, 1:4] = y          # slice_scatter of a tensor
+        z[0, -2:] = 7.0        # copy of a number into a select + slice
+        return z
+
+    x, y = torch.randn(3, 6), torch.randn(3, 3)
+    captured, result = lower(fn, x, y)
+    assert result.fallbacks == [] and "where" in op_names(result.graph)
+    check(captured, result, fn, torch.randn(3, 6), torch.randn(3, 3))
+
+
 def test_unlowered_ops_fall_back_to_pytorch_and_are_reported(caplog):
     def fn(x):
         values, indices = torch.topk(torch.cumsum(x, dim=1), 3)

@@ -105,6 +105,13 @@ class Backend:
     def default_schedule(self, op: Op, bindings: Mapping[Any, int] | None = None) -> Schedule:
         raise NotImplementedError
 
+    def prebuild(self, work: Sequence[tuple[Op, Schedule | None, Mapping[Any, int] | None]]
+                 ) -> dict[str, str] | None:
+        """Compile many (op, schedule, bindings) ahead of their one-by-one builds, side by side
+        where the backend can (Triton: parallel processes); what failed, by kernel name, or
+        None when it did nothing. A hint: ``build`` still builds (and reports) each one."""
+        return None
+
     def space(self, op: Op, bindings: Mapping[Any, int] | None = None) -> SearchSpace:
         raise NotImplementedError
 

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 import time
 from collections import OrderedDict
 from dataclasses import dataclass, field, replace
@@ -133,6 +134,7 @@ class CompileSession:
             tuner.close()
         for checker in self._checkers.values():
             checker.close()
+        _stop_compile_workers()
 
     def close(self) -> None:
         self.release()
@@ -144,6 +146,14 @@ class CompileSession:
 
     def __exit__(self, *exc: Any) -> None:
         self.close()
+
+
+def _stop_compile_workers() -> None:
+    """Triton's parallel compile workers hold a CUDA context each: stopped with the builds.
+    (Looked up, not imported: a CPU-only compile never started them.)"""
+    prewarm = sys.modules.get("tilefx.codegen.triton.prewarm")
+    if prewarm is not None:
+        prewarm.shutdown()
 
 
 class KernelBuilder:
@@ -161,11 +171,31 @@ class KernelBuilder:
         budget (``tune="60s"``) they are tuned here, together, the budget shared by
         expected gain (``autotune/model_tune.py``); ``__call__`` then takes their results."""
         tuner = self.session.tuner(self.target, self.options)
-        if tuner is None or tuner.options.model_seconds is None:
+        if tuner is None:
+            if not self._picks_by_cost_model():  # the fixed defaults: compiled side by side now
+                self._prebuild(ops, bindings)
+            return
+        if tuner.options.model_seconds is None:
             return
         t0 = time.perf_counter()
         self.record.tuning_budgets.append(tune_model(tuner, ops, bindings))
         self.record.add_time("tune", time.perf_counter() - t0)
+
+    def _prebuild(self, ops: Sequence[Op], bindings: Mapping[sympy.Symbol, int]) -> None:
+        """Each distinct kernel's default, compiled before the one-by-one builds and checks
+        (Triton: in parallel processes; a 60 s compile of ResNet-50 was 48 s of serial
+        Triton compiles). The builds that follow report their own errors."""
+        distinct: dict[str, tuple[Op, None, dict]] = {}
+        for op in ops:
+            used = kernel_symbols(op)
+            distinct.setdefault(kernel_key(op), (op, None, {s: v for s, v in bindings.items() if s in used}))
+        t0 = time.perf_counter()
+        failed = self.target.backend().prebuild(list(distinct.values()))
+        if failed is None:  # the backend compiles as it builds (TVM's cache, the interpreter)
+            return
+        if failed:
+            log.info("tilefx: %d kernels failed to compile ahead: %s", len(failed), ", ".join(failed))
+        self.record.add_time("prebuild", time.perf_counter() - t0)
 
     def __call__(self, op: Op, bindings: Mapping[sympy.Symbol, int]) -> KernelFn:
         used = kernel_symbols(op)

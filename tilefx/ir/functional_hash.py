@@ -33,11 +33,12 @@ same run: ``reference_run`` computes inputs and outputs once for both.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 from collections import OrderedDict
 from dataclasses import replace
-from typing import TYPE_CHECKING, Any, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Iterator, Mapping, Sequence
 
 import torch
 
@@ -278,7 +279,7 @@ def _reference_run(kernel_op: Op, bindings: tuple[tuple[str, int], ...]
     return inputs, _run_wide(body, inputs)
 
 
-def check_reference(kernel_op: Op, bindings: Mapping[Any, int] | None = None
+def check_reference(kernel_op: Op, bindings: Mapping[Any, int] | None = None, device: str = "cpu"
                     ) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
     """Inputs and reference outputs (in the output dtypes) to check a built kernel with.
 
@@ -292,8 +293,24 @@ def check_reference(kernel_op: Op, bindings: Mapping[Any, int] | None = None
     if run is None:
         body = _body(kernel_op, bindings)
         inputs = reference_inputs(kernel_op, bindings)
+        if device != "cpu":  # the same seeded inputs, the interpreter's torch ops on the device
+            on_device = [t.to(device) for t in inputs]
+            with _no_tf32():
+                return on_device, narrow(kernel_op, _run_wide(body, on_device, DType.float32))
         run = inputs, _run_wide(body, inputs, DType.float32)
     return run[0], narrow(kernel_op, run[1])
+
+
+@contextlib.contextmanager
+def _no_tf32() -> Iterator[None]:
+    """A float32 reference on a GPU computes in float32: cuDNN's TF32 (torch's default for
+    convolutions) keeps 10 mantissa bits, no better than the fp16 kernels it judges."""
+    saved = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
 
 
 def narrow(kernel_op: Op, wide: Sequence[torch.Tensor]) -> list[torch.Tensor]:

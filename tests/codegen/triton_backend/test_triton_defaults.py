@@ -89,3 +89,49 @@ def test_default_matmul_schedules_compute_correctly(m, n, k):
     x, w, c = (rand(v.type, i) for i, v in enumerate(op.inputs))
     (y,) = run(op, [x, w, c])
     close(y, F.gelu(x.float() @ w.float() + c.float()), F16)
+
+
+def _conv(x, w, stride=1, padding=0, dtype=F16, groups=1):
+    types = [t(dtype, *x), t(dtype, *w), t(dtype, w[0], 1, 1)]
+    return kernel_op("contraction", types, lambda b, xx, ww, c: b.op("relu", b.op("add", b.op(
+        "conv2d", xx, ww, stride=(stride,) * 2, padding=(padding,) * 2, groups=groups), c)))
+
+
+def test_a_sequence_linear_tiles_the_batch_as_rows():
+    """[B, S, D] @ W is one tall GEMM: ViT's seq-first QKV input (M = 16 a batch) took the
+    16-row GEMV tile at 19% of roofline; folded it takes the big tile."""
+    vit = kernel_op("contraction", [t(F16, 197, 16, 768), t(F16, 768, 2304)],
+                    lambda b, x, w: b.op("matmul", b.op("permute", x, dims=(1, 0, 2)), w))
+    s = default_schedule(vit)
+    assert (s["impl"], s["BLOCK_M"], s["BLOCK_N"]) == ("triton", 128, 256)
+    convnext = kernel_op("contraction", [t(F16, 32, 56, 56, 96), t(F16, 96, 384)],
+                         lambda b, x, w: b.op("matmul", x, w))
+    s = default_schedule(convnext)
+    assert (s["BLOCK_M"], s["BLOCK_K"]) == (128, 32)  # K = 96: three whole 32-steps
+
+
+@pytest.mark.parametrize("x,w,stride,padding,impl", [
+    ((32, 256, 56, 56), (64, 256, 1, 1), 1, 0, "triton"),     # ResNet-50 1x1 reduce
+    ((32, 16, 112, 112), (96, 16, 1, 1), 1, 0, "triton"),     # MobileNetV2 expand
+    ((16, 3, 224, 224), (768, 3, 16, 16), 16, 0, "triton"),   # ViT patchify
+    ((32, 3, 224, 224), (64, 3, 7, 7), 2, 3, "triton"),       # ResNet stem
+    ((32, 256, 14, 14), (256, 256, 3, 3), 1, 1, "library"),   # 3x3 over many channels: cuDNN
+])
+def test_conv_defaults_follow_the_sweep(x, w, stride, padding, impl):
+    s = default_schedule(_conv(x, w, stride, padding))
+    assert s["impl"] == impl
+    if impl == "triton":
+        assert s["BLOCK_M"] in (64, 128) and s["BLOCK_N"] <= 128
+    assert default_schedule(_conv(x, w, stride, padding, DType.float32))["impl"] == "library"
+
+
+@pytest.mark.parametrize("x,w,stride,padding", [
+    ((2, 5, 7, 9), (11, 5, 1, 1), 1, 0), ((1, 3, 9, 9), (17, 3, 2, 2), 2, 0),
+    ((3, 3, 13, 11), (8, 3, 3, 3), 2, 1), ((1, 1, 1, 1), (1, 1, 1, 1), 1, 0)])
+def test_default_implicit_gemm_convs_compute_correctly(x, w, stride, padding):
+    op = _conv(x, w, stride, padding)
+    assert default_schedule(op)["impl"] == "triton"
+    xx, ww, c = (rand(v.type, i) for i, v in enumerate(op.inputs))
+    (y,) = run(op, [xx, ww, c])
+    ref = F.relu(F.conv2d(xx.float(), ww.float(), None, stride, padding) + c.float())
+    close(y, ref, F16)

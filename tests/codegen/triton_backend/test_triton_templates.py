@@ -154,6 +154,36 @@ def test_matmul_transposed_weight_bias_gelu_residual(schedule):
     close(y, F.gelu(x @ w.T + c) + r, DType.float32)
 
 
+@pytest.mark.parametrize("schedule", [None, SMALL_MM, Schedule.of(impl="triton", BLOCK_M=32, BLOCK_N=16,
+                                                                  BLOCK_K=16, GROUP_M=1)],
+                         ids=["default", "small-tiles", "tall-tiles"])
+@pytest.mark.parametrize("lead", [(3, 5), (2, 3, 5), (7, 1), (1, 1)], ids=str)
+def test_matmul_with_one_weight_tiles_the_batch_as_rows(schedule, lead):
+    """``[..., S, K] @ W``: the batch dims are rows of one GEMM (a 1-D grid), read through a
+    permute (a ViT's seq-first attention input) and with a residual at the output's index."""
+    from tilefx.codegen.triton import kernel_source
+    from tilefx.codegen.triton.matmul import dims, folds_batch
+
+    K, N = 29, 23
+    perm = tuple(range(len(lead)))[::-1] + (len(lead),)  # x is stored with the leading dims reversed
+    stored = tuple(lead[i] for i in perm[:-1]) + (K,)
+    op = kernel_op("contraction", [f32(*stored), f32(K, N), f32(N), f32(*lead, N)],
+                   lambda b, x, w, c, r: b.op("add", b.op("add", b.op(
+                       "matmul", b.op("permute", x, dims=perm), w), c), r))
+    x, w, c, r = (rand(v.type, i) for i, v in enumerate(op.inputs))
+    assert folds_batch(op.body) and dims(op.body)[0] == numel_of(lead)
+    assert "program_id(1)" not in kernel_source(op, schedule or Schedule.of(impl="triton"))
+    (y,) = run(op, [x, w, c, r], schedule)
+    close(y, x.permute(perm) @ w + c + r, DType.float32)
+
+
+def numel_of(shape):
+    out = 1
+    for d in shape:
+        out *= d
+    return out
+
+
 @pytest.mark.parametrize("schedule", [None, SMALL_MM], ids=["default", "small-tiles"])
 def test_batched_matmul_fp16_broadcast(schedule):
     op = kernel_op("contraction", [t(F16, 3, 1, 19, 40), t(F16, 2, 40, 24)],

@@ -45,6 +45,26 @@ class TritonBackend(Backend):
     def space(self, op: Op, bindings: Mapping[Any, int] | None = None) -> SearchSpace:
         return triton_space(op, bindings)
 
+    def prebuild(self, work: Sequence[tuple[Op, Schedule | None, Mapping[Any, int] | None]]
+                 ) -> dict[str, str] | None:
+        """Triton compiles on the first launch, one kernel at a time: on a GPU, launch each
+        generated module once in a pool of processes first (``prewarm.py``), so the builds
+        that follow load compiled binaries. The library candidate needs no compile."""
+        if not gpu_present() or len(work) < 2:
+            return None
+        from tilefx.codegen.triton.prewarm import job_for, prewarm
+
+        jobs, names = [], {}
+        for op, schedule, bindings in work:
+            try:
+                built = self.build(op, schedule, bindings)
+            except Exception:  # noqa: BLE001 - the real build reports it
+                continue
+            if (built.schedule or {}).get("impl") != "library":
+                jobs.append(job_for(built, op, symbol_bindings(bindings)))
+                names[built.path] = op.attr("name")
+        return {names[path]: err for path, err in prewarm(jobs).items() if err}
+
     def fingerprint(self, op: Op, schedule: Schedule,
                     bindings: Mapping[Any, int] | None = None) -> str:
         return fingerprint(op, schedule, self.target, bindings)

@@ -1,10 +1,9 @@
 """Conv2d (NCHW): two candidates with a fused epilogue (bias, folded batch norm,
 residual add, activation).
 
-- ``impl="library"`` (the default): ``torch.nn.functional.conv2d`` (cuDNN) for
-  the convolution, then one generated Triton kernel for the epilogue
-  (``library.py``). cuDNN is hard to beat on the zoo's convolutions, and it
-  covers grouped/depthwise ones;
+- ``impl="library"``: ``torch.nn.functional.conv2d`` (cuDNN) for the
+  convolution, then one generated Triton kernel for the epilogue
+  (``library.py``); it covers every conv and dtype;
 - ``impl="depthwise"``: a direct convolution for ``groups > 1`` (depthwise,
   channel multipliers, grouped convs with few channels per group), fused with
   the epilogue (``depthwise.py``);
@@ -18,8 +17,11 @@ residual add, activation).
 Knobs (``space``): ``impl``, and for ``triton`` ``BLOCK_M/N/K``, ``GROUP_M``,
 ``num_warps``, ``num_stages``; ``EPILOGUE_BLOCK`` for ``library``. A grouped
 conv's space is ``library`` and ``depthwise`` with the direct template's knobs
-(``depthwise.SPACE``). The default stays the library until GPU measurements
-say where the direct template wins.
+(``depthwise.SPACE``).
+
+Defaults, from GPU measurements (``gemm_wins``): depthwise convs take the
+direct template, fp16/bf16 1x1, patchify and stem convs the implicit GEMM,
+the rest (3x3 over many channels, fp32) cuDNN.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ from tilefx.codegen.triton.ops import delinearize
 from tilefx.codegen.triton.pointwise import arg_names
 from tilefx.codegen.triton.source import KernelSource, one_kernel_module
 from tilefx.ir.graph import Graph, Op
+from tilefx.ir.types import DType
 
 SPACE: dict[str, list[Any]] = {
     "impl": ["library", "triton"], "EPILOGUE_BLOCK": [256, 512, 1024, 2048],
@@ -66,7 +69,46 @@ def default_schedule(body: Graph, target: Any = None) -> Schedule:
         direct = depthwise.default_schedule(depthwise.ConvGeometry.of(op))
         if direct is not None:  # depthwise: the direct template beats cuDNN (measured)
             return direct
+    if gemm_wins(op):
+        return implicit_gemm_default(op, target)
     return Schedule.of(impl="library", EPILOGUE_BLOCK=1024)
+
+
+# Where the implicit GEMM beat cuDNN + its epilogue kernel on the H200 (fp16, NCHW, batch 32;
+# benchmarks/results/gpu-schedule-sweep-h200-2026-12-03.md): every 1x1 conv (2-4x: no
+# NCHW<->NHWC transposes, the epilogue fused), non-overlapping patchify convs (ViT's 16x16/16:
+# 13x) and stems with few input channels (ResNet's 7x7 on 3 channels: 2x). cuDNN kept the
+# 3x3 convs over many channels (ResNet-50's 256-channel 3x3: 2x faster than the best tile).
+STEM_K = 256  # C*KH*KW up to this: a stem, gathered cheaply
+
+
+def gemm_wins(op: Op) -> bool:
+    x, w = op.inputs
+    if op.attr("groups") != 1 or x.type.dtype not in (DType.float16, DType.bfloat16):
+        return False  # fp32: cuDNN (an IEEE tl.dot is slow); grouped: the direct template
+    _, c, kh, kw = shape_of(w)
+    stride, padding, dilation = (tuple(op.attr(k)) for k in ("stride", "padding", "dilation"))
+    patchify = stride == (kh, kw) and padding == (0, 0) and dilation == (1, 1)
+    return (kh, kw) == (1, 1) or patchify or c * kh * kw <= STEM_K
+
+
+def implicit_gemm_default(op: Op, target: Any = None) -> Schedule:
+    """The measured best tiles of the sweep, as a rule: 128-row tiles, the output channels
+    up to 128 a tile, deep K in 64-steps on 8 warps when both sides are wide."""
+    from tilefx.codegen.triton.matmul import sm_count
+
+    _, c, kh, kw = shape_of(op.inputs[1])
+    n, o, oh, ow = shape_of(op.result)
+    m, k = n * oh * ow, c * kh * kw
+    bn = max(16, min(128, next_pow2(o)))
+    if k >= 256 and o >= 128:
+        bm, bk, warps, stages = 128, 64, 8, 3
+    else:
+        bm, bk, warps, stages = 128, 32 if k >= 32 else 16, 4, 4
+    if -(-m // bm) * -(-o // bn) < sm_count(target) // 2:
+        bm = 64
+    return Schedule.of(impl="triton", BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, GROUP_M=8,
+                       num_warps=warps, num_stages=stages)
 
 
 def conv_call(op: Op, xs: list[str]) -> str:

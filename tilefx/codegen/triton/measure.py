@@ -269,7 +269,31 @@ class TritonBuilder:
     state: TuningState = field(default_factory=TuningState)  # shared with the tuner's runner
 
     def build(self, workload: Workload, schedules: Sequence[Schedule]) -> list[BuildResult]:
-        return [self._build_one(workload, s) for s in schedules]
+        failed = self._prewarm(workload, schedules)
+        return [failed.get(s.to_json()) or self._build_one(workload, s) for s in schedules]
+
+    def _prewarm(self, workload: Workload, schedules: Sequence[Schedule]) -> dict[str, BuildResult]:
+        """On a GPU, compile the batch's candidates in parallel processes first (``prewarm.py``);
+        ``_build_one``'s launch then loads the binary. A candidate that failed to compile
+        there is a ``build_error`` with that error, not compiled a second time."""
+        if len(schedules) < 2 or self.fault is not None or interpreting() or device() != "cuda":
+            return {}
+        from tilefx.codegen.triton.prewarm import job_for, prewarm
+
+        t0 = time.perf_counter()
+        bindings = symbol_bindings(workload.bindings_dict())
+        paths = {}
+        for s in schedules:
+            try:
+                built = self.state.kernel(workload, s)
+            except Exception:  # noqa: BLE001 - _build_one records it
+                continue
+            if (built.schedule or {}).get("impl") != "library":
+                paths[built.path] = (s, job_for(built, workload.kernel, bindings))
+        errors = prewarm([job for _, job in paths.values()])
+        seconds = (time.perf_counter() - t0) / max(1, len(schedules))
+        return {paths[p][0].to_json(): BuildResult(paths[p][0], "build_error", "", err, seconds)
+                for p, err in errors.items() if err}
 
     def _build_one(self, workload: Workload, schedule: Schedule) -> BuildResult:
         t0 = time.perf_counter()

@@ -13,7 +13,7 @@ import torch
 from tilefx.compiler.lowerings.context import ir_dtype
 from tilefx.compiler.lowerings.registry import Unsupported, lowers
 from tilefx.ir.ops.shapes import normalize_axis
-from tilefx.ir.types import Dim, dims_equal
+from tilefx.ir.types import Dim, DType, dims_equal
 
 aten = torch.ops.aten
 
@@ -235,3 +235,44 @@ def _index(ctx, node, args, kwargs):
         raise Unsupported("advanced indexing with several or boolean index tensors")
     axis, index = used[0]
     return ctx.b.op("take", x, index, axis=axis)
+
+
+@lowers(aten.copy.default)
+def _copy(ctx, node, args, kwargs):
+    """``dst.copy_(src)`` made functional: ``src`` broadcast to ``dst``'s shape in its dtype
+    (Swin's window mask is built by slice assignments, each a copy into a slice)."""
+    dst, src = args[0], args[1]
+    out = ctx.out_type(node)
+    if not isinstance(src, type(dst)):  # a Python number
+        src = ctx.scalar(src, out.dtype)
+    if tuple(src.type.shape) != tuple(out.shape):
+        src = ctx.b.op("broadcast_to", src, shape=tuple(out.shape))
+    return ctx.cast(src, out.dtype)
+
+
+@lowers(aten.slice_scatter.default)
+def _slice_scatter(ctx, node, args, kwargs):
+    """``input`` with ``src`` written into ``input[start:end]`` along ``dim`` (step 1):
+    ``where(start <= i < end, pad(src), input)``, a pointwise select (and, when both are
+    constants, a constant after folding)."""
+    params = list(args[2:]) + [None] * (4 - len(args[2:]))
+    x, src = args[0], args[1]
+    dim = kwargs.get("dim", params[0] if params[0] is not None else 0)
+    start, end = kwargs.get("start", params[1]), kwargs.get("end", params[2])
+    step = kwargs.get("step", params[3] if params[3] is not None else 1)
+    axis = normalize_axis(dim, x.type.rank)
+    size = x.type.shape[axis]
+    lo, hi = clamp_slice(start, end, size)
+    if step != 1 or not all(isinstance(d, int) for d in (lo, hi, size)):
+        raise Unsupported("slice_scatter with a step or a symbolic bound")
+    if hi <= lo:
+        return x
+    pads = [0] * (2 * x.type.rank)
+    pads[2 * axis], pads[2 * axis + 1] = lo, size - hi
+    src = ctx.cast(src, x.type.dtype)
+    placed = ctx.b.op("pad", src, pads=tuple(pads), value=0.0) if lo or hi != size else src
+    shape = tuple(size if i == axis else 1 for i in range(x.type.rank))
+    i = ctx.b.op("iota", shape=shape, axis=axis, dtype=DType.int64)
+    inside = ctx.b.op("logical_and", ctx.b.op("ge", i, ctx.scalar(lo, DType.int64)),
+                      ctx.b.op("lt", i, ctx.scalar(hi, DType.int64)))
+    return ctx.b.op("where", inside, placed, x)

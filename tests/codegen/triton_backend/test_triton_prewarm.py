@@ -1,0 +1,31 @@
+"""Parallel compiles ahead of the builds (``codegen/triton/prewarm.py``): the worker pool
+launches each generated module once and reports what failed; a dead worker only loses the
+warm cache. Here under TRITON_INTERPRET=1 (the workers inherit it), so the plumbing is what
+is tested: on a GPU the same launch is what fills Triton's compile cache."""
+
+from triton_testing import f32, kernel_op
+
+from tilefx.codegen.triton import build_kernel
+from tilefx.codegen.triton.prewarm import PrewarmJob, job_for, prewarm, shutdown
+from tilefx.codegen.schedule import Schedule
+
+
+def test_prewarm_launches_each_module_once_and_reports_failures(tmp_path):
+    op = kernel_op("contraction", [f32(5, 7), f32(7, 3)], lambda b, x, w: b.op("matmul", x, w))
+    built = [build_kernel(op, None, Schedule.of(impl="triton", BLOCK_M=m, BLOCK_N=16, BLOCK_K=16))
+             for m in (16, 32)]
+    jobs = [job_for(k, op) for k in built]
+    assert jobs[0].shapes == ((5, 7), (7, 3), (5, 3)) and jobs[0].dtypes == ("float32",) * 3
+    bad = tmp_path / "bad_kernel.py"
+    bad.write_text("def launch(*tensors):\n    raise ValueError('out of shared memory')\n")
+    try:
+        out = prewarm([*jobs, jobs[0], PrewarmJob(str(bad), ((2,),), ("float32",))], workers=2)
+    finally:
+        shutdown()
+    assert out[built[0].path] == "" and out[built[1].path] == ""
+    assert out[str(bad)] == "ValueError: out of shared memory"
+
+
+def test_nothing_to_do_starts_no_workers():
+    assert prewarm([], workers=4) == {}
+    assert prewarm([PrewarmJob("x.py", (), ())], workers=0) == {}

@@ -1,0 +1,130 @@
+"""Compiling Triton candidates in parallel processes before they are timed.
+
+Triton compiles a kernel on its first launch, in the launching process, one
+at a time: 1-3 s of single-threaded MLIR/ptxas work per candidate on an
+H200 host, while the GPU idles and the other CPU cores do nothing. Tuning a
+model's kernels spent most of its budget there.
+
+``prewarm`` hands each generated module (a file under
+``$TILEFX_CACHE_DIR/triton``) to a pool of spawn processes (``workers.py``:
+they never run the user's ``__main__`` and die with the parent). A worker
+imports the module and launches it once on scratch tensors of the kernel's
+shapes (random floats, zero indices: every access is masked), which puts the
+compiled binary in Triton's on-disk cache. The tuning process's own first
+launch of the same module then loads the binary instead of compiling it.
+
+A candidate that fails to compile in a worker is reported back with its
+error, so the caller can record a ``build_error`` without compiling it a
+second time. A worker that dies (a fault in the driver) or a batch that
+outlives ``timeout`` only loses the warm cache: the caller compiles what is
+left in its own process as before, so prewarming never changes a result.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import os
+import sys
+from concurrent.futures import ProcessPoolExecutor, wait
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+from tilefx.codegen.workers import worker_context
+
+log = logging.getLogger("tilefx.codegen.triton")
+
+DEFAULT_WORKERS = 8  # ptxas and MLIR are single-threaded; more cores, more at once
+_POOLS: dict[int, ProcessPoolExecutor] = {}
+
+
+@dataclass(frozen=True)
+class PrewarmJob:
+    """One generated module and the tensors its ``launch`` takes (inputs, then outputs)."""
+
+    path: str
+    shapes: tuple[tuple[int, ...], ...]
+    dtypes: tuple[str, ...]          # torch dtype names: "float16", "int64", ...
+
+
+def job_for(built: Any, kernel_op: Any, bindings: Any = None) -> PrewarmJob:
+    """The job of a ``BuiltKernel`` of ``kernel_op`` (static shapes after ``bindings``)."""
+    from tilefx.ir.interpreter import torch_dtype
+
+    values = (*kernel_op.inputs, *kernel_op.results)
+    shapes = tuple(tuple(int(d.subs(bindings)) if hasattr(d, "subs") and bindings else int(d)
+                         for d in v.type.shape) for v in values)
+    dtypes = tuple(str(torch_dtype(v.type.dtype)).removeprefix("torch.") for v in values)
+    return PrewarmJob(built.path, shapes, dtypes)
+
+
+def worker_count() -> int:
+    env = os.environ.get("TILEFX_COMPILE_WORKERS")
+    if env is not None:
+        return max(0, int(env))
+    return min(DEFAULT_WORKERS, max(1, (os.cpu_count() or 2) - 1))
+
+
+def prewarm(jobs: Sequence[PrewarmJob], workers: int | None = None,
+            timeout: float = 600.0) -> dict[str, str]:
+    """Compile ``jobs`` in ``workers`` processes; path -> "" (compiled) or the error.
+    Paths missing from the result were not compiled (a dead worker, the timeout)."""
+    workers = worker_count() if workers is None else workers
+    jobs = list({j.path: j for j in jobs}.values())
+    if workers <= 0 or len(jobs) < 2:
+        return {}
+    pool = _pool(workers)
+    futures = {pool.submit(_compile, job): job.path for job in jobs}
+    done, late = wait(futures, timeout=timeout)
+    out: dict[str, str] = {}
+    for f in done:
+        try:
+            out[futures[f]] = f.result()
+        except Exception as e:  # noqa: BLE001 - a worker died: the caller compiles it itself
+            log.info("prewarm: a compile worker died (%s); the tuning process compiles the rest", e)
+            _POOLS.pop(workers, None)
+    if late:
+        log.info("prewarm: %d compiles still running after %.0f s; compiling them here", len(late), timeout)
+    return out
+
+
+def shutdown() -> None:
+    for pool in _POOLS.values():
+        pool.shutdown(wait=False, cancel_futures=True)
+    _POOLS.clear()
+
+
+def _pool(workers: int) -> ProcessPoolExecutor:
+    pool = _POOLS.get(workers)
+    if pool is None:
+        pool = _POOLS[workers] = ProcessPoolExecutor(max_workers=workers, mp_context=worker_context())
+    return pool
+
+
+def _compile(job: PrewarmJob) -> str:
+    """In a worker: import the module and launch it once on scratch tensors."""
+    import torch
+
+    try:
+        name = "tilefx_prewarm_" + os.path.basename(job.path).removesuffix(".py")
+        spec = importlib.util.spec_from_file_location(name, job.path)
+        assert spec is not None and spec.loader is not None
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module  # Triton looks the function's module up by name
+        spec.loader.exec_module(module)
+        tensors = [_scratch(shape, getattr(torch, dtype)) for shape, dtype in zip(job.shapes, job.dtypes)]
+        module.launch(*tensors)
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        return ""
+    except Exception as e:  # noqa: BLE001 - reported to the caller as the candidate's build error
+        return f"{type(e).__name__}: {str(e).strip().splitlines()[-1] if str(e).strip() else ''}"[:500]
+
+
+def _scratch(shape: tuple[int, ...], dtype: Any) -> Any:
+    import torch
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"  # cpu: the interpreter (tests)
+    if dtype.is_floating_point:
+        return torch.randn(shape, device=device).to(dtype)
+    return torch.zeros(shape, device=device, dtype=dtype)
