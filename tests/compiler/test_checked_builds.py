@@ -262,3 +262,20 @@ def test_a_right_kernel_whose_output_cancels_is_kept(fresh):
     torch.testing.assert_close(compiled(x), x - x * 1.0001, rtol=1e-3, atol=1e-7)
     (kernel,) = compiled.records[0].kernels
     assert kernel.backend == "tvm" and "rejected" not in compiled.report(), compiled.report()
+
+
+def test_a_device_reference_keeps_body_constants_on_the_device():
+    """On a GPU the check computes its reference there (the host took 48 s of a ResNet-50
+    compile); an ``iota`` or ``const`` inside the body is made on the CPU and must follow
+    the inputs, or the run mixes devices. ("meta" stands in for "cuda" on this machine.)"""
+    from tilefx.ir import DType, TensorType
+    from tilefx.ir.builder import kernel_op
+
+    op = kernel_op("pointwise", [TensorType(DType.float16, (3, 5))], lambda b, x: b.op(
+        "add", x, b.op("cast", b.op("iota", shape=(3, 5), axis=1, dtype=DType.int64), dtype=DType.float16)))
+    inputs, want = functional_hash.check_reference(op, None, device="meta")
+    assert inputs[0].device.type == "meta" and want[0].device.type == "meta"
+    assert want[0].dtype == torch.float16 and tuple(want[0].shape) == (3, 5)
+    cpu_inputs, cpu_want = functional_hash.check_reference(op, None)
+    assert cpu_want[0].device.type == "cpu"
+    torch.testing.assert_close(cpu_want[0].float(), cpu_inputs[0].float() + torch.arange(5.0), atol=1e-2, rtol=1e-3)

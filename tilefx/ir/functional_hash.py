@@ -160,6 +160,7 @@ def _run_wide(body: Graph, inputs: Sequence[torch.Tensor],
     bind_shapes([v.type for v in body.inputs], [tuple(t.shape) for t in inputs], bound,
                 what=f"kernel body @{body.name} inputs")
     wide = torch_dtype(to)
+    device = next((t.device for t in inputs if isinstance(t, torch.Tensor) and t.device.type != "cpu"), None)
     env = {v.name: (t.to(wide) if t.is_floating_point() and v.type.dtype in _WIDE else t)
            for v, t in zip(body.inputs, inputs)}
     for op in body.ops:
@@ -175,7 +176,10 @@ def _run_wide(body: Graph, inputs: Sequence[torch.Tensor],
                                    f"{[str(r) for r in op.results]} failed in the reference run: "
                                    f"{type(e).__name__}: {e}") from e
         for r, t in zip(op.results, results):
-            env[r.name] = t
+            # a const or iota inside the body is made on the CPU: where the inputs are on a
+            # GPU it joins them there (else its consumer mixes devices and the check's
+            # reference falls back to the host)
+            env[r.name] = t.to(device) if device is not None and isinstance(t, torch.Tensor) else t
     return [env[v.name] for v in body.outputs]
 
 

@@ -69,7 +69,7 @@ def default_schedule(body: Graph, target: Any = None) -> Schedule:
         direct = depthwise.default_schedule(depthwise.ConvGeometry.of(op))
         if direct is not None:  # depthwise: the direct template beats cuDNN (measured)
             return direct
-    if gemm_wins(op):
+    if gemm_wins(op) and op.inputs[0].name not in body.producers():
         return implicit_gemm_default(op, target)
     return Schedule.of(impl="library", EPILOGUE_BLOCK=1024)
 
@@ -78,7 +78,10 @@ def default_schedule(body: Graph, target: Any = None) -> Schedule:
 # benchmarks/results/gpu-schedule-sweep-h200-2026-12-03.md): every 1x1 conv (2-4x: no
 # NCHW<->NHWC transposes, the epilogue fused), non-overlapping patchify convs (ViT's 16x16/16:
 # 13x) and stems with few input channels (ResNet's 7x7 on 3 channels: 2x). cuDNN kept the
-# 3x3 convs over many channels (ResNet-50's 256-channel 3x3: 2x faster than the best tile).
+# 3x3 convs over many channels (ResNet-50's 256-channel 3x3: 2x faster than the best tile),
+# and convs whose input arrives through a permute (ConvNeXt's downsampling convs read its
+# channels-last LayerNorm output: cuDNN takes that view as NHWC, 30-70 us; the gather through
+# the permute took 180-190 us).
 STEM_K = 256  # C*KH*KW up to this: a stem, gathered cheaply
 
 
