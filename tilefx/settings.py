@@ -12,6 +12,7 @@ variables" table lists the same names.
 | ``TILEFX_CHECK_BUILDS`` | ``check_builds()`` | on |
 | ``TILEFX_RECOMPILE_LIMIT`` | ``recompile_limit()`` | 8 |
 | ``TILEFX_TUNE_WORKERS`` | ``tune_workers()`` | 1 |
+| ``TILEFX_COMPILE_WORKERS`` | ``compile_workers()`` | min(8, cores - 1) (Triton compiles in parallel; 0: none) |
 | ``TILEFX_STRICT`` | ``strict()`` | off (dynamo backend: raise on a kernel build failure) |
 | ``TILEFX_DEFAULT_SCHEDULE`` | ``default_schedule_source()`` | the backend's choice (``template``: fixed defaults; ``cost_model``: the learned model's pick) |
 | ``TILEFX_CUDA_GRAPHS`` | ``cuda_graphs()`` | on (``0``: never replay CUDA graphs) |
@@ -78,6 +79,15 @@ def recompile_limit() -> int:
 def tune_workers() -> int:
     """Builder processes of a tuning run; 0 builds in the tuning process."""
     return int(os.environ.get("TILEFX_TUNE_WORKERS", "1"))
+
+
+def compile_workers() -> int:
+    """Processes compiling Triton kernels side by side (ptxas and MLIR are single-threaded);
+    0 compiles each in the process that launches it."""
+    env = os.environ.get("TILEFX_COMPILE_WORKERS")
+    if env is not None:
+        return max(0, int(env))
+    return min(8, max(1, (os.cpu_count() or 2) - 1))
 
 
 def strict() -> bool:

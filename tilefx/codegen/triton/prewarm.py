@@ -30,11 +30,11 @@ from concurrent.futures import ProcessPoolExecutor, wait
 from dataclasses import dataclass
 from typing import Any, Sequence
 
+from tilefx import settings
 from tilefx.codegen.workers import worker_context
 
 log = logging.getLogger("tilefx.codegen.triton")
 
-DEFAULT_WORKERS = 8  # ptxas and MLIR are single-threaded; more cores, more at once
 _POOLS: dict[int, ProcessPoolExecutor] = {}
 
 
@@ -58,18 +58,11 @@ def job_for(built: Any, kernel_op: Any, bindings: Any = None) -> PrewarmJob:
     return PrewarmJob(built.path, shapes, dtypes)
 
 
-def worker_count() -> int:
-    env = os.environ.get("TILEFX_COMPILE_WORKERS")
-    if env is not None:
-        return max(0, int(env))
-    return min(DEFAULT_WORKERS, max(1, (os.cpu_count() or 2) - 1))
-
-
 def prewarm(jobs: Sequence[PrewarmJob], workers: int | None = None,
             timeout: float = 600.0) -> dict[str, str]:
     """Compile ``jobs`` in ``workers`` processes; path -> "" (compiled) or the error.
     Paths missing from the result were not compiled (a dead worker, the timeout)."""
-    workers = worker_count() if workers is None else workers
+    workers = settings.compile_workers() if workers is None else workers
     jobs = list({j.path: j for j in jobs}.values())
     if workers <= 0 or len(jobs) < 2:
         return {}
