@@ -260,3 +260,36 @@ def test_fp32_contractions_are_checked_at_the_tf32_tolerance_torch_computes_them
         assert measure_cuda.check_dtype(mm, DType.float32) == DType.float16
     finally:
         matmul.allow_tf32, cudnn.allow_tf32 = saved
+
+
+def test_a_hanging_candidate_is_stopped_and_tuning_goes_on(tmp_path):
+    """The GPU tuner times candidates in a child process (``isolated.py``): a candidate that
+    never returns is killed after ``timeout``, recorded as ``timeout``, the child restarted,
+    and the rest are still checked and timed (here the child interprets, as CI has no GPU)."""
+    from tilefx.codegen.triton.isolated import IsolatedCudaRunner
+
+    op = _matmul(16)
+    target = Target.parse("cuda")
+    default = measure_cuda.default_schedule(op, target, None)
+    faults: dict[Schedule, str] = {}
+
+    def fault(schedule: Schedule) -> str | None:
+        if schedule != default and not is_extern(schedule) and not faults:
+            faults[schedule] = "hang"
+        elif schedule != default and not is_extern(schedule) and len(faults) == 1 \
+                and schedule not in faults:
+            faults[schedule] = "wrong"
+        return faults.get(schedule)
+
+    runner = IsolatedCudaRunner(repeats=2, timeout=10.0, fault=fault)
+    tuner = _tuner(tmp_path, trials=6, runner=runner, builder=TritonBuilder(launch=False),
+                   strategy="random")
+    try:
+        res = tuner.tune_kernel(op)
+    finally:
+        tuner.close()
+    assert res.statuses.get("timeout") == 1 and res.statuses.get("wrong_result") == 1, res.statuses
+    assert res.statuses["ok"] == res.trials - 2 and runner.restarts == 1
+    assert res.best is not None and res.best not in faults
+    hung = [r for r in tuner.db.records() if r.status == "timeout"]
+    assert len(hung) == 1 and "runner killed" in hung[0].error

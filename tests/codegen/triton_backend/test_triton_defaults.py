@@ -128,13 +128,14 @@ def test_conv_defaults_follow_the_sweep(x, w, stride, padding, impl):
 @pytest.mark.parametrize("x,w,stride,padding", [
     ((2, 5, 7, 9), (11, 5, 1, 1), 1, 0), ((1, 3, 9, 9), (17, 3, 2, 2), 2, 0),
     ((3, 3, 13, 11), (8, 3, 3, 3), 2, 1), ((1, 1, 1, 1), (1, 1, 1, 1), 1, 0)])
-def test_default_implicit_gemm_convs_compute_correctly(x, w, stride, padding):
-    op = _conv(x, w, stride, padding)
+def test_default_implicit_gemm_convs_compute_correctly(x, w, stride, padding, dtype=F16):
+    # fp16 only: Triton's interpreter mishandles bf16 dots (bf16: test_triton_gpu.py)
+    op = _conv(x, w, stride, padding, dtype)
     assert default_schedule(op)["impl"] == "triton"
     xx, ww, c = (rand(v.type, i) for i, v in enumerate(op.inputs))
     (y,) = run(op, [xx, ww, c])
     ref = F.relu(F.conv2d(xx.float(), ww.float(), None, stride, padding) + c.float())
-    close(y, ref, F16)
+    close(y, ref, dtype)
 
 
 def test_a_conv_reading_through_a_permute_stays_with_cudnn():

@@ -47,6 +47,29 @@ def test_matmul_layer_norm_softmax_on_gpu(dtype):
                                F.layer_norm(x.float(), (300,), w.float(), c.float()), rtol=tol, atol=tol)
 
 
+@pytest.mark.parametrize("dtype", [DType.float16, DType.bfloat16])
+def test_folded_batch_matmul_and_implicit_gemm_defaults_on_gpu(dtype):
+    """The new defaults, compiled: a Linear + GELU on a [B, S, D] sequence (the batch tiled as
+    rows) and a 1x1 and a patchify conv on the implicit GEMM, in fp16 and bf16 (the
+    interpreter cannot run bf16 dots)."""
+    from tilefx.codegen.triton import default_schedule
+
+    tol = {DType.float16: 2e-2, DType.bfloat16: 6e-2}[dtype]
+    mm = kernel_op("contraction", [t(dtype, 3, 197, 96), t(dtype, 96, 200), t(dtype, 200)],
+                   lambda b, x, w, c: b.op("gelu", b.op("add", b.op("matmul", x, w), c)))
+    x, w, c = (_cuda(v.type, i) for i, v in enumerate(mm.inputs))
+    torch.testing.assert_close(_run(mm, [x, w, c])[0].float(),
+                               F.gelu(x.float() @ w.float() + c.float()), rtol=tol, atol=tol * 10)
+    for xs, ws, stride in (((4, 40, 17, 19), (72, 40, 1, 1), 1), ((2, 3, 32, 32), (48, 3, 8, 8), 8)):
+        conv = kernel_op("contraction", [t(dtype, *xs), t(dtype, *ws), t(dtype, ws[0], 1, 1)],
+                         lambda b, x, w, c, s=stride: b.op("relu", b.op("add", b.op(
+                             "conv2d", x, w, stride=(s, s), padding=(0, 0)), c)))
+        assert default_schedule(conv)["impl"] == "triton"
+        x, w, c = (_cuda(v.type, i) for i, v in enumerate(conv.inputs))
+        want = F.relu(F.conv2d(x.float(), w.float(), None, stride) + c.float())
+        torch.testing.assert_close(_run(conv, [x, w, c])[0].float(), want, rtol=tol, atol=tol * 10)
+
+
 @pytest.mark.parametrize("causal", [False, True])
 def test_attention_on_gpu(causal):
     types = [t(DType.float16, 2, 4, 300, 64)] * 3

@@ -74,8 +74,14 @@ class TritonBackend(Backend):
 
     def tuning_pair(self, *, workers: int, timeout: float, repeats: int,
                     min_repeat_seconds: float) -> tuple[Any, Any]:
-        """Both in this process, sharing the workload's device data and built kernels
-        (emitting is cheap; Triton compiles on the first launch)."""
+        """On a GPU: candidates compiled in parallel processes, checked and timed in a child
+        process (``isolated.py``). Under the interpreter both in this process, sharing the
+        workload's data and built kernels."""
+        if gpu_present():  # a candidate that hangs or faults takes only the runner's child down
+            from tilefx.codegen.triton.isolated import IsolatedCudaRunner
+
+            return TritonBuilder(launch=False), IsolatedCudaRunner(repeats=repeats,
+                                                                   timeout=max(timeout, 120.0))
         state = TuningState()
         return TritonBuilder(state=state), CudaRunner(repeats=repeats, state=state)
 

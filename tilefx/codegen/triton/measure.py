@@ -40,10 +40,11 @@ tensors in Triton's interpreter and are timed with ``time.perf_counter``
 its note (the record's ``error`` field), and the fingerprints differ from
 compiled code's, so interpreter timings never stand for GPU ones.
 
-Limits: the GPU work runs in the tuning process. A candidate that raises is
-recorded and tuning goes on, but one that hangs cannot be stopped and one
-that faults the CUDA context (an illegal address) spoils the process; the
-templates mask every access, so neither is expected. fp32 contractions
+On a GPU the tuner takes ``isolated.IsolatedCudaRunner`` instead: the same
+checks and timings in a child process that is killed and restarted when a
+candidate hangs or faults, with ``TritonBuilder(launch=False)`` (candidates
+compiled in parallel processes, ``prewarm.py``, never launched here). Under
+the interpreter both stay in the tuning process. fp32 contractions
 checked while ``torch.backends.cuda.matmul.allow_tf32`` is on (the user
 opted into TF32), and fp32 convolutions while ``torch.backends.cudnn.allow_tf32``
 is (torch's default), are compared at fp16 tolerance.
@@ -267,6 +268,9 @@ class TritonBuilder:
 
     fault: Callable[[Schedule], str | None] | None = None
     state: TuningState = field(default_factory=TuningState)  # shared with the tuner's runner
+    # launch each candidate once here (compiling it); False with a runner in a child process
+    # (``isolated.py``): then nothing of a candidate runs in the tuning process
+    launch: bool = True
 
     def build(self, workload: Workload, schedules: Sequence[Schedule]) -> list[BuildResult]:
         failed = self._prewarm(workload, schedules)
@@ -285,7 +289,7 @@ class TritonBuilder:
         paths = {}
         for s in schedules:
             try:
-                built = self.state.kernel(workload, s)
+                built = self.state.kernel(workload, s) if self.launch else _kernel(workload, s)
             except Exception:  # noqa: BLE001 - _build_one records it
                 continue
             if (built.schedule or {}).get("impl") != "library":
@@ -300,6 +304,9 @@ class TritonBuilder:
         try:
             if self.fault is not None and self.fault(schedule) == "build":
                 raise RuntimeError("injected build failure (test hook)")
+            if not self.launch:  # emitted and loaded; compiled by prewarm or the runner's child
+                built = _kernel(workload, schedule)
+                return BuildResult(schedule, "ok", built.fingerprint, "", time.perf_counter() - t0)
             built = self.state.kernel(workload, schedule)
             data = self.state.device_data(workload)
             if data.device == "cuda":  # Triton compiles on the first launch
