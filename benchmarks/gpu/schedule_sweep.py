@@ -15,7 +15,8 @@ reported and not timed. Times: CUDA-event median over a CUDA graph of ``--calls`
 (inputs stay in L2 where they fit, for every row alike). Candidates are compiled in parallel
 processes first (``tilefx.codegen.triton.prewarm``), so a sweep costs seconds, not minutes.
 
-Markdown to stdout and ``$OUT/schedule_sweep.md``; every timing in ``$OUT/schedule_sweep.json``.
+Markdown to stdout and ``$OUT/schedule_sweep.md``; every timing in ``$OUT/schedule_sweep.json``;
+with ``--db PATH`` every timing is also a tuning record (the GPU cost model's training data).
 """
 
 from __future__ import annotations
@@ -89,6 +90,41 @@ def rel_err(out: torch.Tensor, ref: torch.Tensor) -> float:
     return (out.float() - ref.float()).abs().nan_to_num(1e9).max().item() / scale
 
 
+class Records:
+    """``--db``: every checked schedule's time (and every mismatch) as a tuning-database record
+    under the kernel's workload key, as the tuner stores them: ``tilefx train-cost-model --db``
+    then learns from these models' kernels. (Timed here from a CUDA graph without an L2 flush,
+    which the error field says; the tuner's own records flush L2 before each call.)"""
+
+    NOTE = "schedule_sweep.py: CUDA graph of calls, no L2 flush"
+
+    def __init__(self, url: str, target: Any) -> None:
+        from tilefx.storage.database import TuningDatabase
+
+        self.db, self.target = TuningDatabase(url), target
+        self.db.add_target(target.key(), target.to_json())
+
+    def add(self, op: Any, built: dict[str, Any], times: dict[str, Any]) -> None:
+        from tilefx.codegen.space import EXTERN
+        from tilefx.codegen.triton.measure import fingerprint
+        from tilefx.ir.functional_hash import functional_hash, workload_key
+        from tilefx.ir.printer import print_graph
+
+        key = workload_key(op)
+        self.db.add_workload(key, print_graph(op.body), functional_hash(op))
+        for name, t in times.items():
+            k = built.get(name)
+            if isinstance(k, str) or k is None or not (isinstance(t, float) or str(t).startswith("wrong")):
+                continue
+            schedule = EXTERN if k.schedule.get("impl") == "library" else k.schedule
+            cid = self.db.add_candidate(key, self.target.key(), schedule.to_json(),
+                                        fingerprint(op, schedule, self.target))
+            if isinstance(t, float):
+                self.db.add_measurement(cid, [t / 1e3], "ok", self.NOTE)
+            else:
+                self.db.add_measurement(cid, [], "wrong_result", f"{self.NOTE}: {t}")
+
+
 class Sweep:
     def __init__(self, args: argparse.Namespace, device: str, timer: Callable[[Callable[[], Any]], float]):
         from tilefx.codegen.target import Target
@@ -96,6 +132,7 @@ class Sweep:
         self.args, self.device, self.timer = args, device, timer
         self.target = Target.parse("cuda")
         self.tol = TOLERANCE[args.dtype]
+        self.records = Records(args.db, self.target) if args.db else None
 
     def build(self, op: Any, schedules: list[Any]) -> dict[str, Any]:
         """schedule string -> BuiltKernel (or the error), distinct code once, compiled in parallel."""
@@ -194,13 +231,15 @@ class Sweep:
             if ref["ref"] is None:  # no library: the default is the reference
                 ref = self.run(op, defaults[r["key"]], None)
             res = self.run(op, {k: v for k, v in built.items() if k not in lib}, ref["ref"])
+            if self.records is not None:
+                self.records.add(op, built, {**ref["times"], **res["times"]})
             r["library_ms"] = ref["times"].get(lib[0]) if lib else None
             r["sweep"] = res["times"]
             timed = {k: v for k, v in res["times"].items() if isinstance(v, float)}
             if r["library_ms"] is not None and isinstance(r["library_ms"], float):
                 timed[lib[0]] = r["library_ms"]
-            if r["default_ms"] is not None:
-                timed[r["default_schedule"]] = r["default_ms"]
+            if r["default_ms"] is not None:  # the same code as a swept point: the faster timing
+                timed[r["default_schedule"]] = min(r["default_ms"], timed.get(r["default_schedule"], math.inf))
             best = min(timed, key=timed.get) if timed else None
             r["best_schedule"], r["best_ms"] = best, timed.get(best) if best else None
             progress(f"  {r['kernel']} x{r['uses']}: default {r['default_ms']} best {r['best_ms']} ({best})")
@@ -241,6 +280,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--calls", type=int, default=10, help="calls per CUDA graph replay")
     p.add_argument("--jobs", type=int, default=12, help="parallel compile processes")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--db", default="", help="also store every timing as a tuning record (path or URL): "
+                   "training data for `tilefx train-cost-model --db`")
     p.add_argument("--deadline", type=float, default=0, help="stop starting models after this many seconds")
     p.add_argument("--dry-run", action="store_true", help="CPU under the Triton interpreter: tiny_cnn, 2 schedules")
     args = p.parse_args(argv)
