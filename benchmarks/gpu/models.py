@@ -72,7 +72,7 @@ import time
 import traceback
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
 from common import DTYPES, ROOT, cuda_time_ms, progress, quiet
 from models_kernels import PROFILED_CALLS, kernel_index, profile_kernels, runs_in_library, top_kernels
@@ -101,14 +101,10 @@ def rel_err(out: torch.Tensor, ref: torch.Tensor) -> float:
     return (out - ref).abs().max().item() / (ref.abs().max().item() or 1.0)
 
 
-@contextlib.contextmanager
-def tf32_off() -> Iterator[None]:
-    saved = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
-    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
-    try:
-        yield
-    finally:
-        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
+def tf32_off() -> Any:
+    from tilefx.ir.functional_hash import no_tf32
+
+    return no_tf32()
 
 
 def tilefx_compile(model: Any, device: str, cuda_graphs: bool, tune: int | str = 0,

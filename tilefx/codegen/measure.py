@@ -43,7 +43,7 @@ from tilefx.codegen import timing
 from tilefx.codegen.space import is_extern
 from tilefx.codegen.target import Target
 from tilefx.codegen.tvm import build_kernel, cache, configure_tvm_threads
-from tilefx.codegen.workers import worker_context
+from tilefx.codegen.workers import serve, worker_context
 from tilefx.codegen.schedule import Schedule
 from tilefx.ir import reference_ops  # noqa: F401  (registers every op's reference)
 from tilefx.ir.functional_hash import outputs_match, reference_inputs, reference_outputs
@@ -337,26 +337,21 @@ def _runner_main(conn: Any, cache_dir: str | None, preload_tvm: bool = False) ->
         import tvm  # noqa: F401
 
     state: dict[str, Any] = {}
-    while True:
-        try:
-            msg = conn.recv()
-        except EOFError:
-            return
-        try:
-            if msg[0] == "workload":
-                _, key, kernel_bytes, bindings = msg
-                op = pickle.loads(kernel_bytes)
-                inputs = [t.contiguous().clone() for t in reference_inputs(op, bindings or None)]
-                want = reference_outputs(op, inputs, bindings or None)
-                state = {"key": key, "op": op, "bindings": bindings, "inputs": inputs,
-                         "want": want, "dtypes": [r.type.dtype for r in op.results]}
-                conn.send(("ok", (), ""))
-            elif msg[0] == "run":
-                _, artifact, fault, repeats, warmup, min_repeat = msg
-                conn.send(_run_one(state, artifact, fault, repeats, warmup, min_repeat,
-                                   torch, outputs_match))
-        except Exception as e:  # noqa: BLE001 - reported to the parent
-            conn.send(("run_error", (), f"{type(e).__name__}: {e}"[:500]))
+
+    def handle(msg: tuple) -> tuple:
+        if msg[0] == "workload":
+            _, key, kernel_bytes, bindings = msg
+            op = pickle.loads(kernel_bytes)
+            inputs = [t.contiguous().clone() for t in reference_inputs(op, bindings or None)]
+            want = reference_outputs(op, inputs, bindings or None)
+            state.clear()
+            state.update(key=key, op=op, bindings=bindings, inputs=inputs, want=want,
+                         dtypes=[r.type.dtype for r in op.results])
+            return "ok", (), ""
+        _, artifact, fault, repeats, warmup, min_repeat = msg
+        return _run_one(state, artifact, fault, repeats, warmup, min_repeat, torch, outputs_match)
+
+    serve(conn, handle, lambda e: ("run_error", (), f"{type(e).__name__}: {e}"[:500]))
 
 
 def _run_one(state: dict, artifact: str, fault: str | None, repeats: int, warmup: int,

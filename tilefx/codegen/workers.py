@@ -86,3 +86,18 @@ def worker_context() -> WorkerContext:
     if not getattr(spawn.get_preparation_data, "tilefx_filter", False):
         spawn.get_preparation_data = _without_main(spawn.get_preparation_data)
     return WorkerContext()
+
+
+def serve(conn: Any, handle: Callable[[tuple], Any], on_error: Callable[[Exception], Any]) -> None:
+    """A child's loop: answer each request on ``conn`` with ``handle(msg)`` (or, when that
+    raises, ``on_error(e)``) until the parent closes the pipe."""
+    while True:
+        try:
+            msg = conn.recv()
+        except EOFError:
+            return
+        try:
+            reply = handle(msg)
+        except Exception as e:  # noqa: BLE001 - reported to the parent
+            reply = on_error(e)
+        conn.send(reply)

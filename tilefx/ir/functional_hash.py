@@ -299,14 +299,14 @@ def check_reference(kernel_op: Op, bindings: Mapping[Any, int] | None = None, de
         inputs = reference_inputs(kernel_op, bindings)
         if device != "cpu":  # the same seeded inputs, the interpreter's torch ops on the device
             on_device = [t.to(device) for t in inputs]
-            with _no_tf32():
+            with no_tf32():
                 return on_device, narrow(kernel_op, _run_wide(body, on_device, DType.float32))
         run = inputs, _run_wide(body, inputs, DType.float32)
     return run[0], narrow(kernel_op, run[1])
 
 
 @contextlib.contextmanager
-def _no_tf32() -> Iterator[None]:
+def no_tf32() -> Iterator[None]:
     """A float32 reference on a GPU computes in float32: cuDNN's TF32 (torch's default for
     convolutions) keeps 10 mantissa bits, no better than the fp16 kernels it judges."""
     saved = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32

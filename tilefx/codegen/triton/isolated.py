@@ -29,7 +29,7 @@ from typing import Any, Callable
 
 from tilefx.codegen.measure import BuildResult, MeasureResult, RunsInOrder, Workload
 from tilefx.codegen.schedule import Schedule
-from tilefx.codegen.workers import worker_context
+from tilefx.codegen.workers import serve, worker_context
 
 log = logging.getLogger("tilefx.autotune")
 
@@ -43,25 +43,20 @@ def _child_main(conn: Any, options: dict) -> None:
 
     fault: list[str | None] = [None]
     runner = CudaRunner(fault=lambda s: fault[0], **options)
-    workload: Workload | None = None
-    while True:
-        try:
-            msg = conn.recv()
-        except EOFError:
-            return
-        try:
-            if msg[0] == "workload":
-                workload = pickle.loads(msg[1])
-                runner.state.device_data(workload)  # reference inputs and outputs, once
-                conn.send(("ok", ""))
-            elif msg[0] == "run":
-                build, fault[0] = pickle.loads(msg[1]), msg[2]
-                if fault[0] == "hang":  # test hook: a kernel that never returns
-                    time.sleep(3600)
-                assert workload is not None, "no workload loaded"
-                conn.send(("result", pickle.dumps(runner._run_one(workload, build))))
-        except Exception as e:  # noqa: BLE001 - reported to the parent
-            conn.send(("error", f"{type(e).__name__}: {e}"[:500]))
+    loaded: list[Workload] = []
+
+    def handle(msg: tuple) -> tuple:
+        if msg[0] == "workload":
+            loaded[:] = [pickle.loads(msg[1])]
+            runner.state.device_data(loaded[0])  # reference inputs and outputs, once
+            return "ok", ""
+        build, fault[0] = pickle.loads(msg[1]), msg[2]
+        if fault[0] == "hang":  # test hook: a kernel that never returns
+            time.sleep(3600)
+        assert loaded, "no workload loaded"
+        return "result", pickle.dumps(runner._run_one(loaded[0], build))
+
+    serve(conn, handle, lambda e: ("error", f"{type(e).__name__}: {e}"[:500]))
 
 
 class _Child:
