@@ -29,3 +29,20 @@ def test_prewarm_launches_each_module_once_and_reports_failures(tmp_path):
 def test_nothing_to_do_starts_no_workers():
     assert prewarm([], workers=4) == {}
     assert prewarm([PrewarmJob("x.py", (), ())], workers=0) == {}
+
+
+def test_a_launch_that_never_returns_costs_the_pool_not_the_caller(tmp_path):
+    slow = tmp_path / "hangs.py"
+    slow.write_text("import time\n\ndef launch(*tensors):\n    time.sleep(60)\n")
+    fine = tmp_path / "fine.py"
+    fine.write_text("def launch(*tensors):\n    pass\n")
+    try:
+        out = prewarm([PrewarmJob(str(slow), (), ()), PrewarmJob(str(fine), (), ())], workers=2, timeout=8)
+        assert out == {str(fine): ""}  # the hung one: no verdict, its caller compiles it
+        fine2 = tmp_path / "fine2.py"
+        fine2.write_text(fine.read_text())
+        # the hung worker was killed with its pool: the next batch gets a fresh one at once
+        again = prewarm([PrewarmJob(str(fine), (), ()), PrewarmJob(str(fine2), (), ())], workers=2, timeout=30)
+        assert again == {str(fine): "", str(fine2): ""}
+    finally:
+        shutdown()

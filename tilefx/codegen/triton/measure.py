@@ -79,6 +79,7 @@ log = logging.getLogger("tilefx.autotune.cuda")
 LIBRARY = Schedule.of(impl="library", EPILOGUE_BLOCK=1024)
 FINGERPRINT_VERSION = 1
 INTERPRETER_NOTE = "TRITON_INTERPRET=1: timed with time.perf_counter on CPU tensors, not GPU time"
+PREWARM_SECONDS = 120.0  # one batch's parallel compiles; past it the pool is killed (a hang)
 
 
 def interpreting() -> bool:
@@ -294,7 +295,7 @@ class TritonBuilder:
                 continue
             if (built.schedule or {}).get("impl") != "library":
                 paths[built.path] = (s, job_for(built, workload.kernel, bindings))
-        errors = prewarm([job for _, job in paths.values()])
+        errors = prewarm([job for _, job in paths.values()], timeout=PREWARM_SECONDS)
         seconds = (time.perf_counter() - t0) / max(1, len(schedules))
         return {paths[p][0].to_json(): BuildResult(paths[p][0], "build_error", "", err, seconds)
                 for p, err in errors.items() if err}

@@ -15,9 +15,10 @@ launch of the same module then loads the binary instead of compiling it.
 
 A candidate that fails to compile in a worker is reported back with its
 error, so the caller can record a ``build_error`` without compiling it a
-second time. A worker that dies (a fault in the driver) or a batch that
-outlives ``timeout`` only loses the warm cache: the caller compiles what is
-left in its own process as before, so prewarming never changes a result.
+second time. A worker that dies (a fault in the driver), scratch tensors
+that do not fit in device memory, or a batch that outlives ``timeout`` (the
+pool is killed: a launch that never returns) only lose the warm cache: those
+compile where they run, as before, so prewarming never changes a result.
 """
 
 from __future__ import annotations
@@ -72,12 +73,17 @@ def prewarm(jobs: Sequence[PrewarmJob], workers: int | None = None,
     out: dict[str, str] = {}
     for f in done:
         try:
-            out[futures[f]] = f.result()
+            result = f.result()
         except Exception as e:  # noqa: BLE001 - a worker died: the caller compiles it itself
-            log.info("prewarm: a compile worker died (%s); the tuning process compiles the rest", e)
+            log.info("prewarm: a compile worker died (%s); the rest compile where they run", e)
             _POOLS.pop(workers, None)
-    if late:
-        log.info("prewarm: %d compiles still running after %.0f s; compiling them here", len(late), timeout)
+            continue
+        if result is not None:  # None: no room for its scratch tensors, not a verdict
+            out[futures[f]] = result
+    if late:  # a launch that never returns holds its worker: the pool goes, not the caller
+        log.info("prewarm: %d compiles still running after %.0f s; they compile where they run",
+                 len(late), timeout)
+        _kill(_POOLS.pop(workers, pool))
     return out
 
 
@@ -87,6 +93,13 @@ def shutdown() -> None:
     _POOLS.clear()
 
 
+def _kill(pool: ProcessPoolExecutor) -> None:
+    processes = list(getattr(pool, "_processes", {}).values())  # the executor has no kill
+    pool.shutdown(wait=False, cancel_futures=True)
+    for proc in processes:
+        proc.kill()
+
+
 def _pool(workers: int) -> ProcessPoolExecutor:
     pool = _POOLS.get(workers)
     if pool is None:
@@ -94,10 +107,12 @@ def _pool(workers: int) -> ProcessPoolExecutor:
     return pool
 
 
-def _compile(job: PrewarmJob) -> str:
-    """In a worker: import the module and launch it once on scratch tensors."""
+def _compile(job: PrewarmJob) -> str | None:
+    """In a worker: import the module and launch it once on scratch tensors; "" or the
+    error, None when the scratch tensors did not fit (the caller compiles it itself)."""
     import torch
 
+    tensors: list = []
     try:
         name = "tilefx_prewarm_" + os.path.basename(job.path).removesuffix(".py")
         spec = importlib.util.spec_from_file_location(name, job.path)
@@ -105,13 +120,19 @@ def _compile(job: PrewarmJob) -> str:
         module = importlib.util.module_from_spec(spec)
         sys.modules[name] = module  # Triton looks the function's module up by name
         spec.loader.exec_module(module)
-        tensors = [_scratch(shape, getattr(torch, dtype)) for shape, dtype in zip(job.shapes, job.dtypes)]
+        tensors += [_scratch(shape, getattr(torch, dtype)) for shape, dtype in zip(job.shapes, job.dtypes)]
         module.launch(*tensors)
         if torch.cuda.is_available():
             torch.cuda.synchronize()
         return ""
+    except torch.OutOfMemoryError:
+        return None
     except Exception as e:  # noqa: BLE001 - reported to the caller as the candidate's build error
         return f"{type(e).__name__}: {str(e).strip().splitlines()[-1] if str(e).strip() else ''}"[:500]
+    finally:
+        tensors.clear()  # a worker serves many jobs: give the device memory back
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
 
 
 def _scratch(shape: tuple[int, ...], dtype: Any) -> Any:
