@@ -105,11 +105,12 @@ class Backend:
     def default_schedule(self, op: Op, bindings: Mapping[Any, int] | None = None) -> Schedule:
         raise NotImplementedError
 
-    def prebuild(self, work: Sequence[tuple[Op, Schedule | None, Mapping[Any, int] | None]]
-                 ) -> dict[str, str] | None:
-        """Compile many (op, schedule, bindings) ahead of their one-by-one builds, side by side
-        where the backend can (Triton: parallel processes); what failed, by kernel name, or
-        None when it did nothing. A hint: ``build`` still builds (and reports) each one."""
+    def prebuild(self, work: Sequence[tuple[Op, Mapping[Any, int]]],
+                 build: Callable[[Op, Mapping[Any, int]], Any]) -> dict[str, str] | None:
+        """Compile each (op, bindings) of ``work`` ahead of the one-by-one builds, side by side
+        where the backend can (Triton: parallel processes). ``build`` is the compile's own
+        (cached) build, so nothing is emitted twice. What failed, by kernel name, or None when the backend does
+        nothing here (the default: it compiles in ``build``)."""
         return None
 
     def space(self, op: Op, bindings: Mapping[Any, int] | None = None) -> SearchSpace:

@@ -183,14 +183,16 @@ class KernelBuilder:
 
     def _prebuild(self, ops: Sequence[Op], bindings: Mapping[sympy.Symbol, int]) -> None:
         """Each distinct kernel's default, compiled before the one-by-one builds and checks
-        (Triton: in parallel processes; a 60 s compile of ResNet-50 was 48 s of serial
-        Triton compiles). The builds that follow report their own errors."""
-        distinct: dict[str, tuple[Op, None, dict]] = {}
+        (Triton: in parallel processes, where the first launch of each check compiled one
+        kernel at a time). Built through the session's cache, which ``_build`` then hits;
+        the builds that follow report their own errors."""
+        distinct: dict[str, Op] = {}
         for op in ops:
-            used = kernel_symbols(op)
-            distinct.setdefault(kernel_key(op), (op, None, {s: v for s, v in bindings.items() if s in used}))
+            distinct.setdefault(kernel_key(op), op)
         t0 = time.perf_counter()
-        failed = self.target.backend().prebuild(list(distinct.values()))
+        failed = self.target.backend().prebuild(
+            [(op, bindings) for op in distinct.values()],
+            lambda op, bound: self.session.build(op, self.target, bound, op_key=kernel_key(op)))
         if failed is None:  # the backend compiles as it builds (TVM's cache, the interpreter)
             return
         if failed:

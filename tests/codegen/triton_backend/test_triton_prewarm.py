@@ -46,3 +46,35 @@ def test_a_launch_that_never_returns_costs_the_pool_not_the_caller(tmp_path):
         assert again == {str(fine): "", str(fine2): ""}
     finally:
         shutdown()
+
+
+def test_a_compile_prebuilds_each_distinct_kernel_once_through_its_own_cache(monkeypatch):
+    """On a GPU a compile hands every distinct default kernel to the pool before building and
+    checking them one by one; the prebuild goes through the session's build cache, so each
+    module is emitted once. (The GPU and the pool are stand-ins here.)"""
+    import torch
+    from torch import nn
+
+    from tilefx.codegen.triton import backend as triton_backend
+    from tilefx.codegen.triton import prewarm as prewarm_mod
+    from tilefx.compiler.options import CompileOptions
+    from tilefx.compiler.pipeline import compile_model
+    from tilefx.compiler.session import CompileSession
+
+    jobs, builds = [], []
+    monkeypatch.setattr(triton_backend, "gpu_present", lambda: True)
+    monkeypatch.setattr(prewarm_mod, "prewarm", lambda js, *a, **k: jobs.extend(js) or {})
+    real_build = triton_backend.TritonBackend.build
+    monkeypatch.setattr(triton_backend.TritonBackend, "build",
+                        lambda self, op, *a, **k: builds.append(op.attr("name")) or real_build(self, op, *a, **k))
+    # fp16: an fp32 matmul defaults to cuBLAS, which has nothing to compile
+    model = nn.Sequential(nn.Linear(12, 20), nn.GELU(), nn.Linear(20, 12), nn.GELU(), nn.Linear(12, 20),
+                          nn.GELU()).half()
+    x = torch.randn(3, 12).half()
+    with CompileSession() as session:
+        compiled = compile_model(model, [x], CompileOptions(target="cuda", cuda_graphs=False), session)
+        (y,) = compiled(x)
+        torch.testing.assert_close(y.float(), model(x).float(), atol=2e-2, rtol=2e-2)
+    assert len(builds) == len(set(builds)) >= 2  # built once each: the checks hit the cache
+    assert len(jobs) == len({j.path for j in jobs}) == len(builds)
+    assert "prebuild" in compiled.record.seconds

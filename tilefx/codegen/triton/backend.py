@@ -45,8 +45,8 @@ class TritonBackend(Backend):
     def space(self, op: Op, bindings: Mapping[Any, int] | None = None) -> SearchSpace:
         return triton_space(op, bindings)
 
-    def prebuild(self, work: Sequence[tuple[Op, Schedule | None, Mapping[Any, int] | None]]
-                 ) -> dict[str, str] | None:
+    def prebuild(self, work: Sequence[tuple[Op, Mapping[Any, int]]],
+                 build: Callable[[Op, Mapping[Any, int]], Any]) -> dict[str, str] | None:
         """Triton compiles on the first launch, one kernel at a time: on a GPU, launch each
         generated module once in a pool of processes first (``prewarm.py``), so the builds
         that follow load compiled binaries. The library candidate needs no compile."""
@@ -55,9 +55,9 @@ class TritonBackend(Backend):
         from tilefx.codegen.triton.prewarm import job_for, prewarm
 
         jobs, names = [], {}
-        for op, schedule, bindings in work:
+        for op, bindings in work:
             try:
-                built = self.build(op, schedule, bindings)
+                built = build(op, bindings)
             except Exception:  # noqa: BLE001 - the real build reports it
                 continue
             if (built.schedule or {}).get("impl") != "library":

@@ -69,7 +69,7 @@ def default_schedule(body: Graph, target: Any = None) -> Schedule:
         direct = depthwise.default_schedule(depthwise.ConvGeometry.of(op))
         if direct is not None:  # depthwise: the direct template beats cuDNN (measured)
             return direct
-    if gemm_wins(op) and op.inputs[0].name not in body.producers():
+    if gemm_wins(body):
         return implicit_gemm_default(op, target)
     return Schedule.of(impl="library", EPILOGUE_BLOCK=1024)
 
@@ -85,10 +85,13 @@ def default_schedule(body: Graph, target: Any = None) -> Schedule:
 STEM_K = 256  # C*KH*KW up to this: a stem, gathered cheaply
 
 
-def gemm_wins(op: Op) -> bool:
+def gemm_wins(body: Graph) -> bool:
+    op = anchor_of(body)
     x, w = op.inputs
     if op.attr("groups") != 1 or x.type.dtype not in (DType.float16, DType.bfloat16):
         return False  # fp32: cuDNN (an IEEE tl.dot is slow); grouped: the direct template
+    if x.name in body.producers():
+        return False  # read through a permute (or any prologue): cuDNN takes the view as is
     _, c, kh, kw = shape_of(w)
     stride, padding, dilation = (tuple(op.attr(k)) for k in ("stride", "padding", "dilation"))
     patchify = stride == (kh, kw) and padding == (0, 0) and dilation == (1, 1)
