@@ -79,26 +79,85 @@ class _StandInGraph:
         for static, value in zip(self.outputs, self.plan.run(self.inputs)):
             static.copy_(value)
 
+    def pool(self):
+        return None
 
-def test_graphed_plan_warms_up_then_replays_into_fresh_outputs(monkeypatch):
-    model = _model()
-    xs = [torch.randn(4, 12, generator=torch.Generator().manual_seed(i)) for i in range(4)]
-    compiled, plan = _compiled(model, xs[0])
 
-    def capture(self, tensors):
-        inputs = [t.clone() for t in tensors]
+def _stand_in(monkeypatch):
+    def record(self, inputs):
         outputs = self.plan.run(inputs)
-        self._graph, self._inputs, self._outputs = _StandInGraph(self.plan, inputs, outputs), inputs, outputs
+        return _StandInGraph(self.plan, inputs, outputs), outputs
 
-    monkeypatch.setattr(GraphedPlan, "_capture", capture)
+    def first_capture(self, tensors):
+        self._inputs = [t.clone() for t in tensors]
+        self._add_instance()
+
+    monkeypatch.setattr(GraphedPlan, "_record", record)
+    monkeypatch.setattr(GraphedPlan, "_first_capture", first_capture)
+
+
+def _inputs(n):
+    return [torch.randn(4, 12, generator=torch.Generator().manual_seed(i)) for i in range(n)]
+
+
+def test_graphed_plan_never_overwrites_an_output_the_caller_holds(monkeypatch):
+    _stand_in(monkeypatch)
+    model = _model()
+    xs = _inputs(5)
+    compiled, plan = _compiled(model, xs[0])
     graphed = GraphedPlan(plan, CUDA, "mlp")
     with torch.no_grad():
-        outs = [graphed.run([x])[0] for x in xs]
-        for x, out in zip(xs, outs):  # every call's output is its own, untouched by later replays
+        outs = [graphed.run([x])[0] for x in xs]  # every output kept
+        for x, out in zip(xs, outs):  # every call's output is its own, untouched by later calls
             torch.testing.assert_close(out, model(x), rtol=1e-4, atol=1e-4)
-    assert graphed.captured and graphed.calls == cuda_graph.WARMUP_CALLS + 1 and graphed.replays == 3
+    # 1 warm-up, capture + replay, a second capture (the first's output is held), then eager
+    assert graphed.captured and len(graphed._instances) == cuda_graph.INSTANCES == 2
+    assert graphed.replays == 2 and graphed.eager_calls == 2
     assert len({o.data_ptr() for o in outs}) == len(outs)
-    assert all(o.data_ptr() != s.data_ptr() for o in outs for s in graphed._outputs)
+    assert [o.data_ptr() for o in outs[1:3]] == [i.outputs[0].data_ptr() for i in graphed._instances]
+    assert status_line(graphed) == "cuda graph: 2 replays, 2 eager (outputs of every capture still held)"
+
+
+def status_line(graphed):
+    class Holder:
+        _graphed = {0: graphed}
+    return status(Holder())[0]
+
+
+def test_graphed_plan_in_a_loop_alternates_two_captures_without_copies(monkeypatch):
+    _stand_in(monkeypatch)
+    model = _model()
+    xs = _inputs(7)
+    compiled, plan = _compiled(model, xs[0])
+    graphed = GraphedPlan(plan, CUDA, "mlp")
+    ptrs = []
+    with torch.no_grad():
+        out = None
+        for x in xs:  # `out` still holds the last output while the next call runs
+            out = graphed.run([x])[0]
+            torch.testing.assert_close(out, model(x), rtol=1e-4, atol=1e-4)
+            ptrs.append(out.data_ptr())
+    assert graphed.replays == 6 and graphed.eager_calls == 0
+    a, b = (i.outputs[0].data_ptr() for i in graphed._instances)
+    assert ptrs[1:] == [a, b, a, b, a, b]  # the outputs are the graphs' own buffers: no clone
+
+
+def test_a_held_view_keeps_its_capture_busy(monkeypatch):
+    _stand_in(monkeypatch)
+    model = _model()
+    xs = _inputs(4)
+    compiled, plan = _compiled(model, xs[0])
+    graphed = GraphedPlan(plan, CUDA, "mlp")
+    with torch.no_grad():
+        graphed.run([xs[0]])
+        row = graphed.run([xs[1]])[0][1]  # only a view of the output survives
+        want = model(xs[1])[1]
+        graphed.run([xs[2]])
+        graphed.run([xs[3]])
+        torch.testing.assert_close(row, want, rtol=1e-4, atol=1e-4)
+        del row
+        out = graphed.run([xs[0]])[0]  # the first capture is free again
+        assert out.data_ptr() == graphed._instances[0].outputs[0].data_ptr()
 
 
 def test_failed_capture_runs_eagerly_and_warns_once(caplog):
@@ -137,9 +196,13 @@ def test_cuda_graph_replay_on_gpu(monkeypatch, enabled):
     xs = [torch.randn(32, 64, device="cuda") for _ in range(5)]
     cm = tilefx.compile(model, options=CompileOptions(target="cuda", cuda_graphs=enabled))
     with torch.no_grad():
-        outs = [cm(x) for x in xs]  # 1 eager warm-up, 1 capture + replay, 3 replays
+        outs = [cm(x) for x in xs]  # 1 eager warm-up, 2 captures + replays, 2 eager: all held
         for x, out in zip(xs, outs):  # checked after all calls: no replay overwrote an output
             torch.testing.assert_close(out, model(x), rtol=1e-3, atol=1e-3)
+        del outs
+        for x in xs:  # the usual loop: the two captures alternate, no output is copied
+            out = cm(x)
+            torch.testing.assert_close(out, model(x), rtol=1e-3, atol=1e-3)
     lines = status(cm)
-    assert lines == (["cuda graph: 4 replays"] if enabled else
+    assert lines == (["cuda graph: 7 replays, 2 eager (outputs of every capture still held)"] if enabled else
                      ["eager: turned off by CompileOptions(cuda_graphs=False)"]), lines
