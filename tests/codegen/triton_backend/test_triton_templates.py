@@ -271,3 +271,20 @@ def test_attention_unit_dims(L, S, E):
     op = kernel_op("contraction", types, lambda b, q, k, v: b.op("attention", q, k, v))
     q, k, v = (rand(ty, i) for i, ty in enumerate(types))
     close(run(op, [q, k, v])[0], _attention_ref(q, k, v, False))
+
+
+def test_matmul_epilogue_loads_mask_only_the_dims_they_index():
+    """A bias ``[N]`` in a ``[BLOCK_M, BLOCK_N]`` epilogue takes the column condition only
+    (one load a column, not one an element); a residual at the output's index keeps both; the
+    store keeps both. Computed right on a row tail (M = 37) and a column tail (N = 23)."""
+    from tilefx.codegen.triton import kernel_source
+
+    for n, bias_load in ((32, "tl.load(in2 + offs_n)"), (23, "tl.load(in2 + offs_n, mask=offs_n < 23, other=0)")):
+        op = kernel_op("contraction", [f32(37, 29), f32(29, n), f32(n), f32(37, n)],
+                       lambda b, x, w, c, r: b.op("add", b.op("relu", b.op("add", b.op("matmul", x, w), c)), r))
+        src = kernel_source(op, SMALL_MM)
+        assert bias_load in src, src
+        residual = next(line for line in src.splitlines() if "tl.load(in3" in line)
+        assert "mask=" in residual and "offs_m" in src.split("tl.store")[1]
+        x, w, c, r = (rand(v.type, i) for i, v in enumerate(op.inputs))
+        close(run(op, [x, w, c, r], SMALL_MM)[0], torch.relu(x @ w + c) + r)

@@ -184,6 +184,8 @@ def implicit_gemm(body: Graph, name: str, op: Op, schedule: Schedule) -> KernelS
         e.line(f"{acc} += tl.dot({at}, {bt}{input_precision(x.type.dtype)})")
     idx = (on, "offs_n", oh, ow)
     mask = _all(e, mmask, nmask)
+    if mask is not None:  # the epilogue only stores: a bias column needs no pixel mask
+        e.mask_parts[mask] = ((mmask, "offs_m"), (nmask, "offs_n"))
     e.overrides[op.result.name] = (idx, Var(acc, op.result.type.dtype, "tl.float32"))
     for j, v in enumerate(body.outputs):
         if shape_of(v) != out_shape:

@@ -137,6 +137,10 @@ class Emitter:
         # (index, shape, flat offset) of a row-major domain: a load at exactly that index
         # of a tensor of that shape reads at the flat offset (no index arithmetic)
         self.flat: tuple[Index, tuple[int, ...], str] | None = None
+        # a tile mask -> (condition or None, index variable) for each of the tile's index
+        # variables, for templates whose epilogue only stores (``narrow_mask``): a load
+        # keeps the conditions on the variables its offset uses
+        self.mask_parts: dict[str, tuple[tuple[str | None, str], ...]] = {}
         self._cache: dict[tuple, Var] = {}
         self._index_cache: dict[str, str] = {}
         self._n = 0
@@ -226,6 +230,7 @@ class Emitter:
             off = self.flat[2]
         else:
             off = self.offset(idx, shape)
+        mask = self.narrow_mask(mask, off)
         ptr = self.args[v.name] if off == "0" else f"{self.args[v.name]} + {off}"
         if off != "0" and mask is not None and self.is_scalar(off):
             # Triton refuses a block mask on a scalar pointer: give the pointer the mask's shape
@@ -234,6 +239,39 @@ class Emitter:
         text = f"tl.load({ptr})" if off == "0" or mask is None else \
             f"tl.load({ptr}, mask={mask}, other=0)"
         return Var(self.tmp(text), v.type.dtype, tl_type(v.type.dtype))
+
+    def uses(self, expr: str) -> set[str]:
+        """The names ``expr`` depends on, through the index variables it names."""
+        by_name = {name: e for e, name in self._index_cache.items()}
+        out: set[str] = set()
+        todo = re.findall(r"[A-Za-z_]\w*", expr)
+        while todo:
+            n = todo.pop()
+            if n not in out:
+                out.add(n)
+                todo += re.findall(r"[A-Za-z_]\w*", by_name.get(n, ""))
+        return out
+
+    def narrow_mask(self, mask: str | None, offset: str) -> str | None:
+        """``mask`` without the parts on index variables ``offset`` does not use (a bias
+        ``[N]`` read in a ``[BLOCK_M, BLOCK_N]`` epilogue needs the column condition only:
+        one load per column, not one per element). Only masks a template registered in
+        ``mask_parts``: there, a lane the dropped part turns off is never stored, so its
+        value does not matter."""
+        parts = self.mask_parts.get(mask or "")
+        if not parts:
+            return mask
+        used = self.uses(offset)
+        by_name = set(self._index_cache.values())
+        if any(n not in by_name and n not in self.scalars and n != "tl" and all(n != v for _, v in parts)
+               for n in used):
+            return mask  # a name not traced to the tile's index variables: keep every part
+        kept = [cond for cond, var in parts if cond and var in used]
+        if len(kept) == sum(1 for cond, _ in parts if cond):
+            return mask
+        if not kept:
+            return None
+        return kept[0] if len(kept) == 1 else self.tmp(" & ".join(f"({c})" for c in kept), "m")
 
     def store(self, ptr: str, v: Value, idx: Index, mask: str | None, zero: str | None = None,
               offset: str | None = None) -> None:

@@ -245,6 +245,8 @@ def emit(body: Graph, name: str, schedule: Schedule) -> KernelSource:
     idx = bidx + (row, "offs_n")
     e.flat = (idx, out_shape, f"offs_m * {n} + offs_n") if fold else None
     mask = _all(e, mmask, nmask)
+    if mask is not None:  # the epilogue only stores: a bias row needs no row mask
+        e.mask_parts[mask] = ((mmask, "offs_m"), (nmask, "offs_n"))
     e.overrides[anchor.result.name] = (idx, Var(acc, anchor.result.type.dtype, "tl.float32"))
     for j, v in enumerate(body.outputs):
         if shape_of(v) != out_shape:
