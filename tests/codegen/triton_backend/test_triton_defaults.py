@@ -25,14 +25,34 @@ def test_sm_count_comes_from_a_cuda_target():
     assert sm_count(Target(kind="cuda", cores=78)) == 78
 
 
-def test_large_fp16_matmul_takes_the_big_hopper_tile():
-    s = default_schedule(_mm(4096, 4096, 4096, epilogue=False))
-    assert (s["impl"], s["BLOCK_M"], s["BLOCK_N"], s["BLOCK_K"], s["num_warps"], s["num_stages"]) == \
-        ("triton", 128, 256, 64, 8, 3)
-    s = default_schedule(_mm(1024, 1024, 1024))  # 128x256 tiles would leave most SMs idle
+def _tile(s):
+    return (s["impl"], s["BLOCK_M"], s["BLOCK_N"], s["BLOCK_K"], s["num_warps"], s["num_stages"])
+
+
+def test_fp16_matmul_tiles_follow_the_sweep():
+    # transformer MLPs and projections: 128x128, 8 warps, 3 stages (ViT fc1, BERT fc1, QKV)
+    assert _tile(default_schedule(_mm(4096, 3072, 768))) == ("triton", 128, 128, 64, 8, 3)
+    assert _tile(default_schedule(_mm(4096, 4096, 4096))) == ("triton", 128, 128, 64, 8, 3)
+    # K = 96 (ConvNeXt-T's first MLP): three full 32-steps
+    assert _tile(default_schedule(_mm(100352, 384, 96))) == ("triton", 128, 128, 32, 8, 3)
+    # an output of many waves with a deep K: the big tile's operand reuse pays
+    assert _tile(default_schedule(_mm(8192, 4096, 4096))) == ("triton", 128, 256, 64, 8, 3)
+    s = default_schedule(_mm(1024, 1024, 1024))  # 128x128 tiles would leave most SMs idle
     assert (s["impl"], s["BLOCK_M"], s["BLOCK_N"]) == ("triton", 64, 128)
     s = default_schedule(_mm(8, 4096, 512))  # GEMV-like
     assert (s["BLOCK_M"], s["BLOCK_K"]) == (16, 128)
+
+
+def test_bare_and_deep_k_matmuls_default_to_cublas():
+    # nothing fused: fusion saves nothing, cuBLAS leads (GPT-2's LM head)
+    assert default_schedule(_mm(4096, 50264, 768, epilogue=False))["impl"] == "library"
+    lm_head = kernel_op("contraction", [t(F16, 4096, 768), t(F16, 50264, 768)], lambda b, x, w: b.op(
+        "matmul", x, b.op("permute", w, dims=(1, 0))))  # a tied weight, read transposed
+    assert default_schedule(lm_head)["impl"] == "library"
+    # K = 3072 on 150 tiles of 128x128 (ViT-B's fc2 at batch 16): cuBLAS splits K
+    assert default_schedule(_mm(3152, 768, 3072))["impl"] == "library"
+    # a small bare matmul stays a Triton kernel
+    assert default_schedule(_mm(64, 64, 64, epilogue=False))["impl"] == "triton"
 
 
 def test_skinny_deep_matmul_defaults_to_cublas():
@@ -99,13 +119,13 @@ def _conv(x, w, stride=1, padding=0, dtype=F16, groups=1):
 
 def test_a_sequence_linear_tiles_the_batch_as_rows():
     """[B, S, D] @ W is one tall GEMM: ViT's seq-first QKV input (M = 16 a batch) took the
-    16-row GEMV tile at 19% of roofline; folded it takes the big tile."""
-    vit = kernel_op("contraction", [t(F16, 197, 16, 768), t(F16, 768, 2304)],
-                    lambda b, x, w: b.op("matmul", b.op("permute", x, dims=(1, 0, 2)), w))
+    16-row GEMV tile at 19% of roofline; folded it takes the 128x128 tile."""
+    vit = kernel_op("contraction", [t(F16, 197, 16, 768), t(F16, 768, 2304), t(F16, 2304)],
+                    lambda b, x, w, c: b.op("add", b.op("matmul", b.op("permute", x, dims=(1, 0, 2)), w), c))
     s = default_schedule(vit)
-    assert (s["impl"], s["BLOCK_M"], s["BLOCK_N"]) == ("triton", 128, 256)
-    convnext = kernel_op("contraction", [t(F16, 32, 56, 56, 96), t(F16, 96, 384)],
-                         lambda b, x, w: b.op("matmul", x, w))
+    assert (s["impl"], s["BLOCK_M"], s["BLOCK_N"]) == ("triton", 128, 128)
+    convnext = kernel_op("contraction", [t(F16, 32, 56, 56, 96), t(F16, 96, 384), t(F16, 384)],
+                         lambda b, x, w, c: b.op("gelu", b.op("add", b.op("matmul", x, w), c)))
     s = default_schedule(convnext)
     assert (s["BLOCK_M"], s["BLOCK_K"]) == (128, 32)  # K = 96: three whole 32-steps
 

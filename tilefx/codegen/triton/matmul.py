@@ -14,9 +14,10 @@ accumulator tile before the store.
 Knobs (``space``): ``impl`` (``triton`` | ``library`` = cuBLAS + epilogue
 kernel), ``BLOCK_M/N/K``, ``GROUP_M``, ``num_warps``, ``num_stages``.
 
-Defaults (``default_schedule``): the library for fp32 without TF32 and for
-skinny, deep problems (cuBLAS splits K); otherwise the largest Hopper tile of
-``HOPPER_CONFIGS`` that still gives half the SMs a tile.
+Defaults (``default_schedule``): the library for fp32 without TF32, for
+deep-K problems on few tiles (cuBLAS splits K) and for bare matmuls (nothing to
+fuse); otherwise the largest Hopper tile of ``HOPPER_CONFIGS`` that still gives
+half the SMs a tile (``BIG_TILE`` on outputs of many waves).
 """
 
 from __future__ import annotations
@@ -89,14 +90,20 @@ def dims(body: Graph) -> tuple[int, int, int]:
 # Default tiles for Hopper (H100/H200), largest first: (BLOCK_M, BLOCK_N, BLOCK_K, warps, stages)
 # for fp16/bf16 operands. fp32 (TF32) tiles take half the BLOCK_K: twice the bytes per element.
 # The first config with tiles for at least half the SMs wins; a skinny M skips tiles taller than M.
+# From the H200 sweep of real models' contractions (benchmarks/results/gpu-schedule-sweep-h200-
+# 2026-12-03b.md): 128x128 at 8 warps and 3 stages was within 5% of the best tile on every
+# transformer/ConvNeXt MLP and projection (ViT fc1 40 us vs 50 with 128x256, ConvNeXt's K = 96
+# MLP 83 vs 122); 128x256 pays only on outputs of many waves.
 HOPPER_CONFIGS: tuple[tuple[int, int, int, int, int], ...] = (
-    (128, 256, 64, 8, 3),   # Triton's tutorial best on H100 at 4096^3 (147 KB of shared memory)
-    (128, 128, 64, 8, 4),
-    (64, 128, 64, 4, 4),
+    (128, 128, 64, 8, 3),
+    (64, 128, 32, 4, 5),
     (64, 64, 64, 4, 4),
     (32, 64, 64, 4, 4),
     (16, 64, 128, 4, 3),    # a GEMV-like M: long K steps, few warps
 )
+BIG_TILE = (128, 256, 64, 8, 3)  # Triton's tutorial best on H100 at 4096^3 (147 KB of shared memory)
+BIG_TILE_WAVES = 8               # 128x128 tiles for this many waves, K >= 1024, N % 256 == 0: reuse pays
+DEEP_K = 2048                    # K this deep with waves of 128x128 tiles under 3/4 full: cuBLAS splits K
 SPLIT_K_DEPTH = 1024  # a K this deep on too few tiles is where cuBLAS's split-K wins
 DEFAULT_SMS = 132     # H100/H200 SXM, when the target does not know its device
 
@@ -113,9 +120,13 @@ def batch_of(body: Graph) -> int:
 
 def prefers_library(body: Graph, target: Any = None) -> str:
     """Why cuBLAS (plus a fused epilogue kernel) should be the default, or "" if not:
-    fp32 without TF32 (cuBLAS's SGEMM beats an IEEE ``tl.dot``), or a skinny problem
-    whose tiles cannot fill the GPU while K is deep (cuBLAS splits K; this template
-    does not)."""
+
+    - fp32 without TF32: cuBLAS's SGEMM beats an IEEE ``tl.dot``;
+    - a skinny problem whose tiles cannot fill the GPU while K is deep, or a deep K whose
+      128x128 tiles leave the last wave mostly idle (ViT-B's MLP fc2, K = 3072, 150 tiles on
+      132 SMs: 25 us with cuBLAS, 34 at the best tile): cuBLAS splits K, this template does not;
+    - a bare matmul (nothing fused, so fusion saves nothing): cuBLAS's GEMMs lead the
+      template's tiles on big problems (GPT-2's LM head 0.56 ms vs 0.68 at the best tile)."""
     if "library" not in space(body)["impl"]:
         return ""
     m, n, k = dims(body)
@@ -125,7 +136,29 @@ def prefers_library(body: Graph, target: Any = None) -> str:
     tiles = -(-m // smallest[0]) * -(-n // smallest[1]) * batch_of(body)
     if tiles < sm_count(target) // 2 and k >= SPLIT_K_DEPTH:
         return "skinny and deep: split-K"
+    if k >= DEEP_K and _waves_used(_tiles(body, HOPPER_CONFIGS[0]), sm_count(target)) < 0.75:
+        return "deep K on a part-filled last wave: split-K"
+    if m >= 256 and n >= 256 and _bare(body):
+        return "a bare matmul: cuBLAS"
     return ""
+
+
+def _bare(body: Graph) -> bool:
+    """Nothing but the matmul (and views of its operands) in the kernel, which is its output."""
+    anchor = anchor_of(body)
+    before = library.ancestors(body, anchor)
+    return [v.name for v in body.outputs] == [anchor.result.name] and \
+        all(op is anchor or op.results[0].name in before for op in body.ops)
+
+
+def _waves_used(tiles: int, sms: int) -> float:
+    """How full the waves of ``tiles`` on ``sms`` are (150 tiles on 132 SMs: 0.57)."""
+    return tiles / (-(-tiles // sms) * sms)
+
+
+def _tiles(body: Graph, config: tuple[int, ...]) -> int:
+    m, n, _ = dims(body)
+    return -(-m // config[0]) * -(-n // config[1]) * batch_of(body)
 
 
 def _tf32() -> bool:
@@ -144,6 +177,9 @@ def default_schedule(body: Graph, target: Any = None) -> Schedule:
     fp32 = anchor_of(body).inputs[0].type.dtype == DType.float32
     # no tile taller than M; the 16-row GEMV tile only for M <= 16
     fitting = [c for c in HOPPER_CONFIGS if c[0] <= max(16, next_pow2(m)) and (c[0] > 16 or m <= 16)]
+    if fitting[0] == HOPPER_CONFIGS[0] and k >= 1024 and n % 256 == 0 and \
+            _tiles(body, HOPPER_CONFIGS[0]) >= BIG_TILE_WAVES * sms:
+        fitting.insert(0, BIG_TILE)
     # half a wave of tiles is enough: larger tiles reuse more of each operand load
     chosen = next((c for c in fitting if -(-m // c[0]) * -(-n // c[1]) * batch >= sms // 2), fitting[-1])
     bm, bn, bk, warps, stages = chosen
