@@ -15,15 +15,22 @@ timed from Python measures the launch latency of a 10 us kernel); inputs stay in
 calls where they fit, for every row alike. Every tilefx schedule is checked against torch
 first; a mismatch is reported, not timed.
 
-Schedules: the direct template's ``BLOCK_HW x BLOCK_C`` tiles (after clamping, distinct code
-only) at 4 warps, then every ``num_warps`` (and ``num_stages`` for grouped convs) around the
-best tile; ``--all-warps`` times every distinct point of the space instead. Markdown to
-stdout and ``$OUT/depthwise_bench.md``, every timing to ``$OUT/depthwise_bench.json``.
+Schedules: the direct template's tiles of both pixel tilings (after clamping, distinct code
+only) at 4 warps: flat ``BLOCK_HW x BLOCK_C`` (``BLOCK_W=0``) and rows x columns
+``BLOCK_W x BLOCK_HW x BLOCK_C`` (``BLOCK_HW // BLOCK_W`` rows of ``BLOCK_W`` columns, the
+tiling for large kernels: by default on kernels of 5x5 and up only, ``--rows-columns all``
+on the 3x3s too, about 110 more schedules on a 56x56 plane); then every ``num_warps`` (and
+``num_stages`` for grouped convs) around the best tile and around the default (a rows x
+columns tile's speed depends on its warps: pixels a thread); ``--all-warps`` times every
+distinct point of the space instead. ``--max-schedules`` keeps both tilings, taking turns.
+Markdown to stdout and ``$OUT/depthwise_bench.md``, every timing to
+``$OUT/depthwise_bench.json``.
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import statistics
@@ -105,18 +112,31 @@ def distinct(op: Any, points: Any, seen: dict[str, Any] | None = None) -> list[A
     return new
 
 
-def space_points(op: Any, all_warps: bool) -> list[Any]:
+def space_points(op: Any, all_warps: bool, rows_columns: bool = True) -> list[Any]:
     """The direct template's points of ``op``'s space; without ``all_warps`` only 4 warps and
-    2 stages (the warps sweep comes after, around the best tile)."""
+    2 stages (the warps sweep comes after, around the best tile); without ``rows_columns`` the
+    flat tiling only."""
     from tilefx.codegen.space import SearchSpace
     from tilefx.codegen.triton.templates import space
 
     knobs = space(op)
     assert "depthwise" in knobs["impl"], knobs
     knobs["impl"] = ["depthwise"]
+    if not rows_columns:
+        knobs["BLOCK_W"] = [0]
     if not all_warps:
         knobs["num_warps"], knobs["num_stages"] = [4], [2]
     return list(SearchSpace.of(knobs).enumerate())
+
+
+def capped(schedules: list[Any], n: int) -> list[Any]:
+    """At most ``n`` of ``schedules`` (0: all), the flat and the rows x columns tilings taking
+    turns, so that a short run (``--dry-run``) still covers both."""
+    if not n:
+        return schedules
+    flat = [s for s in schedules if not s.get("BLOCK_W")]
+    tiled = [s for s in schedules if s.get("BLOCK_W")]
+    return [s for pair in itertools.zip_longest(flat, tiled) for s in pair if s is not None][:n]
 
 
 def around(best: Any) -> list[Any]:
@@ -181,12 +201,14 @@ def bench_shape(shape: Shape, args: argparse.Namespace, device: str, dtype: torc
     default = default_schedule(op, target)
     row["default_schedule"], row["default"] = str(default), run(default)
     seen: dict[str, Any] = {}
-    todo = distinct(op, space_points(op, args.all_warps), seen)[:args.max_schedules or None]
+    rows_columns = args.rows_columns == "all" or (args.rows_columns == "auto" and shape.k >= 5)
+    todo = capped(distinct(op, space_points(op, args.all_warps, rows_columns), seen), args.max_schedules)
     progress(f"{shape.name}: {len(todo)} depthwise schedules")
     timed = {s: run(s) for s in todo}
     ok = {k: v for k, v in timed.items() if v is not None}
-    if ok and not args.all_warps:  # the warps (and stages) sweep around the best tile
-        sweep = distinct(op, around(min(ok, key=ok.get)), seen)[:args.max_schedules or None]
+    if ok and not args.all_warps:  # the warps (and stages) sweep around the best tile and the default
+        centres = [min(ok, key=ok.get)] + ([default] if default.get("impl") == "depthwise" else [])
+        sweep = capped(distinct(op, [p for c in centres for p in around(c)], seen), args.max_schedules)
         timed.update({s: run(s) for s in sweep})
     row["depthwise"] = {str(k): v for k, v in timed.items()}
     return row
@@ -226,6 +248,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--calls", type=int, default=10, help="calls per CUDA graph replay")
     p.add_argument("--all-warps", action="store_true", help="every distinct point of the space")
     p.add_argument("--max-schedules", type=int, default=0, help="at most this many per shape (0: all)")
+    p.add_argument("--rows-columns", default="auto", choices=("auto", "all", "none"),
+                   help="sweep the rows x columns tiling (BLOCK_W > 0) on kernels of 5x5 and up "
+                        "(auto), on every shape, or on none")
     p.add_argument("--detail", action="store_true", help="a table of every schedule per shape")
     p.add_argument("--dry-run", action="store_true",
                    help="CPU under the Triton interpreter: one small shape per model, batch 1, 2 schedules")

@@ -66,8 +66,10 @@ GPU_FEATURES: tuple[tuple[str, str], ...] = tuple(
     ("flops", "log2 float operations (2 x M x N x K for contractions, elements x ops otherwise)"),
     ("bytes", "log2 bytes of every input and output once (compulsory DRAM traffic)"),
     ("intensity", "log2 flops per compulsory byte"),
-    ("m", "log2 rows of the output tile space (M; rows X for reductions; elements for pointwise)"),
-    ("n", "log2 columns of the output tile space (N; 1 for reductions and pointwise)"),
+    ("m", "log2 rows of the output tile space (M; rows X for reductions; elements for pointwise, "
+          "Y x other dims for tiled pointwise)"),
+    ("n", "log2 columns of the output tile space (N; 1 for reductions and pointwise, X for tiled "
+          "pointwise)"),
     ("k", "log2 length of the serial dimension (K; row length R for reductions)"),
     ("batch", "log2 independent problems along the grid's second axis (batch x heads, block columns)"),
     ("programs", "log2 programs launched (grid size)"),
@@ -169,6 +171,11 @@ def _tile(template: str, module: Any, body: Any, schedule: Any) -> dict[str, Any
                    programs=_cdiv(plan.X, xb), steps=passes * _cdiv(plan.R, rb),
                    pad_share=_pad(plan.X, xb, plan.R, rb))
         return out
+    if template == "pointwise":  # flat, or [TILE_Y, BLOCK // TILE_Y] tiles of a transposing body
+        g = module.grid(body, s)
+        out.update(m=g.rows, n=g.cols, k=1, bm=g.block_rows, bn=g.block_cols, programs=g.programs,
+                   steps=1, pad_share=g.pad_share)
+        return out
     largest = max((_numel(shape_of(v)) for v in body.outputs), default=1)
     block = int(s.get("BLOCK", 1024))
     out.update(m=largest, k=1, bm=block, programs=_cdiv(largest, block), steps=1,
@@ -183,16 +190,19 @@ def _pad(rows: int, block_rows: int, cols: int = 1, block_cols: int = 1) -> floa
 
 def _direct_conv(anchor: Any, schedule: Any) -> dict[str, Any]:
     """A depthwise/grouped conv as the direct template runs it: ``BLOCK_C x BLOCK_HW`` output
-    tiles (channels x pixels of one image), ``Cg x KH x KW`` taps each on the CUDA cores (no
-    tensor cores, no shared memory: described like a pointwise tile), the ``Cg`` loop the
-    serial steps."""
+    tiles (channels x pixels of one image, flat or rows x columns), ``Cg x KH x KW`` taps each
+    on the CUDA cores (no tensor cores, no shared memory: described like a pointwise tile), the
+    ``Cg`` loop the serial steps."""
     g = depthwise.ConvGeometry.of(anchor)
     s = depthwise.clamp(g, schedule)
     bc, bhw, taps = int(s["BLOCK_C"]), int(s["BLOCK_HW"]), g.cg * g.KH * g.KW
+    programs = depthwise.programs(g, s)
+    # the lanes of all tiles, masked ones included: a rows x columns tile pads both axes
+    pad_share = 1.0 - g.N * g.pixels * g.CO / (programs * bc * bhw)
     return {"schedule": s, "warps": int(s["num_warps"]), "stages": int(s["num_stages"]),
             "itemsize": anchor.inputs[0].type.dtype.itemsize, "m": g.N * g.pixels, "n": g.CO,
             "k": taps, "bm": bhw, "bn": bc, "flops": 2.0 * g.N * g.pixels * g.CO * taps,
-            "programs": depthwise.programs(g, s), "steps": g.cg, "pad_share": _pad(g.pixels, bhw, g.CO, bc)}
+            "programs": programs, "steps": g.cg, "pad_share": pad_share}
 
 
 def _contraction(template: str, module: Any, body: Any, s: Any) -> dict[str, Any]:

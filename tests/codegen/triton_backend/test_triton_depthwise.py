@@ -1,8 +1,10 @@
 """The direct (depthwise / grouped) conv2d template, under TRITON_INTERPRET=1 against
-``torch.nn.functional.conv2d``: every point of its schedule space on awkward shapes
+``torch.nn.functional.conv2d``: every point of its flat tiling's space on awkward shapes
 (prime channels and planes, batch 1, 1x5 / 3x3 / 7x7 kernels, stride and dilation 2,
-channel multiplier 2, groups 2 and 4 with 3 channels a group), fused epilogues and a
-prologue, fp16/bf16, and the path through the space, the tuner and the compiler.
+channel multiplier 2, groups 2 and 4 with 3 channels a group), every rows x columns tile
+of a 7x7, the rows x columns tiling on more awkward shapes (1x1 planes, planes smaller
+than the tile, a kernel larger than the input), fused epilogues and prologues,
+fp16/bf16, and the path through the space, the tuner and the compiler.
 
 The interpreter ignores ``num_warps`` and ``num_stages`` (they only change the launch
 line), so each distinct kernel body of a space is run once; every point is emitted.
@@ -99,8 +101,10 @@ def _distinct(op, points) -> dict[str, Schedule]:
 def test_every_point_of_the_space_fp32(case):
     op = _bias_relu(case, F32)
     knobs = space(op)
-    assert knobs["impl"] == ["library", "depthwise"]
-    points = list(SearchSpace.of({k: v for k, v in knobs.items() if k != "impl"}).enumerate())
+    assert knobs["impl"] == ["library", "depthwise"] and knobs["BLOCK_W"][0] == 0
+    # the flat tiling's points (rows x columns: test_every_rows_by_columns_tile_of_a_7x7)
+    flat = {**{k: v for k, v in knobs.items() if k != "impl"}, "BLOCK_W": [0]}
+    points = list(SearchSpace.of(flat).enumerate())
     assert len(points) == 6 * 6 * 4 * 3
     x, w, c = (rand(v.type, i + 1) for i, v in enumerate(op.inputs))
     ref = F.relu(case.ref(x, w) + c)
@@ -164,13 +168,139 @@ def test_prologue_on_the_input_is_zero_in_the_padding():
         close(run(op, [x, w], s)[0], case.ref(x + 1, w))
 
 
+# the rows x columns tiling (BLOCK_W > 0) where its offsets and masks can go wrong: tiles
+# larger than the plane, planes not a multiple of the tile, channel tails, every bound
+TILED = [
+    Case("dw7x7-c13-13x7-pad3", 1, 13, (13, 7), 13, (7, 7), padding=(3, 3)),
+    Case("dw7x7-c3-29x31-pad3", 1, 3, (29, 31), 3, (7, 7), padding=(3, 3)),
+    Case("dw7x7-c6-b2-1x1-plane-pad3", 2, 6, (1, 1), 6, (7, 7), padding=(3, 3)),
+    Case("dw5x5-c6-29x31-s2-pad2", 1, 6, (29, 31), 6, (5, 5), stride=(2, 2), padding=(2, 2)),
+    Case("dw3x3-c5-dil2-pad2-11x13", 1, 5, (11, 13), 5, (3, 3), padding=(2, 2), dilation=(2, 2)),
+    Case("dw7x7-c3-b2-kernel-over-3x5-pad3", 2, 3, (3, 5), 3, (7, 7), padding=(3, 3)),
+    Case("dw7x7-c5-no-pad-s1x2-13x17", 1, 5, (13, 17), 5, (7, 7), stride=(1, 2)),
+    Case("g3-cg2-og2-7x7-pad3", 1, 6, (9, 10), 6, (7, 7), padding=(3, 3), groups=3),
+    Case("dw5x5-mult2-c3-b2-pad2", 2, 3, (12, 9), 6, (5, 5), padding=(2, 2)),
+]
+
+
+def _tiled(bw: int, bhw: int, bc: int) -> Schedule:
+    return Schedule.of(impl="depthwise", BLOCK_W=bw, BLOCK_HW=bhw, BLOCK_C=bc, num_warps=4, num_stages=2)
+
+
+# 4 rows x 16 columns and 8 x 8: several tiles a plane, the last ones partly outside it;
+# 16 rows x 64 columns x 32 channels: clamped to one tile, larger than the plane (MAX_TILE)
+TILED_SCHEDULES = [_tiled(16, 64, 4), _tiled(8, 64, 2), _tiled(64, 1024, 32)]
+
+
+@pytest.mark.parametrize("case", TILED, ids=lambda c: c.id)
+def test_rows_by_columns_on_awkward_shapes(case):
+    op = _bias_relu(case, F32)
+    x, w, c = (rand(v.type, i + 1) for i, v in enumerate(op.inputs))
+    ref = F.relu(case.ref(x, w) + c)
+    for s in (TILED_SCHEDULES[0], TILED_SCHEDULES[2]):
+        source, _ = emit_source(op, s)
+        assert source.schedule["BLOCK_W"] > 0 and " + tap" in source.text
+        (y,) = run(op, [x, w, c], s)
+        close(y, ref, F32)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("dtype", [F16, BF16])
+@pytest.mark.parametrize("case", [TILED[0], TILED[3], TILED[7]], ids=lambda c: c.id)
+def test_rows_by_columns_half_precision(case, dtype):
+    """bf16 too: the template has no ``tl.dot``, which the interpreter cannot run in bf16."""
+    op = _bias_relu(case, dtype)
+    x, w, c = (rand(v.type, i + 1) for i, v in enumerate(op.inputs))
+    (y,) = run(op, [x, w, c], TILED_SCHEDULES[1])
+    assert y.dtype == TORCH[dtype]
+    close(y, F.relu(case.ref(x, w) + c.float()), dtype)
+
+
+@pytest.mark.parametrize("dtype", [F32, F16])
+@pytest.mark.parametrize("case", [TILED[0], TILED[3], TILED[7], TILED[8]], ids=lambda c: c.id)
+def test_rows_by_columns_prologue_and_epilogue(case, dtype):
+    """conv(relu(x + y + 1)) + bias + residual, and its SiLU: the prologue's operand of the
+    input's shape reads at the tap's offset, the padding stays 0 (not relu(0 + 0 + 1) = 1),
+    the residual reads at the output's offset; two outputs."""
+    x_t, w_t = case.types(dtype)
+    res_t = t(dtype, *case.ref(rand(x_t), rand(w_t)).shape)
+
+    def body(b, x, w, y, bias, res):
+        pre = b.op("relu", b.op("add", b.op("add", x, y), b.scalar(1.0, dtype)))
+        z = b.op("add", b.op("add", b.op("conv2d", pre, w, **case.attrs()), bias), res)
+        return z, b.op("silu", z)
+    op = kernel_op("contraction", [x_t, w_t, x_t, t(dtype, case.o, 1, 1), res_t], body)
+    ins = [rand(v.type, i + 5) for i, v in enumerate(op.inputs)]
+    x, w, y, bias, res = ins
+    z = case.ref(F.relu(x.float() + y.float() + 1), w) + bias.float() + res.float()
+    z0, z1 = run(op, ins, TILED_SCHEDULES[0 if dtype == F32 else 1])
+    close(z0, z, dtype)
+    close(z1, F.silu(z), dtype)
+
+
+@pytest.mark.slow
+def test_every_rows_by_columns_tile_of_a_7x7():
+    """Every tile ``clamp`` makes of the rows x columns space (``BLOCK_W x BLOCK_HW x BLOCK_C``
+    at one warp count) for a 7x7 on a 13x11 plane of 6 channels: each distinct code once."""
+    case = Case("dw7x7-c6-13x11-pad3", 1, 6, (13, 11), 6, (7, 7), padding=(3, 3))
+    op = _bias_relu(case, F32)
+    g = ConvGeometry.of(next(o for o in op.body.ops if o.name == "conv2d"))
+    knobs = {**depthwise.SPACE, "BLOCK_W": [v for v in depthwise.SPACE["BLOCK_W"] if v],
+             "num_warps": [4], "num_stages": [1]}
+    points = [p.with_(impl="depthwise") for p in SearchSpace.of(knobs).enumerate()]
+    distinct = _distinct(op, points)
+    tiles = {(s["BLOCK_C"], s["BLOCK_HW"] // s["BLOCK_W"], s["BLOCK_W"]) for s in distinct.values()}
+    # columns 8 or 16 (11 wide), rows up to 16 (13 high), channels up to 8 (6 of them)
+    assert {bw for *_, bw in tiles} == {8, 16} and max(bh for _, bh, _ in tiles) == 16
+    assert {bc for bc, *_ in tiles} == {1, 2, 4, 8}
+    # equal code, equal schedule; a clamped schedule clamps to itself
+    assert len(set(distinct.values())) == len(distinct) == len(tiles)
+    assert all(depthwise.clamp(g, s) == s for s in distinct.values())
+    x, w, c = (rand(v.type, i + 1) for i, v in enumerate(op.inputs))
+    ref = F.relu(case.ref(x, w) + c)
+    for s in distinct.values():
+        (y,) = run(op, [x, w, c], s)
+        close(y, ref, F32)
+
+
+def test_rows_by_columns_clamp_default_and_code():
+    convnext = [ConvGeometry(32, c, hw, hw, c, 7, 7, hw, hw, (1, 1), (3, 3), (1, 1), c)
+                for c, hw in ((96, 56), (192, 28), (384, 14), (768, 7))]
+    tiles = [(s["BLOCK_C"], s["BLOCK_HW"] // s["BLOCK_W"], s["BLOCK_W"], s["num_warps"])
+             for s in map(depthwise.default_schedule, convnext)]
+    assert tiles == [(1, 8, 64, 2), (1, 16, 32, 2), (1, 16, 16, 1), (4, 8, 8, 1)]
+    # 3x3s keep the flat default; BLOCK_W 0 and absent are the same (flat) schedule
+    mobilenet = ConvGeometry(32, 144, 56, 56, 144, 3, 3, 56, 56, (1, 1), (1, 1), (1, 1), 144)
+    assert "BLOCK_W" not in depthwise.default_schedule(mobilenet)
+    flat = Schedule.of(BLOCK_HW=128, BLOCK_C=4, num_warps=4, num_stages=1)
+    assert depthwise.clamp(mobilenet, flat) == depthwise.clamp(mobilenet, flat.with_(BLOCK_W=0))
+    # columns: at most the plane's width (to a power of two) and BLOCK_HW; rows fill the rest
+    g = convnext[3]  # 7x7 plane
+    assert depthwise.clamp(g, flat.with_(BLOCK_W=64, BLOCK_HW=1024, BLOCK_C=32)).as_dict() == dict(
+        impl="depthwise", BLOCK_W=8, BLOCK_HW=64, BLOCK_C=32, num_warps=4, num_stages=1)
+    one_row = depthwise.clamp(convnext[0], flat.with_(BLOCK_W=64, BLOCK_HW=32))
+    assert (one_row["BLOCK_W"], one_row["BLOCK_HW"]) == (32, 32)
+    big = depthwise.clamp(convnext[0], flat.with_(BLOCK_W=64, BLOCK_HW=1024, BLOCK_C=32))
+    assert big["BLOCK_HW"] * big["BLOCK_C"] == MAX_TILE and big["BLOCK_W"] == 64
+    # the code: the launch grid is programs(); each tap reads at the tile's offset plus a
+    # constant under a row mask AND a column mask, no division by the width
+    op = _bias_relu(TILED[1], F16)
+    s = _tiled(16, 128, 4)
+    source, _ = emit_source(op, s)
+    cg = ConvGeometry.of(next(o for o in op.body.ops if o.name == "conv2d"))
+    assert depthwise.programs(cg, s) == 1 * 4 * 2  # channel blocks x row tiles x column tiles
+    assert f"[({depthwise.programs(cg, s)},)]" in source.text
+    assert "in0 + xoff + tap" in source.text and "//" not in source.text.split("acc0 =")[1]
+    assert re.search(r"m\d+ = \(m\d+\) & \(\(iw >= 0\) & \(iw < 31\)\)", source.text), source.text
+
+
 def test_space_tuner_view_and_clamping():
     target = Target.parse("cuda")
     dw = _bias_relu(CASES[1], F16)
     sp = SearchSpace.for_kernel(dw, target)
     # the library is the extern candidate; the direct template's knobs only
     assert sp.has_extern and sp.values("impl") == ("depthwise",)
-    assert set(sp.names) == {"impl", *depthwise.SPACE} and sp.size == 432
+    assert set(sp.names) == {"impl", *depthwise.SPACE} and sp.size == 432 * 5
     # groups == 1 keeps the implicit GEMM; a non-float grouped conv has only the library
     dense = kernel_op("contraction", [t(F16, 1, 4, 9, 9), t(F16, 6, 4, 3, 3)],
                       lambda b, x, w: b.op("conv2d", x, w))
@@ -198,6 +328,15 @@ def test_cost_model_features_see_the_direct_tiling():
                                          num_stages=1), target)
     assert small["programs"] > large["programs"] and small["tile_elems"] < large["tile_elems"]
     assert small["impl_library"] == 0 and small["smem"] == 0 and small["tpl_conv"] == 1
+    # rows x columns on the 11x7 plane: 8 rows of 8 columns pad both axes (2 programs of 64
+    # pixels a channel block for 77 pixels); the flat 128-pixel tile pads 51 of 128
+    tiled = gpu_features(op, Schedule.of(impl="depthwise", BLOCK_HW=64, BLOCK_W=8, BLOCK_C=16,
+                                         num_warps=4, num_stages=1), target)
+    flat = gpu_features(op, Schedule.of(impl="depthwise", BLOCK_HW=128, BLOCK_C=16, num_warps=4,
+                                        num_stages=1), target)
+    assert tiled["programs"] > flat["programs"]
+    assert tiled["pad_share"] == pytest.approx(1 - 13 * 77 / (2 * 16 * 64))
+    assert flat["pad_share"] == pytest.approx(1 - 13 * 77 / (16 * 128))
 
 
 class _Block(nn.Module):

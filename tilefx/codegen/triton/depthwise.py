@@ -6,11 +6,11 @@ The implicit GEMM (``conv.implicit_gemm``) needs ``groups == 1`` and a deep
 group little more. Those are memory-bound stencils, so this template skips
 the tensor cores:
 
-- one program computes a ``BLOCK_C x BLOCK_HW`` tile of the output of one
-  image: ``BLOCK_C`` output channels by ``BLOCK_HW`` output pixels of the
-  flattened ``OH*OW`` plane. In NCHW a channel's pixels are contiguous, so
-  the pixel axis is the tile's fast axis: loads and stores along it coalesce
-  (stride-1 convs read contiguous runs of the input too);
+- one program computes ``BLOCK_C`` output channels by ``BLOCK_HW`` output
+  pixels of one image. In NCHW a channel's pixels are contiguous, so the
+  pixel axis is the tile's fast axis: loads and stores along it coalesce
+  (stride-1 convs read contiguous runs of the input too). The pixels are
+  tiled one of two ways (``BLOCK_W``, below);
 - output channel ``o`` reads input channels ``(o // Og) * Cg + ci`` for
   ``ci < Cg`` (``Cg = C / groups`` input, ``Og = O / groups`` output
   channels per group: depthwise is ``Cg == 1``, a channel multiplier is
@@ -26,19 +26,44 @@ the tensor cores:
   shared emitter, like the matmul and implicit-GEMM templates, and is
   stored in the output dtype.
 
-Programs are ordered pixel tile fastest, then channel block, then image:
-neighbouring programs read overlapping input rows (the halo) and the same
-weights while they are in L1/L2.
+The two pixel tilings:
 
-Knobs (``SPACE``): ``BLOCK_HW``, ``BLOCK_C``, ``num_warps``, ``num_stages``.
-``clamp`` fits them to the problem (no block larger than its axis, at most
-``MAX_TILE`` outputs per program, no more warps than 32-lane rows of the
-tile, ``num_stages=1`` without a runtime loop), so schedules that make the
-same code share one fingerprint.
+- flat (``BLOCK_W`` 0 or absent): ``BLOCK_HW`` consecutive pixels of the
+  flattened ``OH*OW`` plane, a ``[BLOCK_C, BLOCK_HW]`` block, with
+  ``oh = pix // OW``, ``ow = pix % OW``; each tap recomputes the input
+  coordinates, their bounds and the address of every element. Right for
+  3x3s (MobileNetV2 on the H200: 1.4-2.1x faster than cuDNN), slow on 7x7s
+  (ConvNeXt: 49 taps, 6-7% of the memory roofline);
+- rows x columns (``BLOCK_W > 0``), for large kernels: ``BLOCK_HW // BLOCK_W``
+  output rows by ``BLOCK_W`` output columns, a ``[BLOCK_C, BLOCK_H, BLOCK_W]``
+  block; programs tile ``OH`` and ``OW`` separately. An output row is a
+  ``[1, BLOCK_H, 1]`` vector and a column a ``[1, 1, BLOCK_W]`` one, so the
+  input offset of tap ``(0, 0)`` is computed once per program and tap
+  ``(kh, kw)`` adds the compile-time constant ``kh*dh*W + kw*dw`` (an
+  immediate in the load); its mask is the AND of a row mask (channel tail,
+  row bounds: per ``kh``) and a column mask (column bounds: per ``kw``), both
+  computed on vectors. Bounds are those of the padded tile: a lane past
+  ``OH``/``OW`` reads inside the input or nothing, and the store drops it.
+  Compiled for sm_90, each output and tap is then one predicated load, a
+  convert and an FMA; what is left is the number of loads (one per output
+  and tap, plus one weight per tap for each channel a thread holds), which
+  the tile shape and warps decide (``default_schedule``).
+
+Programs are ordered pixel tile fastest (columns, then rows), then channel
+block, then image: neighbouring programs read overlapping input rows (the
+halo) and the same weights while they are in L1/L2.
+
+Knobs (``SPACE``): ``BLOCK_HW``, ``BLOCK_W``, ``BLOCK_C``, ``num_warps``,
+``num_stages``. ``clamp`` fits them to the problem (no block larger than its
+axis, at most ``MAX_TILE`` outputs per program, no more warps than 32-lane
+rows of the tile, ``num_stages=1`` without a runtime loop; the flat tiling
+drops ``BLOCK_W``), so schedules that make the same code share one
+fingerprint.
 """
 
 from __future__ import annotations
 
+import math
 from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Any
@@ -53,6 +78,7 @@ from tilefx.ir.types import DType
 
 SPACE: dict[str, list[Any]] = {
     "BLOCK_HW": [32, 64, 128, 256, 512, 1024], "BLOCK_C": [1, 2, 4, 8, 16, 32],
+    "BLOCK_W": [0, 8, 16, 32, 64],  # 0: the flat tiling; else output columns a program
     "num_warps": [1, 2, 4, 8], "num_stages": [1, 2, 3],
 }
 # outputs per program: 4096 fp32 accumulators are 32 registers a thread at 4 warps;
@@ -101,17 +127,49 @@ class ConvGeometry:
         return self.OH * self.OW
 
 
+@dataclass(frozen=True)
+class Tile:
+    """The output block of one program, as a clamped schedule gives it."""
+
+    c: int   # output channels
+    hw: int  # output pixels
+    w: int   # output columns (rows x columns); 0: flat pixels of the OH*OW plane
+
+    @staticmethod
+    def of(s: Schedule) -> Tile:
+        return Tile(int(s["BLOCK_C"]), int(s["BLOCK_HW"]), int(s.get("BLOCK_W", 0)))
+
+    @property
+    def h(self) -> int:  # output rows (rows x columns)
+        return self.hw // self.w
+
+    def pixel_tiles(self, g: ConvGeometry) -> tuple[int, int]:
+        """Programs along the output rows and columns (flat: ``(tiles, 1)``)."""
+        if not self.w:
+            return -(-g.pixels // self.hw), 1
+        return -(-g.OH // self.h), -(-g.OW // self.w)
+
+
 def clamp(g: ConvGeometry, schedule: Schedule) -> Schedule:
     """``schedule`` fitted to the problem (see the module docstring): equal code, equal schedule."""
-    bhw = max(1, min(int(schedule.get("BLOCK_HW", 256)), next_pow2(g.pixels)))
     bc = max(1, min(int(schedule.get("BLOCK_C", 4)), next_pow2(g.CO)))
-    while bc * bhw > MAX_TILE and bc > 1:  # keep the pixel block: it is what coalesces
+    want = max(1, int(schedule.get("BLOCK_HW", 256)))
+    bw = int(schedule.get("BLOCK_W", 0))
+    if bw > 0:  # the columns first (they coalesce), then the rows that fill BLOCK_HW
+        bw = min(bw, next_pow2(g.OW), want)
+        dims = [min(want // bw, next_pow2(g.OH)), bw]
+    else:
+        dims = [min(want, next_pow2(g.pixels))]
+    while bc * math.prod(dims) > MAX_TILE and bc > 1:  # keep the pixel block: it is what coalesces
         bc //= 2
-    while bc * bhw > MAX_TILE:
-        bhw //= 2
+    while bc * math.prod(dims) > MAX_TILE:  # rows before columns
+        dims[0 if dims[0] > 1 else 1] //= 2
+    bhw = math.prod(dims)
     warps = max(1, min(int(schedule.get("num_warps", 4)), bc * bhw // 32))
     stages = int(schedule.get("num_stages", 2)) if g.cg > 1 else 1
-    return Schedule.of(impl="depthwise", BLOCK_HW=bhw, BLOCK_C=bc, num_warps=warps, num_stages=stages)
+    cols = {"BLOCK_W": dims[1]} if len(dims) == 2 else {}
+    return Schedule.of(impl="depthwise", BLOCK_HW=bhw, BLOCK_C=bc, num_warps=warps, num_stages=stages,
+                       **cols)
 
 
 def default_schedule(g: ConvGeometry) -> Schedule | None:
@@ -121,17 +179,40 @@ def default_schedule(g: ConvGeometry) -> Schedule | None:
     (``benchmarks/results/gpu-depthwise-h200-2026-12-03.md``): 4 channels x 128 pixels a
     program at 4 warps is the best or within 1.3x of it on planes of 28x28 and up, 256 pixels
     on 14x14, and every such default beat cuDNN's channels-last kernel by 1.4-2.1x (the NCHW
-    one by more). Grouped convs with several channels a group were not measured: library."""
+    one by more). Grouped convs with several channels a group were not measured: library.
+
+    Kernels of 5x5 and up take the rows x columns tiling. NOT MEASURED YET: chosen by counting
+    the instructions of the kernel compiled offline for sm_90 (SASS), to be replaced by the
+    sweep. Per output and tap the tiled kernel issues one predicated 2-byte load at base plus
+    an immediate, a convert and an FMA, and no integer work (the flat one at 4 x 128 about as
+    little, once LLVM is done: its limit is the load count too). What is left to choose is the
+    number of load instructions, and each thread also loads its channels' weight every tap:
+    loads per output and tap = (1 + channels / elements a thread) / useful share of the tile.
+    So: one channel a thread, and 8 pixels a thread (an 8-element accumulator: the same
+    ~60 registers as the flat default; 16 elements a thread took 255 and spilled). Columns
+    up to 64 (two 32-lane runs of one row: 64 contiguous bytes of fp16 a warp load), rows up
+    to 512 pixels, a warp per 256 pixels, channels where the plane is smaller than that.
+    ConvNeXt-T: 1 x 8 x 64 at 2 warps on 56x56 (1.29 loads per output-tap; the flat default
+    2.05), 1 x 16 x 32 at 2 warps on 28x28 (1.50), 1 x 16 x 16 at 1 warp on 14x14 (1.24),
+    4 x 8 x 8 at 1 warp on 7x7 (1.89)."""
     if g.cg != 1:
         return None
+    if g.KH * g.KW >= 25:
+        bw = min(64, next_pow2(g.OW))
+        bh = min(next_pow2(g.OH), 512 // bw)
+        warps = max(1, bh * bw // 256)
+        bc = max(1, min(32, 256 * warps // (bh * bw)))
+        return clamp(g, Schedule.of(BLOCK_HW=bh * bw, BLOCK_W=bw, BLOCK_C=bc, num_warps=warps,
+                                    num_stages=1))
     bhw = 128 if g.pixels >= 784 else 256
     return clamp(g, Schedule.of(BLOCK_HW=bhw, BLOCK_C=4, num_warps=4, num_stages=1))
 
 
 def programs(g: ConvGeometry, schedule: Schedule) -> int:
     """Grid size of the clamped ``schedule`` (also what the cost model's features count)."""
-    s = clamp(g, schedule)
-    return g.N * -(-g.CO // int(s["BLOCK_C"])) * -(-g.pixels // int(s["BLOCK_HW"]))
+    tile = Tile.of(clamp(g, schedule))
+    th, tw = tile.pixel_tiles(g)
+    return g.N * -(-g.CO // tile.c) * th * tw
 
 
 def _affine(var: str, mul: int, add: int) -> str:
@@ -147,24 +228,42 @@ def _bounds(i: str, first_offset: int, last: int, size: int) -> str | None:
     return " & ".join(conds) or None
 
 
-def emit(body: Graph, name: str, op: Op, schedule: Schedule) -> KernelSource:
-    x, w = op.inputs
-    if x.type.dtype not in DTYPES or w.type.dtype != x.type.dtype:
-        raise NotImplementedError(f"conv2d on {x.type.dtype.short} has no direct Triton template "
-                                  f"(it runs as the library candidate)")
-    g = ConvGeometry.of(op)
-    s = clamp(g, schedule)
-    bc, bhw, warps, stages = (int(s[k]) for k in ("BLOCK_C", "BLOCK_HW", "num_warps", "num_stages"))
+def _sum(*terms: str) -> str:
+    """``a + b + ...`` of the terms that are not ``0``."""
+    return " + ".join(t for t in terms if t != "0") or "0"
+
+
+def _scaled(var: str, mul: int) -> str:
+    return _affine(var, mul, 0) if var != "0" else "0"
+
+
+@dataclass(frozen=True)
+class _Pixels:
+    """What the taps and the epilogue need from a pixel tiling (emitted names and masks)."""
+
+    cmask: str | None    # the channel tail (weights)
+    lead: str | None     # the part of each tap's mask that is not the input bounds
+    store: tuple[str | None, ...]  # the output lanes that exist: the store's mask, ANDed
+    hcond: str | None    # the input row bounds of ``ih``
+    wcond: str | None    # the input column bounds of ``iw``
+    xoff: str | None     # the input offset of tap (0, 0) (rows x columns), else None
+    out_index: tuple[str, ...]
+    out_offset: str      # the flat output offset, with the tile's full shape
+
+
+def _first_channel(e: Emitter, g: ConvGeometry) -> None:
+    """``cin0``: the first input channel of each output channel's group."""
+    group = "oc" if g.og == 1 else f"(oc // {g.og})"
+    e.line(f"cin0 = {group}" if g.cg == 1 else f"cin0 = {group} * {g.cg}")
+
+
+def _flat(e: Emitter, body: Graph, g: ConvGeometry, tile: Tile, n: str) -> _Pixels:
+    """``[BLOCK_C, BLOCK_HW]``: flat pixels, ``oh``/``ow`` by division (the 3x3 tiling)."""
     (sh, sw), (ph, pw), (dh, dw) = g.stride, g.padding, g.dilation
-    P, tiles_hw, tiles_c = g.pixels, -(-g.pixels // bhw), -(-g.CO // bc)
-    out_shape = shape_of(op.result)
-    args, ins, outs = arg_names(body)
-    e = Emitter(body, args)
-    e.scalars |= {"thw", "tc", "n", "ci", "kh", "kw"}
+    P, tiles_hw, tiles_c = g.pixels, -(-g.pixels // tile.hw), -(-g.CO // tile.c)
     e.line(f"pid = {program_id(body, 0)}")
     e.line(f"thw = pid % {tiles_hw}  # pixel tiles side by side share input rows in L1/L2")
     e.line(f"tc = (pid // {tiles_hw}) % {tiles_c}" if g.N > 1 else f"tc = pid // {tiles_hw}")
-    n = "n" if g.N > 1 else "0"
     if g.N > 1:
         e.line(f"n = pid // {tiles_hw * tiles_c}")
     e.line("oc = (tc * BLOCK_C + tl.arange(0, BLOCK_C))[:, None]  # output channels")
@@ -173,45 +272,113 @@ def emit(body: Graph, name: str, op: Op, schedule: Schedule) -> KernelSource:
     e.line(f"ow = pix % {g.OW}")
     e.line(f"ih0 = {_affine('oh', sh, -ph)}")
     e.line(f"iw0 = {_affine('ow', sw, -pw)}")
-    # the first input channel of each row's group
-    group = "oc" if g.og == 1 else f"(oc // {g.og})"
-    e.line(f"cin0 = {group}" if g.cg == 1 else f"cin0 = {group} * {g.cg}")
-    cmask = f"oc < {g.CO}" if g.CO % bc else None
-    pmask = f"pix < {P}" if P % bhw else None
-    inside = _all(e, cmask, pmask)  # the output lanes that exist
+    _first_channel(e, g)
+    cmask = f"oc < {g.CO}" if g.CO % tile.c else None
+    pmask = f"pix < {P}" if P % tile.hw else None
+    inside = _all(e, cmask, pmask)
     hcond = _bounds("ih", -ph, (g.OH - 1) * sh - ph + (g.KH - 1) * dh, g.H)
     wcond = _bounds("iw", -pw, (g.OW - 1) * sw - pw + (g.KW - 1) * dw, g.W)
-    acc = e.tmp("tl.zeros([BLOCK_C, BLOCK_HW], dtype=tl.float32)", "acc")
+    # both the channel and the pixel term: the store pointer has the tile's full shape
+    off = f"{n} * {g.CO * P} + oc * {P} + pix" if g.N > 1 else f"oc * {P} + pix"
+    return _Pixels(cmask, inside, (inside,), hcond, wcond, None, (n, "oc", "oh", "ow"), off)
+
+
+def _rows_by_columns(e: Emitter, body: Graph, g: ConvGeometry, tile: Tile, n: str) -> _Pixels:
+    """``[BLOCK_C, BLOCK_H, BLOCK_W]``: rows x columns, per-tap work on row and column vectors."""
+    (sh, sw), (ph, pw), (dh, dw) = g.stride, g.padding, g.dilation
+    (tiles_h, tiles_w), tiles_c = tile.pixel_tiles(g), -(-g.CO // tile.c)
+    e.line(f"pid = {program_id(body, 0)}")
+    # pid in mixed radix, column tiles fastest: neighbours share input rows in L1/L2
+    digits, div = {}, 1
+    axes = [("tw", tiles_w), ("th", tiles_h), ("tc", tiles_c), ("n", g.N)]
+    last = max((i for i, (_, size) in enumerate(axes) if size > 1), default=-1)
+    for i, (name, size) in enumerate(axes):
+        digits[name] = name if size > 1 else "0"  # one tile along the axis: its index is 0
+        if size > 1:
+            q = "pid" if div == 1 else f"pid // {div}" if i == last else f"(pid // {div})"
+            e.line(f"{name} = {q}" if i == last else f"{name} = {q} % {size}")
+            div *= size
+
+    def arange(digit: str, block: str, where: str) -> str:
+        lanes = f"tl.arange(0, {block})"
+        return f"{lanes}[{where}]" if digits[digit] == "0" else f"({digit} * {block} + {lanes})[{where}]"
+    e.line(f"oc = {arange('tc', 'BLOCK_C', ':, None, None')}  # output channels")
+    e.line(f"oh = {arange('th', 'BLOCK_H', 'None, :, None')}  # output rows")
+    e.line(f"ow = {arange('tw', 'BLOCK_W', 'None, None, :')}  # output columns")
+    e.line(f"ih0 = {_affine('oh', sh, -ph)}")
+    e.line(f"iw0 = {_affine('ow', sw, -pw)}")
+    _first_channel(e, g)
+    # tap (kh, kw) reads at xoff + kh*dh*W + kw*dw: one address per element and program
+    HW = g.H * g.W
+    e.line(f"xoff = {_sum(_scaled(n, g.C * HW), _scaled('cin0', HW), _scaled('ih0', g.W), 'iw0')}")
+    cmask = f"oc < {g.CO}" if g.CO % tile.c else None
+    # bounds over the padded tile: a lane past OH/OW reads inside the input or nothing
+    hcond = _bounds("ih", -ph, (tiles_h * tile.h - 1) * sh - ph + (g.KH - 1) * dh, g.H)
+    wcond = _bounds("iw", -pw, (tiles_w * tile.w - 1) * sw - pw + (g.KW - 1) * dw, g.W)
+    rows = f"oh < {g.OH}" if g.OH % tile.h else None
+    cols = f"ow < {g.OW}" if g.OW % tile.w else None
+    off = _sum(_scaled(n, g.CO * g.pixels), _scaled("oc", g.pixels), _scaled("oh", g.OW), "ow")
+    return _Pixels(cmask, cmask, (cmask, rows, cols), hcond, wcond, "xoff", (n, "oc", "oh", "ow"), off)
+
+
+def emit(body: Graph, name: str, op: Op, schedule: Schedule) -> KernelSource:
+    x, w = op.inputs
+    if x.type.dtype not in DTYPES or w.type.dtype != x.type.dtype:
+        raise NotImplementedError(f"conv2d on {x.type.dtype.short} has no direct Triton template "
+                                  f"(it runs as the library candidate)")
+    g = ConvGeometry.of(op)
+    s = clamp(g, schedule)
+    tile, warps, stages = Tile.of(s), int(s["num_warps"]), int(s["num_stages"])
+    dh, dw = g.dilation
+    out_shape = shape_of(op.result)
+    args, ins, outs = arg_names(body)
+    e = Emitter(body, args)
+    e.scalars |= {"thw", "th", "tw", "tc", "n", "ci", "kh", "kw", "tap"}
+    n = "n" if g.N > 1 else "0"
+    px = (_rows_by_columns if tile.w else _flat)(e, body, g, tile, n)
+    block = "[BLOCK_C, BLOCK_H, BLOCK_W]" if tile.w else "[BLOCK_C, BLOCK_HW]"
+    acc = e.tmp(f"tl.zeros({block}, dtype=tl.float32)", "acc")
     loop = g.cg > 1  # the input channels of a group: a runtime loop around the taps
     if loop:
         e.line(f"for ci in range({g.cg}):")
     with e.block() if loop else nullcontext():
-        cin = "cin" if loop else "cin0"
+        cin, xbase = ("cin", "xc") if loop else ("cin0", px.xoff)
         if loop:
             e.line("cin = cin0 + ci")
+            if px.xoff:
+                e.line(f"xc = {px.xoff} + ci * {g.H * g.W}")
         e.line(f"for kh in tl.static_range({g.KH}):")
         with e.block():
             e.line(f"ih = {_affine('kh', dh, 0)} + ih0")
-            row = _all(e, inside, hcond)
+            row = _all(e, px.lead, px.hcond)
+            if px.xoff and row and not row.isidentifier():  # a [BLOCK_C, BLOCK_H, 1] mask per kh
+                row = e.tmp(row, "m")
             e.line(f"for kw in tl.static_range({g.KW}):")
             with e.block():
                 e.line(f"iw = {_affine('kw', dw, 0)} + iw0")
-                m = _all(e, row, wcond)
-                xv = e.value_at(x, (n, cin, "ih", "iw"), m)
+                m = _all(e, row, px.wcond)
+                at, saved = (n, cin, "ih", "iw"), e.flat
+                if px.xoff:  # the input (and a prologue's operands of its shape) at xoff + tap
+                    e.line(f"tap = {_sum(_scaled('kh', dh * g.W), _scaled('kw', dw))}  # a constant")
+                    e.flat = (at, shape_of(x), f"{xbase} + tap")
+                xv = e.value_at(x, at, m)
+                e.flat = saved
                 xs = e.compute(xv)
                 if m is not None and x.name in e.producer:  # padding is zero, not prologue(0)
                     xs = f"tl.where({m}, {xs}, 0.0)"
-                wv = e.value_at(w, ("oc", "ci" if loop else "0", "kh", "kw"), cmask)
+                wv = e.value_at(w, ("oc", "ci" if loop else "0", "kh", "kw"), px.cmask)
                 e.line(f"{acc} += {xs} * {e.compute(wv)}")
-    idx = (n, "oc", "oh", "ow")
-    # both the channel and the pixel term: the store pointer has the tile's full shape
-    e.line(f"off = {n} * {g.CO * P} + oc * {P} + pix" if g.N > 1 else f"off = oc * {P} + pix")
+    idx = px.out_index
+    e.line(f"off = {px.out_offset}")
+    inside = _all(e, *px.store)
     e.overrides[op.result.name] = (idx, Var(acc, op.result.type.dtype, "tl.float32"))
     e.flat = (idx, out_shape, "off")  # a residual of the output's shape reads at the same offset
     for j, v in enumerate(body.outputs):
         if shape_of(v) != out_shape:
             raise NotImplementedError(f"conv kernel output %{v.name} is not on the conv's result")
         e.store(f"out{j}", v, idx, inside, offset="off")
-    text = one_kernel_module(name, ins + outs, e.lines, f"({g.N * tiles_c * tiles_hw},)",
-                             {"BLOCK_C": bc, "BLOCK_HW": bhw}, {"num_warps": warps, "num_stages": stages})
+    consts = {"BLOCK_C": tile.c, "BLOCK_H": tile.h, "BLOCK_W": tile.w} if tile.w else \
+        {"BLOCK_C": tile.c, "BLOCK_HW": tile.hw}
+    text = one_kernel_module(name, ins + outs, e.lines, f"({programs(g, s)},)", consts,
+                             {"num_warps": warps, "num_stages": stages})
     return KernelSource(name, text, (("num_stages", stages), ("num_warps", warps)), s)
