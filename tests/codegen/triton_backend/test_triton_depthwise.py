@@ -266,9 +266,10 @@ def test_every_rows_by_columns_tile_of_a_7x7():
 def test_rows_by_columns_clamp_default_and_code():
     convnext = [ConvGeometry(32, c, hw, hw, c, 7, 7, hw, hw, (1, 1), (3, 3), (1, 1), c)
                 for c, hw in ((96, 56), (192, 28), (384, 14), (768, 7))]
-    tiles = [(s["BLOCK_C"], s["BLOCK_HW"] // s["BLOCK_W"], s["BLOCK_W"], s["num_warps"])
+    # the H200 sweep's best on ConvNeXt's planes: one channel x 64 pixels, one warp, flat
+    tiles = [(s["BLOCK_C"], s["BLOCK_HW"], s.get("BLOCK_W", 0), s["num_warps"])
              for s in map(depthwise.default_schedule, convnext)]
-    assert tiles == [(1, 8, 64, 2), (1, 16, 32, 2), (1, 16, 16, 1), (4, 8, 8, 1)]
+    assert tiles == [(1, 64, 0, 1)] * 4
     # 3x3s keep the flat default; BLOCK_W 0 and absent are the same (flat) schedule
     mobilenet = ConvGeometry(32, 144, 56, 56, 144, 3, 3, 56, 56, (1, 1), (1, 1), (1, 1), 144)
     assert "BLOCK_W" not in depthwise.default_schedule(mobilenet)

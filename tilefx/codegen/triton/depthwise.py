@@ -181,29 +181,16 @@ def default_schedule(g: ConvGeometry) -> Schedule | None:
     on 14x14, and every such default beat cuDNN's channels-last kernel by 1.4-2.1x (the NCHW
     one by more). Grouped convs with several channels a group were not measured: library.
 
-    Kernels of 5x5 and up take the rows x columns tiling. NOT MEASURED YET: chosen by counting
-    the instructions of the kernel compiled offline for sm_90 (SASS), to be replaced by the
-    sweep. Per output and tap the tiled kernel issues one predicated 2-byte load at base plus
-    an immediate, a convert and an FMA, and no integer work (the flat one at 4 x 128 about as
-    little, once LLVM is done: its limit is the load count too). What is left to choose is the
-    number of load instructions, and each thread also loads its channels' weight every tap:
-    loads per output and tap = (1 + channels / elements a thread) / useful share of the tile.
-    So: one channel a thread, and 8 pixels a thread (an 8-element accumulator: the same
-    ~60 registers as the flat default; 16 elements a thread took 255 and spilled). Columns
-    up to 64 (two 32-lane runs of one row: 64 contiguous bytes of fp16 a warp load), rows up
-    to 512 pixels, a warp per 256 pixels, channels where the plane is smaller than that.
-    ConvNeXt-T: 1 x 8 x 64 at 2 warps on 56x56 (1.29 loads per output-tap; the flat default
-    2.05), 1 x 16 x 32 at 2 warps on 28x28 (1.50), 1 x 16 x 16 at 1 warp on 14x14 (1.24),
-    4 x 8 x 8 at 1 warp on 7x7 (1.89)."""
+    Kernels of 5x5 and up: one channel x 64 pixels at one warp, flat. On the H200 sweep of
+    ConvNeXt-T's 7x7 convs (``benchmarks/results/gpu-schedule-sweep-h200-2026-12-03b.md``) that
+    was the best point on all three planes sampled (117 / 40 / 66 us against 131 / 42 / 71 at
+    4 x 128); the rows x columns default first chosen here from offline instruction counts
+    (1 x 8 x 64 at 2 warps) measured 2x slower inside the model (269 us against 131 on 56x56,
+    ``gpu-models-h200-2026-12-03c.md``), so rows x columns stays in the space for the tuner only."""
     if g.cg != 1:
         return None
     if g.KH * g.KW >= 25:
-        bw = min(64, next_pow2(g.OW))
-        bh = min(next_pow2(g.OH), 512 // bw)
-        warps = max(1, bh * bw // 256)
-        bc = max(1, min(32, 256 * warps // (bh * bw)))
-        return clamp(g, Schedule.of(BLOCK_HW=bh * bw, BLOCK_W=bw, BLOCK_C=bc, num_warps=warps,
-                                    num_stages=1))
+        return clamp(g, Schedule.of(BLOCK_HW=64, BLOCK_C=1, num_warps=1, num_stages=1))
     bhw = 128 if g.pixels >= 784 else 256
     return clamp(g, Schedule.of(BLOCK_HW=bhw, BLOCK_C=4, num_warps=4, num_stages=1))
 
