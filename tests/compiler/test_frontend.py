@@ -117,6 +117,25 @@ def test_slice_scatter_and_copy_into_a_tensor_input():
     check(captured, result, fn, torch.randn(3, 6), torch.randn(3, 3))
 
 
+def test_isinf_lowers_t5s_fp16_clamp():
+    """T5's layers in fp16: ``where(isinf(h).any(), max - 1000, max)`` then a clamp."""
+    def fn(h):
+        big = torch.finfo(torch.float16).max
+        limit = torch.where(torch.isinf(h).any(), big - 1000, big)
+        return torch.clamp(h, min=-limit, max=limit), torch.isinf(h)
+
+    def sample(specials):
+        x = torch.randn(3, 7).half()
+        x[0, 1], x[1, 5] = specials
+        return x
+
+    x = sample((float("inf"), -float("inf")))
+    captured, result = lower(fn, x)
+    assert result.fallbacks == []
+    check(captured, result, fn, x)
+    check(captured, result, fn, sample((1.0, 2.0)))  # no inf: the other branch
+
+
 def test_unlowered_ops_fall_back_to_pytorch_and_are_reported(caplog):
     def fn(x):
         values, indices = torch.topk(torch.cumsum(x, dim=1), 3)

@@ -198,3 +198,14 @@ def _masked_fill(ctx, node, args, kwargs):
     x, mask, value = args
     dtype = ctx.out_type(node).dtype
     return ctx.b.op("where", ctx.cast(mask, DType.bool), ctx.as_value(value, dtype), ctx.cast(x, dtype))
+
+
+@lowers(aten.isinf.default)
+def _isinf(ctx, node, args, kwargs):
+    """``|x| == inf`` (T5 in fp16 clamps its activations when one is infinite: twelve
+    fallbacks without it). ``isnan`` as ``x != x`` is not lowered: TVM's simplifier folds
+    that to false."""
+    x = args[0]
+    if not x.type.dtype.is_float:
+        raise Unsupported(f"isinf on {x.type.dtype.short}")
+    return ctx.b.op("eq", ctx.b.op("abs", x), ctx.scalar(float("inf"), x.type.dtype))
