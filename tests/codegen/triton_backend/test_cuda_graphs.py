@@ -96,16 +96,23 @@ def _stand_in(monkeypatch):
     monkeypatch.setattr(GraphedPlan, "_first_capture", first_capture)
 
 
-def _inputs(n):
-    return [torch.randn(4, 12, generator=torch.Generator().manual_seed(i)) for i in range(n)]
+def _graphed(monkeypatch, n):
+    """The MLP, ``n`` seeded inputs, and a ``GraphedPlan`` of it on the stand-in graph."""
+    _stand_in(monkeypatch)
+    model = _model()
+    xs = [torch.randn(4, 12, generator=torch.Generator().manual_seed(i)) for i in range(n)]
+    compiled, plan = _compiled(model, xs[0])
+    return model, xs, GraphedPlan(plan, CUDA, "mlp")
+
+
+def status_line(graphed):
+    class Holder:
+        _graphed = {0: graphed}
+    return status(Holder())[0]
 
 
 def test_graphed_plan_never_overwrites_an_output_the_caller_holds(monkeypatch):
-    _stand_in(monkeypatch)
-    model = _model()
-    xs = _inputs(5)
-    compiled, plan = _compiled(model, xs[0])
-    graphed = GraphedPlan(plan, CUDA, "mlp")
+    model, xs, graphed = _graphed(monkeypatch, 5)
     with torch.no_grad():
         outs = [graphed.run([x])[0] for x in xs]  # every output kept
         for x, out in zip(xs, outs):  # every call's output is its own, untouched by later calls
@@ -118,18 +125,8 @@ def test_graphed_plan_never_overwrites_an_output_the_caller_holds(monkeypatch):
     assert status_line(graphed) == "cuda graph: 2 replays, 2 eager (outputs of every capture still held)"
 
 
-def status_line(graphed):
-    class Holder:
-        _graphed = {0: graphed}
-    return status(Holder())[0]
-
-
 def test_graphed_plan_in_a_loop_alternates_two_captures_without_copies(monkeypatch):
-    _stand_in(monkeypatch)
-    model = _model()
-    xs = _inputs(7)
-    compiled, plan = _compiled(model, xs[0])
-    graphed = GraphedPlan(plan, CUDA, "mlp")
+    model, xs, graphed = _graphed(monkeypatch, 7)
     ptrs = []
     with torch.no_grad():
         out = None
@@ -143,11 +140,7 @@ def test_graphed_plan_in_a_loop_alternates_two_captures_without_copies(monkeypat
 
 
 def test_a_held_view_keeps_its_capture_busy(monkeypatch):
-    _stand_in(monkeypatch)
-    model = _model()
-    xs = _inputs(4)
-    compiled, plan = _compiled(model, xs[0])
-    graphed = GraphedPlan(plan, CUDA, "mlp")
+    model, xs, graphed = _graphed(monkeypatch, 4)
     with torch.no_grad():
         graphed.run([xs[0]])
         row = graphed.run([xs[1]])[0][1]  # only a view of the output survives

@@ -125,10 +125,14 @@ def _sampled(n: int) -> list[Schedule]:
 @pytest.mark.parametrize("dtype", [F16, BF16])
 @pytest.mark.parametrize("case", [CASES[1], CASES[4], CASES[6]], ids=lambda c: c.id)
 def test_half_precision_every_knob_value(case, dtype):
+    _check_half(case, dtype, _sampled(6))
+
+
+def _check_half(case, dtype, schedules):
     op = _bias_relu(case, dtype)
     x, w, c = (rand(v.type, i + 1) for i, v in enumerate(op.inputs))
     ref = F.relu(case.ref(x, w) + c.float())
-    for s in _sampled(6):
+    for s in schedules:
         (y,) = run(op, [x, w, c], s)
         assert y.dtype == TORCH[dtype]
         close(y, ref, dtype)
@@ -209,11 +213,7 @@ def test_rows_by_columns_on_awkward_shapes(case):
 @pytest.mark.parametrize("case", [TILED[0], TILED[3], TILED[7]], ids=lambda c: c.id)
 def test_rows_by_columns_half_precision(case, dtype):
     """bf16 too: the template has no ``tl.dot``, which the interpreter cannot run in bf16."""
-    op = _bias_relu(case, dtype)
-    x, w, c = (rand(v.type, i + 1) for i, v in enumerate(op.inputs))
-    (y,) = run(op, [x, w, c], TILED_SCHEDULES[1])
-    assert y.dtype == TORCH[dtype]
-    close(y, F.relu(case.ref(x, w) + c.float()), dtype)
+    _check_half(case, dtype, [TILED_SCHEDULES[1]])
 
 
 @pytest.mark.parametrize("dtype", [F32, F16])
