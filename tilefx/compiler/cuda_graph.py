@@ -172,8 +172,7 @@ class GraphedPlan:
     def _add_instance(self) -> Instance:
         graph, outputs = self._record(self._inputs)
         # the instance's own references only (an output listed twice, two outputs on one buffer)
-        instance = Instance(graph, list(outputs), [])
-        instance.held = [storage_uses(t) for t in instance.outputs]
+        instance = Instance(graph, outputs, [storage_uses(t) for t in outputs])
         self._instances.append(instance)
         return instance
 

@@ -78,3 +78,28 @@ def test_a_compile_prebuilds_each_distinct_kernel_once_through_its_own_cache(mon
     assert len(builds) == len(set(builds)) >= 2  # built once each: the checks hit the cache
     assert len(jobs) == len({j.path for j in jobs}) == len(builds)
     assert "prebuild" in compiled.record.seconds
+
+
+def test_prewarm_built_maps_errors_back_to_every_key_of_a_file(monkeypatch):
+    """What the compile's prebuild and the tuner's batches share: builds that raise are left
+    to the caller, the library needs no compile, keys whose code is one file share its verdict."""
+    from types import SimpleNamespace
+
+    from tilefx.codegen.triton import prewarm as prewarm_mod
+
+    seen = []
+    monkeypatch.setattr(prewarm_mod, "prewarm", lambda jobs, **k: seen.extend(jobs) or {
+        "/a.py": "CompilationError: out of resources", "/b.py": ""})
+    monkeypatch.setattr(prewarm_mod, "job_for", lambda built, op, b: built.path)
+
+    def built(path, impl="triton"):
+        return lambda: SimpleNamespace(path=path, schedule={"impl": impl})
+
+    def boom():
+        raise RuntimeError("emit failed")
+
+    errors = prewarm_mod.prewarm_built([("s1", built("/a.py"), None, None), ("s2", built("/a.py"), None, None),
+                                        ("s3", built("/b.py"), None, None), ("lib", built("/l.py", "library"), None, None),
+                                        ("bad", boom, None, None)])
+    assert errors == {"s1": "CompilationError: out of resources", "s2": "CompilationError: out of resources"}
+    assert sorted(seen) == ["/a.py", "/a.py", "/b.py"]

@@ -52,18 +52,10 @@ class TritonBackend(Backend):
         that follow load compiled binaries. The library candidate needs no compile."""
         if not gpu_present() or len(work) < 2:
             return None
-        from tilefx.codegen.triton.prewarm import job_for, prewarm
+        from tilefx.codegen.triton.prewarm import prewarm_built
 
-        jobs, names = [], {}
-        for op, bindings in work:
-            try:
-                built = build(op, bindings)
-            except Exception:  # noqa: BLE001 - the real build reports it
-                continue
-            if (built.schedule or {}).get("impl") != "library":
-                jobs.append(job_for(built, op, symbol_bindings(bindings)))
-                names[built.path] = op.attr("name")
-        return {names[path]: err for path, err in prewarm(jobs).items() if err}
+        return prewarm_built((op.attr("name"), lambda op=op, b=bindings: build(op, b), op, symbol_bindings(bindings))
+                             for op, bindings in work)
 
     def fingerprint(self, op: Op, schedule: Schedule,
                     bindings: Mapping[Any, int] | None = None) -> str:

@@ -132,9 +132,7 @@ def prefers_library(body: Graph, target: Any = None) -> str:
     m, n, k = dims(body)
     if anchor_of(body).inputs[0].type.dtype == DType.float32 and not _tf32():
         return "fp32 without TF32"
-    smallest = HOPPER_CONFIGS[-2]
-    tiles = -(-m // smallest[0]) * -(-n // smallest[1]) * batch_of(body)
-    if tiles < sm_count(target) // 2 and k >= SPLIT_K_DEPTH:
+    if _tiles(body, HOPPER_CONFIGS[-2]) < sm_count(target) // 2 and k >= SPLIT_K_DEPTH:
         return "skinny and deep: split-K"
     if k >= DEEP_K and _waves_used(_tiles(body, HOPPER_CONFIGS[0]), sm_count(target)) < 0.75:
         return "deep K on a part-filled last wave: split-K"
@@ -157,6 +155,7 @@ def _waves_used(tiles: int, sms: int) -> float:
 
 
 def _tiles(body: Graph, config: tuple[int, ...]) -> int:
+    """Output tiles of ``config``'s ``BLOCK_M x BLOCK_N`` (batches that do not fold count)."""
     m, n, _ = dims(body)
     return -(-m // config[0]) * -(-n // config[1]) * batch_of(body)
 
@@ -173,7 +172,7 @@ def default_schedule(body: Graph, target: Any = None) -> Schedule:
     if prefers_library(body, target):
         return Schedule.of(impl="library", EPILOGUE_BLOCK=1024)
     m, n, k = dims(body)
-    sms, batch = sm_count(target), batch_of(body)
+    sms = sm_count(target)
     fp32 = anchor_of(body).inputs[0].type.dtype == DType.float32
     # no tile taller than M; the 16-row GEMV tile only for M <= 16
     fitting = [c for c in HOPPER_CONFIGS if c[0] <= max(16, next_pow2(m)) and (c[0] > 16 or m <= 16)]
@@ -181,7 +180,7 @@ def default_schedule(body: Graph, target: Any = None) -> Schedule:
             _tiles(body, HOPPER_CONFIGS[0]) >= BIG_TILE_WAVES * sms:
         fitting.insert(0, BIG_TILE)
     # half a wave of tiles is enough: larger tiles reuse more of each operand load
-    chosen = next((c for c in fitting if -(-m // c[0]) * -(-n // c[1]) * batch >= sms // 2), fitting[-1])
+    chosen = next((c for c in fitting if _tiles(body, c) >= sms // 2), fitting[-1])
     bm, bn, bk, warps, stages = chosen
     if k % bk and k % 32 == 0:  # K = 96 (ConvNeXt-T, Swin-T): three full 32-steps, no masked half step
         bk = 32

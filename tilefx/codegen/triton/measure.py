@@ -283,22 +283,15 @@ class TritonBuilder:
         there is a ``build_error`` with that error, not compiled a second time."""
         if len(schedules) < 2 or self.fault is not None or interpreting() or device() != "cuda":
             return {}
-        from tilefx.codegen.triton.prewarm import job_for, prewarm
+        from tilefx.codegen.triton.prewarm import prewarm_built
 
         t0 = time.perf_counter()
         bindings = symbol_bindings(workload.bindings_dict())
-        paths = {}
-        for s in schedules:
-            try:
-                built = self.state.kernel(workload, s) if self.launch else _kernel(workload, s)
-            except Exception:  # noqa: BLE001 - _build_one records it
-                continue
-            if (built.schedule or {}).get("impl") != "library":
-                paths[built.path] = (s, job_for(built, workload.kernel, bindings))
-        errors = prewarm([job for _, job in paths.values()], timeout=PREWARM_SECONDS)
+        build = (lambda s: self.state.kernel(workload, s)) if self.launch else (lambda s: _kernel(workload, s))
+        errors = prewarm_built(((s, lambda s=s: build(s), workload.kernel, bindings) for s in schedules),
+                               timeout=PREWARM_SECONDS)
         seconds = (time.perf_counter() - t0) / max(1, len(schedules))
-        return {paths[p][0].to_json(): BuildResult(paths[p][0], "build_error", "", err, seconds)
-                for p, err in errors.items() if err}
+        return {s.to_json(): BuildResult(s, "build_error", "", err, seconds) for s, err in errors.items()}
 
     def _build_one(self, workload: Workload, schedule: Schedule) -> BuildResult:
         t0 = time.perf_counter()

@@ -39,6 +39,7 @@ scale read as a broadcast) stays flat.
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 
@@ -188,6 +189,7 @@ def _run(found: list[tuple[Value, DimMap]], shape: tuple[int, ...], last: int,
     return tuple(run)
 
 
+@functools.lru_cache(maxsize=512)  # per body object: clamp, features and emit each ask, per schedule
 def find_tiling(body: Graph) -> Tiling | None:
     """The tile axes of a body that reads an input transposed; None: the flat mode fits.
     Bodies whose outputs differ in shape (several launches) stay flat."""

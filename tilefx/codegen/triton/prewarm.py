@@ -29,7 +29,7 @@ import os
 import sys
 from concurrent.futures import ProcessPoolExecutor, wait
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 from tilefx import settings
 from tilefx.codegen.workers import worker_context
@@ -57,6 +57,25 @@ def job_for(built: Any, kernel_op: Any, bindings: Any = None) -> PrewarmJob:
                          for d in v.type.shape) for v in values)
     dtypes = tuple(str(torch_dtype(v.type.dtype)).removeprefix("torch.") for v in values)
     return PrewarmJob(built.path, shapes, dtypes)
+
+
+def prewarm_built(entries: Iterable[tuple[Any, Callable[[], Any], Any, Any]],
+                  timeout: float = 600.0) -> dict[Any, str]:
+    """Build each ``(key, build, kernel_op, bindings)`` (``build()`` gives the ``BuiltKernel``)
+    and compile them side by side; key -> error for those that failed to compile. Builds
+    that raise are skipped (the caller's own build reports them); the library candidate
+    has nothing to compile; keys whose code is one file share its verdict."""
+    keys: dict[str, list[Any]] = {}
+    jobs = []
+    for key, build, kernel_op, bindings in entries:
+        try:
+            built = build()
+        except Exception:  # noqa: BLE001 - the caller's build reports it
+            continue
+        if (built.schedule or {}).get("impl") != "library":
+            keys.setdefault(built.path, []).append(key)
+            jobs.append(job_for(built, kernel_op, bindings))
+    return {key: err for path, err in prewarm(jobs, timeout=timeout).items() if err for key in keys[path]}
 
 
 def prewarm(jobs: Sequence[PrewarmJob], workers: int | None = None,
