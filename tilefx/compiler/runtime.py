@@ -9,7 +9,9 @@ signature (the symbolic dims bound to sizes) ``CompiledGraph`` makes an ``Execut
 - a ``kernel`` op becomes a call of its built kernel in destination-passing
   style (``fn(*inputs, *outputs)``) into preallocated buffers;
 - a ``fallback`` op runs its PyTorch op (``interpreter.run_fallback``);
-- a ``reshape`` is a free view of its input;
+- a ``reshape`` is a free view of its input, and so is a step-1 ``slice`` the graph
+  returns (fusion leaves only those at the top level: GPT-2's logits sliced back from
+  their padded columns are handed out as a strided view, as eager would);
 - a ``cast`` of a constant (a bf16 weight, held as f32 in the IR: numpy has no
   bfloat16) is cast once with the constants, and the f32 copy is dropped;
 - anything else left at the top level (e.g. with fusion turned off) runs in the
@@ -157,6 +159,25 @@ class ViewStep:
 
 
 @dataclass(frozen=True, slots=True)
+class NarrowStep:
+    """A graph output that is a slice of another value: a strided view, as eager returns."""
+    source: int
+    target: int
+    axis: int
+    start: int
+    length: int
+
+    def __call__(self, env: list) -> None:
+        env[self.target] = env[self.source].narrow(self.axis, self.start, self.length)
+
+
+def is_output_slice(op: Op) -> bool:
+    """A top-level step-1 slice (fusion leaves only those a graph returns there): a view."""
+    return op.name == "slice" and op.attr("step") == 1 and isinstance(op.attr("start"), int) \
+        and op.attr("start") >= 0
+
+
+@dataclass(frozen=True, slots=True)
 class FallbackStep:
     op: Op
     inputs: tuple[int, ...]
@@ -264,7 +285,7 @@ def plan_graph(graph: Graph, bindings: Mapping[sympy.Symbol, int], kernels: Mapp
             for r in op.results:
                 roots[r.name] = frozenset({r.name})
                 kernel_results[r.name] = r
-        elif op.name == "reshape":
+        elif op.name == "reshape" or is_output_slice(op):
             roots[op.result.name] = roots[op.inputs[0].name]
         else:
             shared = frozenset().union(*(roots[v.name] for v in op.inputs))
@@ -327,6 +348,10 @@ def plan_graph(graph: Graph, bindings: Mapping[sympy.Symbol, int], kernels: Mapp
             view_of[slot(op.result)] = view_of.get(slot(op.inputs[0]), slot(op.inputs[0]))
             steps.append(ViewStep(slot(op.inputs[0]), slot(op.result),
                                   concrete_shape(op.result.type, bindings)))
+        elif is_output_slice(op):
+            axis = op.attr("axis") % op.result.type.rank
+            steps.append(NarrowStep(slot(op.inputs[0]), slot(op.result), axis, op.attr("start"),
+                                    concrete_shape(op.result.type, bindings)[axis]))
         elif op.name == "fallback":
             steps.append(FallbackStep(op, tuple(slot(v) for v in op.inputs),
                                       tuple(slot(r) for r in op.results)))

@@ -31,6 +31,9 @@ A merge that would create a cycle (a group reading, through an op outside it,
 a value it produces) is refused. A ``reshape`` left at the end of a group is
 peeled off to the top level, where the runtime makes it a free view.
 
+A step-1 ``slice`` that only the graph returns stays at the top level too: the
+runtime hands out a strided view of its input, as eager does.
+
 A ``cast`` of a named constant stays at the top level, fused into nothing: it is
 how a bf16 weight is held (numpy has no bfloat16, so the frontend and constant
 folding keep ``cast(const f32 -> bf16)``), and the runtime casts it once when it
@@ -39,7 +42,7 @@ fp16 ones (a kernel per weight cast, or a reduction exporting a cast parameter),
 and kernels would read f32 weights on every call.
 
 After fusion the top level holds only ``const``, ``kernel``, ``fallback``,
-standalone ``reshape`` and constant ``cast`` ops. A kernel's ``body`` is the
+standalone ``reshape``, output ``slice`` and constant ``cast`` ops. A kernel's ``body`` is the
 subgraph: its inputs bind to the kernel's inputs (outside values, constants
 included), its outputs are the kernel's results; value names are kept from the graph. Rank-0 scalar
 constants are copied into the body rather than passed in. ``kind`` is
@@ -241,9 +244,17 @@ class _Fuser:
         j = self.producer.get(op.inputs[0].name)
         return j is not None and self.ops[j].name == "const" and self.ops[j].attr("name") is not None
 
+    def output_slice(self, op: Op) -> bool:
+        """A step-1 ``slice`` that only the graph returns: the runtime hands out a strided view of
+        its input (as eager's ``x[..., :n]`` does) instead of a kernel copying it (GPT-2's logits
+        sliced back from their padded columns: a 216 us copy on an H200)."""
+        start = op.attr("start")
+        return (op.name == "slice" and op.attr("step") == 1 and isinstance(start, int) and start >= 0
+                and op.result.name in self.outputs and not self.users.get(op.result.name))
+
     def visit(self, i: int) -> None:
         op = self.ops[i]
-        if op.name in TOP_LEVEL_OPS or self.constant_cast(op):
+        if op.name in TOP_LEVEL_OPS or self.constant_cast(op) or self.output_slice(op):
             self.new_group(i, fusible=False)
             return
         category = get_op(op.name).category

@@ -24,6 +24,7 @@ from tilefx.passes.packing import PackFactor, PackingLog, pack_weights
 from tilefx.passes.pad_columns import pad_columns
 from tilefx.passes.permute import PermutationLog, permute_channels
 from tilefx.passes.prune import prune_weights
+from tilefx.passes.sink_reshapes import sink_reshapes
 from tilefx.passes.sparsity import SparseChooser, mark_sparse_kernels, sparsify
 from tilefx.passes.split_reduction import split_reduction
 
@@ -82,6 +83,7 @@ def pipeline(options: PassOptions | None = None) -> list[GraphPass]:
         sparsify.bind(chooser=o.sparse_chooser) if o.sparsity else None,  # sparse weights -> bsr_matmul
         pad_columns if o.pad_columns else None,                         # W[K, N] -> W[K, 8k], then slice
         split_reduction,                                                # any/max of 2M -> of 1024 partial rows
+        sink_reshapes,                                                  # gelu(view(mm)) -> view(gelu(mm))
         cse,                                                            # equal ops and equal weights once
         dce,                                                            # unused ops and weights dropped
         fuse.bind(advisor=o.fusion_advisor) if o.fuse else None,        # ops -> kernel ops
