@@ -198,3 +198,44 @@ def test_sliced_mask_joins_the_matmul_epilogue() -> None:
     keep = b.op("slice", b.op("slice", mask, axis=0, start=0, end=4), axis=1, start=0, end=4)
     out = fused(b.finish([b.op("where", keep, s, b.scalar(-1e4, F32))]))
     assert kernel_summary(out) == [("contraction", ["permute", "matmul", "slice", "slice", "where"])]
+
+
+def _kept_whole(graph):
+    out = optimize(graph, PassOptions(decompose_attention=False, verify=True))
+    assert_fused_top_level(out)
+    assert_same(graph, out, atol=1e-4, rtol=1e-4)
+    return out
+
+
+def test_attention_kept_whole_reads_the_qkv_head_split_in_place() -> None:
+    """GPT-2: q, k, v are column slices of one projection, split into heads. The attention
+    kernel reads them through the slices (no three copies), and the GELU after a flattened
+    matmul's reshape joins the matmul (reshapes sink below elementwise ops)."""
+    b = GraphBuilder("gpt")
+    x = b.input(TensorType(F32, (2, 5, 16)), "x")
+    qkv = b.op("reshape", b.op("add", b.op("matmul", b.op("reshape", x, shape=(10, 16)),
+                                           b.const(weights(16, 48), "c_attn.weight")),
+                               b.const(weights(48, seed=1), "c_attn.bias")), shape=(2, 5, 48))
+    heads = [b.op("permute", b.op("reshape", b.op("slice", qkv, axis=2, start=16 * p, end=16 * p + 16, step=1),
+                                  shape=(2, 5, 2, 8)), dims=(0, 2, 1, 3)) for p in range(3)]
+    a = b.op("reshape", b.op("permute", b.op("attention", *heads, causal=True), dims=(0, 2, 1, 3)), shape=(10, 16))
+    h = b.op("reshape", b.op("matmul", a, b.const(weights(16, 32, seed=2), "fc.weight")), shape=(2, 5, 32))
+    g = b.op("mul", b.op("tanh", h), b.scalar(0.5, F32))
+    out = _kept_whole(b.finish([g]))
+    assert kernel_summary(out) == [("contraction", ["matmul", "add"]),
+                                   ("contraction", ["slice", "reshape", "permute"] * 3 + ["attention"]),
+                                   ("contraction", ["permute", "reshape", "matmul", "tanh", "mul"])]
+
+
+def test_attention_kept_whole_reads_repeated_kv_heads_in_place() -> None:
+    """Llama's GQA repeats 1 KV head for 2 query heads (reshape + broadcast_to + reshape): the
+    attention reads the repeated heads in place instead of a kernel writing them out."""
+    b = GraphBuilder("gqa")
+    q = b.input(TensorType(F32, (2, 2, 5, 8)), "q")
+    k, v = (b.input(TensorType(F32, (2, 1, 7, 8)), n) for n in ("k", "v"))
+    rep = [b.op("reshape", b.op("broadcast_to", b.op("reshape", t, shape=(2, 1, 1, 7, 8)), shape=(2, 1, 2, 7, 8)),
+                shape=(2, 2, 7, 8)) for t in (b.op("relu", k), v)]
+    out = _kept_whole(b.finish([b.op("attention", q, *rep)]))
+    summary = kernel_summary(out)
+    assert summary[-1][0] == "contraction" and summary[-1][1].count("broadcast_to") == 2, summary
+    assert all("broadcast_to" not in ops for _, ops in summary[:-1]), summary

@@ -56,6 +56,7 @@ class PassDefaults:
     sparsity: bool               # block-sparse kernels exist for this target
     fusion_advisor: bool         # the learned latency model can vet fusions (opt-in)
     pad_columns: bool            # matmuls with unaligned rows (N % 8 != 0) are several times slower
+    channels_last: bool = False  # conv regions in NHWC (the library's tensor-core convs want it)
 
 
 class KernelFn(Protocol):

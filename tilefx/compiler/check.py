@@ -266,7 +266,8 @@ def run_check(op: Op, bindings: Mapping[Any, int], built: Any, target: Target) -
             # reference a kernel may then err as much as float32 rounding does: 4x the
             # float32 reference's largest error on that output, never more.
             inputs, wide_out = reference_run(op, names)
-            slack = [4 * float((w32.double() - w64).abs().nan_to_num(0.0).max())
+            # the float32 reference was computed on the GPU, the float64 one on the host
+            slack = [4 * float((w32.double().cpu() - w64.cpu()).abs().nan_to_num(0.0).max())
                      if w32.is_floating_point() and w32.numel() else None
                      for w32, w64 in zip(want, wide_out)]
             status, why = _run_and_compare(built, inputs, narrow(op, wide_out), dtypes, device,

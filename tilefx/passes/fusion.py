@@ -48,7 +48,9 @@ included), its outputs are the kernel's results; value names are kept from the g
 constants are copied into the body rather than passed in. ``kind`` is
 ``contraction`` if the group has a matmul/conv2d, else ``reduction`` if it has a
 reduction-category op, else ``pointwise``. An ``attention`` op that was not
-decomposed becomes a kernel of its own, kind ``contraction``.
+decomposed becomes a kernel of its own, kind ``contraction``, with the
+injective-only producer groups nothing else reads as its prologue (the head
+split of a QKV projection): nothing joins it after.
 
 An optional *advisor* (``fuse.bind(advisor=...)``, ``PassOptions.fusion_advisor``)
 is asked at each merge that puts an epilogue or prologue into a contraction or
@@ -87,7 +89,7 @@ class FusionAdvisor(Protocol):
 
 
 # How an op joins the groups of its producers: op category -> rule (a ``join_*``
-# method below). Opaque compute (an ``attention`` left whole) is "alone".
+# method below). Other opaque compute is "alone".
 JOIN_RULES: dict[Category, str] = {
     Category.elementwise: "epilogue_or_pointwise",
     Category.broadcast: "epilogue_or_pointwise",
@@ -95,7 +97,9 @@ JOIN_RULES: dict[Category, str] = {
     Category.reduction: "prologue",
     Category.contraction: "injective_prologue",
 }
-JOIN_BY_NAME: dict[str, str] = {"reshape": "view"}
+JOIN_BY_NAME: dict[str, str] = {"reshape": "view", "attention": "attention"}
+CHANNELS_LAST = ((0, 2, 3, 1), (0, 3, 1, 2))  # NCHW -> NHWC, NHWC -> NCHW
+DATA_MOVEMENT = frozenset({"broadcast_to"})  # not injective, but moves data only: a prologue may read it
 ANCHORS: dict[Category, str] = {Category.reduction: "reduction", Category.contraction: "contraction"}
 
 
@@ -259,10 +263,14 @@ class _Fuser:
             return
         category = get_op(op.name).category
         rule = JOIN_BY_NAME.get(op.name) or JOIN_RULES.get(category, "alone")
+        if op.name == "permute" and tuple(op.attr("dims")) in CHANNELS_LAST:
+            rule = "channels_last"
+        if op.name == "broadcast_to" and self.only_attention_reads(op.result.name):
+            rule = "own_group"  # GQA's repeated KV heads: the attention reads them in place
         group = getattr(self, f"join_{rule}")(i)
         if category in ANCHORS:
             group.anchor, group.anchor_shape = ANCHORS[category], op.results[0].type.shape
-        if category != Category.injective:
+        if category != Category.injective and op.name not in DATA_MOVEMENT:
             group.injective_only = False
 
     def pointwise_inputs(self, i: int) -> list[int]:
@@ -298,6 +306,46 @@ class _Fuser:
     def join_injective_prologue(self, i: int) -> _Group:
         chosen = self.acyclic(i, self.injective_inputs(i))
         return (self.merge(i, chosen) if self.advised(i, chosen) else None) or self.new_group(i)
+
+    def join_channels_last(self, i: int) -> _Group:
+        """The permutes of a channels-last region (passes/channels_last.py) stay with their conv:
+        NCHW -> NHWC of a conv's result is its epilogue (stored NHWC; the epilogue's shape is NHWC
+        from there), NHWC -> NCHW of a conv's input its prologue (cuDNN reads the view as
+        channels-last), never a transposing store of the pointwise kernel before it."""
+        op = self.ops[i]
+        readers = self.users.get(op.result.name, [])
+        if op.attr("dims") == CHANNELS_LAST[1]:
+            if len(readers) == 1 and self.ops[readers[0]].name == "conv2d" \
+                    and op.result.name not in self.outputs:
+                return self.new_group(i)  # the conv takes it in as its prologue
+            return self.join_pointwise(i)
+        j = self.producer.get(op.inputs[0].name)
+        if j is not None and self.ops[j].name == "conv2d":
+            g = self.groups[self.group_of[j]]
+            if g.fusible and not g.sealed and _same_shape(op.inputs[0].type.shape, g.anchor_shape):
+                merged = self.merge(i, [g.gid])
+                if merged is not None:
+                    merged.anchor_shape = op.result.type.shape
+                    return merged
+        return self.join_pointwise(i)
+
+    def only_attention_reads(self, name: str) -> bool:
+        """Whether every reader of ``name`` is an ``attention`` (through reshapes)."""
+        readers = [self.ops[u] for u in self.users.get(name, ())]
+        return bool(readers) and name not in self.outputs and all(
+            r.name == "attention" or (r.name == "reshape" and self.only_attention_reads(r.result.name))
+            for r in readers)
+
+    def join_own_group(self, i: int) -> _Group:
+        return self.new_group(i)
+
+    def join_attention(self, i: int) -> _Group:
+        """An ``attention`` left whole reads its q, k, v through the data movement that made
+        them (GPT-2's head split ``slice+reshape+permute`` of the QKV projection, Llama's KV
+        heads repeated for GQA): no copy of each. Nothing joins it after."""
+        group = self.join_injective_prologue(i)
+        group.anchor, group.sealed = "contraction", True
+        return group
 
     def join_alone(self, i: int) -> _Group:
         return self.new_group(i, anchor="contraction", sealed=True)

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from tilefx.ir.graph import Graph
 from tilefx.passes.block_quant import BlockQuant, QuantLog, block_quantize
 from tilefx.passes.canonicalize import canonicalize
+from tilefx.passes.channels_last import channels_last
 from tilefx.passes.cleanup import cse, dce
 from tilefx.passes.fold import fold_batch_norm, fold_constants
 from tilefx.passes.fusion import FusionAdvisor, fuse
@@ -66,6 +67,8 @@ class PassOptions:
     fusion_advisor: FusionAdvisor | None = None  # .should_fuse(fused, separate); None: rules only
     pad_columns: bool = False   # constant matmul weights padded to 8k columns, result sliced (exact;
     #                             the compiler turns it on where the backend's matmul wants aligned rows)
+    channels_last: bool = False  # fp16/bf16 conv regions in NHWC, NCHW at their edges (exact; the
+    #                              compiler turns it on where the backend's convs want NHWC: cuda)
 
 
 def pipeline(options: PassOptions | None = None) -> list[GraphPass]:
@@ -81,6 +84,7 @@ def pipeline(options: PassOptions | None = None) -> list[GraphPass]:
         if o.quantize is not None else None,
         permute_channels.bind(report=o.permute_log) if o.sparsity and o.permute else None,  # fewer blocks
         sparsify.bind(chooser=o.sparse_chooser) if o.sparsity else None,  # sparse weights -> bsr_matmul
+        channels_last if o.channels_last else None,                     # conv regions NHWC, NCHW at edges
         pad_columns if o.pad_columns else None,                         # W[K, N] -> W[K, 8k], then slice
         split_reduction,                                                # any/max of 2M -> of 1024 partial rows
         sink_reshapes,                                                  # gelu(view(mm)) -> view(gelu(mm))

@@ -10,8 +10,9 @@ model) that the matmul's epilogue does for free.
 
 The rule, for an elementwise op whose every input is either a ``reshape`` of a
 value of one shape ``S`` to the op's result shape, or a one-element value (a
-scalar) of rank <= len(S): compute the op on the ``S``-shaped values and
-reshape its result instead. It is exact (elementwise ops do not care about
+scalar) of rank <= len(S), or a vector along the last axis that ``S`` shares (a
+bias row): compute the op on the ``S``-shaped values and reshape its result
+instead. It is exact (elementwise ops do not care about
 shape) and composes: a diamond such as tanh-GELU (``x`` read by three ops)
 sinks op by op, and the reshape that follows it merges with the one below.
 Inputs of any other shape (a residual ``[B, L, N]``) leave the op alone: the
@@ -34,6 +35,12 @@ def _numel_one(v: Value) -> bool:
     return all(isinstance(d, int) and d == 1 for d in v.type.shape)
 
 
+def _row(v: Value, shape: tuple) -> bool:
+    """A vector along the last axis of ``shape`` (a bias row): it broadcasts the same way in
+    any shape with that last axis."""
+    return v.type.rank == 1 and len(shape) > 0 and v.type.shape[0] == shape[-1] and not _numel_one(v)
+
+
 def sink_reshape(rw: PatternRewriter, op: Op) -> Value | None:
     if op.name == "reshape" or len(op.results) != 1 or get_op(op.name).category not in POINTWISE:
         return None
@@ -48,12 +55,13 @@ def sink_reshape(rw: PatternRewriter, op: Op) -> Value | None:
                 return None
             source_shape = src.type.shape
             inputs.append(src)
-        elif _numel_one(v):
+        elif _numel_one(v) or _row(v, out_shape):
             inputs.append(v)
         else:
             return None
     if source_shape is None or source_shape == out_shape or any(
-            v.type.rank > len(source_shape) for v in inputs):
+            v.type.rank > len(source_shape) for v in inputs) or any(
+            _row(v, out_shape) and not _row(v, source_shape) for v in inputs):
         return None
     # every input is S-shaped or a scalar of rank <= len(S), so the result is S-shaped
     moved = rw.op(op.name, *inputs, hint=op.result.name, **dict(op.attrs))

@@ -288,3 +288,38 @@ def test_matmul_epilogue_loads_mask_only_the_dims_they_index():
         assert "mask=" in residual and "offs_m" in src.split("tl.store")[1]
         x, w, c, r = (rand(v.type, i) for i, v in enumerate(op.inputs))
         close(run(op, [x, w, c, r], SMALL_MM)[0], torch.relu(x @ w + c) + r)
+
+
+def _split_heads(b, qkv, part, heads, d):
+    """GPT-2's head split inside the kernel: columns [part*H*D, (part+1)*H*D) of the QKV
+    projection, as [B, H, L, D] (slice + reshape + permute, the attention's prologue)."""
+    bsz, length, _ = qkv.type.shape
+    s = b.op("slice", qkv, axis=2, start=part * heads * d, end=(part + 1) * heads * d, step=1)
+    return b.op("permute", b.op("reshape", s, shape=(bsz, length, heads, d)), dims=(0, 2, 1, 3))
+
+
+@pytest.mark.parametrize("impl", ["triton", "library"])
+@pytest.mark.parametrize("causal", [False, True], ids=["full", "causal"])
+@pytest.mark.parametrize("dtype", [DType.float32, F16])
+def test_attention_reads_heads_split_from_the_qkv_projection(impl, causal, dtype):
+    heads, d, length = 3, 16, 37
+    op = kernel_op("contraction", [t(dtype, 2, length, 3 * heads * d)], lambda b, qkv: b.op(
+        "attention", *(_split_heads(b, qkv, p, heads, d) for p in range(3)), causal=causal))
+    (qkv,) = (rand(v.type, 3) for v in op.inputs)
+    q, k, v = (qkv.float().reshape(2, length, 3, heads, d)[:, :, p].permute(0, 2, 1, 3) for p in range(3))
+    close(run(op, [qkv], Schedule.of(impl=impl))[0], _attention_ref(q, k, v, causal), dtype)
+
+
+@pytest.mark.parametrize("impl", ["triton", "library"])
+def test_attention_reads_repeated_kv_heads_in_place(impl):
+    """Llama's GQA: 2 KV heads repeated for 6 query heads (reshape + broadcast_to + reshape),
+    read by the attention kernel itself rather than copied out 3x first."""
+    def repeat(b, x):
+        y = b.op("reshape", x, shape=(2, 2, 1, 23, 16))
+        return b.op("reshape", b.op("broadcast_to", y, shape=(2, 2, 3, 23, 16)), shape=(2, 6, 23, 16))
+
+    op = kernel_op("contraction", [t(F16, 2, 6, 19, 16), t(F16, 2, 2, 23, 16), t(F16, 2, 2, 23, 16)],
+                   lambda b, q, k, v: b.op("attention", q, repeat(b, k), repeat(b, v), causal=False))
+    q, k, v = (rand(x.type, i) for i, x in enumerate(op.inputs))
+    want = _attention_ref(q, k.repeat_interleave(3, 1), v.repeat_interleave(3, 1), False)
+    close(run(op, [q, k, v], Schedule.of(impl=impl))[0], want, F16)

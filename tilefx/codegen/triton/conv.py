@@ -144,6 +144,36 @@ def _window(o: str, stride: int, pad: int, kk: str, dilation: int) -> str:
     return f"{expr} - {pad}" if pad else expr
 
 
+def _literal_or_tmp(e: Emitter, expr: str, prefix: str) -> str:
+    return expr if expr.lstrip("-").isdigit() else e.tmp(expr, prefix)
+
+
+def _bounds(coords: tuple[tuple[str, int], ...]) -> str | None:
+    """The in-bounds mask of input coordinates. A coordinate that is a literal (a 1x1 kernel on
+    a 1-pixel output) is decided here: a Python bool in a mask breaks Triton's type rules."""
+    terms = []
+    for c, size in coords:
+        try:
+            value = int(c)
+        except ValueError:
+            terms.append(f"({c} >= 0) & ({c} < {size})")
+            continue
+        if not 0 <= value < size:
+            return "(ak < 0)"  # never in bounds: all padding
+    return " & ".join(terms) or None
+
+
+def _channels_last_values(body: Graph, op: Op) -> set[str]:
+    """Values of the epilogue computed from ``permute(conv, (0, 2, 3, 1))``: stored NHWC."""
+    out: set[str] = set()
+    for b in body.ops:
+        if b.name == "permute" and tuple(b.attr("dims")) == (0, 2, 3, 1) and b.inputs[0].name == op.result.name:
+            out.add(b.result.name)
+        elif any(v.name in out for v in b.inputs):
+            out.update(r.name for r in b.results)
+    return out
+
+
 def implicit_gemm(body: Graph, name: str, op: Op, schedule: Schedule) -> KernelSource:
     x, w = op.inputs
     N, C, H, W = shape_of(x)
@@ -169,10 +199,10 @@ def implicit_gemm(body: Graph, name: str, op: Op, schedule: Schedule) -> KernelS
         e.line("bk = k0 + tl.arange(0, BLOCK_K)[:, None]")
         ac, akh, akw = delinearize(e, "ak", (C, KH, KW))
         bc, bkh, bkw = delinearize(e, "bk", (C, KH, KW))
-        ih = e.tmp(_window(oh, sh, ph, akh, dh), "ih")
-        iw = e.tmp(_window(ow, sw, pw, akw, dw), "iw")
+        ih, iw = (_literal_or_tmp(e, _window(o, st, p, kk, d), nm) for o, st, p, kk, d, nm in
+                  ((oh, sh, ph, akh, dh, "ih"), (ow, sw, pw, akw, dw, "iw")))
         kcond = [f"ak < {k}", f"bk < {k}"] if k % bk else [None, None]
-        bounds = f"({ih} >= 0) & ({ih} < {H}) & ({iw} >= 0) & ({iw} < {W})"
+        bounds = _bounds(((ih, H), (iw, W)))
         amask = _all(e, mmask, kcond[0], bounds)
         bmask = _all(e, kcond[1], nmask)
         av = e.value_at(x, (on, ac, ih, iw), amask)
@@ -187,10 +217,15 @@ def implicit_gemm(body: Graph, name: str, op: Op, schedule: Schedule) -> KernelS
     if mask is not None:  # the epilogue only stores: a bias column needs no pixel mask
         e.mask_parts[mask] = ((mmask, "offs_m"), (nmask, "offs_n"))
     e.overrides[op.result.name] = (idx, Var(acc, op.result.type.dtype, "tl.float32"))
+    channels_last = _channels_last_values(body, op)
     for j, v in enumerate(body.outputs):
-        if shape_of(v) != out_shape:
+        if v.name in channels_last:  # a channels-last region (passes/channels_last.py): rows of channels
+            at = (on, oh, ow, "offs_n")
+        elif shape_of(v) == out_shape:
+            at = idx
+        else:
             raise NotImplementedError(f"conv kernel output %{v.name} is not on the conv's result")
-        e.store(f"out{j}", v, idx, mask, zero=None if m > 1 and n > 1 else "(offs_m * 0 + offs_n * 0)")
+        e.store(f"out{j}", v, at, mask, zero=None if m > 1 and n > 1 else "(offs_m * 0 + offs_n * 0)")
     text = one_kernel_module(name, ins + outs, e.lines, f"({tm * tn},)",
                              {"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk},
                              {"num_warps": warps, "num_stages": stages})

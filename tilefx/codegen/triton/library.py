@@ -9,7 +9,7 @@ the library's result as one more input; with no epilogue the library writes the
 output directly.
 
 The anchor's operands may be kernel inputs or ``permute``/``reshape``/
-``broadcast_to`` chains of them (emitted as torch view calls); anything else
+``broadcast_to``/``slice`` chains of them (emitted as torch view calls); anything else
 in front of the anchor raises ``NotImplementedError`` (use the Triton template).
 """
 
@@ -32,12 +32,16 @@ def operand_expr(body: Graph, v: Value, args: dict[str, str]) -> str:
     if v.name in args:
         return args[v.name]
     op = body.producers().get(v.name)
-    if op is None or op.name not in ("permute", "reshape", "broadcast_to"):
+    if op is None or op.name not in ("permute", "reshape", "broadcast_to", "slice"):
         raise NotImplementedError(f"library candidate: operand %{v.name} is made by "
                                   f"{op.name if op else '?'}, not a view of a kernel input")
     inner = operand_expr(body, op.inputs[0], args)
     if op.name == "permute":
         return f"{inner}.permute{tuple(op.attr('dims'))}"
+    if op.name == "slice":  # GPT-2's q, k, v: column ranges of the QKV projection
+        axis = op.attr("axis") % op.inputs[0].type.rank
+        index = ", ".join([":"] * axis + [f"{op.attr('start')}:{op.attr('end')}:{op.attr('step')}"])
+        return f"{inner}[{index}]"
     method = "reshape" if op.name == "reshape" else "expand"
     return f"{inner}.{method}{tuple(shape_of(op.result))}"
 
@@ -76,13 +80,27 @@ def emit(body: Graph, name: str, anchor: Op, call: AnchorCall, schedule: Schedul
         else:
             launch.append(f"    {outs[0]}.copy_({result})")
     else:
-        epi = Graph(f"{name}_epilogue", body.inputs + (anchor.result,), tuple(rest), body.outputs, {})
+        value, rest, result = _fold_result_permute(anchor, rest, result, body.outputs)
+        epi = Graph(f"{name}_epilogue", body.inputs + (value,), tuple(rest), body.outputs, {})
         block = schedule.get("EPILOGUE_BLOCK", 1024)
         src = pointwise.emit(epi, f"{name}_epilogue", Schedule.of(BLOCK=block, num_warps=4))
         text = src.text.replace(HEADER, "").replace("def launch(", f"def {name}_epilogue_launch(")
         lines.append(text)
-        launch.append(f"    r = {result}.contiguous()  # the epilogue reads it row-major")
+        # the epilogue reads it row-major: free for a row-major result (or a channels-last conv's
+        # result seen through its NHWC permute), a copy otherwise
+        launch.append(f"    r = {result}.contiguous()")
         launch.append(f"    {name}_epilogue_launch({', '.join(ins)}, r, {', '.join(outs)})")
         meta += src.meta
     return KernelSource(name, "\n".join(lines + launch) + "\n", meta,
                         Schedule.of(impl="library", EPILOGUE_BLOCK=schedule.get("EPILOGUE_BLOCK", 1024)))
+
+
+def _fold_result_permute(anchor: Op, rest: list[Op], result: str, outputs: tuple[Value, ...]) -> tuple[Value, list[Op], str]:
+    """When a ``permute`` is the only reader of the anchor's result, the epilogue reads the
+    library's result through that permute as a torch view: a channels-last region's conv
+    (passes/channels_last.py) gets cuDNN's NHWC output as is, with no transpose."""
+    readers = [op for op in rest if anchor.result in op.inputs]
+    if len(readers) != 1 or readers[0].name != "permute" or anchor.result in outputs:
+        return anchor.result, rest, result
+    perm = readers[0]
+    return perm.result, [op for op in rest if op is not perm], f"{result}.permute{tuple(perm.attr('dims'))}"

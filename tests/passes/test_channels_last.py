@@ -1,0 +1,93 @@
+"""Channels-last regions: exact, NHWC between convs, NCHW only at the region's edges, cuda only."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from tests.passes.passes_testing import assert_same
+from tilefx.ir.builder import GraphBuilder
+from tilefx.ir.graph import Graph
+from tilefx.ir.types import DType, TensorType
+from tilefx.passes import PassOptions, kernels, optimize
+from tilefx.passes.channels_last import channels_last
+
+F16 = DType.float16
+
+
+def _conv(b, rng, x, c, o, k, stride=1, padding=0, dtype=F16):
+    w = b.const(rng.standard_normal((o, c, k, k)).astype(np.float32).astype(dtype.numpy_name) * 0.3)
+    y = b.op("conv2d", x, w, stride=(stride, stride), padding=(padding, padding), dilation=(1, 1), groups=1)
+    return b.op("add", y, b.const(rng.standard_normal((o, 1, 1)).astype(dtype.numpy_name)))
+
+
+def bottleneck(n=2, c=6, h=7, mid=5, out=11, stride=2, pool=True, dtype=F16) -> Graph:
+    """A ResNet bottleneck with a downsampling shortcut, after a max-pooled stem and before a
+    global average pool: awkward sizes (7x7 pixels, 5 and 11 channels, stride 2)."""
+    rng = np.random.default_rng(0)
+    b = GraphBuilder("bottleneck")
+    x = b.input(TensorType(dtype, (n, 3, 2 * h, 2 * h)), "x")
+    s = b.op("relu", _conv(b, rng, x, 3, c, 3, padding=1, dtype=dtype))
+    if pool:
+        s = b.op("max_pool2d", s, kernel=(2, 2), stride=(2, 2))
+    t = b.op("relu", _conv(b, rng, s, c, mid, 1, dtype=dtype))
+    t = b.op("relu", _conv(b, rng, t, mid, mid, 3, stride=stride, padding=1, dtype=dtype))
+    t = _conv(b, rng, t, mid, out, 1, dtype=dtype)
+    y = b.op("relu", b.op("add", t, _conv(b, rng, s, c, out, 1, stride=stride, dtype=dtype)))
+    return b.finish([b.op("mean", y, dims=(2, 3), keepdim=True), y])
+
+
+def _names(graph: Graph) -> list[str]:
+    return [op.name for op in graph.ops if op.name != "const"]
+
+
+@pytest.mark.parametrize("stride", [1, 2])
+def test_exact_and_nchw_only_at_the_edges(stride):
+    g = bottleneck(stride=stride)
+    out = channels_last(g)
+    assert_same(g, out, atol=2e-2, rtol=2e-2)
+    assert [o.type for o in out.outputs] == [o.type for o in g.outputs]
+    names = _names(out)
+    # the three 1x1 convs are matmuls over the pixels; the 3x3 conv and the stem stay conv2d
+    assert names.count("matmul") == 3 and names.count("conv2d") == 2
+    fused = optimize(g, PassOptions(channels_last=True))
+    assert_same(g, fused, atol=2e-2, rtol=2e-2)
+    standalone = [k.attr("name") for k in kernels(fused) if {o.name for o in k.body.ops} <= {"permute", "slice"}]
+    # the edges: the pooled stem output into the region (read by two 1x1 convs), and the block
+    # output the graph returns in NCHW; no transpose between the convs
+    assert len(standalone) == 2, standalone
+    conv3 = [k for k in kernels(fused) if any(o.name == "conv2d" for o in k.body.ops)
+             and any(o.name == "permute" for o in k.body.ops)]
+    assert len(conv3) == 1  # the 3x3 conv reads NHWC through a prologue permute, writes NHWC
+
+
+def test_stem_without_a_conv_after_it_stays_nchw():
+    """A conv whose output reaches no other conv (only a pool) gains nothing from NHWC."""
+    rng = np.random.default_rng(1)
+    b = GraphBuilder("stem")
+    x = b.input(TensorType(F16, (1, 3, 11, 11)), "x")
+    y = b.op("max_pool2d", b.op("relu", _conv(b, rng, x, 3, 4, 3, padding=1)), kernel=(2, 2), stride=(2, 2))
+    g = b.finish([y])
+    assert channels_last(g) is g
+
+
+def test_fp32_and_grouped_convs_are_left_alone():
+    g32 = bottleneck(dtype=DType.float32)
+    assert channels_last(g32) is g32
+    rng = np.random.default_rng(2)
+    b = GraphBuilder("dw")
+    x = b.input(TensorType(F16, (1, 4, 9, 9)), "x")
+    w = b.const(rng.standard_normal((4, 1, 3, 3)).astype(np.float16))
+    y = b.op("conv2d", x, w, stride=(1, 1), padding=(1, 1), dilation=(1, 1), groups=4)
+    w2 = b.const(rng.standard_normal((4, 1, 3, 3)).astype(np.float16))
+    y = b.op("conv2d", b.op("relu", y), w2, stride=(1, 1), padding=(1, 1), dilation=(1, 1), groups=4)
+    g = b.finish([y])
+    assert channels_last(g) is g
+
+
+def test_only_the_cuda_backend_turns_it_on():
+    from tilefx.codegen.triton.backend import TritonBackend
+    from tilefx.codegen.tvm.backend import TVMBackend
+
+    assert TritonBackend.pass_defaults(None).channels_last
+    assert not TVMBackend.pass_defaults(None).channels_last

@@ -1,0 +1,177 @@
+"""Channels-last regions for GPU convnets: NHWC between convolutions, NCHW at the edges (exact).
+
+A user's model is NCHW. On a GPU, cuDNN's tensor-core convolutions work on NHWC
+and transpose an NCHW input and output around every call: in ResNet-50 on an
+H200 those ``nchwToNhwc``/``nhwcToNchw`` kernels were 16% of tilefx's GPU time
+(benchmarks/results/gpu-models-h200-2026-12-03c.md), while inductor converts
+the whole conv region to channels-last once. This pass does the same in the IR,
+with explicit permutes, so every later pass and template sees the layout:
+
+- a ``conv2d`` (``groups == 1``, fp16/bf16, 4-D) joins a region when its input is
+  already NHWC, or when its output, or that of a conv reading the same input (a
+  shortcut), reaches another such conv through elementwise ops only (the stem of
+  a ResNet, followed by a max pool, stays NCHW). In a
+  region it reads its input as ``permute(x_nhwc, (0, 3, 1, 2))`` (cuDNN takes that
+  view as channels-last; the implicit GEMM gathers through it), a constant weight is
+  held OHWI and read the same way (else cuDNN copies it to NHWC on every call), and
+  its result is
+  ``permute(conv, (0, 2, 3, 1))``, which the conv's epilogue stores NHWC. A 1x1
+  conv without padding becomes the matmul it is,
+  ``x_nhwc[N*H*W, C] @ W[C, O]``: the matmul template's tiles (or cuBLAS) with no
+  gather at all (strided: of ``x_nhwc[:, ::s, ::s]``, ResNet's downsampling);
+- elementwise ops reading a region value run on NHWC values: a per-channel
+  constant ``[C, 1, 1]`` becomes ``[C]`` (a bias row of the matmul's epilogue); another 4-D operand enters the
+  region through one permute;
+- a reduction over spatial axes (the global average pool's ``mean(x, (2, 3))``)
+  reduces the NHWC axes instead;
+- every other reader (a pool, a depthwise conv, a graph output) gets the value
+  back as NCHW through one permute (a reshape when only size-1 axes move): the
+  region's edge. Permutes nobody reads are dropped by ``dce``.
+
+Only the compiler turns it on, for backends whose ``PassDefaults.channels_last``
+says so (``compiler/pass_setup.py``): the CUDA target.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+
+from tilefx.ir.graph import Graph, Op, Value
+from tilefx.ir.ops import Category, get_op
+from tilefx.ir.types import DType
+from tilefx.passes.manager import graph_pass
+from tilefx.passes.rewrite import Rewriter, value_readers
+
+log = logging.getLogger("tilefx.passes.channels_last")
+
+TO_NHWC = (0, 2, 3, 1)
+TO_NCHW = (0, 3, 1, 2)
+POINTWISE = (Category.elementwise, Category.broadcast)
+DTYPES = (DType.float16, DType.bfloat16)
+REDUCTIONS = ("mean", "sum", "amax", "amin")
+
+
+def _eligible_conv(op: Op) -> bool:
+    return (op.name == "conv2d" and op.attr("groups") == 1 and op.inputs[0].type.rank == 4
+            and op.inputs[0].type.dtype in DTYPES)
+
+
+def _pointwise(op: Op) -> bool:
+    return len(op.results) == 1 and op.result.type.rank == 4 and get_op(op.name).category in POINTWISE
+
+
+def _feeds_conv(readers: dict[str, list[Op]], op: Op) -> bool:
+    """Whether ``op``'s result reaches an eligible conv through elementwise ops only."""
+    stack, seen = [op.result], set()
+    while stack:
+        v = stack.pop()
+        for r in readers.get(v.name, ()):
+            if _eligible_conv(r) and r.inputs[0].name == v.name:
+                return True
+            if _pointwise(r) and r.result.name not in seen:
+                seen.add(r.result.name)
+                stack.append(r.result)
+    return False
+
+
+def _joins(readers: dict[str, list[Op]], op: Op) -> bool:
+    """A conv on an NCHW input starts (or joins) a region when its output feeds a conv, or a
+    conv reading the same input does (ResNet's downsampling shortcut beside the block's
+    first conv: both outputs meet in the residual add)."""
+    return any(_eligible_conv(r) and r.inputs[0].name == op.inputs[0].name and _feeds_conv(readers, r)
+               for r in readers.get(op.inputs[0].name, ()))
+
+
+@graph_pass("channels_last")
+def channels_last(graph: Graph) -> Graph:
+    rw = Rewriter(graph)
+    nhwc: dict[str, Value] = {}  # old value name -> the same data, NHWC
+    convs = 0
+    readers = value_readers(graph)
+    for op in graph.ops:
+        new = None
+        if _eligible_conv(op) and (op.inputs[0].name in nhwc or _joins(readers, op)):
+            new = _conv(rw, op, nhwc)
+            convs += 1
+        elif _pointwise(op) and any(v.name in nhwc for v in op.inputs):
+            new = _elementwise(rw, op, nhwc)
+        elif op.name in REDUCTIONS and op.inputs[0].name in nhwc:
+            new = _reduction(rw, op, nhwc)
+        if new is None:
+            rw.emit(op)
+            continue
+        nhwc[op.result.name] = new
+        rw.replace(op.result, _to_nchw(rw, new, op.result))
+    if not convs:
+        return graph
+    log.debug("channels_last: %d convs in NHWC regions", convs)
+    return rw.finish()
+
+
+def _to_nchw(rw: Rewriter, v: Value, like: Value) -> Value:
+    """``v`` (NHWC) as the NCHW value ``like``: a free reshape when only size-1 axes move."""
+    moved = [d for d in v.type.shape if not (isinstance(d, int) and d == 1)]
+    kept = [d for d in like.type.shape if not (isinstance(d, int) and d == 1)]
+    if moved == kept:
+        return rw.op("reshape", v, shape=like.type.shape)
+    return rw.op("permute", v, dims=TO_NCHW)
+
+
+def _input_nhwc(rw: Rewriter, x: Value, nhwc: dict[str, Value]) -> Value:
+    return nhwc[x.name] if x.name in nhwc else rw.op("permute", x, dims=TO_NHWC)
+
+
+def _conv(rw: Rewriter, op: Op, nhwc: dict[str, Value]) -> Value:
+    x, w = op.inputs[0], op.inputs[1]
+    n, c, h, wd = x.type.shape
+    o = w.type.shape[0]
+    a = op.attr_dict
+    weight = rw.held_array(w)
+    pointwise = (tuple(w.type.shape[2:]) == (1, 1) and tuple(a["padding"]) == (0, 0)
+                 and len(op.inputs) == 2 and weight is not None)
+    if pointwise:  # a 1x1 conv is a matmul over the (strided) pixels: no gather at all
+        xn = _input_nhwc(rw, x, nhwc)
+        for axis, step, size in ((1, a["stride"][0], h), (2, a["stride"][1], wd)):
+            if step != 1:  # ResNet's downsampling 1x1 convs: every other row and column
+                xn = rw.op("slice", xn, axis=axis, start=0, end=size, step=step)
+        rows = rw.op("reshape", xn, shape=(-1, c))
+        wt = rw.typed_const(weight.reshape(o, c).T.copy(), w.type.dtype, f"{w.name}_ck")
+        y = rw.op("matmul", rows, wt, hint=op.result.name)
+        return rw.op("reshape", y, shape=(n, op.result.type.shape[2], op.result.type.shape[3], o))
+    xin = rw.op("permute", nhwc[x.name], dims=TO_NCHW) if x.name in nhwc else rw.get(x)
+    if weight is not None:  # held OHWI: cuDNN would otherwise copy an OIHW weight to NHWC every call
+        held = rw.typed_const(np.ascontiguousarray(weight.transpose(TO_NHWC)), w.type.dtype, f"{w.name}_ohwi")
+        w = rw.op("permute", held, dims=TO_NCHW)
+    y = rw.op("conv2d", xin, w, *op.inputs[2:], hint=op.result.name, **a)
+    return rw.op("permute", y, dims=TO_NHWC)
+
+
+def _elementwise(rw: Rewriter, op: Op, nhwc: dict[str, Value]) -> Value | None:
+    out = op.result.type.shape
+    inputs = []
+    for v in op.inputs:
+        if v.name in nhwc:
+            inputs.append(nhwc[v.name])
+        elif all(isinstance(d, int) and d == 1 for d in v.type.shape):
+            inputs.append(v)  # a scalar broadcasts in any layout
+        elif tuple(v.type.shape) == tuple(out):
+            inputs.append(rw.op("permute", v, dims=TO_NHWC))  # enters the region
+        elif (data := rw.held_array(v)) is not None and v.type.rank <= 4:
+            full = data.reshape((1,) * (4 - data.ndim) + data.shape).transpose(TO_NHWC)
+            while full.ndim > 1 and full.shape[0] == 1:  # [1, 1, 1, C] -> [C]: a bias row
+                full = full[0]
+            inputs.append(rw.typed_const(np.ascontiguousarray(full), v.type.dtype, f"{v.name}_nhwc"))
+        else:
+            return None  # a broadcast non-constant: leave the op in NCHW
+    return rw.op(op.name, *inputs, hint=op.result.name, **dict(op.attrs))
+
+
+def _reduction(rw: Rewriter, op: Op, nhwc: dict[str, Value]) -> Value | None:
+    dims = op.attr("dims")
+    if dims is None or not op.attr("keepdim"):
+        return None  # keepdim=False would reorder the kept axes: the NCHW edge handles it
+    moved = tuple(sorted(TO_NHWC.index(d % 4) for d in dims))
+    return rw.op(op.name, nhwc[op.inputs[0].name], hint=op.result.name,
+                 **{**dict(op.attrs), "dims": moved})
