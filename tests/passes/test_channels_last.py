@@ -91,3 +91,43 @@ def test_only_the_cuda_backend_turns_it_on():
 
     assert TritonBackend.pass_defaults(None).channels_last
     assert not TVMBackend.pass_defaults(None).channels_last
+
+
+def _depthwise(b, rng, x, c, k=3):
+    w = b.const(rng.standard_normal((c, 1, k, k)).astype(np.float16))
+    return b.op("conv2d", x, w, stride=(1, 1), padding=(k // 2, k // 2), dilation=(1, 1), groups=c)
+
+
+def test_convs_beside_a_depthwise_conv_stay_nchw():
+    """MobileNet's inverted residual: the 1x1 convs around the depthwise conv would give the
+    region an edge (a transpose) at each side of it: nothing changes."""
+    rng = np.random.default_rng(3)
+    b = GraphBuilder("mbconv")
+    x = b.input(TensorType(F16, (2, 4, 9, 9)), "x")
+    h = b.op("relu", _conv(b, rng, x, 4, 12, 1))
+    h = b.op("relu", _depthwise(b, rng, h, 12))
+    h = _conv(b, rng, h, 12, 4, 1)
+    y = b.op("add", h, x)
+    y = b.op("relu", _conv(b, rng, b.op("relu", _conv(b, rng, y, 4, 12, 1)), 12, 4, 1))  # feeds a conv
+    g = b.finish([_depthwise(b, rng, y, 4)])
+    out = channels_last(g)
+    assert "permute" not in _names(out), _names(out)
+    assert_same(g, out, atol=2e-2, rtol=2e-2)
+    assert not [op for op in out.ops if op.name == "conv2d" and op.attr("groups") != 1
+                and out.producers()[op.inputs[0].name].name == "permute"]  # dw reads no transpose
+
+
+def test_squeeze_excitation_scale_goes_back_not_the_activation():
+    """EfficientNet's SE block: fc1 -> silu -> fc2 -> sigmoid (convs on [N, C, 1, 1]) scales the
+    full-size NCHW activation: the small scale goes back to NCHW as a reshape, the activation is
+    never transposed."""
+    rng = np.random.default_rng(4)
+    b = GraphBuilder("se")
+    x = b.input(TensorType(F16, (2, 8, 7, 7)), "x")
+    s = b.op("mean", x, dims=(2, 3), keepdim=True)
+    s = b.op("sigmoid", _conv(b, rng, b.op("silu", _conv(b, rng, s, 8, 3, 1)), 3, 8, 1))
+    g = b.finish([b.op("mul", x, s)])
+    out = channels_last(g)
+    assert_same(g, out, atol=2e-2, rtol=2e-2)
+    big = [op for op in out.ops if op.name == "permute" and op.result.type.shape[2:] == (7, 7)]
+    assert not big, big

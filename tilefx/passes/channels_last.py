@@ -20,8 +20,9 @@ with explicit permutes, so every later pass and template sees the layout:
   ``x_nhwc[N*H*W, C] @ W[C, O]``: the matmul template's tiles (or cuBLAS) with no
   gather at all (strided: of ``x_nhwc[:, ::s, ::s]``, ResNet's downsampling);
 - elementwise ops reading a region value run on NHWC values: a per-channel
-  constant ``[C, 1, 1]`` becomes ``[C]`` (a bias row of the matmul's epilogue); another 4-D operand enters the
-  region through one permute;
+  constant ``[C, 1, 1]`` becomes ``[C]`` (a bias row of the matmul's epilogue).
+  An op with a full-size NCHW operand stays NCHW: a small NHWC operand (an SE
+  block's scale) goes back as a free reshape, the big one is never transposed;
 - a reduction over spatial axes (the global average pool's ``mean(x, (2, 3))``)
   reduces the NHWC axes instead;
 - every other reader (a pool, a depthwise conv, a graph output) gets the value
@@ -62,13 +63,13 @@ def _pointwise(op: Op) -> bool:
     return len(op.results) == 1 and op.result.type.rank == 4 and get_op(op.name).category in POINTWISE
 
 
-def _feeds_conv(readers: dict[str, list[Op]], op: Op) -> bool:
-    """Whether ``op``'s result reaches an eligible conv through elementwise ops only."""
+def _feeds_conv(readers: dict[str, list[Op]], op: Op, convs_ok: set[str]) -> bool:
+    """Whether ``op``'s result reaches a region-able conv through elementwise ops only."""
     stack, seen = [op.result], set()
     while stack:
         v = stack.pop()
         for r in readers.get(v.name, ()):
-            if _eligible_conv(r) and r.inputs[0].name == v.name:
+            if r.name == "conv2d" and r.result.name in convs_ok and r.inputs[0].name == v.name:
                 return True
             if _pointwise(r) and r.result.name not in seen:
                 seen.add(r.result.name)
@@ -76,12 +77,41 @@ def _feeds_conv(readers: dict[str, list[Op]], op: Op) -> bool:
     return False
 
 
-def _joins(readers: dict[str, list[Op]], op: Op) -> bool:
+def _beside_grouped(graph: Graph, readers: dict[str, list[Op]], op: Op) -> bool:
+    """Whether a grouped (depthwise) conv reads this conv's output or makes its input,
+    through elementwise ops: the direct depthwise template reads and writes NCHW (and beat
+    cuDNN's channels-last kernel 1.4-2.1x on MobileNetV2's 3x3s), so an NHWC region there
+    would only add a transpose at each of its edges."""
+    producers = graph.producers()
+    stack, seen = [op.inputs[0]], set()
+    while stack:  # upstream
+        v = stack.pop()
+        p = producers.get(v.name)
+        if p is None or v.name in seen:
+            continue
+        seen.add(v.name)
+        if p.name == "conv2d" and p.attr("groups") != 1:
+            return True
+        if _pointwise(p):
+            stack.extend(p.inputs)
+    stack = [op.result]
+    while stack:  # downstream
+        v = stack.pop()
+        for r in readers.get(v.name, ()):
+            if r.name == "conv2d" and r.attr("groups") != 1:
+                return True
+            if _pointwise(r) and r.result.name not in seen:
+                seen.add(r.result.name)
+                stack.append(r.result)
+    return False
+
+
+def _joins(readers: dict[str, list[Op]], op: Op, convs_ok: set[str]) -> bool:
     """A conv on an NCHW input starts (or joins) a region when its output feeds a conv, or a
     conv reading the same input does (ResNet's downsampling shortcut beside the block's
     first conv: both outputs meet in the residual add)."""
-    return any(_eligible_conv(r) and r.inputs[0].name == op.inputs[0].name and _feeds_conv(readers, r)
-               for r in readers.get(op.inputs[0].name, ()))
+    return any(r.name == "conv2d" and r.result.name in convs_ok and r.inputs[0].name == op.inputs[0].name
+               and _feeds_conv(readers, r, convs_ok) for r in readers.get(op.inputs[0].name, ()))
 
 
 @graph_pass("channels_last")
@@ -90,9 +120,12 @@ def channels_last(graph: Graph) -> Graph:
     nhwc: dict[str, Value] = {}  # old value name -> the same data, NHWC
     convs = 0
     readers = value_readers(graph)
+    convs_ok = {op.result.name for op in graph.ops
+                if _eligible_conv(op) and not _beside_grouped(graph, readers, op)}
     for op in graph.ops:
         new = None
-        if _eligible_conv(op) and (op.inputs[0].name in nhwc or _joins(readers, op)):
+        if op.name == "conv2d" and op.result.name in convs_ok and (
+                op.inputs[0].name in nhwc or _joins(readers, op, convs_ok)):
             new = _conv(rw, op, nhwc)
             convs += 1
         elif _pointwise(op) and any(v.name in nhwc for v in op.inputs):
@@ -120,7 +153,13 @@ def _to_nchw(rw: Rewriter, v: Value, like: Value) -> Value:
 
 
 def _input_nhwc(rw: Rewriter, x: Value, nhwc: dict[str, Value]) -> Value:
-    return nhwc[x.name] if x.name in nhwc else rw.op("permute", x, dims=TO_NHWC)
+    """``x`` NHWC: its region value, else one permute (a free reshape for ``[N, C, 1, 1]``)."""
+    if x.name in nhwc:
+        return nhwc[x.name]
+    n, c, h, w = x.type.shape
+    if (h, w) == (1, 1):
+        return rw.op("reshape", x, shape=(n, 1, 1, c))
+    return rw.op("permute", x, dims=TO_NHWC)
 
 
 def _conv(rw: Rewriter, op: Op, nhwc: dict[str, Value]) -> Value:
@@ -150,14 +189,16 @@ def _conv(rw: Rewriter, op: Op, nhwc: dict[str, Value]) -> Value:
 
 def _elementwise(rw: Rewriter, op: Op, nhwc: dict[str, Value]) -> Value | None:
     out = op.result.type.shape
+    if any(tuple(v.type.shape) == tuple(out) and v.name not in nhwc for v in op.inputs):
+        # a full-size NCHW operand (EfficientNet's x * SE scale, the scale NHWC): transposing x
+        # into the region costs more than handing the small operand back as NCHW
+        return None
     inputs = []
     for v in op.inputs:
         if v.name in nhwc:
             inputs.append(nhwc[v.name])
         elif all(isinstance(d, int) and d == 1 for d in v.type.shape):
             inputs.append(v)  # a scalar broadcasts in any layout
-        elif tuple(v.type.shape) == tuple(out):
-            inputs.append(rw.op("permute", v, dims=TO_NHWC))  # enters the region
         elif (data := rw.held_array(v)) is not None and v.type.rank <= 4:
             full = data.reshape((1,) * (4 - data.ndim) + data.shape).transpose(TO_NHWC)
             while full.ndim > 1 and full.shape[0] == 1:  # [1, 1, 1, C] -> [C]: a bias row

@@ -320,7 +320,8 @@ class _Fuser:
                 return self.new_group(i)  # the conv takes it in as its prologue
             return self.join_pointwise(i)
         j = self.producer.get(op.inputs[0].name)
-        if j is not None and self.ops[j].name == "conv2d":
+        # groups == 1: the implicit GEMM and the library store NHWC; the depthwise template does not
+        if j is not None and self.ops[j].name == "conv2d" and self.ops[j].attr("groups") == 1:
             g = self.groups[self.group_of[j]]
             if g.fusible and not g.sealed and _same_shape(op.inputs[0].type.shape, g.anchor_shape):
                 merged = self.merge(i, [g.gid])
