@@ -18,7 +18,8 @@ def test_schedule_sweep_dry_run_writes_a_table_and_records(tmp_path, monkeypatch
     db = tmp_path / "sweep.db"
     assert schedule_sweep.main(["--dry-run", "--db", str(db)]) == 0
     table = (tmp_path / "out" / "schedule_sweep.md").read_text()
-    assert "| tiny_cnn | fused_conv2d_add_relu_0" in table
+    # which conv is costliest is a timing under the interpreter: any of the two may lead
+    assert "| tiny_cnn | fused_conv2d_add_relu_" in table, table
     records = TuningDatabase(str(db)).records()
     assert records and all(r.ok for r in records)
     assert {r.error for r in records} == {schedule_sweep.Records.NOTE}
