@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import strategies as st
 
-from tests.passes.passes_testing import assert_same
+from tests.passes.passes_testing import assert_same, rand_inputs
 from tilefx.ir.builder import GraphBuilder
 from tilefx.ir.graph import Graph
+from tilefx.ir.interpreter import run_graph
 from tilefx.ir.types import DType, TensorType
 from tilefx.passes import PassOptions, kernels, optimize
 from tilefx.passes.channels_last import channels_last
@@ -131,3 +134,58 @@ def test_squeeze_excitation_scale_goes_back_not_the_activation():
     assert_same(g, out, atol=2e-2, rtol=2e-2)
     big = [op for op in out.ops if op.name == "permute" and op.result.type.shape[2:] == (7, 7)]
     assert not big, big
+
+
+@st.composite
+def conv_nets(draw):
+    """A chain of fp16 convs (1x1 / 3x3, stride 1 / 2, padding or none) with biases, ReLUs,
+    residual adds where the shapes allow, and maybe a global mean at the end: the region rules'
+    inputs, in awkward sizes (1 pixel, 1 channel, primes)."""
+    rng = np.random.default_rng(draw(st.integers(0, 2**16)))
+    b = GraphBuilder("net")
+    c, h = draw(st.integers(1, 7)), draw(st.integers(1, 9))
+    x = b.input(TensorType(F16, (draw(st.integers(1, 2)), c, h, draw(st.integers(1, 9)))), "x")
+    values, outputs = [x], []
+    for _ in range(draw(st.integers(2, 5))):
+        src = values[draw(st.integers(0, len(values) - 1))]
+        k = draw(st.sampled_from([1, 3]))
+        stride = draw(st.sampled_from([1, 1, 2]))
+        pad = draw(st.sampled_from([0, k // 2]))
+        if any(d + 2 * pad < k for d in src.type.shape[2:]):
+            continue
+        y = _conv(b, rng, src, src.type.shape[1], draw(st.integers(1, 7)), k, stride=stride, padding=pad)
+        same = [v for v in values if v.type == y.type]
+        if same and draw(st.booleans()):
+            y = b.op("add", y, same[-1])  # a residual
+        if draw(st.booleans()):
+            y = b.op("relu", y)
+        values.append(y)
+    if draw(st.booleans()):
+        outputs.append(b.op("mean", values[-1], dims=(2, 3), keepdim=True))
+    outputs.append(values[-1])
+    return b.finish(outputs)
+
+
+@settings(max_examples=25, deadline=None, derandomize=True, database=None,
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much])
+@given(conv_nets())
+def test_any_conv_net_computes_the_same(g):
+    out = channels_last(g)
+    assert [o.type for o in out.outputs] == [o.type for o in g.outputs]
+    inputs = rand_inputs(g, seed=1)
+    assume(any(w.float().abs().max() > 0 for w in run_graph(g, inputs)))  # a ReLU'd single pixel may be 0
+    assert_same(g, out, inputs, atol=3e-2, rtol=3e-2)
+    assert_same(g, optimize(g, PassOptions(channels_last=True)), inputs, atol=3e-2, rtol=3e-2)
+
+
+def test_edge_with_equal_sizes_is_a_transpose_not_a_reshape():
+    """NHWC [2, 1, 3, 3] back to NCHW [2, 3, 1, 3]: the sizes match a reshape's, but C and W
+    trade places (found by the property test above)."""
+    rng = np.random.default_rng(5)
+    b = GraphBuilder("edge")
+    x = b.input(TensorType(F16, (2, 3, 1, 3)), "x")
+    y = b.op("add", _conv(b, rng, x, 3, 3, 1), x)  # NCHW operand: the add reads the NCHW edge
+    g = b.finish([_conv(b, rng, y, 3, 5, 1, stride=2)])
+    out = channels_last(g)
+    assert "permute" in _names(out)
+    assert_same(g, out, atol=2e-2, rtol=2e-2)

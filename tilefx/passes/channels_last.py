@@ -144,10 +144,10 @@ def channels_last(graph: Graph) -> Graph:
 
 
 def _to_nchw(rw: Rewriter, v: Value, like: Value) -> Value:
-    """``v`` (NHWC) as the NCHW value ``like``: a free reshape when only size-1 axes move."""
-    moved = [d for d in v.type.shape if not (isinstance(d, int) and d == 1)]
-    kept = [d for d in like.type.shape if not (isinstance(d, int) and d == 1)]
-    if moved == kept:
+    """``v`` (NHWC) as the NCHW value ``like``: a free reshape when only size-1 axes move
+    (the axes of size > 1 keep their order: sizes alone can coincide, C = W = 3)."""
+    big = [a for a in TO_NCHW if not (isinstance(v.type.shape[a], int) and v.type.shape[a] == 1)]
+    if big == sorted(big):
         return rw.op("reshape", v, shape=like.type.shape)
     return rw.op("permute", v, dims=TO_NCHW)
 
