@@ -239,3 +239,17 @@ def test_attention_kept_whole_reads_repeated_kv_heads_in_place() -> None:
     summary = kernel_summary(out)
     assert summary[-1][0] == "contraction" and summary[-1][1].count("broadcast_to") == 2, summary
     assert all("broadcast_to" not in ops for _, ops in summary[:-1]), summary
+
+
+def test_widening_cast_for_a_reduction_is_its_prologue_not_the_matmul_epilogue() -> None:
+    """``float(h)`` read only by a reduction: in the matmul's epilogue it would be written out
+    at twice the matmul result's bytes; the reduction casts what it reads. A widening cast that
+    an elementwise op reads still joins the epilogue."""
+    b = GraphBuilder("cast")
+    x = b.input(TensorType(DType.float16, (4, 8)), "x")
+    h = b.op("matmul", x, b.const(weights(8, 16).astype(np.float16), "w"))
+    s = b.op("sum", b.op("cast", h, dtype=F32), dims=(1,), keepdim=True)
+    g2 = b.op("gelu", b.op("cast", b.op("add", h, h), dtype=F32))
+    out = optimize(b.finish([s, g2, h]), PassOptions(verify=True))
+    assert kernel_summary(out) == [("contraction", ["matmul", "add", "cast", "gelu"]),
+                                   ("reduction", ["cast", "sum"])]

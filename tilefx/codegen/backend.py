@@ -57,6 +57,7 @@ class PassDefaults:
     fusion_advisor: bool         # the learned latency model can vet fusions (opt-in)
     pad_columns: bool            # matmuls with unaligned rows (N % 8 != 0) are several times slower
     channels_last: bool = False  # conv regions in NHWC (the library's tensor-core convs want it)
+    rms_norm: bool = False       # a written-out RMSNorm becomes one row op (the template has it)
 
 
 class KernelFn(Protocol):

@@ -70,7 +70,8 @@ def configure_passes(options: CompileOptions, target: Target, session: CompileSe
     passes = options.passes
     if passes is None:
         passes = PassOptions(decompose_attention=defaults.decompose_attention,
-                             pad_columns=defaults.pad_columns, channels_last=defaults.channels_last)
+                             pad_columns=defaults.pad_columns, channels_last=defaults.channels_last,
+                             rms_norm=defaults.rms_norm)
     if options.prune:
         passes = replace(passes, prune=options.prune, prune_block=tuple(options.prune_block))
     passes, chooser = _sparsity_options(passes, options, backend, session)

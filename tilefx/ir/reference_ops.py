@@ -222,6 +222,12 @@ def _layer_norm(ctx: RefContext, x: torch.Tensor, w: torch.Tensor, b: torch.Tens
     return F.layer_norm(x, x.shape[x.dim() - n:], w, b, ctx.attrs["eps"])
 
 
+@reference("rms_norm")
+def _rms_norm(ctx: RefContext, x: torch.Tensor) -> torch.Tensor:
+    dims = tuple(range(x.dim() - ctx.attrs["normalized_ndim"], x.dim()))
+    return x * torch.rsqrt(x.pow(2).mean(dims, keepdim=True) + ctx.attrs["eps"])
+
+
 @reference("batch_norm")
 def _batch_norm(ctx: RefContext, x: torch.Tensor, mean: torch.Tensor, var: torch.Tensor,
                 w: torch.Tensor, b: torch.Tensor) -> torch.Tensor:

@@ -279,8 +279,21 @@ class _Fuser:
     def join_view(self, i: int) -> _Group:
         return self.merge(i, self.pointwise_inputs(i)[:1]) or self.new_group(i, fusible=False)
 
+    def widening_cast_for_reductions(self, i: int) -> bool:
+        """A cast to a wider type that only reductions read (Llama's ``float(h)`` into its
+        RMSNorm): in a matmul's epilogue it would be written out at twice the bytes of the
+        matmul's own result; the reduction's prologue casts what it reads instead."""
+        op = self.ops[i]
+        if op.name != "cast" or op.result.type.dtype.itemsize <= op.inputs[0].type.dtype.itemsize:
+            return False
+        readers = self.users.get(op.result.name, [])
+        return bool(readers) and op.result.name not in self.outputs and all(
+            get_op(self.ops[u].name).category == Category.reduction for u in readers)
+
     def join_epilogue_or_pointwise(self, i: int) -> _Group:
         shape = self.ops[i].results[0].type.shape
+        if self.widening_cast_for_reductions(i):
+            return self.join_pointwise(i)
         for g in self.input_groups(i):
             group = self.groups[g]
             if group.anchor and _same_shape(shape, group.anchor_shape) and not self.creates_cycle(i, [g]):

@@ -25,6 +25,7 @@ from tilefx.passes.packing import PackFactor, PackingLog, pack_weights
 from tilefx.passes.pad_columns import pad_columns
 from tilefx.passes.permute import PermutationLog, permute_channels
 from tilefx.passes.prune import prune_weights
+from tilefx.passes.rms_norm import fuse_rms_norm
 from tilefx.passes.sink_reshapes import sink_reshapes
 from tilefx.passes.sparsity import SparseChooser, mark_sparse_kernels, sparsify
 from tilefx.passes.split_reduction import split_reduction
@@ -69,6 +70,8 @@ class PassOptions:
     #                             the compiler turns it on where the backend's matmul wants aligned rows)
     channels_last: bool = False  # fp16/bf16 conv regions in NHWC, NCHW at their edges (exact; the
     #                              compiler turns it on where the backend's convs want NHWC: cuda)
+    rms_norm: bool = False      # x * rsqrt(mean(x^2) + eps) -> one rms_norm row op (exact; the compiler
+    #                             turns it on where the backend has the row op: cuda)
 
 
 def pipeline(options: PassOptions | None = None) -> list[GraphPass]:
@@ -89,6 +92,7 @@ def pipeline(options: PassOptions | None = None) -> list[GraphPass]:
         split_reduction,                                                # any/max of 2M -> of 1024 partial rows
         sink_reshapes,                                                  # gelu(view(mm)) -> view(gelu(mm))
         cse,                                                            # equal ops and equal weights once
+        fuse_rms_norm if o.rms_norm else None,                          # RMSNorm written out -> one row op
         dce,                                                            # unused ops and weights dropped
         fuse.bind(advisor=o.fusion_advisor) if o.fuse else None,        # ops -> kernel ops
         mark_sparse_kernels if o.fuse and o.sparsity else None,         # bsr kernels -> sparse_contraction

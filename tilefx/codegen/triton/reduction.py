@@ -1,4 +1,4 @@
-"""Reduction template: row reductions, softmax, log_softmax and layer_norm with fused
+"""Reduction template: row reductions, softmax, log_softmax, layer_norm and rms_norm with fused
 prologue and epilogue, over a 2-D ``[XBLOCK, RBLOCK]`` tile.
 
 The reduction op's input is seen as ``X`` rows of ``R`` elements: the kept
@@ -11,7 +11,8 @@ computed where the result is known.
 - *persistent*: the whole row is one tile (``RBLOCK >= R``), read once;
 - *looped*: ``for r0 in range(0, R, RBLOCK)``, with one pass per statistic
   (sum-like: 1; softmax: an online max/sum pass and a write pass;
-  layer_norm: mean, variance, write), recomputing the prologue per pass.
+  layer_norm: mean, variance, write; rms_norm: mean square, write), recomputing the
+  prologue per pass.
 
 A prologue value the kernel also exports on another shape than the reduced
 input (a ``[768]`` parameter computed once and read by a later kernel too) does
@@ -37,7 +38,7 @@ from tilefx.ir.types import DType
 
 SPACE: dict[str, list[Any]] = {"XBLOCK": [1, 2, 4, 8, 16, 32, 64], "RBLOCK": [64, 128, 256, 512, 1024, 2048],
                                "persistent": [True, False], "num_warps": [1, 2, 4, 8, 16]}
-ROW_OPS = ("softmax", "log_softmax", "layer_norm")       # result has the input's shape
+ROW_OPS = ("softmax", "log_softmax", "layer_norm", "rms_norm")  # result has the input's shape
 SUM_LIKE = ("sum", "mean", "amax", "amin", "any", "all", "prod")  # result has the reduced shape
 # tl.reduce needs a jit-compiled combine function for a product
 PROD_COMBINE = "@triton.jit\ndef _mul(a, b):\n    return a * b\n"
@@ -67,7 +68,7 @@ class Plan:
         name = self.anchor.name
         if name in ("softmax", "log_softmax"):
             dims = {self.anchor.attr("dim") % max(rank, 1)}
-        elif name == "layer_norm":
+        elif name in ("layer_norm", "rms_norm"):
             dims = set(range(rank - self.anchor.attr("normalized_ndim"), rank))
         else:
             given = self.anchor.attr("dims")
@@ -233,7 +234,15 @@ class _Writer:
             stats = self.row_stats_persistent(x, mask)
             self.row_result(idx, mask, x, stats)
             return
-        if name == "layer_norm":
+        if name == "rms_norm":
+            q = e.tmp("tl.zeros([XBLOCK, RBLOCK], tl.float32)", "acc")
+            e.line(f"for r0 in range(0, {p.R}, RBLOCK):")
+            with e.block():
+                idx, mask = self.tile("r0")
+                x = e.tmp(self.where(mask, self.x_value(idx, mask), "0.0"), "x")
+                e.line(f"{q} = {q} + {x} * {x}")
+            stats = ("", self.rstd(q))
+        elif name == "layer_norm":
             s = e.tmp("tl.zeros([XBLOCK, RBLOCK], tl.float32)", "acc")
             e.line(f"for r0 in range(0, {p.R}, RBLOCK):")
             with e.block():
@@ -270,8 +279,16 @@ class _Writer:
             x = e.tmp(self.x_value(idx, mask), "x")
             self.row_result(idx, mask, x, stats)
 
+    def rstd(self, squares: str) -> str:
+        """``rsqrt(mean of the row's squares + eps)`` from a tile of accumulated squares."""
+        eps = literal(float(self.p.anchor.attr("eps")))
+        return self.e.tmp(f"tl.rsqrt(tl.sum({squares}, 1)[:, None] / {self.p.R} + {eps})", "rstd")
+
     def row_stats_persistent(self, x: str, mask: str | None) -> tuple[str, str]:
         e, p = self.e, self.p
+        if p.anchor.name == "rms_norm":
+            sq = e.tmp(self.where(mask, f"{x} * {x}", "0.0"), "sq")
+            return "", self.rstd(sq)
         if p.anchor.name == "layer_norm":
             mean = e.tmp(f"tl.sum({self.where(mask, x, '0.0')}, 1)[:, None] / {p.R}", "mean")
             d = e.tmp(self.where(mask, f"{x} - {mean}", "0.0"), "d")
@@ -292,6 +309,8 @@ class _Writer:
             y = e.tmp(f"tl.exp({x} - {a}) / {b}", "y")
         elif name == "log_softmax":
             y = e.tmp(f"{x} - {a} - tl.log({b})", "y")
+        elif name == "rms_norm":
+            y = e.tmp(f"{x} * {b}", "y")
         else:
             n = p.anchor.attr("normalized_ndim")
             w = e.value_at(p.anchor.inputs[1], idx[len(idx) - n:], mask)

@@ -28,7 +28,8 @@ from tilefx.ir.types import DType
 TeFn = Callable[["TeContext", Op, list[te.Tensor]], list[te.Tensor]]
 TE_OPS: dict[str, TeFn] = {}
 # Ops with no TE compute: they are structural or rewritten by passes before codegen.
-NOT_LOWERED = frozenset({"const", "kernel", "fallback", "attention", "batch_norm"})
+# attention and batch_norm are decomposed before TVM sees them; rms_norm is made only for cuda
+NOT_LOWERED = frozenset({"const", "kernel", "fallback", "attention", "batch_norm", "rms_norm"})
 
 
 def te_op(*names: str) -> Callable[[TeFn], TeFn]:

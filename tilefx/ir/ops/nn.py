@@ -50,6 +50,16 @@ def _layer_norm(types, attrs):
     return [x]
 
 
+@register_op("rms_norm", Category.reduction, attrs={"normalized_ndim": 1, "eps": REQUIRED},
+             doc="rms_norm(x): x * rsqrt(mean(x^2) + eps) over the last normalized_ndim axes, float32 "
+                 "(no weight: the scale stays an elementwise epilogue, after the cast a model writes)")
+def _rms_norm(types, attrs):
+    (x,) = types
+    if x.dtype != DType.float32 or not 1 <= attrs["normalized_ndim"] <= x.rank:
+        raise ValueError(f"rms_norm: float32 input of rank >= normalized_ndim, got {x}")
+    return [x]
+
+
 @register_op("batch_norm", Category.broadcast, inputs=5, attrs={"eps": 1e-5},
              doc="inference batch_norm(x, mean, var, weight, bias) over axis 1")
 def _batch_norm(types, attrs):
