@@ -4,6 +4,7 @@
     python benchmarks/gpu/models.py --dtype fp16 --deadline 540 --resume   # again until all are done
     python benchmarks/gpu/models.py --dtype fp16 --gpus 4 --deadline 540     # 4 models at once, 1 per GPU
     python benchmarks/gpu/models.py --models resnet50,gpt2 --max-autotune --tune 60s
+    python benchmarks/gpu/models.py --models resnet50 --tune 60s --only "max-autotune,tilefx tuned" --resume
     python benchmarks/gpu/models.py --device cpu --models tiny_cnn,tiny_attn --dtype fp32  # dry run
 
 Models (``models_zoo.py``): resnet50, mobilenet_v2, convnext_tiny, efficientnet_b0 (32 images
@@ -224,18 +225,22 @@ class Child:
                 row.update(status="eager failed", stage="done")
                 return self.emit()
             self.stage("fp32 reference", self.reference)
-            self.stage("inductor", lambda: self.timed("inductor", lambda: torch.compile(self.model)))
-            self.stage("reduce-overhead", lambda: self.timed(
-                "reduce-overhead", lambda: torch.compile(self.model, mode="reduce-overhead")))
-            if args.max_autotune:
+            want = wanted(args)
+            if "inductor" in want:
+                self.stage("inductor", lambda: self.timed("inductor", lambda: torch.compile(self.model)))
+            if "reduce-overhead" in want:
+                self.stage("reduce-overhead", lambda: self.timed(
+                    "reduce-overhead", lambda: torch.compile(self.model, mode="reduce-overhead")))
+            if "max-autotune" in want:
                 self.stage("max-autotune", self.max_autotune)
-            self.stage("tilefx", self.tilefx)
-            if args.cm_default:  # untuned kernels on the cost model's pick: the A/B of that default
+            if "tilefx" in want:
+                self.stage("tilefx", self.tilefx)
+            if "tilefx cm-default" in want:  # untuned kernels on the cost model's pick: the A/B of that default
                 self.stage("tilefx cm-default", lambda: self.timed("tilefx cm-default", lambda: tilefx_compile(
                     self.model, self.device, True, default_schedules="cost_model")))
-            if not args.skip_kernels and "tilefx" not in row["errors"]:
+            if not args.skip_kernels and "tilefx" in want and "tilefx" not in row["errors"]:
                 self.stage("kernels", self.kernels)
-            if args.tune:
+            if "tilefx tuned" in want:
                 self.stage("tilefx tuned", self.tilefx_tuned)
         row.update(status="ok", stage="done")
         self.emit()
@@ -322,6 +327,27 @@ class Child:
             shutil.rmtree(folder, ignore_errors=True)
 
 
+def wanted(args: argparse.Namespace) -> set[str]:
+    """The timed columns a run measures (eager always: it is the reference): the default ones and
+    those its flags add, or ``--only``'s."""
+    asked = {"max-autotune": args.max_autotune, "tilefx cm-default": args.cm_default,
+             "tilefx tuned": bool(args.tune)}
+    if args.only:
+        return {c.strip() for c in args.only.split(",")}
+    return {c for c in COLS if c != "eager" and asked.get(c, True)}
+
+
+def merged(old: dict | None, new: dict) -> dict:
+    """An ``--only`` run's row over the finished row it adds columns to (same model and dtype)."""
+    if old is None or new.get("status") != "ok":
+        return new if old is None else {**old, "notes": old.get("notes", []) + [
+            f"--only run: {new.get('status')}"]}
+    out = {**old, "notes": old.get("notes", []) + new.get("notes", [])}
+    for key in ("ms", "compile_s", "err", "errors"):
+        out[key] = {**old.get(key, {}), **new.get(key, {})}
+    return out
+
+
 # ---------------------------------------------------------------- the driver
 
 LIVE: set[int] = set()  # process groups of running children, ended if the driver is stopped
@@ -364,6 +390,7 @@ def child_row(name: str, dtype: str, args: argparse.Namespace, timeout: float, g
     cmd += ["--max-autotune"] * args.max_autotune + ["--skip-kernels"] * args.skip_kernels
     cmd += ["--cm-default"] * args.cm_default
     cmd += ["--tune", args.tune] if args.tune else []
+    cmd += ["--only", args.only] if args.only else []
     env = dict(os.environ, **({"CUDA_VISIBLE_DEVICES": gpu} if gpu is not None else {}))
     row, why = run_child(cmd, env, timeout)
     if row is None:
@@ -397,10 +424,11 @@ def driver(args: argparse.Namespace) -> int:
         done = {(r["model"], r["dtype"]): r for r in old["rows"] if r.get("status") == "ok"}
         commands = old.get("commands", []) + commands
         progress(f"--resume: {len(done)} finished row(s) from {state}")
-    jobs = [(n, d) for d in dtypes for n in names if (n, d) not in done]
+    # --only adds columns to finished rows: every job runs, its row merged into the finished one
+    jobs = [(n, d) for d in dtypes for n in names if args.only or (n, d) not in done]
     asked = {"max-autotune": args.max_autotune, "tilefx cm-default": args.cm_default,
              "tilefx tuned": bool(args.tune)}
-    columns = tuple(c for c in COLS if asked.get(c, True))
+    columns = tuple(c for c in COLS if asked.get(c, True) or c in wanted(args))
     results = dict(done)
     start, lock = time.monotonic(), threading.Lock()
     order = [(n, d) for d in dtypes for n in names] + [k for k in done if k[1] not in dtypes or k[0] not in names]
@@ -433,7 +461,7 @@ def driver(args: argparse.Namespace) -> int:
             progress(f"== {name} {dtype}" + (f" on GPU {gpu}" if gpu is not None else ""))
             row = child_row(name, dtype, args, min(args.timeout, left), gpu)
         with lock:
-            results[job] = row
+            results[job] = merged(done.get(job), row) if args.only else row
             write()
         progress(f"== {name} {dtype}: {row.get('status')} in {time.monotonic() - t0:.0f} s; "
                  + ", ".join(f"{c} {fmt(v)}" for c, v in row.get("ms", {}).items()))
@@ -486,11 +514,19 @@ def main(argv: list[str] | None = None) -> int:
                    help="add tilefx with the learned cost model's default schedules (TILEFX_DEFAULT_SCHEDULE="
                    "cost_model) beside the fixed defaults")
     p.add_argument("--skip-kernels", action="store_true", help="no profiler table of tilefx's kernels")
+    p.add_argument("--only", default="", help="measure only these columns (comma-separated, e.g. "
+                   "'max-autotune,tilefx tuned' with --tune 60s) and merge them into --resume's finished rows: "
+                   "the device's minutes go to what is missing")
     p.add_argument("--device", default="cuda", choices=["cuda", "cpu"], help="cpu: a dry run (tilefx cpu target)")
     p.add_argument("--one", help=argparse.SUPPRESS)  # the child: run one model, print JSON rows
     args = p.parse_args(argv)
     if args.tune:
         tune_option(args.tune, 1)  # a bad budget fails here, not in every child
+    unknown_cols = wanted(args) - set(COLS) if args.only else set()
+    if unknown_cols or ("tilefx tuned" in wanted(args) and not args.tune):
+        print(f"--only {args.only!r}: columns are {', '.join(c for c in COLS if c != 'eager')}"
+              + ("; 'tilefx tuned' needs --tune" if not unknown_cols else ""), file=sys.stderr)
+        return 2
     if args.one:
         Child(args).run()
         return 0

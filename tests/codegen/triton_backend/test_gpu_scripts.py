@@ -2,6 +2,7 @@
 finding a script's bugs. ``schedule_sweep.py`` on the tiny CNN: every swept schedule checked
 against the library, a table, and with ``--db`` the timings as tuning records."""
 
+import argparse
 import sys
 from pathlib import Path
 
@@ -38,3 +39,27 @@ def test_kernel_counts_tables_both_dtypes(tmp_path, monkeypatch, capsys):
     assert len(rows) == 2 and all(row.endswith("| yes |") for row in rows), table
     assert kernel_counts.main(["--dtype", "fp8"]) == 2
     sys.modules.pop("kernel_counts", None)
+
+
+def test_models_only_measures_the_asked_columns_and_merges_them(monkeypatch):
+    """``models.py --only 'max-autotune,tilefx tuned' --resume``: the device's minutes go to the
+    missing columns; the new ones join the finished row, the old ones stay."""
+    monkeypatch.syspath_prepend(str(GPU_SCRIPTS))
+    import models
+
+    args = argparse.Namespace(max_autotune=False, cm_default=False, tune="60s", only="max-autotune,tilefx tuned")
+    assert models.wanted(args) == {"max-autotune", "tilefx tuned"}
+    args.only = ""
+    assert models.wanted(args) == {"inductor", "reduce-overhead", "tilefx", "tilefx tuned"}
+    old = dict(model="m", dtype="fp16", status="ok", ms={"eager": 2.0, "tilefx": 1.0}, err={"tilefx": 0.01},
+               compile_s={}, errors={}, notes=["a"], report={"kernels": 3})
+    new = dict(model="m", dtype="fp16", status="ok", ms={"eager": 2.1, "max-autotune": 1.2, "tilefx tuned": 0.9},
+               err={}, compile_s={"max-autotune": 90.0}, errors={}, notes=["b"], report={})
+    row = models.merged(old, new)
+    assert row["ms"] == {"eager": 2.1, "tilefx": 1.0, "max-autotune": 1.2, "tilefx tuned": 0.9}
+    assert row["report"] == {"kernels": 3} and row["notes"] == ["a", "b"]
+    failed = models.merged(old, dict(new, status="timeout after 60 s during max-autotune"))
+    assert failed["ms"] == old["ms"] and failed["notes"][-1].startswith("--only run: timeout")
+    assert models.main(["--device", "cpu", "--only", "bogus"]) == 2
+    assert models.main(["--device", "cpu", "--only", "tilefx tuned"]) == 2  # needs --tune
+    sys.modules.pop("models", None)
