@@ -241,6 +241,29 @@ def test_attention_kept_whole_reads_repeated_kv_heads_in_place() -> None:
     assert all("broadcast_to" not in ops for _, ops in summary[:-1]), summary
 
 
+def test_repeated_kv_heads_are_read_through_their_head_permute() -> None:
+    """Llama's V: a projection's columns split into KV heads (reshape + permute), then
+    repeated for GQA. The attention reads V through the permute too: no kernel copying V into
+    head-major order first (K, after its RoPE kernel, is read as that kernel wrote it)."""
+    b = GraphBuilder("gqa_v")
+    x = b.input(TensorType(F32, (2, 7, 16)), "x")
+    q = b.input(TensorType(F32, (2, 4, 7, 8)), "q")
+
+    def kv_heads(name, seed):
+        proj = b.op("matmul", x, b.const(weights(16, 16, seed=seed), name))
+        return b.op("permute", b.op("reshape", proj, shape=(2, 7, 2, 8)), dims=(0, 2, 1, 3))
+
+    k, v = b.op("relu", kv_heads("k.weight", 1)), kv_heads("v.weight", 2)
+    rep = [b.op("reshape", b.op("broadcast_to", b.op("reshape", t, shape=(2, 2, 1, 7, 8)), shape=(2, 2, 2, 7, 8)),
+                shape=(2, 4, 7, 8)) for t in (k, v)]
+    out = _kept_whole(b.finish([b.op("attention", q, *rep)]))
+    summary = kernel_summary(out)
+    assert len(summary) == 4, summary  # the two projections, K's relu, the attention
+    assert summary[-1][0] == "contraction" and summary[-1][1][0] == "permute", summary
+    assert sorted(ops.count("permute") for _, ops in summary) == [0, 0, 1, 1], summary
+    assert summary[-1][1].count("permute") == 1 and "relu" not in summary[-1][1], summary
+
+
 def test_widening_cast_for_a_reduction_is_its_prologue_not_the_matmul_epilogue() -> None:
     """``float(h)`` read only by a reduction: in the matmul's epilogue it would be written out
     at twice the matmul result's bytes; the reduction casts what it reads. A widening cast that

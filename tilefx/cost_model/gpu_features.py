@@ -153,7 +153,7 @@ def _tile(template: str, module: Any, body: Any, schedule: Any) -> dict[str, Any
                            # as asked (clamping may rewrite it); conv's default is the library
                            "impl": schedule.get("impl", "library" if template == "conv" else "triton")}
     if template == "conv" and out["impl"] == "depthwise":
-        out.update(_direct_conv(module.anchor_of(body), schedule))
+        out.update(_direct_conv(module.anchor_of(body), body, schedule))
         return out
     if template in ("matmul", "conv", "attention", "sparse"):
         out.update(_contraction(template, module, body, s))
@@ -188,12 +188,13 @@ def _pad(rows: int, block_rows: int, cols: int = 1, block_cols: int = 1) -> floa
     return 1.0 - rows * cols / (_cdiv(rows, block_rows) * block_rows * _cdiv(cols, block_cols) * block_cols)
 
 
-def _direct_conv(anchor: Any, schedule: Any) -> dict[str, Any]:
+def _direct_conv(anchor: Any, body: Any, schedule: Any) -> dict[str, Any]:
     """A depthwise/grouped conv as the direct template runs it: ``BLOCK_C x BLOCK_HW`` output
-    tiles (channels x pixels of one image, flat or rows x columns), ``Cg x KH x KW`` taps each
+    tiles (channels x pixels of one image, flat or rows x columns; channels-last: pixels of all
+    images x channels), ``Cg x KH x KW`` taps each
     on the CUDA cores (no tensor cores, no shared memory: described like a pointwise tile), the
     ``Cg`` loop the serial steps."""
-    g = depthwise.ConvGeometry.of(anchor)
+    g = depthwise.ConvGeometry.of(anchor, body)
     s = depthwise.clamp(g, schedule)
     bc, bhw, taps = int(s["BLOCK_C"]), int(s["BLOCK_HW"]), g.cg * g.KH * g.KW
     programs = depthwise.programs(g, s)

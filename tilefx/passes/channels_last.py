@@ -25,7 +25,20 @@ with explicit permutes, so every later pass and template sees the layout:
   block's scale) goes back as a free reshape, the big one is never transposed;
 - a reduction over spatial axes (the global average pool's ``mean(x, (2, 3))``)
   reduces the NHWC axes instead;
-- every other reader (a pool, a depthwise conv, a graph output) gets the value
+- a depthwise conv of 7x7 taps or more (ConvNeXt's) is always a region op, even
+  on an NCHW input (transposed once; the copy is that value's region value for its
+  other readers, the block's residual add): it reads ``permute(x_nhwc)`` and a
+  weight held ``[KH, KW, 1, C]`` (one row of channels a tap) and its result is
+  permuted to NHWC, which the direct template's channels-last tiling stores
+  (``codegen/triton/depthwise.py``). On the NCHW tiling such a kernel ran at 6-8%
+  of the memory roofline (one unaligned 2-byte load an output and tap); 3x3 and
+  5x5 depthwise convs keep it (MobileNetV2: 1.4-2.1x faster than cuDNN's
+  channels-last kernel), and the groups == 1 convs beside them stay NCHW;
+- a user's own permutes between the layouts (torchvision's LayerNorm2d, ConvNeXt's
+  ``permute(0, 2, 3, 1)`` before its MLP and back after) cost nothing: NHWC -> NCHW
+  of an NHWC tensor makes a region value of that tensor, and NCHW -> NHWC of a
+  region value is the region's tensor itself;
+- every other reader (a pool, a 3x3 depthwise conv, a graph output) gets the value
   back as NCHW through one permute (a reshape when only size-1 axes move): the
   region's edge. Permutes nobody reads are dropped by ``dce``.
 
@@ -52,6 +65,7 @@ TO_NCHW = (0, 3, 1, 2)
 POINTWISE = (Category.elementwise, Category.broadcast)
 DTYPES = (DType.float16, DType.bfloat16)
 REDUCTIONS = ("mean", "sum", "amax", "amin")
+LARGE_KERNEL_TAPS = 49
 
 
 def _eligible_conv(op: Op) -> bool:
@@ -59,17 +73,28 @@ def _eligible_conv(op: Op) -> bool:
             and op.inputs[0].type.dtype in DTYPES)
 
 
+def _region_depthwise(op: Op) -> bool:
+    """A depthwise conv of 7x7 or more taps (ConvNeXt's): NHWC always (see the module docstring)."""
+    if op.name != "conv2d" or op.inputs[0].type.rank != 4 or op.inputs[0].type.dtype not in DTYPES:
+        return False
+    c, kh, kw = op.inputs[0].type.shape[1], *op.inputs[1].type.shape[2:]
+    return op.attr("groups") == c > 1 and op.inputs[1].type.shape[1] == 1 and kh * kw >= LARGE_KERNEL_TAPS
+
+
 def _pointwise(op: Op) -> bool:
     return len(op.results) == 1 and op.result.type.rank == 4 and get_op(op.name).category in POINTWISE
 
 
 def _feeds_conv(readers: dict[str, list[Op]], op: Op, convs_ok: set[str]) -> bool:
-    """Whether ``op``'s result reaches a region-able conv through elementwise ops only."""
+    """Whether ``op``'s result reaches a region-able conv, or the user's own transpose to NHWC
+    (ConvNeXt's and Swin's patchify stems before their LayerNorm), through elementwise ops only."""
     stack, seen = [op.result], set()
     while stack:
         v = stack.pop()
         for r in readers.get(v.name, ()):
             if r.name == "conv2d" and r.result.name in convs_ok and r.inputs[0].name == v.name:
+                return True
+            if r.name == "permute" and tuple(r.attr("dims")) == TO_NHWC:
                 return True
             if _pointwise(r) and r.result.name not in seen:
                 seen.add(r.result.name)
@@ -78,10 +103,10 @@ def _feeds_conv(readers: dict[str, list[Op]], op: Op, convs_ok: set[str]) -> boo
 
 
 def _beside_grouped(graph: Graph, readers: dict[str, list[Op]], op: Op) -> bool:
-    """Whether a grouped (depthwise) conv reads this conv's output or makes its input,
-    through elementwise ops: the direct depthwise template reads and writes NCHW (and beat
-    cuDNN's channels-last kernel 1.4-2.1x on MobileNetV2's 3x3s), so an NHWC region there
-    would only add a transpose at each of its edges."""
+    """Whether a grouped conv that stays NCHW (a depthwise 3x3 or 5x5) reads this conv's output
+    or makes its input, through elementwise ops: the direct template's NCHW tiling beat cuDNN's
+    channels-last kernel 1.4-2.1x on MobileNetV2's 3x3s, so an NHWC region there would only
+    add a transpose at each of its edges."""
     producers = graph.producers()
     stack, seen = [op.inputs[0]], set()
     while stack:  # upstream
@@ -90,7 +115,7 @@ def _beside_grouped(graph: Graph, readers: dict[str, list[Op]], op: Op) -> bool:
         if p is None or v.name in seen:
             continue
         seen.add(v.name)
-        if p.name == "conv2d" and p.attr("groups") != 1:
+        if p.name == "conv2d" and p.attr("groups") != 1 and not _region_depthwise(p):
             return True
         if _pointwise(p):
             stack.extend(p.inputs)
@@ -98,7 +123,7 @@ def _beside_grouped(graph: Graph, readers: dict[str, list[Op]], op: Op) -> bool:
     while stack:  # downstream
         v = stack.pop()
         for r in readers.get(v.name, ()):
-            if r.name == "conv2d" and r.attr("groups") != 1:
+            if r.name == "conv2d" and r.attr("groups") != 1 and not _region_depthwise(r):
                 return True
             if _pointwise(r) and r.result.name not in seen:
                 seen.add(r.result.name)
@@ -107,9 +132,9 @@ def _beside_grouped(graph: Graph, readers: dict[str, list[Op]], op: Op) -> bool:
 
 
 def _joins(readers: dict[str, list[Op]], op: Op, convs_ok: set[str]) -> bool:
-    """A conv on an NCHW input starts (or joins) a region when its output feeds a conv, or a
-    conv reading the same input does (ResNet's downsampling shortcut beside the block's
-    first conv: both outputs meet in the residual add)."""
+    """A conv on an NCHW input starts (or joins) a region when its output feeds a conv (or is
+    transposed to NHWC by the model), or a conv reading the same input does (ResNet's
+    downsampling shortcut beside the block's first conv: both outputs meet in the residual add)."""
     return any(r.name == "conv2d" and r.result.name in convs_ok and r.inputs[0].name == op.inputs[0].name
                and _feeds_conv(readers, r, convs_ok) for r in readers.get(op.inputs[0].name, ()))
 
@@ -121,13 +146,18 @@ def channels_last(graph: Graph) -> Graph:
     convs = 0
     readers = value_readers(graph)
     convs_ok = {op.result.name for op in graph.ops
-                if _eligible_conv(op) and not _beside_grouped(graph, readers, op)}
+                if (_eligible_conv(op) and not _beside_grouped(graph, readers, op)) or _region_depthwise(op)}
     for op in graph.ops:
         new = None
         if op.name == "conv2d" and op.result.name in convs_ok and (
-                op.inputs[0].name in nhwc or _joins(readers, op, convs_ok)):
+                op.inputs[0].name in nhwc or _region_depthwise(op) or _joins(readers, op, convs_ok)):
             new = _conv(rw, op, nhwc)
             convs += 1
+        elif op.name == "permute" and tuple(op.attr("dims")) == TO_NHWC and op.inputs[0].name in nhwc:
+            rw.replace(op.result, nhwc[op.inputs[0].name])  # the region holds exactly this tensor
+            continue
+        elif op.name == "permute" and tuple(op.attr("dims")) == TO_NCHW and op.result.type.dtype in DTYPES:
+            new = rw.get(op.inputs[0])  # an NHWC tensor seen as NCHW: the region holds the tensor
         elif _pointwise(op) and any(v.name in nhwc for v in op.inputs):
             new = _elementwise(rw, op, nhwc)
         elif op.name in REDUCTIONS and op.inputs[0].name in nhwc:
@@ -153,13 +183,14 @@ def _to_nchw(rw: Rewriter, v: Value, like: Value) -> Value:
 
 
 def _input_nhwc(rw: Rewriter, x: Value, nhwc: dict[str, Value]) -> Value:
-    """``x`` NHWC: its region value, else one permute (a free reshape for ``[N, C, 1, 1]``)."""
-    if x.name in nhwc:
-        return nhwc[x.name]
-    n, c, h, w = x.type.shape
-    if (h, w) == (1, 1):
-        return rw.op("reshape", x, shape=(n, 1, 1, c))
-    return rw.op("permute", x, dims=TO_NHWC)
+    """``x`` NHWC: its region value, else one permute (a free reshape for ``[N, C, 1, 1]``),
+    which then is its region value: later readers (a residual add) use the same copy."""
+    if x.name not in nhwc:
+        n, c, h, w = x.type.shape
+        xin = rw.get(x)
+        nhwc[x.name] = rw.op("reshape", xin, shape=(n, 1, 1, c)) if (h, w) == (1, 1) else \
+            rw.op("permute", xin, dims=TO_NHWC)
+    return nhwc[x.name]
 
 
 def _conv(rw: Rewriter, op: Op, nhwc: dict[str, Value]) -> Value:
@@ -179,8 +210,15 @@ def _conv(rw: Rewriter, op: Op, nhwc: dict[str, Value]) -> Value:
         wt = rw.typed_const(weight.reshape(o, c).T.copy(), w.type.dtype, f"{w.name}_ck")
         y = rw.op("matmul", rows, wt, hint=op.result.name)
         return rw.op("reshape", y, shape=(n, op.result.type.shape[2], op.result.type.shape[3], o))
-    xin = rw.op("permute", nhwc[x.name], dims=TO_NCHW) if x.name in nhwc else rw.get(x)
-    if weight is not None:  # held OHWI: cuDNN would otherwise copy an OIHW weight to NHWC every call
+    depthwise = _region_depthwise(op)
+    if depthwise:  # the region reaches back to the input: one transpose, shared by its readers
+        xin = rw.op("permute", _input_nhwc(rw, x, nhwc), dims=TO_NCHW)
+    else:
+        xin = rw.op("permute", nhwc[x.name], dims=TO_NCHW) if x.name in nhwc else rw.get(x)
+    if weight is not None and depthwise:  # held [KH, KW, 1, C]: each tap's weights are one row
+        held = rw.typed_const(np.ascontiguousarray(weight.transpose(2, 3, 1, 0)), w.type.dtype, f"{w.name}_hwio")
+        w = rw.op("permute", held, dims=(3, 2, 0, 1))
+    elif weight is not None:  # held OHWI: cuDNN would otherwise copy an OIHW weight to NHWC every call
         held = rw.typed_const(np.ascontiguousarray(weight.transpose(TO_NHWC)), w.type.dtype, f"{w.name}_ohwi")
         w = rw.op("permute", held, dims=TO_NCHW)
     y = rw.op("conv2d", xin, w, *op.inputs[2:], hint=op.result.name, **a)

@@ -266,7 +266,9 @@ class _Fuser:
         if op.name == "permute" and tuple(op.attr("dims")) in CHANNELS_LAST:
             rule = "channels_last"
         if op.name == "broadcast_to" and self.only_attention_reads(op.result.name):
-            rule = "own_group"  # GQA's repeated KV heads: the attention reads them in place
+            # GQA's repeated KV heads: the attention reads them in place, and through the data
+            # movement that made them (Llama's V head permute), not a kernel writing them out
+            rule = "injective_prologue"
         group = getattr(self, f"join_{rule}")(i)
         if category in ANCHORS:
             group.anchor, group.anchor_shape = ANCHORS[category], op.results[0].type.shape
@@ -333,8 +335,10 @@ class _Fuser:
                 return self.new_group(i)  # the conv takes it in as its prologue
             return self.join_pointwise(i)
         j = self.producer.get(op.inputs[0].name)
-        # groups == 1: the implicit GEMM and the library store NHWC; the depthwise template does not
-        if j is not None and self.ops[j].name == "conv2d" and self.ops[j].attr("groups") == 1:
+        # every conv template stores NHWC (the library through a view of cuDNN's NHWC result); the
+        # direct template's channels-last tiling is for NHWC inputs (a region's), not NCHW ones
+        if j is not None and self.ops[j].name == "conv2d" and (
+                self.ops[j].attr("groups") == 1 or self.reads_nhwc(self.ops[j])):
             g = self.groups[self.group_of[j]]
             if g.fusible and not g.sealed and _same_shape(op.inputs[0].type.shape, g.anchor_shape):
                 merged = self.merge(i, [g.gid])
@@ -343,15 +347,16 @@ class _Fuser:
                     return merged
         return self.join_pointwise(i)
 
+    def reads_nhwc(self, conv: Op) -> bool:
+        k = self.producer.get(conv.inputs[0].name)
+        return k is not None and self.ops[k].name == "permute" and self.ops[k].attr("dims") == CHANNELS_LAST[1]
+
     def only_attention_reads(self, name: str) -> bool:
         """Whether every reader of ``name`` is an ``attention`` (through reshapes)."""
         readers = [self.ops[u] for u in self.users.get(name, ())]
         return bool(readers) and name not in self.outputs and all(
             r.name == "attention" or (r.name == "reshape" and self.only_attention_reads(r.result.name))
             for r in readers)
-
-    def join_own_group(self, i: int) -> _Group:
-        return self.new_group(i)
 
     def join_attention(self, i: int) -> _Group:
         """An ``attention`` left whole reads its q, k, v through the data movement that made

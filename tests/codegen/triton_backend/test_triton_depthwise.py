@@ -105,7 +105,7 @@ def test_every_point_of_the_space_fp32(case):
     # the flat tiling's points (rows x columns: test_every_rows_by_columns_tile_of_a_7x7)
     flat = {**{k: v for k, v in knobs.items() if k != "impl"}, "BLOCK_W": [0]}
     points = list(SearchSpace.of(flat).enumerate())
-    assert len(points) == 6 * 6 * 4 * 3
+    assert len(points) == 6 * 7 * 4 * 3
     x, w, c = (rand(v.type, i + 1) for i, v in enumerate(op.inputs))
     ref = F.relu(case.ref(x, w) + c)
     distinct = _distinct(op, (p.with_(impl="depthwise") for p in points))
@@ -301,7 +301,7 @@ def test_space_tuner_view_and_clamping():
     sp = SearchSpace.for_kernel(dw, target)
     # the library is the extern candidate; the direct template's knobs only
     assert sp.has_extern and sp.values("impl") == ("depthwise",)
-    assert set(sp.names) == {"impl", *depthwise.SPACE} and sp.size == 432 * 5
+    assert set(sp.names) == {"impl", *depthwise.SPACE} and sp.size == 504 * 5
     # groups == 1 keeps the implicit GEMM; a non-float grouped conv has only the library
     dense = kernel_op("contraction", [t(F16, 1, 4, 9, 9), t(F16, 6, 4, 3, 3)],
                       lambda b, x, w: b.op("conv2d", x, w))

@@ -66,7 +66,7 @@ def space(body: Graph) -> dict[str, list[Any]]:
 def default_schedule(body: Graph, target: Any = None) -> Schedule:
     op = anchor_of(body)
     if op.attr("groups") != 1 and op.inputs[0].type.dtype in depthwise.DTYPES:
-        direct = depthwise.default_schedule(depthwise.ConvGeometry.of(op))
+        direct = depthwise.default_schedule(depthwise.ConvGeometry.of(op, body))
         if direct is not None:  # depthwise: the direct template beats cuDNN (measured)
             return direct
     if gemm_wins(body):
@@ -163,17 +163,6 @@ def _bounds(coords: tuple[tuple[str, int], ...]) -> str | None:
     return " & ".join(terms) or None
 
 
-def _channels_last_values(body: Graph, op: Op) -> set[str]:
-    """Values of the epilogue computed from ``permute(conv, (0, 2, 3, 1))``: stored NHWC."""
-    out: set[str] = set()
-    for b in body.ops:
-        if b.name == "permute" and tuple(b.attr("dims")) == (0, 2, 3, 1) and b.inputs[0].name == op.result.name:
-            out.add(b.result.name)
-        elif any(v.name in out for v in b.inputs):
-            out.update(r.name for r in b.results)
-    return out
-
-
 def implicit_gemm(body: Graph, name: str, op: Op, schedule: Schedule) -> KernelSource:
     x, w = op.inputs
     N, C, H, W = shape_of(x)
@@ -217,7 +206,7 @@ def implicit_gemm(body: Graph, name: str, op: Op, schedule: Schedule) -> KernelS
     if mask is not None:  # the epilogue only stores: a bias column needs no pixel mask
         e.mask_parts[mask] = ((mmask, "offs_m"), (nmask, "offs_n"))
     e.overrides[op.result.name] = (idx, Var(acc, op.result.type.dtype, "tl.float32"))
-    channels_last = _channels_last_values(body, op)
+    channels_last = depthwise.channels_last_values(body, op)
     for j, v in enumerate(body.outputs):
         if v.name in channels_last:  # a channels-last region (passes/channels_last.py): rows of channels
             at = (on, oh, ow, "offs_n")

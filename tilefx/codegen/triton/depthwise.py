@@ -1,4 +1,4 @@
-"""Depthwise and grouped conv2d (NCHW, OIHW) as a direct convolution with a fused epilogue.
+"""Depthwise and grouped conv2d as a direct convolution with a fused epilogue, NCHW or NHWC.
 
 The implicit GEMM (``conv.implicit_gemm``) needs ``groups == 1`` and a deep
 ``K = C*KH*KW`` to feed ``tl.dot``; a depthwise conv (``groups == C``) has
@@ -26,7 +26,7 @@ the tensor cores:
   shared emitter, like the matmul and implicit-GEMM templates, and is
   stored in the output dtype.
 
-The two pixel tilings:
+The pixel tilings of NCHW:
 
 - flat (``BLOCK_W`` 0 or absent): ``BLOCK_HW`` consecutive pixels of the
   flattened ``OH*OW`` plane, a ``[BLOCK_C, BLOCK_HW]`` block, with
@@ -48,6 +48,17 @@ The two pixel tilings:
   convert and an FMA; what is left is the number of loads (one per output
   and tap, plus one weight per tap for each channel a thread holds), which
   the tile shape and warps decide (``default_schedule``).
+
+and, for a channels-last region's conv (passes/channels_last.py: the body reads its
+input through ``permute(x_nhwc)`` and stores ``permute(conv, (0, 2, 3, 1))``), a third:
+
+- channels-last (``ConvGeometry.channels_last``): ``BLOCK_HW`` pixels of the
+  flattened ``N*OH*OW`` by ``BLOCK_C`` channels, a ``[BLOCK_HW, BLOCK_C]`` block
+  with the channels the fast axis. In NHWC an input pixel's channels are
+  contiguous and aligned, so each tap is one 16-byte load of 8 fp16 channels a
+  thread (the NCHW tilings load one element an output and tap, unaligned: the
+  taps shift by a column), the weight held ``[KH, KW, 1, C]`` one more, and the
+  store is NHWC; ``BLOCK_W`` means nothing there and is dropped.
 
 Programs are ordered pixel tile fastest (columns, then rows), then channel
 block, then image: neighbouring programs read overlapping input rows (the
@@ -73,11 +84,11 @@ from tilefx.codegen.triton.emit import Emitter, Var, next_pow2, program_id, shap
 from tilefx.codegen.triton.matmul import _all
 from tilefx.codegen.triton.pointwise import arg_names
 from tilefx.codegen.triton.source import KernelSource, one_kernel_module
-from tilefx.ir.graph import Graph, Op
+from tilefx.ir.graph import Graph, Op, Value
 from tilefx.ir.types import DType
 
 SPACE: dict[str, list[Any]] = {
-    "BLOCK_HW": [32, 64, 128, 256, 512, 1024], "BLOCK_C": [1, 2, 4, 8, 16, 32],
+    "BLOCK_HW": [32, 64, 128, 256, 512, 1024], "BLOCK_C": [1, 2, 4, 8, 16, 32, 64],
     "BLOCK_W": [0, 8, 16, 32, 64],  # 0: the flat tiling; else output columns a program
     "num_warps": [1, 2, 4, 8], "num_stages": [1, 2, 3],
 }
@@ -104,15 +115,19 @@ class ConvGeometry:
     padding: tuple[int, int]
     dilation: tuple[int, int]
     groups: int
+    channels_last: bool = False  # the kernel stores the result NHWC: the channels-last tiling
 
     @staticmethod
-    def of(op: Op) -> ConvGeometry:
+    def of(op: Op, body: Graph | None = None) -> ConvGeometry:
+        """The geometry of conv ``op``; with its kernel ``body``, also whether it stores NHWC."""
         x, w = op.inputs
         N, C, H, W = shape_of(x)
         CO, _, KH, KW = shape_of(w)
         OH, OW = shape_of(op.result)[2:]
+        nhwc = body is not None and any(v.name in channels_last_values(body, op) for v in body.outputs)
         return ConvGeometry(N, C, H, W, CO, KH, KW, OH, OW, tuple(op.attr("stride")),
-                            tuple(op.attr("padding")), tuple(op.attr("dilation")), int(op.attr("groups")))
+                            tuple(op.attr("padding")), tuple(op.attr("dilation")), int(op.attr("groups")),
+                            nhwc)
 
     @property
     def cg(self) -> int:  # input channels per group
@@ -144,7 +159,10 @@ class Tile:
         return self.hw // self.w
 
     def pixel_tiles(self, g: ConvGeometry) -> tuple[int, int]:
-        """Programs along the output rows and columns (flat: ``(tiles, 1)``)."""
+        """Programs along the output rows and columns (flat: ``(tiles, 1)``; channels-last: the
+        tiles of all images' pixels, ``(tiles, 1)``)."""
+        if g.channels_last:
+            return -(-g.N * g.pixels // self.hw), 1
         if not self.w:
             return -(-g.pixels // self.hw), 1
         return -(-g.OH // self.h), -(-g.OW // self.w)
@@ -155,7 +173,13 @@ def clamp(g: ConvGeometry, schedule: Schedule) -> Schedule:
     bc = max(1, min(int(schedule.get("BLOCK_C", 4)), next_pow2(g.CO)))
     want = max(1, int(schedule.get("BLOCK_HW", 256)))
     bw = int(schedule.get("BLOCK_W", 0))
-    if bw > 0:  # the columns first (they coalesce), then the rows that fill BLOCK_HW
+    if g.channels_last:  # [pixels, channels]: keep the channel block, it is what coalesces
+        bhw = min(want, next_pow2(g.N * g.pixels))
+        while bc * bhw > MAX_TILE and bhw > 1:
+            bhw //= 2
+        bc = min(bc, MAX_TILE // bhw)
+        dims = [bhw]
+    elif bw > 0:  # the columns first (they coalesce), then the rows that fill BLOCK_HW
         bw = min(bw, next_pow2(g.OW), want)
         dims = [min(want // bw, next_pow2(g.OH)), bw]
     else:
@@ -189,17 +213,43 @@ def default_schedule(g: ConvGeometry) -> Schedule | None:
     ``gpu-models-h200-2026-12-03c.md``), so rows x columns stays in the space for the tuner only."""
     if g.cg != 1:
         return None
+    if g.channels_last:
+        return channels_last_default(g)
     if g.KH * g.KW >= 25:
         return clamp(g, Schedule.of(BLOCK_HW=64, BLOCK_C=1, num_warps=1, num_stages=1))
     bhw = 128 if g.pixels >= 784 else 256
     return clamp(g, Schedule.of(BLOCK_HW=bhw, BLOCK_C=4, num_warps=4, num_stages=1))
 
 
+def channels_last_default(g: ConvGeometry) -> Schedule:
+    """NOT MEASURED YET (chosen 2026-12-03 without a GPU): a channel block of up to 64 that
+    divides C (ConvNeXt's 96 channels: 32, no masked lanes) by 2048 // BLOCK_C pixels at 4
+    warps: 16 outputs a thread, i.e. two 8-channel (16-byte) input loads and one weight load a
+    tap. The flat NCHW tiling loads one element per output and tap, unaligned (the taps shift
+    by one column), so a 7x7 issues 8x the load instructions and half-filled L1 wavefronts."""
+    bc = 64
+    while bc > 8 and g.CO % bc:
+        bc //= 2
+    return clamp(g, Schedule.of(BLOCK_HW=2048 // bc, BLOCK_C=bc, num_warps=4, num_stages=1))
+
+
 def programs(g: ConvGeometry, schedule: Schedule) -> int:
     """Grid size of the clamped ``schedule`` (also what the cost model's features count)."""
     tile = Tile.of(clamp(g, schedule))
     th, tw = tile.pixel_tiles(g)
-    return g.N * -(-g.CO // tile.c) * th * tw
+    return (1 if g.channels_last else g.N) * -(-g.CO // tile.c) * th * tw
+
+
+def channels_last_values(body: Graph, op: Op) -> set[str]:
+    """Values of a conv kernel's body computed from ``permute(conv, (0, 2, 3, 1))``: a
+    channels-last region's conv (passes/channels_last.py), whose outputs are stored NHWC."""
+    out: set[str] = set()
+    for b in body.ops:
+        if b.name == "permute" and tuple(b.attr("dims")) == (0, 2, 3, 1) and b.inputs[0].name == op.result.name:
+            out.add(b.result.name)
+        elif any(v.name in out for v in b.inputs):
+            out.update(r.name for r in b.results)
+    return out
 
 
 def _affine(var: str, mul: int, add: int) -> str:
@@ -236,6 +286,8 @@ class _Pixels:
     xoff: str | None     # the input offset of tap (0, 0) (rows x columns), else None
     out_index: tuple[str, ...]
     out_offset: str      # the flat output offset, with the tile's full shape
+    n: str               # the image of each output ("0" for one image)
+    nhwc_offset: str | None = None  # channels-last: the flat offset of the NHWC output
 
 
 def _first_channel(e: Emitter, g: ConvGeometry) -> None:
@@ -244,9 +296,10 @@ def _first_channel(e: Emitter, g: ConvGeometry) -> None:
     e.line(f"cin0 = {group}" if g.cg == 1 else f"cin0 = {group} * {g.cg}")
 
 
-def _flat(e: Emitter, body: Graph, g: ConvGeometry, tile: Tile, n: str) -> _Pixels:
+def _flat(e: Emitter, body: Graph, g: ConvGeometry, tile: Tile) -> _Pixels:
     """``[BLOCK_C, BLOCK_HW]``: flat pixels, ``oh``/``ow`` by division (the 3x3 tiling)."""
     (sh, sw), (ph, pw), (dh, dw) = g.stride, g.padding, g.dilation
+    n = "n" if g.N > 1 else "0"
     P, tiles_hw, tiles_c = g.pixels, -(-g.pixels // tile.hw), -(-g.CO // tile.c)
     e.line(f"pid = {program_id(body, 0)}")
     e.line(f"thw = pid % {tiles_hw}  # pixel tiles side by side share input rows in L1/L2")
@@ -267,12 +320,13 @@ def _flat(e: Emitter, body: Graph, g: ConvGeometry, tile: Tile, n: str) -> _Pixe
     wcond = _bounds("iw", -pw, (g.OW - 1) * sw - pw + (g.KW - 1) * dw, g.W)
     # both the channel and the pixel term: the store pointer has the tile's full shape
     off = f"{n} * {g.CO * P} + oc * {P} + pix" if g.N > 1 else f"oc * {P} + pix"
-    return _Pixels(cmask, inside, (inside,), hcond, wcond, None, (n, "oc", "oh", "ow"), off)
+    return _Pixels(cmask, inside, (inside,), hcond, wcond, None, (n, "oc", "oh", "ow"), off, n)
 
 
-def _rows_by_columns(e: Emitter, body: Graph, g: ConvGeometry, tile: Tile, n: str) -> _Pixels:
+def _rows_by_columns(e: Emitter, body: Graph, g: ConvGeometry, tile: Tile) -> _Pixels:
     """``[BLOCK_C, BLOCK_H, BLOCK_W]``: rows x columns, per-tap work on row and column vectors."""
     (sh, sw), (ph, pw), (dh, dw) = g.stride, g.padding, g.dilation
+    n = "n" if g.N > 1 else "0"
     (tiles_h, tiles_w), tiles_c = tile.pixel_tiles(g), -(-g.CO // tile.c)
     e.line(f"pid = {program_id(body, 0)}")
     # pid in mixed radix, column tiles fastest: neighbours share input rows in L1/L2
@@ -305,7 +359,53 @@ def _rows_by_columns(e: Emitter, body: Graph, g: ConvGeometry, tile: Tile, n: st
     rows = f"oh < {g.OH}" if g.OH % tile.h else None
     cols = f"ow < {g.OW}" if g.OW % tile.w else None
     off = _sum(_scaled(n, g.CO * g.pixels), _scaled("oc", g.pixels), _scaled("oh", g.OW), "ow")
-    return _Pixels(cmask, cmask, (cmask, rows, cols), hcond, wcond, "xoff", (n, "oc", "oh", "ow"), off)
+    return _Pixels(cmask, cmask, (cmask, rows, cols), hcond, wcond, "xoff", (n, "oc", "oh", "ow"), off, n)
+
+
+def _pixels_by_channels(e: Emitter, body: Graph, g: ConvGeometry, tile: Tile) -> _Pixels:
+    """``[BLOCK_HW, BLOCK_C]``, channels-last: ``BLOCK_HW`` pixels of the flattened
+    ``N*OH*OW`` by ``BLOCK_C`` channels, channels the fast axis. An NHWC input (read through
+    the region's permute) and the NHWC output are contiguous along it: 16-byte loads and
+    stores of 8 fp16 channels, and a weight held ``[KH, KW, 1, C]`` is one more per tap."""
+    (sh, sw), (ph, pw), (dh, dw) = g.stride, g.padding, g.dilation
+    m, tiles_m, tiles_c = g.N * g.pixels, -(-g.N * g.pixels // tile.hw), -(-g.CO // tile.c)
+    e.line(f"pid = {program_id(body, 0)}")
+    e.line(f"tm = pid % {tiles_m}  # pixel tiles side by side share input rows in L1/L2" if tiles_c > 1
+           else "tm = pid")
+    e.line(f"tc = pid // {tiles_m}" if tiles_c > 1 else "tc = 0")
+    e.line("pix = (tm * BLOCK_HW + tl.arange(0, BLOCK_HW))[:, None]  # output pixels, (n * OH + oh) * OW + ow")
+    e.line("oc = (tc * BLOCK_C + tl.arange(0, BLOCK_C))[None, :]  # output channels: the fast axis")
+    # vectors even for a 1-pixel plane: a Python int coordinate would make a Python bool mask
+    n = e.tmp(f"pix // {g.pixels}", "img") if g.N > 1 else "0"
+    e.line(f"oh = (pix // {g.OW}) % {g.OH}")
+    e.line(f"ow = pix % {g.OW}")
+    oh, ow = "oh", "ow"
+    e.line(f"ih0 = {_affine(oh, sh, -ph)}")
+    e.line(f"iw0 = {_affine(ow, sw, -pw)}")
+    _first_channel(e, g)
+    cmask = f"oc < {g.CO}" if g.CO % tile.c else None
+    pmask = f"pix < {m}" if m % tile.hw else None  # a lane past the last image reads nothing
+    inside = _all(e, cmask, pmask)
+    if inside:  # the epilogue only stores: a bias row needs the channel mask only
+        e.mask_parts[inside] = ((cmask, "oc"), (pmask, "pix"))
+    hcond = _bounds("ih", -ph, (g.OH - 1) * sh - ph + (g.KH - 1) * dh, g.H)
+    wcond = _bounds("iw", -pw, (g.OW - 1) * sw - pw + (g.KW - 1) * dw, g.W)
+    off = f"{n} * {g.CO * g.pixels} + oc * {g.pixels} + {_sum(_scaled(oh, g.OW), ow)}"
+    return _Pixels(cmask, inside, (inside,), hcond, wcond, None, (n, "oc", oh, ow), off, n,
+                   f"pix * {g.CO} + oc")
+
+
+VIEWS = ("permute", "reshape", "slice", "broadcast_to")
+
+
+def _computed(e: Emitter, x: Value) -> bool:
+    """Whether the input is computed in the kernel (a prologue), not a view of a kernel input
+    (the region's permute), whose masked load is already 0 in the padding."""
+    while (p := e.producer.get(x.name)) is not None:
+        if p.name not in VIEWS:
+            return True
+        x = p.inputs[0]
+    return False
 
 
 def emit(body: Graph, name: str, op: Op, schedule: Schedule) -> KernelSource:
@@ -313,17 +413,19 @@ def emit(body: Graph, name: str, op: Op, schedule: Schedule) -> KernelSource:
     if x.type.dtype not in DTYPES or w.type.dtype != x.type.dtype:
         raise NotImplementedError(f"conv2d on {x.type.dtype.short} has no direct Triton template "
                                   f"(it runs as the library candidate)")
-    g = ConvGeometry.of(op)
+    g = ConvGeometry.of(op, body)
     s = clamp(g, schedule)
     tile, warps, stages = Tile.of(s), int(s["num_warps"]), int(s["num_stages"])
     dh, dw = g.dilation
     out_shape = shape_of(op.result)
     args, ins, outs = arg_names(body)
     e = Emitter(body, args)
-    e.scalars |= {"thw", "th", "tw", "tc", "n", "ci", "kh", "kw", "tap"}
-    n = "n" if g.N > 1 else "0"
-    px = (_rows_by_columns if tile.w else _flat)(e, body, g, tile, n)
-    block = "[BLOCK_C, BLOCK_H, BLOCK_W]" if tile.w else "[BLOCK_C, BLOCK_HW]"
+    e.scalars |= {"thw", "th", "tw", "tm", "tc", "ci", "kh", "kw", "tap"} | ({"n"} if not g.channels_last else set())
+    tiling = _pixels_by_channels if g.channels_last else _rows_by_columns if tile.w else _flat
+    px = tiling(e, body, g, tile)
+    n = px.n
+    block = "[BLOCK_HW, BLOCK_C]" if g.channels_last else "[BLOCK_C, BLOCK_H, BLOCK_W]" if tile.w else \
+        "[BLOCK_C, BLOCK_HW]"
     acc = e.tmp(f"tl.zeros({block}, dtype=tl.float32)", "acc")
     loop = g.cg > 1  # the input channels of a group: a runtime loop around the taps
     if loop:
@@ -351,19 +453,29 @@ def emit(body: Graph, name: str, op: Op, schedule: Schedule) -> KernelSource:
                 xv = e.value_at(x, at, m)
                 e.flat = saved
                 xs = e.compute(xv)
-                if m is not None and x.name in e.producer:  # padding is zero, not prologue(0)
+                if m is not None and _computed(e, x):  # padding is zero, not prologue(0)
                     xs = f"tl.where({m}, {xs}, 0.0)"
                 wv = e.value_at(w, ("oc", "ci" if loop else "0", "kh", "kw"), px.cmask)
                 e.line(f"{acc} += {xs} * {e.compute(wv)}")
     idx = px.out_index
-    e.line(f"off = {px.out_offset}")
+    nhwc = channels_last_values(body, op)
+    nhwc_idx = (n, idx[2], idx[3], "oc")
+    if px.nhwc_offset:  # channels-last: the region's values are NHWC, so are its residuals
+        e.line(f"off = {px.nhwc_offset}")
+        e.flat = (nhwc_idx, (g.N, g.OH, g.OW, g.CO), "off")
+    else:
+        e.line(f"off = {px.out_offset}")
+        e.flat = (idx, out_shape, "off")  # a residual of the output's shape reads at the same offset
     inside = _all(e, *px.store)
     e.overrides[op.result.name] = (idx, Var(acc, op.result.type.dtype, "tl.float32"))
-    e.flat = (idx, out_shape, "off")  # a residual of the output's shape reads at the same offset
     for j, v in enumerate(body.outputs):
-        if shape_of(v) != out_shape:
+        if v.name in nhwc and g.channels_last:
+            at = nhwc_idx
+        elif shape_of(v) == out_shape:
+            at = idx
+        else:
             raise NotImplementedError(f"conv kernel output %{v.name} is not on the conv's result")
-        e.store(f"out{j}", v, idx, inside, offset="off")
+        e.store(f"out{j}", v, at, inside, offset="off" if at == e.flat[0] else None)
     consts = {"BLOCK_C": tile.c, "BLOCK_H": tile.h, "BLOCK_W": tile.w} if tile.w else \
         {"BLOCK_C": tile.c, "BLOCK_HW": tile.hw}
     text = one_kernel_module(name, ins + outs, e.lines, f"({programs(g, s)},)", consts,
