@@ -62,10 +62,10 @@ def test_print_after_all() -> None:
 def test_optimize_with_trace_and_options() -> None:
     g = small_graph()
     out, trace = optimize_with_trace(g, PassOptions(verify=True))
-    assert [name for name, _ in trace] == ["canonicalize", "fold_constants", "fold_batch_norm",
-                                           "permute_channels", "sparsify",
-                                           "split_reduction", "sink_reshapes", "cse", "dce", "fusion", "mark_sparse_kernels",
-                                           "pack_weights", "block_layout"]
+    assert [name for name, _ in trace] == ["canonicalize", "fold_constants", "fold_batch_norm", "attention_masks",
+                                           "permute_channels", "sparsify", "split_reduction", "sink_reshapes",
+                                           "cse", "dce", "fusion", "mark_sparse_kernels", "pack_weights",
+                                           "block_layout"]
     assert trace[-1][1] is out
     assert_same(g, out)
     unfused = optimize(g, PassOptions(fuse=False))

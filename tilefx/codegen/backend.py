@@ -58,6 +58,7 @@ class PassDefaults:
     pad_columns: bool            # matmuls with unaligned rows (N % 8 != 0) are several times slower
     channels_last: bool = False  # conv regions in NHWC (the library's tensor-core convs want it)
     rms_norm: bool = False       # a written-out RMSNorm becomes one row op (the template has it)
+    merge_projections: bool = False  # q, k, v of one input packed into one matmul (GPU waves)
 
 
 class KernelFn(Protocol):

@@ -12,6 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from tilefx.ir.graph import Graph
+from tilefx.passes.attention_masks import attention_masks
 from tilefx.passes.block_quant import BlockQuant, QuantLog, block_quantize
 from tilefx.passes.canonicalize import canonicalize
 from tilefx.passes.channels_last import channels_last
@@ -20,6 +21,7 @@ from tilefx.passes.fold import fold_batch_norm, fold_constants
 from tilefx.passes.fusion import FusionAdvisor, fuse
 from tilefx.passes.layout import BlockFactor, block_layout
 from tilefx.passes.manager import GraphPass, Instrument, PassManager, TraceInstrument, env_instruments
+from tilefx.passes.merge_projections import merge_projections
 from tilefx.passes.outliers import group_outliers
 from tilefx.passes.packing import PackFactor, PackingLog, pack_weights
 from tilefx.passes.pad_columns import pad_columns
@@ -72,6 +74,8 @@ class PassOptions:
     #                              compiler turns it on where the backend's convs want NHWC: cuda)
     rms_norm: bool = False      # x * rsqrt(mean(x^2) + eps) -> one rms_norm row op (exact; the compiler
     #                             turns it on where the backend has the row op: cuda)
+    merge_projections: bool = False  # q, k, v projections of one input -> one packed matmul (exact; the
+    #                                  compiler turns it on where part-filled GEMM waves cost: cuda)
 
 
 def pipeline(options: PassOptions | None = None) -> list[GraphPass]:
@@ -80,6 +84,7 @@ def pipeline(options: PassOptions | None = None) -> list[GraphPass]:
         canonicalize.bind(decompose_attention=o.decompose_attention),  # batch_norm -> x*s+t, attention -> softmax
         fold_constants if o.fold_constants else None,                   # all-const ops -> new consts
         fold_batch_norm if o.fold_constants else None,                  # conv [+b] * s -> conv(W*s) [+b*s]
+        attention_masks,                                                # a constant causal mask -> causal=True
         prune_weights.bind(amount=o.prune, block=tuple(o.prune_block)) if o.prune else None,  # opt-in, lossy
         group_outliers.bind(spec=o.quantize, report=o.quant_log)        # outliers share blocks (exact)
         if o.quantize is not None and o.quantize.group else None,
@@ -88,6 +93,7 @@ def pipeline(options: PassOptions | None = None) -> list[GraphPass]:
         permute_channels.bind(report=o.permute_log) if o.sparsity and o.permute else None,  # fewer blocks
         sparsify.bind(chooser=o.sparse_chooser) if o.sparsity else None,  # sparse weights -> bsr_matmul
         channels_last if o.channels_last else None,                     # conv regions NHWC, NCHW at edges
+        merge_projections if o.merge_projections else None,             # x@Wq, x@Wk, x@Wv -> x@[Wq Wk Wv]
         pad_columns if o.pad_columns else None,                         # W[K, N] -> W[K, 8k], then slice
         split_reduction,                                                # any/max of 2M -> of 1024 partial rows
         sink_reshapes,                                                  # gelu(view(mm)) -> view(gelu(mm))
