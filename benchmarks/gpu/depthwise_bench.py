@@ -4,12 +4,17 @@ tilefx's conv kernel (default schedule, and each schedule of the direct template
     python benchmarks/gpu/depthwise_bench.py                           # MobileNetV2 + ConvNeXt-T, fp16, batch 32
     python benchmarks/gpu/depthwise_bench.py --models efficientnet,resnext --detail
     python benchmarks/gpu/depthwise_bench.py --all-warps               # every point of the space (slow: compiles)
+    python benchmarks/gpu/depthwise_bench.py --models convnext --layout both  # NCHW and channels-last kernels
     python benchmarks/gpu/depthwise_bench.py --dry-run                 # CPU, Triton interpreter, tiny shapes
 
 Each shape is one fused kernel as the zoo's models make it: the depthwise conv, its
 folded batch norm as a bias, and the block's activation (ReLU6 in MobileNetV2, SiLU in
 EfficientNet, none in ConvNeXt, whose LayerNorm follows). The torch rows run the same
-computation eagerly (conv with bias, then the activation: two kernels). Times are CUDA-event
+computation eagerly (conv with bias, then the activation: two kernels). ``--layout nhwc`` times
+the kernel as a channels-last region makes it (``passes/channels_last.py``: the input read as
+``permute(x_nhwc)``, the weight held ``[KH, KW, 1, C]``, the result stored NHWC), which the
+direct template runs with its channels-last tiling; ``both`` puts the two layouts side by side
+(rows ``... nchw`` / ``... nhwc``; the torch columns are the same computation either way). Times are CUDA-event
 medians after warm-up, of a CUDA graph of ``--calls`` back-to-back calls (a single launch
 timed from Python measures the launch latency of a 10 us kernel); inputs stay in L2 between
 calls where they fit, for every row alike. Every tilefx schedule is checked against torch
@@ -80,21 +85,33 @@ ACTS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
     "none": lambda y: y, "relu": torch.relu, "relu6": lambda y: F.hardtanh(y, 0.0, 6.0), "silu": F.silu}
 
 
-def kernel_for(shape: Shape, batch: int, dtype: Any) -> Any:
-    """The fused kernel op: conv2d + bias + the block's activation."""
+TO_NHWC, TO_NCHW, FROM_HWIO = (0, 2, 3, 1), (0, 3, 1, 2), (3, 2, 0, 1)
+
+
+def kernel_for(shape: Shape, batch: int, dtype: Any, nhwc: bool = False) -> Any:
+    """The fused kernel op: conv2d + bias + the block's activation; ``nhwc``: as a channels-last
+    region holds it (inputs ``x [N, H, W, C]``, ``w [KH, KW, Cg, O]``, bias ``[O]``; NHWC result)."""
     from tilefx.ir import TensorType
 
-    o = shape.c * shape.mult
+    o, conv = shape.c * shape.mult, dict(stride=(shape.stride,) * 2, padding=(shape.k // 2,) * 2, groups=shape.g)
 
     def body(b, x, w, c):
-        y = b.op("add", b.op("conv2d", x, w, stride=(shape.stride,) * 2, padding=(shape.k // 2,) * 2,
-                             groups=shape.g), c)
+        if nhwc:
+            y = b.op("conv2d", b.op("permute", x, dims=TO_NCHW), b.op("permute", w, dims=FROM_HWIO), **conv)
+            y = b.op("add", b.op("permute", y, dims=TO_NHWC), c)
+        else:
+            y = b.op("add", b.op("conv2d", x, w, **conv), c)
         if shape.act == "relu6":
             return b.op("clamp", y, min=0.0, max=6.0)
         return y if shape.act == "none" else b.op(shape.act, y)
-    types = [TensorType(dtype, (batch, shape.c, shape.hw, shape.hw)),
-             TensorType(dtype, (o, shape.c // shape.g, shape.k, shape.k)), TensorType(dtype, (o, 1, 1))]
-    return kernel_op("contraction", types, body, name=f"dw_{shape.c}_{shape.hw}_{shape.k}_{shape.stride}")
+    if nhwc:
+        types = [TensorType(dtype, (batch, shape.hw, shape.hw, shape.c)),
+                 TensorType(dtype, (shape.k, shape.k, shape.c // shape.g, o)), TensorType(dtype, (o,))]
+    else:
+        types = [TensorType(dtype, (batch, shape.c, shape.hw, shape.hw)),
+                 TensorType(dtype, (o, shape.c // shape.g, shape.k, shape.k)), TensorType(dtype, (o, 1, 1))]
+    return kernel_op("contraction", types, body,
+                     name=f"dw_{shape.c}_{shape.hw}_{shape.k}_{shape.stride}" + ("_nhwc" if nhwc else ""))
 
 
 def distinct(op: Any, points: Any, seen: dict[str, Any] | None = None) -> list[Any]:
@@ -166,22 +183,28 @@ def make_timer(device: str, calls: int) -> Callable[[Callable[[], Any]], float]:
 
 
 def bench_shape(shape: Shape, args: argparse.Namespace, device: str, dtype: torch.dtype,
-                timer: Callable[[Callable[[], Any]], float]) -> dict[str, Any]:
+                timer: Callable[[Callable[[], Any]], float], layout: str = "nchw") -> dict[str, Any]:
     from tilefx.codegen.target import Target
     from tilefx.codegen.triton import build_kernel, default_schedule
     from tilefx.ir import DType
 
     ir_dtype = {torch.float32: DType.float32, torch.float16: DType.float16,
                 torch.bfloat16: DType.bfloat16}[dtype]
-    op = kernel_for(shape, args.batch, ir_dtype)
-    x, w, c = (torch.randn(tuple(v.type.shape), device=device).to(dtype) for v in op.inputs)
+    nhwc = layout == "nhwc"
+    op = kernel_for(shape, args.batch, ir_dtype, nhwc)
+    ins = [torch.randn(tuple(v.type.shape), device=device).to(dtype) for v in op.inputs]
+    # the torch rows' NCHW / OIHW views of the same data
+    x, w, c = (ins[0].permute(TO_NCHW), ins[1].permute(FROM_HWIO), ins[2]) if nhwc else ins
     conv = dict(stride=shape.stride, padding=shape.k // 2, groups=shape.g)
     act = ACTS[shape.act]
     ref = act(F.conv2d(x.float(), w.float(), c.float().flatten(), **conv))
+    ref = ref.permute(TO_NHWC) if nhwc else ref
+    x, w = x.contiguous(), w.contiguous()
     out = torch.empty(tuple(op.results[0].type.shape), device=device, dtype=dtype)
     cl = torch.channels_last
     x_cl, w_cl = x.contiguous(memory_format=cl), w.contiguous(memory_format=cl)
-    row: dict[str, Any] = {"shape": asdict(shape), "name": shape.name, "batch": args.batch,
+    row: dict[str, Any] = {"shape": asdict(shape), "name": f"{shape.name} {layout}", "layout": layout,
+                           "batch": args.batch,
                            "bytes": sum(t.numel() * t.element_size() for t in (x, w, c, out)),
                            "torch_nchw": timer(lambda: act(F.conv2d(x, w, c.flatten(), **conv))),
                            "torch_channels_last": timer(lambda: act(F.conv2d(x_cl, w_cl, c.flatten(), **conv)))}
@@ -191,12 +214,12 @@ def bench_shape(shape: Shape, args: argparse.Namespace, device: str, dtype: torc
     def run(schedule: Any) -> float | None:
         kernel = build_kernel(op, target, schedule)
         out.fill_(float("nan"))
-        kernel(x, w, c, out)
+        kernel(*ins, out)
         if not torch.allclose(out.float(), ref, rtol=tol, atol=tol):
             progress(f"{shape.name}: {schedule} is WRONG (max error "
                      f"{(out.float() - ref).abs().nan_to_num(1e9).max().item():.3g})")
             return None
-        return timer(lambda: kernel(x, w, c, out))
+        return timer(lambda: kernel(*ins, out))
 
     default = default_schedule(op, target)
     row["default_schedule"], row["default"] = str(default), run(default)
@@ -251,6 +274,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rows-columns", default="auto", choices=("auto", "all", "none"),
                    help="sweep the rows x columns tiling (BLOCK_W > 0) on kernels of 5x5 and up "
                         "(auto), on every shape, or on none")
+    p.add_argument("--layout", default="nchw", choices=("nchw", "nhwc", "both"),
+                   help="the kernel as NCHW code has it, as a channels-last region has it, or both")
     p.add_argument("--detail", action="store_true", help="a table of every schedule per shape")
     p.add_argument("--dry-run", action="store_true",
                    help="CPU under the Triton interpreter: one small shape per model, batch 1, 2 schedules")
@@ -274,9 +299,11 @@ def main(argv: list[str] | None = None) -> int:
            + (" (dry run: Triton interpreter on CPU, times mean nothing)" if args.dry_run else "") + "\n")
     timer = make_timer(device, args.calls)
     rows = []
+    layouts = ("nchw", "nhwc") if args.layout == "both" else (args.layout,)
     for shape in shapes:
-        progress(f"{shape.name} ...")
-        rows.append(bench_shape(shape, args, device, DTYPES[args.dtype], timer))
+        for layout in layouts:
+            progress(f"{shape.name} {layout} ...")
+            rows.append(bench_shape(shape, args, device, DTYPES[args.dtype], timer, layout))
     report_rows(rows, report, args.detail)
     if report.path is not None:
         report.path.with_suffix(".json").write_text(json.dumps(rows, indent=1))

@@ -41,6 +41,21 @@ def test_kernel_counts_tables_both_dtypes(tmp_path, monkeypatch, capsys):
     sys.modules.pop("kernel_counts", None)
 
 
+def test_depthwise_bench_dry_run_both_layouts(tmp_path, monkeypatch, capsys):
+    """``depthwise_bench.py --layout both``: ConvNeXt's 7x7 as NCHW code and as a channels-last
+    region's kernel (its own tiling), each checked against torch before it is timed."""
+    monkeypatch.syspath_prepend(str(GPU_SCRIPTS))
+    monkeypatch.setenv("OUT", str(tmp_path / "out"))
+    import depthwise_bench
+
+    assert depthwise_bench.main(["--dry-run", "--models", "convnext", "--layout", "both"]) == 0
+    table = (tmp_path / "out" / "depthwise_bench.md").read_text()
+    rows = [line for line in table.splitlines() if line.startswith("| convnext")]
+    assert [r.split(" | ")[0].split()[-1] for r in rows] == ["nchw", "nhwc"], table
+    assert "wrong" not in table and "WRONG" not in capsys.readouterr().err, table
+    sys.modules.pop("depthwise_bench", None)
+
+
 def test_models_only_measures_the_asked_columns_and_merges_them(monkeypatch):
     """``models.py --only 'max-autotune,tilefx tuned' --resume``: the device's minutes go to the
     missing columns; the new ones join the finished row, the old ones stay."""

@@ -178,3 +178,33 @@ def test_convnext_for_cuda():
     assert len(schedules) == 4, report  # and the downsampling conv: cuDNN on the NHWC view
     assert sum("impl='depthwise'" in ln for ln in schedules) == 3, report
     assert sum("impl='library'" in ln for ln in schedules) == 1, report
+
+
+@pytest.mark.gpu
+@pytest.mark.slow
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("case", ["dw7x7-c40-b2-5x6", "dw3x3-mult2-c7-s2-d2"])  # 47 and 31 kernels
+def test_every_compiled_point_on_gpu(case, monkeypatch):
+    """Through Triton's compiler (vector loads, layouts the interpreter never sees): every
+    distinct code of the channels-last space, num_warps and num_stages included, fp16, with an
+    NHWC residual and the NCHW second output, against torch on the device."""
+    from tilefx.codegen.space import SearchSpace
+    from tilefx.codegen.triton import build_kernel
+    from tilefx.codegen.triton.source import fingerprint
+    from tilefx.codegen.triton.templates import space
+
+    monkeypatch.setenv("TRITON_INTERPRET", "0")  # triton_testing turned the interpreter on
+    op, ref = _region_conv(case, F16, residual=True)
+    ins = [rand(v.type, i).cuda() for i, v in enumerate(op.inputs)]
+    want = ref(*ins)
+    seen = set()
+    for s in SearchSpace.of({**space(op), "impl": ["depthwise"]}).enumerate():
+        source, _ = emit_source(op, s)
+        if fingerprint(source) in seen:
+            continue
+        seen.add(fingerprint(source))
+        outs = [torch.full(tuple(r.type.shape), float("nan"), device="cuda", dtype=torch.float16) for r in op.results]
+        build_kernel(op, None, s)(*ins, *outs)
+        for y, w in zip(outs, want):
+            torch.testing.assert_close(y.float(), w, rtol=2e-2, atol=2e-2, msg=lambda m, s=s: f"{s}: {m}")
+    assert len(seen) > 10
