@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -125,3 +127,49 @@ def test_the_cuda_pipeline_makes_a_traced_causal_mask_causal():
     out = optimize(graph, opts)
     assert _attention(out).attr("causal") is True and len(_attention(out).inputs) == 3
     assert_same(graph, out, atol=1e-5, rtol=1e-5)
+
+
+@st.composite
+def masked_attentions(draw):
+    """An attention with a constant mask of a random kind (causal, all-keep, random keep, a
+    bias), form (bool, additive with -inf / the dtype's lowest / a finite value), shape
+    (batch and head axes of 1 or full, repeated or not) and sizes (1 query or key, L != S)."""
+    rng = np.random.default_rng(draw(st.integers(0, 2**16)))
+    b, h, length, source = (draw(st.integers(1, 3)), draw(st.integers(1, 3)),
+                            draw(st.integers(1, 6)), draw(st.integers(1, 6)))
+    kind = draw(st.sampled_from(["causal", "keep all", "random", "bias"]))
+    lead = (draw(st.sampled_from([1, b])), draw(st.sampled_from([1, h])))
+    if kind == "causal":
+        keep = np.broadcast_to(np.tril(np.ones((length, source), bool)), lead + (length, source))
+    elif kind == "keep all":
+        keep = np.ones(lead + (length, source), bool)
+    else:
+        keep = rng.random(lead + (length, source)) > 0.3
+        keep[..., 0] = True  # no query row masked from every key
+        if draw(st.booleans()):  # the same for every batch row
+            keep = np.broadcast_to(keep[:1], keep.shape)
+    form = draw(st.sampled_from(["bool", "-inf", "lowest", "finite"]))
+    if kind == "bias":
+        mask, dtype = rng.standard_normal(keep.shape).astype(np.float32), F32
+    elif form == "bool":
+        mask, dtype = keep, BOOL
+    else:
+        low = {"-inf": -np.inf, "lowest": np.finfo(np.float32).min, "finite": -30.0}[form]
+        mask, dtype = np.where(keep, 0.0, low).astype(np.float32), F32
+    removes_outright = kind != "bias" and form != "finite"
+    full = np.broadcast_to(keep, (b, h, length, source))
+    expect = ("none" if kind != "bias" and full.all() else  # nothing removed: all True / all 0.0
+              "causal" if removes_outright and np.array_equal(full[0, 0], np.tril(np.ones((length, source), bool)))
+              and (full == full[:1, :1]).all() else "mask")
+    return _graph(np.ascontiguousarray(mask), dtype, b=b, h=h, length=length, source=source), expect
+
+
+@settings(max_examples=40, deadline=None, derandomize=True, database=None)
+@given(masked_attentions())
+def test_any_constant_mask_computes_the_same(case):
+    g, expect = case
+    out = attention_masks(g)
+    assert_same(g, out, atol=1e-5, rtol=1e-5)
+    op = _attention(out)
+    got = "causal" if op.attr("causal") else "none" if len(op.inputs) == 3 else "mask"
+    assert got == expect

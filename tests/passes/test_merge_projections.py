@@ -6,10 +6,13 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import strategies as st
 
-from tests.passes.passes_testing import assert_same, weights
+from tests.passes.passes_testing import assert_same, rand_inputs, weights
 from tilefx.ir.builder import GraphBuilder
 from tilefx.ir.graph import Graph
+from tilefx.ir.interpreter import run_graph
 from tilefx.ir.types import DType, TensorType
 from tilefx.passes import PassOptions, kernels, optimize
 from tilefx.passes.merge_projections import merge_projections
@@ -115,3 +118,53 @@ def test_three_projections_of_other_sizes_pack_in_order():
     assert_same(g, out)
     np.testing.assert_array_equal(
         [op.attr("end") - op.attr("start") for op in out.ops if op.name == "slice"], [3, 11, 5])
+
+
+@st.composite
+def projection_graphs(draw):
+    """Several matmuls of one input (awkward sizes: 1 row, 1 column, primes), each with or
+    without a bias, read by a view (reshape / permute / slice), an elementwise op, a second
+    projection's product, or returned: whatever the pass packs must compute the same."""
+    rng = np.random.default_rng(draw(st.integers(0, 2**16)))
+    b = GraphBuilder("proj")
+    m, k = draw(st.integers(1, 7)), draw(st.integers(1, 9))
+    x = b.input(TensorType(F32, (m, k)), "x")
+    outs = []
+    bias = draw(st.booleans())
+    for i in range(draw(st.integers(2, 5))):
+        n = draw(st.sampled_from([1, 2, 3, 5, 8, 11]))
+        h = b.op("matmul", x, b.const(rng.standard_normal((k, n)).astype(np.float32), f"w{i}"))
+        if bias if draw(st.integers(0, 3)) else not bias:  # mostly all or none, sometimes mixed
+            h = b.op("add", h, b.const(rng.standard_normal(n).astype(np.float32), f"b{i}"))
+        reader = draw(st.sampled_from(["reshape", "permute", "slice", "reshape", "permute", "relu", "output"]))
+        if reader == "reshape":
+            outs.append(b.op("relu", b.op("reshape", h, shape=(n, m))))
+        elif reader == "permute":
+            outs.append(b.op("permute", h, dims=(1, 0)))
+        elif reader == "slice":
+            outs.append(b.op("relu", b.op("slice", h, axis=1, start=0, end=max(1, n // 2), step=1)))
+        elif reader == "relu":
+            outs.append(b.op("relu", h))
+        else:
+            outs.append(h)
+    if draw(st.booleans()):  # SwiGLU: the product of two more projections
+        n = draw(st.sampled_from([1, 3, 8]))
+        gate, up = (b.op("matmul", x, b.const(rng.standard_normal((k, n)).astype(np.float32), f"w{name}"))
+                    for name in ("gate", "up"))
+        outs.append(b.op("mul", b.op("silu", gate), up))
+    return b.finish(outs)
+
+
+@settings(max_examples=40, deadline=None, derandomize=True, database=None,
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much])
+@given(projection_graphs())
+def test_any_set_of_projections_computes_the_same(g):
+    out = merge_projections(g)
+    assert [o.type for o in out.outputs] == [o.type for o in g.outputs]
+    if any(op.name == "silu" for op in g.ops):  # SwiGLU's gate and up are never packed
+        assert {"wgate", "wup"} <= {op.inputs[1].name for op in out.ops if op.name == "matmul"}
+    inputs = rand_inputs(g, seed=1)
+    assume(any(w.abs().max() > 0 for w in run_graph(g, inputs)))  # one ReLU'd row may be all 0
+    assert_same(g, out, inputs, atol=1e-5, rtol=1e-5)
+    fused = optimize(g, PassOptions(decompose_attention=False, merge_projections=True, verify=True))
+    assert_same(g, fused, inputs, atol=1e-4, rtol=1e-4)
