@@ -7,6 +7,7 @@ import torch.nn.functional as F
 from triton_testing import close, f32, kernel_op, rand, run, t
 
 from tilefx.codegen.schedule import Schedule
+from tilefx.codegen.triton.templates import emit_source
 from tilefx.ir import DType
 
 F16 = DType.float16
@@ -228,6 +229,20 @@ def test_attention(impl, causal, dtype):
     schedule = Schedule.of(impl=impl, BLOCK_M=16, BLOCK_N=32)
     (y,) = run(op, [q, k, v], schedule)
     close(y, _attention_ref(q, k.expand(2, 3, 45, 64), v.expand(2, 3, 45, 64), causal), dtype)
+
+
+# (L, S, BLOCK_M, BLOCK_N): more queries than keys, tiles of queries larger and smaller than the
+# key blocks, sizes that are and are not multiples of them, one query, one key
+@pytest.mark.parametrize("length, source, bm, bn", [
+    (45, 37, 16, 32), (50, 50, 64, 16), (64, 64, 16, 16), (33, 70, 32, 64), (1, 9, 16, 16), (9, 1, 16, 16)])
+def test_causal_attention_masks_only_the_diagonal_blocks(length, source, bm, bn):
+    types = [f32(2, length, 32), f32(2, source, 32), f32(2, source, 32)]
+    op = kernel_op("contraction", types, lambda b, q, k, v: b.op("attention", q, k, v, causal=True))
+    q, k, v = (rand(ty, i) for i, ty in enumerate(types))
+    source_text = emit_source(op, Schedule.of(impl="triton", BLOCK_M=bm, BLOCK_N=bn))[0].text
+    assert source_text.count("offs_m >= offs_n") == 1  # in the diagonal loop only
+    (y,) = run(op, [q, k, v], Schedule.of(impl="triton", BLOCK_M=bm, BLOCK_N=bn))
+    close(y, _attention_ref(q, k, v, True))
 
 
 @pytest.mark.parametrize("mask_dtype", [DType.bool, DType.float32])

@@ -6,7 +6,9 @@ values in ``BLOCK_N`` blocks and keeps a running row max ``m``, row sum
 ``l`` and output accumulator in fp32 (online softmax, in base 2: scores are
 pre-multiplied by ``scale * log2(e)`` so ``exp2`` is used). Causal masking is
 top-left aligned like the reference (key ``j`` is visible to query ``i``
-when ``j <= i``) and the key loop stops at the diagonal block. An optional
+when ``j <= i``): the key blocks wholly before a tile's first query run
+without the mask, the ones from there to the diagonal with it, and the loop
+stops after the tile's last query. An optional
 4th input is a bool keep-mask or an additive float mask, broadcast over the
 batch dims. The head dim is padded to a power of two >= 16 (64 and 128 are
 exact).
@@ -141,10 +143,10 @@ def emit(body: Graph, name: str, schedule: Schedule) -> KernelSource:
     e.line("l_i = tl.zeros([BLOCK_M, 1], tl.float32)")
     e.line("acc = tl.zeros([BLOCK_M, BLOCK_DV], tl.float32)")
     causal = bool(op.attr("causal"))
-    hi = f"tl.minimum({S}, (pid_m + 1) * BLOCK_M)" if causal else str(S)
-    e.line(f"for n0 in range(0, {hi}, BLOCK_N):  # causal: stop at the diagonal block" if causal
-           else f"for n0 in range(0, {hi}, BLOCK_N):")
-    with e.block():
+
+    def kv_step(diagonal: bool) -> None:
+        """One block of keys and values: scores, online softmax, accumulate (the body of a key
+        loop). ``diagonal``: the block may hold keys after some of the tile's queries (causal)."""
         e.line("offs_n = n0 + tl.arange(0, BLOCK_N)[None, :]")
         e.line("offs_nk = n0 + tl.arange(0, BLOCK_N)[:, None]")
         e.line("offs_dk = tl.arange(0, BLOCK_D)[:, None]")
@@ -156,7 +158,7 @@ def emit(body: Graph, name: str, schedule: Schedule) -> KernelSource:
         e.line(f"qk = tl.dot({qt}, {ktt}{precision}) * qk_scale")
         if S % bn:
             e.line(f'qk = tl.where(offs_n < {S}, qk, float("-inf"))')
-        if causal:
+        if diagonal:
             e.line('qk = tl.where(offs_m >= offs_n, qk, float("-inf"))')
         if mask_v is not None:
             mv = e.value_at(mask_v, bat(mask_v) + ("offs_m", "offs_n"),
@@ -176,6 +178,21 @@ def emit(body: Graph, name: str, schedule: Schedule) -> KernelSource:
         vt = e.tile(vv, op_t, "[BLOCK_N, BLOCK_DV]", S > 1 and EV > 1, vmask)
         e.line(f"acc = acc * alpha + tl.dot(p.to({op_t}), {vt}{precision})")
         e.line("m_i = m_new")
+
+    if causal:
+        # key blocks wholly before the tile's first query need no causal mask; the blocks from
+        # there to the diagonal do, and the loop stops after the tile's last query
+        e.line(f"diag = tl.minimum((pid_m * BLOCK_M) // BLOCK_N * BLOCK_N, {S // bn * bn})")
+        e.line("for n0 in range(0, diag, BLOCK_N):  # below the diagonal: every key visible")
+        with e.block():
+            kv_step(diagonal=False)
+        e.line(f"for n0 in range(diag, tl.minimum({S}, (pid_m + 1) * BLOCK_M), BLOCK_N):  # the diagonal")
+        with e.block():
+            kv_step(diagonal=True)
+    else:
+        e.line(f"for n0 in range(0, {S}, BLOCK_N):")
+        with e.block():
+            kv_step(diagonal=False)
     # a query masked from every key has l_i = 0 (and acc = 0): 0, as torch's safe softmax
     res = e.tmp("tl.where(l_i == 0.0, 0.0, acc / l_i)", "o")
     idx = bidx + ("offs_m", "offs_dv")
