@@ -33,6 +33,25 @@ def weights(*shape: int, seed: int = 0, positive: bool = False) -> np.ndarray:
     return np.abs(a) + 0.5 if positive else a
 
 
+def property_budget(examples: int):
+    """The hypothesis settings of the pass property tests: a fixed example budget, derandomized
+    (CI runs the same examples every time), no deadline (the interpreter's speed varies)."""
+    from hypothesis import HealthCheck, settings
+
+    return settings(max_examples=examples, deadline=None, derandomize=True, database=None,
+                    suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much])
+
+
+def nonzero_inputs(graph: Graph, seed: int = 1) -> list[torch.Tensor]:
+    """Seeded inputs for a property test, ``assume``-d to give some output that is not all zero
+    (a ReLU'd pixel or row can be): an example that compares zeros proves nothing."""
+    from hypothesis import assume
+
+    inputs = rand_inputs(graph, seed=seed)
+    assume(any(w.dtype == torch.bool or w.float().abs().max() > 0 for w in run_graph(graph, inputs)))
+    return inputs
+
+
 def assert_same(before: Graph, after: Graph, inputs: Sequence[torch.Tensor] | None = None,
                 atol: float = 1e-5, rtol: float = 1e-5) -> list[torch.Tensor]:
     """``after`` computes what ``before`` does on (fresh random) inputs; returns the outputs."""

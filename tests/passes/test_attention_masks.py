@@ -6,13 +6,13 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from hypothesis import given, settings
-from hypothesis import strategies as st
 import torch
 import torch.nn.functional as F
+from hypothesis import given
+from hypothesis import strategies as st
 from torch import nn
 
-from tests.passes.passes_testing import assert_same
+from tests.passes.passes_testing import assert_same, property_budget
 from tilefx.ir.builder import GraphBuilder
 from tilefx.ir.graph import Graph
 from tilefx.ir.types import DType, TensorType
@@ -164,7 +164,7 @@ def masked_attentions(draw):
     return _graph(np.ascontiguousarray(mask), dtype, b=b, h=h, length=length, source=source), expect
 
 
-@settings(max_examples=40, deadline=None, derandomize=True, database=None)
+@property_budget(40)
 @given(masked_attentions())
 def test_any_constant_mask_computes_the_same(case):
     g, expect = case

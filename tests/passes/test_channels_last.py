@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
-from tests.passes.passes_testing import assert_same, rand_inputs
+from tests.passes.passes_testing import assert_same, nonzero_inputs, property_budget
 from tilefx.ir.builder import GraphBuilder
 from tilefx.ir.graph import Graph
-from tilefx.ir.interpreter import run_graph
 from tilefx.ir.types import DType, TensorType
 from tilefx.passes import PassOptions, kernels, optimize
 from tilefx.passes.channels_last import channels_last
@@ -185,15 +184,11 @@ def conv_nets(draw):
     return b.finish(outputs)
 
 
-@settings(max_examples=25, deadline=None, derandomize=True, database=None,
-          suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much])
+@property_budget(25)
 @given(conv_nets())
 def test_any_conv_net_computes_the_same(g):
-    out = channels_last(g)
-    assert [o.type for o in out.outputs] == [o.type for o in g.outputs]
-    inputs = rand_inputs(g, seed=1)
-    assume(any(w.float().abs().max() > 0 for w in run_graph(g, inputs)))  # a ReLU'd single pixel may be 0
-    assert_same(g, out, inputs, atol=3e-2, rtol=3e-2)
+    inputs = nonzero_inputs(g)
+    assert_same(g, channels_last(g), inputs, atol=3e-2, rtol=3e-2)
     assert_same(g, optimize(g, PassOptions(channels_last=True)), inputs, atol=3e-2, rtol=3e-2)
 
 
