@@ -45,6 +45,7 @@ import torch
 from tilefx.compiler.bounds import kernel_index_checks
 from tilefx.ir.graph import Graph, Op, Value
 from tilefx.ir.interpreter import run_fallback, run_graph
+from tilefx.ir.ops.shape_ops import is_narrow
 from tilefx.ir.types import DType, TensorType
 
 if TYPE_CHECKING:
@@ -171,12 +172,6 @@ class NarrowStep:
         env[self.target] = env[self.source].narrow(self.axis, self.start, self.length)
 
 
-def is_output_slice(op: Op) -> bool:
-    """A top-level step-1 slice (fusion leaves only those a graph returns there): a view."""
-    return op.name == "slice" and op.attr("step") == 1 and isinstance(op.attr("start"), int) \
-        and op.attr("start") >= 0
-
-
 @dataclass(frozen=True, slots=True)
 class FallbackStep:
     op: Op
@@ -285,7 +280,7 @@ def plan_graph(graph: Graph, bindings: Mapping[sympy.Symbol, int], kernels: Mapp
             for r in op.results:
                 roots[r.name] = frozenset({r.name})
                 kernel_results[r.name] = r
-        elif op.name == "reshape" or is_output_slice(op):
+        elif op.name == "reshape" or is_narrow(op):
             roots[op.result.name] = roots[op.inputs[0].name]
         else:
             shared = frozenset().union(*(roots[v.name] for v in op.inputs))
@@ -348,7 +343,7 @@ def plan_graph(graph: Graph, bindings: Mapping[sympy.Symbol, int], kernels: Mapp
             view_of[slot(op.result)] = view_of.get(slot(op.inputs[0]), slot(op.inputs[0]))
             steps.append(ViewStep(slot(op.inputs[0]), slot(op.result),
                                   concrete_shape(op.result.type, bindings)))
-        elif is_output_slice(op):
+        elif is_narrow(op):
             axis = op.attr("axis") % op.result.type.rank
             steps.append(NarrowStep(slot(op.inputs[0]), slot(op.result), axis, op.attr("start"),
                                     concrete_shape(op.result.type, bindings)[axis]))

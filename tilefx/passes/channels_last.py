@@ -187,9 +187,8 @@ def _input_nhwc(rw: Rewriter, x: Value, nhwc: dict[str, Value]) -> Value:
     which then is its region value: later readers (a residual add) use the same copy."""
     if x.name not in nhwc:
         n, c, h, w = x.type.shape
-        xin = rw.get(x)
-        nhwc[x.name] = rw.op("reshape", xin, shape=(n, 1, 1, c)) if (h, w) == (1, 1) else \
-            rw.op("permute", xin, dims=TO_NHWC)
+        nhwc[x.name] = rw.op("reshape", x, shape=(n, 1, 1, c)) if (h, w) == (1, 1) else \
+            rw.op("permute", x, dims=TO_NHWC)
     return nhwc[x.name]
 
 
@@ -235,7 +234,7 @@ def _elementwise(rw: Rewriter, op: Op, nhwc: dict[str, Value]) -> Value | None:
     for v in op.inputs:
         if v.name in nhwc:
             inputs.append(nhwc[v.name])
-        elif all(isinstance(d, int) and d == 1 for d in v.type.shape):
+        elif v.type.numel() == 1:
             inputs.append(v)  # a scalar broadcasts in any layout
         elif (data := rw.held_array(v)) is not None and v.type.rank <= 4:
             full = data.reshape((1,) * (4 - data.ndim) + data.shape).transpose(TO_NHWC)

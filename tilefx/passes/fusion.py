@@ -70,7 +70,9 @@ from typing import Protocol, Sequence
 
 from tilefx.ir.graph import Graph, Op, Value, freeze_attrs
 from tilefx.ir.ops import Category, get_op
+from tilefx.ir.ops.shape_ops import is_narrow
 from tilefx.ir.types import Dim, dims_equal
+from tilefx.passes.channels_last import TO_NCHW, TO_NHWC
 from tilefx.passes.cleanup import dce
 from tilefx.passes.manager import graph_pass
 
@@ -98,7 +100,7 @@ JOIN_RULES: dict[Category, str] = {
     Category.contraction: "injective_prologue",
 }
 JOIN_BY_NAME: dict[str, str] = {"reshape": "view", "attention": "attention"}
-CHANNELS_LAST = ((0, 2, 3, 1), (0, 3, 1, 2))  # NCHW -> NHWC, NHWC -> NCHW
+CHANNELS_LAST = (TO_NHWC, TO_NCHW)  # a channels-last region's permutes
 DATA_MOVEMENT = frozenset({"broadcast_to"})  # not injective, but moves data only: a prologue may read it
 ANCHORS: dict[Category, str] = {Category.reduction: "reduction", Category.contraction: "contraction"}
 
@@ -252,9 +254,7 @@ class _Fuser:
         """A step-1 ``slice`` that only the graph returns: the runtime hands out a strided view of
         its input (as eager's ``x[..., :n]`` does) instead of a kernel copying it (GPT-2's logits
         sliced back from their padded columns: a 216 us copy on an H200)."""
-        start = op.attr("start")
-        return (op.name == "slice" and op.attr("step") == 1 and isinstance(start, int) and start >= 0
-                and op.result.name in self.outputs and not self.users.get(op.result.name))
+        return is_narrow(op) and op.result.name in self.outputs and not self.users.get(op.result.name)
 
     def visit(self, i: int) -> None:
         op = self.ops[i]

@@ -32,7 +32,7 @@ POINTWISE = (Category.elementwise, Category.broadcast)  # unary; binary and wher
 
 
 def _numel_one(v: Value) -> bool:
-    return all(isinstance(d, int) and d == 1 for d in v.type.shape)
+    return v.type.numel() == 1
 
 
 def _row(v: Value, shape: tuple) -> bool:

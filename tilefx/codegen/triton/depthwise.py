@@ -81,6 +81,7 @@ from typing import Any
 
 from tilefx.codegen.schedule import Schedule
 from tilefx.codegen.triton.emit import Emitter, Var, next_pow2, program_id, shape_of
+from tilefx.codegen.triton.library import VIEW_OPS
 from tilefx.codegen.triton.matmul import _all
 from tilefx.codegen.triton.pointwise import arg_names
 from tilefx.codegen.triton.source import KernelSource, one_kernel_module
@@ -379,9 +380,8 @@ def _pixels_by_channels(e: Emitter, body: Graph, g: ConvGeometry, tile: Tile) ->
     n = e.tmp(f"pix // {g.pixels}", "img") if g.N > 1 else "0"
     e.line(f"oh = (pix // {g.OW}) % {g.OH}")
     e.line(f"ow = pix % {g.OW}")
-    oh, ow = "oh", "ow"
-    e.line(f"ih0 = {_affine(oh, sh, -ph)}")
-    e.line(f"iw0 = {_affine(ow, sw, -pw)}")
+    e.line(f"ih0 = {_affine('oh', sh, -ph)}")
+    e.line(f"iw0 = {_affine('ow', sw, -pw)}")
     _first_channel(e, g)
     cmask = f"oc < {g.CO}" if g.CO % tile.c else None
     pmask = f"pix < {m}" if m % tile.hw else None  # a lane past the last image reads nothing
@@ -390,19 +390,16 @@ def _pixels_by_channels(e: Emitter, body: Graph, g: ConvGeometry, tile: Tile) ->
         e.mask_parts[inside] = ((cmask, "oc"), (pmask, "pix"))
     hcond = _bounds("ih", -ph, (g.OH - 1) * sh - ph + (g.KH - 1) * dh, g.H)
     wcond = _bounds("iw", -pw, (g.OW - 1) * sw - pw + (g.KW - 1) * dw, g.W)
-    off = f"{n} * {g.CO * g.pixels} + oc * {g.pixels} + {_sum(_scaled(oh, g.OW), ow)}"
-    return _Pixels(cmask, inside, (inside,), hcond, wcond, None, (n, "oc", oh, ow), off, n,
+    off = f"{n} * {g.CO * g.pixels} + oc * {g.pixels} + {_sum(_scaled('oh', g.OW), 'ow')}"
+    return _Pixels(cmask, inside, (inside,), hcond, wcond, None, (n, "oc", "oh", "ow"), off, n,
                    f"pix * {g.CO} + oc")
-
-
-VIEWS = ("permute", "reshape", "slice", "broadcast_to")
 
 
 def _computed(e: Emitter, x: Value) -> bool:
     """Whether the input is computed in the kernel (a prologue), not a view of a kernel input
     (the region's permute), whose masked load is already 0 in the padding."""
     while (p := e.producer.get(x.name)) is not None:
-        if p.name not in VIEWS:
+        if p.name not in VIEW_OPS:
             return True
         x = p.inputs[0]
     return False
@@ -469,7 +466,7 @@ def emit(body: Graph, name: str, op: Op, schedule: Schedule) -> KernelSource:
     inside = _all(e, *px.store)
     e.overrides[op.result.name] = (idx, Var(acc, op.result.type.dtype, "tl.float32"))
     for j, v in enumerate(body.outputs):
-        if v.name in nhwc and g.channels_last:
+        if v.name in nhwc:
             at = nhwc_idx
         elif shape_of(v) == out_shape:
             at = idx

@@ -23,6 +23,9 @@ from tilefx.codegen.triton.emit import shape_of
 from tilefx.codegen.triton.source import HEADER, KernelSource
 from tilefx.ir.graph import Graph, Op, Value
 
+# ops a torch view call can express: an anchor reads its operands through them for free
+VIEW_OPS = ("permute", "reshape", "broadcast_to", "slice")
+
 # anchor op, operand expressions -> the torch call's text
 AnchorCall = Callable[[Op, list[str]], str]
 
@@ -32,7 +35,7 @@ def operand_expr(body: Graph, v: Value, args: dict[str, str]) -> str:
     if v.name in args:
         return args[v.name]
     op = body.producers().get(v.name)
-    if op is None or op.name not in ("permute", "reshape", "broadcast_to", "slice"):
+    if op is None or op.name not in VIEW_OPS:
         raise NotImplementedError(f"library candidate: operand %{v.name} is made by "
                                   f"{op.name if op else '?'}, not a view of a kernel input")
     inner = operand_expr(body, op.inputs[0], args)

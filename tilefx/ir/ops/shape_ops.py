@@ -6,9 +6,14 @@ They move data without arithmetic, so fusion inlines them into their consumers
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from tilefx.ir.ops.registry import REQUIRED, VARIADIC, Category, register_op
 from tilefx.ir.ops.shapes import broadcast_shapes, normalize_axis, resolve_reshape
 from tilefx.ir.types import DType, TensorType, dims_equal, normalize_dim
+
+if TYPE_CHECKING:
+    from tilefx.ir.graph import Op
 
 
 @register_op("reshape", Category.injective, attrs={"shape": REQUIRED},
@@ -66,6 +71,13 @@ def _slice(types, attrs):
     shape = list(x.shape)
     shape[axis] = length
     return [x.with_shape(tuple(shape))]
+
+
+def is_narrow(op: Op) -> bool:
+    """A step-1 ``slice`` with a literal start: ``x.narrow(axis, start, length)``, a view of
+    its input (fusion leaves one the graph returns at the top level; the runtime views it)."""
+    start = op.attr("start")
+    return op.name == "slice" and op.attr("step") == 1 and isinstance(start, int) and start >= 0
 
 
 @register_op("pad", Category.injective, attrs={"pads": REQUIRED, "value": 0.0},
