@@ -60,6 +60,7 @@ import contextlib
 import copy
 import dataclasses
 import gc
+import importlib
 import json
 import math
 import os
@@ -337,6 +338,17 @@ def wanted(args: argparse.Namespace) -> set[str]:
     return {c for c in COLS if c != "eager" and asked.get(c, True)}
 
 
+def missing_module() -> str:
+    """The module tilefx's compile and tuning path cannot import here ("" when it imports): checked
+    once before any model, so that a machine without one of tilefx's own needs (a GPU image without
+    ``sqlalchemy``) fails in a second instead of after every peer column of every model."""
+    try:
+        importlib.import_module("tilefx.autotune.model_tune")
+    except ModuleNotFoundError as e:
+        return e.name or str(e)
+    return ""
+
+
 def merged(old: dict | None, new: dict) -> dict:
     """An ``--only`` run's row over the finished row it adds columns to (same model and dtype)."""
     if old is None or new.get("status") != "ok":
@@ -532,6 +544,10 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.device == "cuda" and not torch.cuda.is_available():
         print("no CUDA device (use --device cpu for a dry run)")
+        return 1
+    if any(c.startswith("tilefx") for c in wanted(args)) and (missing := missing_module()):
+        print(f"tilefx cannot compile here: no module named {missing!r} (install it, or carry its wheel: "
+              "benchmarks/gpu/README.md)", file=sys.stderr)
         return 1
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # so that the children are ended below
     try:

@@ -6,6 +6,8 @@ import argparse
 import sys
 from pathlib import Path
 
+import pytest
+
 from tilefx.storage.database import TuningDatabase
 
 GPU_SCRIPTS = Path(__file__).resolve().parents[3] / "benchmarks" / "gpu"
@@ -77,4 +79,27 @@ def test_models_only_measures_the_asked_columns_and_merges_them(monkeypatch):
     assert failed["ms"] == old["ms"] and failed["notes"][-1].startswith("--only run: timeout")
     assert models.main(["--device", "cpu", "--only", "bogus"]) == 2
     assert models.main(["--device", "cpu", "--only", "tilefx tuned"]) == 2  # needs --tune
+    sys.modules.pop("models", None)
+
+
+def test_models_stops_at_once_when_tilefx_cannot_import(monkeypatch, capsys):
+    """A machine missing one of tilefx's own needs (the GPU image had no ``sqlalchemy``) is told in
+    one line before any model runs, instead of after every peer column of every model."""
+    monkeypatch.syspath_prepend(str(GPU_SCRIPTS))
+    import models
+
+    assert models.missing_module() == ""
+    real = models.importlib.import_module
+
+    def without_sqlalchemy(name, *a, **k):
+        if name == "tilefx.autotune.model_tune":
+            raise ModuleNotFoundError("No module named 'sqlalchemy'", name="sqlalchemy")
+        return real(name, *a, **k)
+    monkeypatch.setattr(models.importlib, "import_module", without_sqlalchemy)
+    monkeypatch.setattr(models, "driver", lambda args: pytest.fail("no model may run"))
+    assert models.main(["--device", "cpu", "--models", "tiny_cnn", "--dtype", "fp32"]) == 1
+    assert "no module named 'sqlalchemy'" in capsys.readouterr().err
+    # the peers alone need no tilefx
+    monkeypatch.setattr(models, "driver", lambda args: 0)
+    assert models.main(["--device", "cpu", "--only", "inductor"]) == 0
     sys.modules.pop("models", None)

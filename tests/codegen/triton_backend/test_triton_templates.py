@@ -1,6 +1,8 @@
 """Every Triton template, built and run under TRITON_INTERPRET=1 on small odd shapes
 (every block is partly masked) against PyTorch, in fp32 and fp16."""
 
+import re
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -241,7 +243,22 @@ def test_causal_attention_masks_only_the_diagonal_blocks(length, source, bm, bn)
     q, k, v = (rand(ty, i) for i, ty in enumerate(types))
     source_text = emit_source(op, Schedule.of(impl="triton", BLOCK_M=bm, BLOCK_N=bn))[0].text
     assert source_text.count("offs_m >= offs_n") == 1  # in the diagonal loop only
+    assert re.search(r"\[\(2, \d+\)\]\(", source_text)  # grid (batch, query tiles): heaviest first
     (y,) = run(op, [q, k, v], Schedule.of(impl="triton", BLOCK_M=bm, BLOCK_N=bn))
+    close(y, _attention_ref(q, k, v, True))
+
+
+@pytest.mark.parametrize("batch", [(), (3,), (2, 2)], ids=["no-batch", "batch", "batch-heads"])
+def test_causal_attention_hands_out_the_heaviest_query_tiles_first(batch):
+    """The causal grid is (batch, query tiles) with tile ``tiles - 1 - program_id(1)``: every
+    (batch, tile) pair is computed once, whatever order the tiles run in."""
+    types = [f32(*batch, 70, 16), f32(*batch, 70, 16), f32(*batch, 70, 16)]
+    op = kernel_op("contraction", types, lambda b, q, k, v: b.op("attention", q, k, v, causal=True))
+    q, k, v = (rand(ty, i) for i, ty in enumerate(types))
+    schedule = Schedule.of(impl="triton", BLOCK_M=16, BLOCK_N=16)
+    text = emit_source(op, schedule)[0].text
+    assert ("4 - tl.program_id(1)" in text) == bool(batch)  # 5 tiles of 16 queries
+    (y,) = run(op, [q, k, v], schedule)
     close(y, _attention_ref(q, k, v, True))
 
 

@@ -46,6 +46,7 @@ from tilefx.ir.types import DType
 SPACE: dict[str, list[Any]] = {"impl": ["triton", "library"], "BLOCK_M": [16, 32, 64, 128],
                                "BLOCK_N": [16, 32, 64, 128], "num_warps": [2, 4, 8], "num_stages": [1, 2, 3]}
 LOG2E = 1.4426950408889634
+GRID_Y_MAX = 65535  # CUDA's limit on a grid's second axis
 
 
 def anchor_of(body: Graph) -> Op:
@@ -123,10 +124,19 @@ def emit(body: Graph, name: str, schedule: Schedule) -> KernelSource:
     bd, bdv = max(16, next_pow2(E)), max(16, next_pow2(EV))
     args, ins, outs = arg_names(body)
     e = Emitter(body, args)
-    e.line(f"pid_m = {program_id(body, 0)}")
+    causal = bool(op.attr("causal"))
+    tiles_m = -(-L // bm)
+    # causal: a query tile's work grows with its index (key blocks up to its diagonal); the grid
+    # puts the batch on axis 0 and hands out the heaviest tiles first, so that the last wave
+    # holds the lightest ones instead of a few full rows (longest job first)
+    heavy_first = causal and bool(batch) and tiles_m <= GRID_Y_MAX
+    if heavy_first:
+        e.line(f"pid_m = {tiles_m - 1} - {program_id(body, 1)}  # heaviest query tiles first")
+    else:
+        e.line(f"pid_m = {program_id(body, 0)}")
     bidx: tuple[str, ...] = ()
     if batch:
-        e.line(f"bid = {program_id(body, 1)}")
+        e.line(f"bid = {program_id(body, 0 if heavy_first else 1)}")
         bidx = delinearize(e, "bid", batch)
     bat = lambda x: broadcast_index(bidx, shape_of(x)[:-2], batch)  # noqa: E731
     e.line("offs_m = (pid_m * BLOCK_M + tl.arange(0, BLOCK_M))[:, None]")
@@ -142,7 +152,6 @@ def emit(body: Graph, name: str, schedule: Schedule) -> KernelSource:
     e.line('m_i = tl.full([BLOCK_M, 1], float("-inf"), tl.float32)')
     e.line("l_i = tl.zeros([BLOCK_M, 1], tl.float32)")
     e.line("acc = tl.zeros([BLOCK_M, BLOCK_DV], tl.float32)")
-    causal = bool(op.attr("causal"))
 
     def kv_step(diagonal: bool) -> None:
         """One block of keys and values: scores, online softmax, accumulate (the body of a key
@@ -204,7 +213,10 @@ def emit(body: Graph, name: str, schedule: Schedule) -> KernelSource:
             raise NotImplementedError(f"attention kernel output %{out.name} is not on the result")
         e.store(f"out{j}", out, idx, omask, zero=None if L > 1 and EV > 1 else "(offs_m * 0 + offs_dv * 0)")
     warps, stages = int(s["num_warps"]), int(s["num_stages"])
-    grid = f"({-(-L // bm)}, {numel(batch)})" if batch else f"({-(-L // bm)},)"
+    if heavy_first:
+        grid = f"({numel(batch)}, {tiles_m})"
+    else:
+        grid = f"({tiles_m}, {numel(batch)})" if batch else f"({tiles_m},)"
     text = one_kernel_module(name, ins + outs, e.lines, grid,
                              {"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_D": bd, "BLOCK_DV": bdv},
                              {"num_warps": warps, "num_stages": stages})
