@@ -98,6 +98,37 @@ def test_train_cli_writes_a_model_and_rejects_a_tiny_db(synthetic, tmp_path, cap
     assert not (tmp_path / "t.json").exists()
 
 
+def test_training_goes_on_from_a_model_whose_data_is_gone(synthetic, tmp_path, capsys):
+    """``--init``: a model trained on some workloads keeps its trees and is boosted on others
+    (the shipped GPU model refined by real models' kernels); its own ranking of the new workloads
+    is printed beside the boosted one; a model of another objective is refused in one line."""
+    path, ds, X = synthetic
+    g, t = ds.groups(), ds.seconds()
+    first = np.isin(g, [0, 1, 2])
+    start = LearnedModel.train(X[first], t[first], g[first], ds.target_key, feature_set=ds.feature_set,
+                               rounds=20)
+    start.save(tmp_path / "start.json")
+    trees = lambda m: int(m.booster.num_boosted_rounds())  # noqa: E731
+    more = LearnedModel.train(X[~first], t[~first], g[~first], ds.target_key, feature_set=ds.feature_set,
+                              rounds=30, init=start)
+    assert trees(more) == trees(start) + 30
+    assert evaluate(t[~first], more.score_matrix(X[~first]), g[~first])["pairwise"] > 0.8
+    assert main(["train-cost-model", "--db", str(path), "--target", "cpu", "--init", str(tmp_path / "start.json"),
+                 "--rounds", "10", "-o", str(tmp_path / "more.json")]) == 0
+    out = capsys.readouterr().out
+    assert "--init model as it is (rank)" in out and "(--init + 10 rounds)" in out
+    saved = LearnedModel.load(tmp_path / "more.json")
+    assert trees(saved) == trees(start) + 10 and saved.meta["init"]["path"] == str(tmp_path / "start.json")
+    assert main(["train-cost-model", "--db", str(path), "--target", "cpu", "--init", str(tmp_path / "start.json"),
+                 "--objective", "regression", "-o", str(tmp_path / "r.json")]) == 2
+    assert "cannot continue a rank model" in capsys.readouterr().err
+    assert main(["train-cost-model", "--db", str(path), "--init", str(tmp_path / "none.json"),
+                 "-o", str(tmp_path / "n.json")]) == 2
+    assert "cannot read cost model" in capsys.readouterr().err
+    assert main(["train-cost-model", "--db", str(path), "--rounds", "0", "-o", str(tmp_path / "z.json")]) == 2
+    assert "--rounds 0" in capsys.readouterr().err
+
+
 class _Spy:
     """A learned-model stand-in that records what the search asks of it."""
 

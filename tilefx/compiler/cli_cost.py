@@ -76,6 +76,9 @@ def add_parser(sub: Any) -> None:
     t.add_argument("--test-fraction", type=float, default=0.25,
                    help="share of workloads held out for the printed metrics")
     t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--init", metavar="MODEL", help="a model JSON to go on boosting from (its trees kept, "
+                   "--rounds more fitted to --db): new measurements refine it, its own data need not be at hand")
+    t.add_argument("--rounds", type=int, default=300, help="boosting rounds (default 300)")
     t.set_defaults(func=cmd_train)
 
 
@@ -142,8 +145,11 @@ def cmd_collect(args: argparse.Namespace) -> int:
 
 def cmd_train(args: argparse.Namespace) -> int:
     try:
+        if args.rounds < 1:
+            raise ValueError(f"--rounds {args.rounds}: expected at least 1")
         report = train_from_db(args.db, args.target, args.output, objective=args.objective,
-                               test_fraction=args.test_fraction, seed=args.seed)
+                               test_fraction=args.test_fraction, seed=args.seed, init=args.init,
+                               rounds=args.rounds)
     except (DatasetTooSmall, ValueError, FileNotFoundError) as e:
         raise CLIError(str(e)) from None
     print(report)

@@ -129,16 +129,24 @@ class LearnedModel:
     def train(X: np.ndarray, seconds: np.ndarray, groups: np.ndarray, target_key: str, *,
               feature_set: FeatureSet, objective: str = "rank", rounds: int = 300, seed: int = 0,
               columns: Sequence[int] | None = None, meta: dict[str, Any] | None = None,
-              params: Mapping[str, Any] | None = None) -> LearnedModel:
+              params: Mapping[str, Any] | None = None, init: LearnedModel | None = None) -> LearnedModel:
         """``feature_set``: the layout of ``X``'s rows; ``params``: XGBoost parameters over
-        the defaults (variants, nested CV)."""
+        the defaults (variants, nested CV); ``init``: a model to go on boosting from (its trees
+        kept, ``rounds`` more fitted to this data), so that new measurements of some kernels
+        refine a model whose own training data is not at hand instead of replacing it."""
         import xgboost as xgb
 
+        if init is not None:
+            if init.feature_set is not feature_set or init.objective != objective:
+                raise ModelError(f"cannot continue a {init.objective} model on {init.feature_set.value} "
+                                 f"features with {objective} on {feature_set.value}")
+            columns = init.columns
         if objective == "regression" and columns is None and feature_set is FeatureSet.LOOP_NEST:
             columns = NO_DELTA
         X, y, g = _sorted_by_group(X, _labels(seconds, groups, objective), groups)
         d = _dmatrix(X, y, g if objective == "rank" else None, columns)
-        booster = xgb.train({**_params(objective, seed), **(params or {})}, d, num_boost_round=rounds)
+        booster = xgb.train({**_params(objective, seed), **(params or {})}, d, num_boost_round=rounds,
+                            xgb_model=None if init is None else init.booster.copy())
         return LearnedModel(booster, objective, target_key, columns, feature_set=feature_set,
                             meta=meta)
 

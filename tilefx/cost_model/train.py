@@ -26,6 +26,7 @@ from tilefx.storage.db_connect import parse as parse_location
 log = logging.getLogger("tilefx.cost_model")
 
 MIN_MEASUREMENTS = 200
+ROUNDS = 300  # boosting rounds of a model trained from scratch (LearnedModel.train's default)
 MIN_WORKLOADS = 4
 
 
@@ -69,16 +70,22 @@ def baseline_scores(ds: Any, rows: np.ndarray, which: str, seed: int = 0) -> np.
 def evaluate_split(ds: Any, X: np.ndarray, train: np.ndarray, test: np.ndarray, *,
                    objectives: Sequence[str] = ("rank", "regression"),
                    columns: Sequence[int] | None = None, seed: int = 0,
-                   baselines: bool = True) -> tuple[dict[str, dict[str, float]], dict[str, Any]]:
-    """Held-out metrics per model name, and the trained models."""
+                   baselines: bool = True, init: LearnedModel | None = None,
+                   rounds: int = ROUNDS) -> tuple[dict[str, dict[str, float]], dict[str, Any]]:
+    """Held-out metrics per model name, and the trained models. With ``init``: that model as
+    it is, and boosted on the training share (only its objective)."""
     t, g = ds.seconds(), ds.groups()
     rows: dict[str, dict[str, float]] = {}
     models: dict[str, Any] = {}
+    if init is not None:
+        objectives = (init.objective,)
+        rows[f"--init model as it is ({init.objective})"] = evaluate(t[test], init.score_matrix(X[test]), g[test])
     for obj in objectives:
-        m = LearnedModel.train(X[train], t[train], g[train], ds.target_key,
-                               feature_set=ds.feature_set, objective=obj, seed=seed, columns=columns)
+        m = LearnedModel.train(X[train], t[train], g[train], ds.target_key, feature_set=ds.feature_set,
+                               objective=obj, seed=seed, columns=columns, init=init, rounds=rounds)
         models[obj] = m
-        rows[f"xgboost {obj}"] = evaluate(t[test], m.score_matrix(X[test]), g[test])
+        rows[f"xgboost {obj}" + (f" (--init + {rounds} rounds)" if init is not None else "")] = \
+            evaluate(t[test], m.score_matrix(X[test]), g[test])
     if baselines:
         for b in ("random", "analytical"):
             rows[b] = evaluate(t[test], baseline_scores(ds, test, b, seed), g[test])
@@ -86,8 +93,11 @@ def evaluate_split(ds: Any, X: np.ndarray, train: np.ndarray, test: np.ndarray, 
 
 
 def train_from_db(db_path: str, target: str, output: str, *, objective: str = "rank",
-                  test_fraction: float = 0.25, seed: int = 0) -> str:
-    """Train on ``db_path`` and write ``output``; returns the printed report."""
+                  test_fraction: float = 0.25, seed: int = 0, init: str | None = None,
+                  rounds: int = ROUNDS) -> str:
+    """Train on ``db_path`` and write ``output``; returns the printed report. ``init``: a model
+    file to go on boosting from (``rounds`` more trees fitted to this database)."""
+    start = LearnedModel.load(init) if init else None
     where = parse_location(db_path)
     # a server database is checked by connecting; a missing file must not become a new empty one
     if where.path is not None and not where.path.is_file():
@@ -99,11 +109,13 @@ def train_from_db(db_path: str, target: str, output: str, *, objective: str = "r
     X = ds.features()
     g = ds.groups()
     train, test = split_by_workload(g, test_fraction, seed)
-    rows, _ = evaluate_split(ds, X, train, test, seed=seed)
+    rows, _ = evaluate_split(ds, X, train, test, seed=seed, init=start, rounds=rounds)
+    meta: dict[str, Any] = {"db": str(where), "samples": len(ds.samples), "workloads": len(ds.workloads)}
+    if start is not None:
+        meta = {**meta, "rounds": rounds, "init": {"path": str(init), **start.meta}}
     model = LearnedModel.train(X, ds.seconds(), g, key, feature_set=ds.feature_set,
                                objective=objective, seed=seed,
-                               meta={"db": str(where), "samples": len(ds.samples),
-                                     "workloads": len(ds.workloads)})
+                               meta=meta, init=start, rounds=rounds)
     model.save(output)
     n_test = len(np.unique(g[test]))
     return (f"tilefx train-cost-model: {len(ds.samples)} measured candidates, {len(ds.workloads)} "
