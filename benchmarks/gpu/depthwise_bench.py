@@ -186,6 +186,7 @@ def bench_shape(shape: Shape, args: argparse.Namespace, device: str, dtype: torc
                 timer: Callable[[Callable[[], Any]], float], layout: str = "nchw") -> dict[str, Any]:
     from tilefx.codegen.target import Target
     from tilefx.codegen.triton import build_kernel, default_schedule
+    from tilefx.codegen.triton.prewarm import prewarm_built
     from tilefx.ir import DType
 
     ir_dtype = {torch.float32: DType.float32, torch.float16: DType.float16,
@@ -221,18 +222,25 @@ def bench_shape(shape: Shape, args: argparse.Namespace, device: str, dtype: torc
             return None
         return timer(lambda: kernel(*ins, out))
 
+    def compiled(schedules: list[Any]) -> list[Any]:
+        """``schedules``, compiled side by side first (Triton's cache keeps them for ``run``):
+        one at a time, a shape's 150 points took minutes of the device's time."""
+        if device == "cuda":
+            prewarm_built([(s, lambda s=s: build_kernel(op, target, s), op, None) for s in schedules])
+        return schedules
+
     default = default_schedule(op, target)
     row["default_schedule"], row["default"] = str(default), run(default)
     seen: dict[str, Any] = {}
     rows_columns = args.rows_columns == "all" or (args.rows_columns == "auto" and shape.k >= 5)
     todo = capped(distinct(op, space_points(op, args.all_warps, rows_columns), seen), args.max_schedules)
     progress(f"{shape.name}: {len(todo)} depthwise schedules")
-    timed = {s: run(s) for s in todo}
+    timed = {s: run(s) for s in compiled(todo)}
     ok = {k: v for k, v in timed.items() if v is not None}
     if ok and not args.all_warps:  # the warps (and stages) sweep around the best tile and the default
         centres = [min(ok, key=ok.get)] + ([default] if default.get("impl") == "depthwise" else [])
         sweep = capped(distinct(op, [p for c in centres for p in around(c)], seen), args.max_schedules)
-        timed.update({s: run(s) for s in sweep})
+        timed.update({s: run(s) for s in compiled(sweep)})
     row["depthwise"] = {str(k): v for k, v in timed.items()}
     return row
 
