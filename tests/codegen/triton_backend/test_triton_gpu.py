@@ -96,7 +96,8 @@ def test_every_attention_schedule_on_gpu_with_a_padding_mask():
     64, an additive padding mask broadcast over heads and queries) against SDPA. The H200
     sweep found three points wrong on the GPU (64x64 and 64x128 at 8 warps, 16x32 at 1 stage)
     that the interpreter computes right; the compile-time check rejects such a kernel, this
-    names every one. Compiled side by side first (``prewarm``)."""
+    names every one. (The 8-warp ones now build their 4-warp twins: ``attention.clamp``.)
+    Compiled side by side first (``prewarm``)."""
     from tilefx.codegen.space import SearchSpace
     from tilefx.codegen.triton import build_kernel
     from tilefx.codegen.triton.prewarm import job_for, prewarm

@@ -248,6 +248,26 @@ def test_causal_attention_masks_only_the_diagonal_blocks(length, source, bm, bn)
     close(y, _attention_ref(q, k, v, True))
 
 
+def test_attention_tiles_under_128x128_never_run_on_8_warps():
+    """8 warps on a small query x key tile computed wrong results on an H200 (and Triton's own
+    tutorial prunes those points): such a point builds its 4-warp twin, one fingerprint;
+    wide heads default to 4 warps too."""
+    from tilefx.codegen.triton import attention
+
+    types = [t(F16, 2, 8, 512, 256)] * 3
+    op = kernel_op("contraction", types, lambda b, q, k, v: b.op("attention", q, k, v, causal=True))
+    clamp = lambda **k: attention.clamp(op.body, Schedule.of(impl="triton", **k))  # noqa: E731
+    assert clamp(BLOCK_M=64, BLOCK_N=64, num_warps=8)["num_warps"] == 4
+    assert clamp(BLOCK_M=64, BLOCK_N=128, num_warps=8)["num_warps"] == 4
+    assert clamp(BLOCK_M=128, BLOCK_N=128, num_warps=8)["num_warps"] == 8
+    assert clamp(BLOCK_M=16, BLOCK_N=16, num_warps=2)["num_warps"] == 2
+    small = dict(impl="triton", BLOCK_M=64, BLOCK_N=64, num_stages=2)
+    assert emit_source(op, Schedule.of(**small, num_warps=8))[0].text == \
+        emit_source(op, Schedule.of(**small, num_warps=4))[0].text
+    default = attention.default_schedule(op.body)
+    assert (default["BLOCK_M"], default["BLOCK_N"], default["num_warps"], default["num_stages"]) == (64, 64, 4, 2)
+
+
 @pytest.mark.parametrize("batch", [(), (3,), (2, 2)], ids=["no-batch", "batch", "batch-heads"])
 def test_causal_attention_hands_out_the_heaviest_query_tiles_first(batch):
     """The causal grid is (batch, query tiles) with tile ``tiles - 1 - program_id(1)``: every
