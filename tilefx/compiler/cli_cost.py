@@ -33,7 +33,7 @@ from tqdm.auto import tqdm
 from tilefx.autotune.tuner import TuneOptions, Tuner
 from tilefx.codegen.target import Target
 from tilefx.compiler.cli import CLIError, ray_pair, resolve_reference
-from tilefx.cost_model.train import DatasetTooSmall, train_from_db
+from tilefx.cost_model.train import ROUNDS, DatasetTooSmall, train_from_db
 from tilefx.cost_model.workloads import workload_set
 from tilefx.storage.database import TuningDatabase
 
@@ -78,7 +78,7 @@ def add_parser(sub: Any) -> None:
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--init", metavar="MODEL", help="a model JSON to go on boosting from (its trees kept, "
                    "--rounds more fitted to --db): new measurements refine it, its own data need not be at hand")
-    t.add_argument("--rounds", type=int, default=300, help="boosting rounds (default 300)")
+    t.add_argument("--rounds", type=int, default=ROUNDS, help=f"boosting rounds (default {ROUNDS})")
     t.set_defaults(func=cmd_train)
 
 
