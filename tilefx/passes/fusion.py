@@ -349,7 +349,7 @@ class _Fuser:
 
     def reads_nhwc(self, conv: Op) -> bool:
         k = self.producer.get(conv.inputs[0].name)
-        return k is not None and self.ops[k].name == "permute" and self.ops[k].attr("dims") == CHANNELS_LAST[1]
+        return k is not None and self.ops[k].name == "permute" and tuple(self.ops[k].attr("dims")) == TO_NCHW
 
     def only_attention_reads(self, name: str) -> bool:
         """Whether every reader of ``name`` is an ``attention`` (through reshapes)."""

@@ -31,14 +31,10 @@ from tilefx.passes.rewrite import PatternRewriter, rewrite_graph
 POINTWISE = (Category.elementwise, Category.broadcast)  # unary; binary and where
 
 
-def _numel_one(v: Value) -> bool:
-    return v.type.numel() == 1
-
-
 def _row(v: Value, shape: tuple) -> bool:
     """A vector along the last axis of ``shape`` (a bias row): it broadcasts the same way in
     any shape with that last axis."""
-    return v.type.rank == 1 and len(shape) > 0 and v.type.shape[0] == shape[-1] and not _numel_one(v)
+    return v.type.rank == 1 and len(shape) > 0 and v.type.shape[0] == shape[-1] and v.type.numel() != 1
 
 
 def sink_reshape(rw: PatternRewriter, op: Op) -> Value | None:
@@ -55,7 +51,7 @@ def sink_reshape(rw: PatternRewriter, op: Op) -> Value | None:
                 return None
             source_shape = src.type.shape
             inputs.append(src)
-        elif _numel_one(v) or _row(v, out_shape):
+        elif v.type.numel() == 1 or _row(v, out_shape):
             inputs.append(v)
         else:
             return None

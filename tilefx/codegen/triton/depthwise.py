@@ -87,6 +87,7 @@ from tilefx.codegen.triton.pointwise import arg_names
 from tilefx.codegen.triton.source import KernelSource, one_kernel_module
 from tilefx.ir.graph import Graph, Op, Value
 from tilefx.ir.types import DType
+from tilefx.passes.channels_last import TO_NHWC
 
 SPACE: dict[str, list[Any]] = {
     "BLOCK_HW": [32, 64, 128, 256, 512, 1024], "BLOCK_C": [1, 2, 4, 8, 16, 32, 64],
@@ -249,7 +250,7 @@ def channels_last_values(body: Graph, op: Op) -> set[str]:
     channels-last region's conv (passes/channels_last.py), whose outputs are stored NHWC."""
     out: set[str] = set()
     for b in body.ops:
-        if b.name == "permute" and tuple(b.attr("dims")) == (0, 2, 3, 1) and b.inputs[0].name == op.result.name:
+        if b.name == "permute" and tuple(b.attr("dims")) == TO_NHWC and b.inputs[0].name == op.result.name:
             out.add(b.result.name)
         elif any(v.name in out for v in b.inputs):
             out.update(r.name for r in b.results)
