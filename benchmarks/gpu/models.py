@@ -320,6 +320,8 @@ class Child:
             fn = self.timed("tilefx tuned", lambda: tilefx_compile(
                 self.model, self.device, True, tune=tune, tune_db=str(Path(folder) / "tuning.db")))
             rec = fn.records[-1]
+            self.row["report"].update(tuned_fallbacks=len(rec.fallbacks),
+                                      tuned_interpreted=len(rec.interpreted))
             for budget in getattr(rec, "tuning_budgets", []):  # a model budget: how it was spent
                 self.row["notes"].append("tuned: " + budget.line())
             if rec.tuning_decision is not None:
@@ -355,7 +357,7 @@ def merged(old: dict | None, new: dict) -> dict:
         return new if old is None else {**old, "notes": old.get("notes", []) + [
             f"--only run: {new.get('status')}"]}
     out = {**old, "notes": old.get("notes", []) + new.get("notes", [])}
-    for key in ("ms", "compile_s", "err", "errors"):
+    for key in ("ms", "compile_s", "err", "errors", "report"):
         out[key] = {**old.get(key, {}), **new.get(key, {})}
     return out
 

@@ -41,6 +41,12 @@ def header(commands: list[str], rows: list[dict]) -> str:
     ])
 
 
+def both(report: dict, key: str) -> str:
+    """A report count of the untuned compile, and of the tuned one where it ran: "0 / tuned 0"."""
+    tuned = report.get(f"tuned_{key}")
+    return fmt(report.get(key)) + (f" / tuned {tuned}" if tuned is not None else "")
+
+
 def fmt(v: Any, digits: int = 3) -> str:
     if isinstance(v, float):
         return f"{v:.{digits}f}" if math.isfinite(v) else str(v)
@@ -95,8 +101,8 @@ def render(rows: list[dict], commands: list[str], columns: tuple[str, ...]) -> s
                 [f"{r['eager_err']:.1e}" if isinstance(r.get("eager_err"), float) else "-",
                  f"{limit:.1e}" if limit is not None else "-"]
                 + [f"{err[c]:.1e}" if isinstance(err.get(c), float) else "-" for c in errs]
-                + [" / ".join(verdict) or "-"] + [fmt(rep.get(k)) for k in
-                                                  ("kernels", "library", "fallbacks", "interpreted", "graph")])
+                + [" / ".join(verdict) or "-"] + [fmt(rep.get(k)) for k in ("kernels", "library")]
+                + [both(rep, k) for k in ("fallbacks", "interpreted")] + [fmt(rep.get("graph"))])
                 + " |")
         out += [f"\n## {dtype}: compile seconds (first call)\n",
                 "| model | params (M) | " + " | ".join(timed) + " | tilefx stages |",

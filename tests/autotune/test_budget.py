@@ -145,6 +145,12 @@ def test_rounds_fit_the_time_left():
     assert _round_size(8, soon, [4.0], baselines=0, hint=0.5) == 8
     assert _round_size(8, soon, [4.0, 2.0], baselines=0, hint=0.5) == 2
     assert _round_size(8, time.perf_counter() - 1, [1.0], baselines=0) == 0  # time is up
+    # a round costs at least a compile: with 5 s left and rounds of 6 s seen, none starts,
+    # though the mean cost per candidate (1 s) would fit five candidates
+    assert _round_size(8, soon, [1.0, 1.0], baselines=0, walls=[9.0, 6.0]) == 0
+    assert _round_size(8, soon, [1.0, 1.0], baselines=0, walls=[9.0, 3.0]) == 4
+    # the first round's wall (it loads the workload) is no floor
+    assert _round_size(8, soon, [1.0], baselines=0, walls=[9.0]) == 4
 
 
 def test_parse_tune():

@@ -43,7 +43,7 @@ import logging
 import re
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 from tqdm.auto import tqdm
@@ -239,6 +239,7 @@ class Tuner:
         deadline = None if limit is None else t_start + limit
         cost_per_candidate: list[float] = []  # build + run: what skipping a duplicate saves
         round_cost: list[float] = []  # per candidate, with proposing and fingerprinting
+        round_walls: list[float] = []  # each round's wall time: its least is a round's floor
         bar = _progress(res.name if seconds is None else f"{res.name} [{seconds:.1f}s]",
                         goal if limit is None else None, opts.progress)
         idle_rounds, exhausted = 0, False
@@ -249,7 +250,7 @@ class Tuner:
                     break
                 want = _round_size(min(opts.batch, goal - res.trials), deadline, round_cost,
                                    baselines=len(first), reserve=1 if space.has_extern else 0,
-                                   hint=cost_hint)
+                                   hint=cost_hint, walls=round_walls)
                 if want == 0 and not first:  # not even one more candidate fits the time left
                     break
                 proposals = first + (strategy.propose(want) if want else [])
@@ -288,6 +289,7 @@ class Tuner:
                     cost_per_candidate.append((time.perf_counter() - t0) / max(1, len(measured)))
                     strategy.update(measured)
                     round_cost.append((time.perf_counter() - t_round) / max(1, len(measured)))
+                    round_walls.append(time.perf_counter() - t_round)
             if space.has_extern and res.trials:
                 self._rematch(workload, bad)
             self.db.set_tuning_state(wkey, tkey, opts.trials if limit is None else
@@ -476,12 +478,18 @@ class Tuner:
 
 
 def _round_size(want: int, deadline: float | None, costs: list[float], *, baselines: int,
-                reserve: int = 0, hint: float | None = None) -> int:
+                reserve: int = 0, hint: float | None = None, walls: Sequence[float] = ()) -> int:
     """New candidates to propose this round: ``want``, or under a time limit as many as the
     time left fits at the mean cost per candidate so far (past the first round when there
     is a ``hint`` to go by instead), keeping ``reserve`` candidates' time (the library
     re-match after the search); the first round (``baselines`` queued, no cost known yet)
-    measures the baselines alone, or one candidate without any."""
+    measures the baselines alone, or one candidate without any.
+
+    ``walls``: each round's wall seconds. A round compiles its candidates side by side, so
+    even one candidate costs about a whole compile: no round starts when the time left is
+    under the shortest round seen (past the first, which also loads the workload). Sized by
+    the mean alone, the last rounds of each kernel overran its share (ResNet-50 on an H200:
+    68.5 s for a 60 s model budget)."""
     if deadline is None:
         return want
     if not costs:
@@ -489,6 +497,9 @@ def _round_size(want: int, deadline: float | None, costs: list[float], *, baseli
     later = costs[1:] if hint else costs
     per = sum(later) / len(later) if later else hint
     left = deadline - time.perf_counter() - reserve * per
+    later_walls = walls[1:]
+    if later_walls and left < min(later_walls):
+        return 0
     return max(0, min(want, int(left / per) if per > 0 else want))
 
 

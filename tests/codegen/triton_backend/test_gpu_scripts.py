@@ -71,10 +71,14 @@ def test_models_only_measures_the_asked_columns_and_merges_them(monkeypatch):
     old = dict(model="m", dtype="fp16", status="ok", ms={"eager": 2.0, "tilefx": 1.0}, err={"tilefx": 0.01},
                compile_s={}, errors={}, notes=["a"], report={"kernels": 3})
     new = dict(model="m", dtype="fp16", status="ok", ms={"eager": 2.1, "max-autotune": 1.2, "tilefx tuned": 0.9},
-               err={}, compile_s={"max-autotune": 90.0}, errors={}, notes=["b"], report={})
+               err={}, compile_s={"max-autotune": 90.0}, errors={}, notes=["b"],
+               report={"tuned_fallbacks": 0, "tuned_interpreted": 0})
     row = models.merged(old, new)
     assert row["ms"] == {"eager": 2.1, "tilefx": 1.0, "max-autotune": 1.2, "tilefx tuned": 0.9}
-    assert row["report"] == {"kernels": 3} and row["notes"] == ["a", "b"]
+    assert row["report"] == {"kernels": 3, "tuned_fallbacks": 0, "tuned_interpreted": 0}
+    assert row["notes"] == ["a", "b"]
+    from models_report import both
+    assert both(row["report"], "fallbacks") == "- / tuned 0" and both({"fallbacks": 2}, "fallbacks") == "2"
     failed = models.merged(old, dict(new, status="timeout after 60 s during max-autotune"))
     assert failed["ms"] == old["ms"] and failed["notes"][-1].startswith("--only run: timeout")
     assert models.main(["--device", "cpu", "--only", "bogus"]) == 2
