@@ -351,6 +351,21 @@ def missing_module() -> str:
     return ""
 
 
+def resumable(data: Any) -> dict:
+    """``--resume``'s file as {"commands", "rows"}: a run's ``models.json``, or a results file that
+    keeps several device calls' tables (``{"calls": [{"data": models.json}, ...]}``, as in
+    ``benchmarks/results/``), the later call's row winning for a model and dtype."""
+    if "calls" not in data:
+        return {"commands": data.get("commands", []), "rows": list(data["rows"])}
+    rows: dict[tuple[str, str], dict] = {}
+    commands: list[str] = []
+    for call in data["calls"]:
+        part = resumable(call.get("data", call))
+        commands += part["commands"]
+        rows.update({(r["model"], r["dtype"]): r for r in part["rows"] if r.get("status") == "ok"})
+    return {"commands": commands, "rows": list(rows.values())}
+
+
 def merged(old: dict | None, new: dict) -> dict:
     """An ``--only`` run's row over the finished row it adds columns to (same model and dtype)."""
     if old is None or new.get("status") != "ok":
@@ -434,7 +449,15 @@ def driver(args: argparse.Namespace) -> int:
     state = Path(args.resume) if args.resume not in (None, "$OUT") else \
         out_dir / "models.json" if args.resume and out_dir is not None else None
     if state is not None and state.exists():
-        old = json.loads(state.read_text())
+        try:
+            raw = json.loads(state.read_text())
+            old = resumable(raw)
+        except (ValueError, KeyError, TypeError) as e:
+            print(f"--resume {state}: not a models.py table ({one_line(e)})", file=sys.stderr)
+            return 2
+        if "calls" in raw:  # a results file keeps its calls: the merged table goes to $OUT only
+            progress(f"--resume: {state} is a results file; the tables are written to $OUT only")
+            state = None
         done = {(r["model"], r["dtype"]): r for r in old["rows"] if r.get("status") == "ok"}
         commands = old.get("commands", []) + commands
         progress(f"--resume: {len(done)} finished row(s) from {state}")
@@ -521,7 +544,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--deadline", type=float, default=0, help="seconds for the whole run: models that would "
                    "start too late are left for --resume, and the tables are written in time")
     p.add_argument("--resume", nargs="?", const="$OUT", metavar="FILE",
-                   help="keep the finished rows of FILE (default $OUT/models.json), run the rest, save all there")
+                   help="keep the finished rows of FILE (default $OUT/models.json; or a results file of "
+                   "several calls, then saved to $OUT only), run the rest, save all there")
     p.add_argument("--gpus", type=int, default=1, help="models run at once, one per GPU")
     p.add_argument("--batch", type=int, default=0, help="override every model's batch size")
     p.add_argument("--cm-default", action="store_true",

@@ -3,6 +3,7 @@ finding a script's bugs. ``schedule_sweep.py`` on the tiny CNN: every swept sche
 against the library, a table, and with ``--db`` the timings as tuning records."""
 
 import argparse
+import json
 import sys
 from pathlib import Path
 
@@ -83,6 +84,35 @@ def test_models_only_measures_the_asked_columns_and_merges_them(monkeypatch):
     assert failed["ms"] == old["ms"] and failed["notes"][-1].startswith("--only run: timeout")
     assert models.main(["--device", "cpu", "--only", "bogus"]) == 2
     assert models.main(["--device", "cpu", "--only", "tilefx tuned"]) == 2  # needs --tune
+    sys.modules.pop("models", None)
+
+
+def test_models_resumes_from_a_results_file(monkeypatch, tmp_path, capsys):
+    """``--resume`` takes a run's ``models.json`` or a results file keeping several device calls
+    (``{"calls": [{"data": ...}]}``: once a ``KeyError: 'rows'`` traceback); anything else is
+    refused in one line."""
+    monkeypatch.syspath_prepend(str(GPU_SCRIPTS))
+    import models
+
+    row = dict(model="m", dtype="fp16", status="ok", ms={"tilefx": 1.0})
+    plain = {"commands": ["a"], "rows": [row, dict(row, model="n", status="timeout")]}
+    assert models.resumable(plain) == {"commands": ["a"], "rows": plain["rows"]}
+    newer = dict(row, ms={"tilefx": 0.9})
+    calls = {"calls": [{"commit": "x", "data": plain}, {"commands": ["b"], "rows": [newer]}]}
+    assert models.resumable(calls) == {"commands": ["a", "b"], "rows": [newer]}
+    # a results file with every asked row finished: nothing runs, and the file keeps its calls
+    kept = tmp_path / "results.json"
+    kept.write_text(json.dumps({"calls": [{"data": {"commands": ["a"], "rows": [
+        dict(row, model="tiny_cnn", dtype="fp32")]}}]}))
+    before = kept.read_text()
+    monkeypatch.setenv("OUT", str(tmp_path / "out"))
+    assert models.main(["--device", "cpu", "--models", "tiny_cnn", "--dtype", "fp32", "--resume", str(kept)]) == 0
+    assert kept.read_text() == before
+    assert json.loads((tmp_path / "out" / "models.json").read_text())["rows"][0]["model"] == "tiny_cnn"
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"something": 1}')
+    assert models.main(["--device", "cpu", "--models", "tiny_cnn", "--resume", str(bad)]) == 2
+    assert "not a models.py table" in capsys.readouterr().err
     sys.modules.pop("models", None)
 
 
