@@ -361,3 +361,33 @@ def test_threads_share_one_database_object(tuning_db_url):  # noqa: F811
     assert errors == []
     assert db.count() == {"workloads": 0, "candidates": 5, "measurements": 160}
     assert db.best("w", "t").error == "thread0"
+
+
+def test_a_busy_journal_switch_is_tried_again_until_the_busy_timeout():
+    """Two processes opening a new file at once: SQLite can answer the journal switch with
+    "database is locked" at once, its busy handler not waiting; the open waits and retries."""
+    import sqlite3
+
+    from sqlalchemy.exc import OperationalError
+
+    from tilefx.storage.db_connect import _journal_wal
+
+    class Conn:  # answers busy ``fails`` times, then "wal"
+        def __init__(self, fails: int, error: Exception) -> None:
+            self.fails, self.error, self.calls = fails, error, 0
+
+        def exec_driver_sql(self, sql: str):
+            self.calls += 1
+            if self.calls <= self.fails:
+                raise OperationalError(sql, None, self.error)
+            return type("R", (), {"scalar": lambda _self: "wal"})()
+
+    locked = sqlite3.OperationalError("database is locked")
+    conn = Conn(3, locked)
+    assert _journal_wal(conn, busy_timeout_ms=5000) == "wal" and conn.calls == 4
+    with pytest.raises(OperationalError):  # past the busy timeout: the error stands
+        _journal_wal(Conn(10**6, locked), busy_timeout_ms=50)
+    other = Conn(1, sqlite3.OperationalError("disk I/O error"))
+    with pytest.raises(OperationalError):  # not busy: raised at once
+        _journal_wal(other, busy_timeout_ms=5000)
+    assert other.calls == 1

@@ -25,6 +25,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -172,7 +173,7 @@ def _open_sqlite_checked(path: Path, busy_timeout_ms: int) -> tuple[Engine, Conn
     conn = None
     try:
         conn = engine.connect()
-        mode = conn.exec_driver_sql("PRAGMA journal_mode = WAL").scalar()
+        mode = _journal_wal(conn, busy_timeout_ms)
         if str(mode).lower() != "wal":
             log.warning("tuning database %s: WAL journal unavailable (got %s); concurrent "
                         "tuners will wait for each other", path, mode)
@@ -190,6 +191,25 @@ def _open_sqlite_checked(path: Path, busy_timeout_ms: int) -> tuple[Engine, Conn
         engine.dispose()
         raise
     return engine, conn
+
+
+def _journal_wal(conn: Connection, busy_timeout_ms: int) -> Any:
+    """``PRAGMA journal_mode = WAL``, tried again while SQLite says busy, up to the busy timeout.
+    Two processes opening a new file at once: the one that is not switching the journal can get
+    "database is locked" at once, without SQLite's busy handler waiting (seen in CI, the
+    two-writer test, about one run in ten)."""
+    deadline = time.monotonic() + busy_timeout_ms / 1000
+    while True:
+        try:
+            return conn.exec_driver_sql("PRAGMA journal_mode = WAL").scalar()
+        except DBAPIError as e:
+            error = sqlite_error(e)
+            code = getattr(error, "sqlite_errorcode", None)
+            busy = error is not None and (code & 0xFF in (5, 6) if code is not None
+                                          else "locked" in str(error))
+            if not busy or time.monotonic() > deadline:
+                raise
+            time.sleep(0.02)
 
 
 def _check_or_create_sqlite(conn: Connection, path: Path) -> None:
