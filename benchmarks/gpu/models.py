@@ -455,12 +455,12 @@ def driver(args: argparse.Namespace) -> int:
         except (ValueError, KeyError, TypeError) as e:
             print(f"--resume {state}: not a models.py table ({one_line(e)})", file=sys.stderr)
             return 2
+        done = {(r["model"], r["dtype"]): r for r in old["rows"] if r.get("status") == "ok"}
+        commands = old["commands"] + commands
+        progress(f"--resume: {len(done)} finished row(s) from {state}")
         if "calls" in raw:  # a results file keeps its calls: the merged table goes to $OUT only
             progress(f"--resume: {state} is a results file; the tables are written to $OUT only")
             state = None
-        done = {(r["model"], r["dtype"]): r for r in old["rows"] if r.get("status") == "ok"}
-        commands = old.get("commands", []) + commands
-        progress(f"--resume: {len(done)} finished row(s) from {state}")
     # --only adds columns to finished rows: every job runs, its row merged into the finished one
     jobs = [(n, d) for d in dtypes for n in names if args.only or (n, d) not in done]
     asked = {"max-autotune": args.max_autotune, "tilefx cm-default": args.cm_default,

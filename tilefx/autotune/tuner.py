@@ -288,8 +288,8 @@ class Tuner:
                 finally:
                     cost_per_candidate.append((time.perf_counter() - t0) / max(1, len(measured)))
                     strategy.update(measured)
-                    round_cost.append((time.perf_counter() - t_round) / max(1, len(measured)))
                     round_walls.append(time.perf_counter() - t_round)
+                    round_cost.append(round_walls[-1] / max(1, len(measured)))
             if space.has_extern and res.trials:
                 self._rematch(workload, bad)
             self.db.set_tuning_state(wkey, tkey, opts.trials if limit is None else

@@ -37,7 +37,8 @@ from sqlalchemy.exc import ArgumentError, DBAPIError
 from sqlalchemy.pool import NullPool
 
 from tilefx.storage import db_schema
-from tilefx.storage.db_file import LockFile, foreign_header, is_corruption, move_aside, sqlite_error
+from tilefx.storage.db_file import (LockFile, foreign_header, is_busy, is_corruption, move_aside,
+                                    sqlite_error)
 from tilefx.storage.db_schema import APPLICATION_ID, SCHEMA_VERSION
 
 log = logging.getLogger("tilefx.storage.database")
@@ -196,18 +197,15 @@ def _open_sqlite_checked(path: Path, busy_timeout_ms: int) -> tuple[Engine, Conn
 def _journal_wal(conn: Connection, busy_timeout_ms: int) -> Any:
     """``PRAGMA journal_mode = WAL``, tried again while SQLite says busy, up to the busy timeout.
     Two processes opening a new file at once: the one that is not switching the journal can get
-    "database is locked" at once, without SQLite's busy handler waiting (seen in CI, the
-    two-writer test, about one run in ten)."""
+    "database is locked" at once, without SQLite's busy handler waiting (seen once in CI's
+    two-writer test)."""
     deadline = time.monotonic() + busy_timeout_ms / 1000
     while True:
         try:
             return conn.exec_driver_sql("PRAGMA journal_mode = WAL").scalar()
         except DBAPIError as e:
             error = sqlite_error(e)
-            code = getattr(error, "sqlite_errorcode", None)
-            busy = error is not None and (code & 0xFF in (5, 6) if code is not None
-                                          else "locked" in str(error))
-            if not busy or time.monotonic() > deadline:
+            if error is None or not is_busy(error) or time.monotonic() > deadline:
                 raise
             time.sleep(0.02)
 

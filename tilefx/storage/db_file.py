@@ -69,6 +69,14 @@ def is_corruption(e: sqlite3.DatabaseError) -> bool:
     return not isinstance(e, sqlite3.OperationalError)
 
 
+def is_busy(e: sqlite3.DatabaseError) -> bool:
+    """SQLITE_BUSY / SQLITE_LOCKED: another connection holds the lock; trying again may work."""
+    code = getattr(e, "sqlite_errorcode", None)
+    if code is not None:
+        return code & 0xFF in (5, 6)
+    return "locked" in str(e)
+
+
 def move_aside(path: Path, problem: str) -> None:
     """Rename a file that is not our database (and its WAL side files) out of the way."""
     stamp = time.strftime("%Y%m%d-%H%M%S")
