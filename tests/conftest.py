@@ -25,6 +25,18 @@ import pytest
 
 from tilefx.ir.graph import Graph
 
+# Triton decides at each ``@triton.jit``, its own standard library's included (at ``import
+# triton``), whether that function is interpreted. Without a GPU every Triton test runs under
+# the interpreter, so it is on before any test module can import Triton: set later (by one
+# test module or a script's --dry-run), it left the standard library compiled for a GPU and
+# the kernels calling it failed ("Cannot call @triton.jit'd outside of the scope of a kernel")
+# whenever an earlier module had imported Triton first.
+if not os.environ.get("TRITON_INTERPRET"):
+    import torch
+
+    if not torch.cuda.is_available():
+        os.environ["TRITON_INTERPRET"] = "1"
+
 _MAX_GRAPHS_PER_TEST = 400
 _checked_texts: set[tuple] = set()  # (IR text, constant signatures) already known good
 

@@ -133,24 +133,24 @@ def test_converged():
 
 
 def test_rounds_fit_the_time_left():
-    from tilefx.autotune.tuner import _round_size
+    from tilefx.autotune.budget import round_size
 
-    soon = time.perf_counter() + 5.0
-    assert _round_size(8, None, [], baselines=2) == 8  # no time limit
-    assert _round_size(8, soon, [], baselines=2) == 0  # the baselines alone, to learn the cost
-    assert _round_size(8, soon, [], baselines=0) == 1
-    assert _round_size(8, soon, [2.0], baselines=0) == 2  # ~5s left at 2s a candidate
-    assert _round_size(8, soon, [2.0], baselines=0, reserve=1) == 1  # the library re-match
+    soon = 5.0  # seconds left
+    assert round_size(8, None, [], baselines=2) == 8  # no time limit
+    assert round_size(8, soon, [], baselines=2) == 0  # the baselines alone, to learn the cost
+    assert round_size(8, soon, [], baselines=0) == 1
+    assert round_size(8, soon, [2.0], baselines=0) == 2  # ~5s left at 2s a candidate
+    assert round_size(8, soon, [2.0], baselines=0, reserve=2.0) == 1  # the library re-match
     # a first round slowed by loading the workload: the other kernels' cost is the better guess
-    assert _round_size(8, soon, [4.0], baselines=0, hint=0.5) == 8
-    assert _round_size(8, soon, [4.0, 2.0], baselines=0, hint=0.5) == 2
-    assert _round_size(8, time.perf_counter() - 1, [1.0], baselines=0) == 0  # time is up
+    assert round_size(8, soon, [4.0], baselines=0, hint=0.5) == 8
+    assert round_size(8, soon, [4.0, 2.0], baselines=0, hint=0.5) == 2
+    assert round_size(8, -1.0, [1.0], baselines=0) == 0  # time is up
     # a round costs at least a compile: with 5 s left and rounds of 6 s seen, none starts,
     # though the mean cost per candidate (1 s) would fit five candidates
-    assert _round_size(8, soon, [1.0, 1.0], baselines=0, walls=[9.0, 6.0]) == 0
-    assert _round_size(8, soon, [1.0, 1.0], baselines=0, walls=[9.0, 3.0]) == 4
+    assert round_size(8, soon, [1.0, 1.0], baselines=0, walls=[9.0, 6.0]) == 0
+    assert round_size(8, soon, [1.0, 1.0], baselines=0, walls=[9.0, 3.0]) == 5
     # the first round's wall (it loads the workload) is no floor
-    assert _round_size(8, soon, [1.0], baselines=0, walls=[9.0]) == 4
+    assert round_size(8, soon, [1.0], baselines=0, walls=[9.0]) == 5
 
 
 def test_parse_tune():

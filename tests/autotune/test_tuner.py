@@ -161,7 +161,7 @@ def test_crashing_and_hanging_candidates_are_recorded_and_tuning_goes_on(tmp_pat
 class _MiscompilingBuilder(LocalBuilder):
     """Builds every other candidate from a different computation (exp instead of relu)."""
 
-    def build(self, workload, schedules):
+    def build(self, workload, schedules, deadline=None):
         from dataclasses import replace
 
         wrong = kernel_op("pointwise", [f32(4, 256), f32(4, 256)],
@@ -169,7 +169,7 @@ class _MiscompilingBuilder(LocalBuilder):
         out = []
         for i, s in enumerate(schedules):
             w = replace(workload, kernel=wrong) if i % 2 else workload
-            out += super().build(w, [s])
+            out += super().build(w, [s], deadline)
         return out
 
 

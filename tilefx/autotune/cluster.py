@@ -90,7 +90,10 @@ class RayBuilder:
         self.fault = fault  # test hook: fault(schedule) -> a TASK_* hook or the backend's
         self._remote: Any = None
 
-    def build(self, workload: Workload, schedules: Sequence[Schedule]) -> list[BuildResult]:
+    def build(self, workload: Workload, schedules: Sequence[Schedule],
+              deadline: float | None = None) -> list[BuildResult]:
+        """Build ``schedules`` on the cluster. ``deadline`` is not used: a round's tasks are
+        all in flight at once, and the tuner sizes its rounds to the time left."""
         t0 = time.perf_counter()
         try:
             return self._build(workload, schedules)
@@ -181,7 +184,9 @@ class RayRunner:
 
     # -- measuring
     def run(self, workload: Workload, builds: Sequence[BuildResult],
-            on_result: Callable[[MeasureResult], None] | None = None) -> list[MeasureResult]:
+            on_result: Callable[[MeasureResult], None] | None = None,
+            deadline: float | None = None) -> list[MeasureResult]:
+        """Measure ``builds`` on the cluster's nodes; ``deadline`` is not used (see ``build``)."""
         t0 = time.perf_counter()
         try:
             return self._run(workload, builds, on_result)

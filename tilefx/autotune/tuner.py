@@ -29,10 +29,13 @@ the database at once. So:
 Under a time limit (``seconds``: per kernel, or the share of a model budget that
 ``model_tune.tune_model`` gives each kernel, ``budget.py``) the first round
 measures the baselines alone, and each later round only as many candidates as
-the time left fits at the cost per candidate seen so far, so a kernel ends near
-its limit, not a whole batch past it. With ``patience`` a search whose best has
-not improved by 1% over that many candidates stops early (its time goes back to
-the model's budget).
+the time left fits at the cost per candidate seen so far; no round starts in
+less time than a round of the same kind of kernel has taken; the builder and
+the runner get the deadline (what is still compiling then, or not started, is
+left unmeasured); the library re-match after the search is kept time for, or
+left out. So a kernel ends at its limit, not a compile past it. With
+``patience`` a search whose best has not improved by 1% over that many
+candidates stops early (its time goes back to the model's budget).
 """
 
 from __future__ import annotations
@@ -43,15 +46,16 @@ import logging
 import re
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Mapping
 
 import numpy as np
 from tqdm.auto import tqdm
 
 from tilefx import settings
-from tilefx.autotune.budget import Spent, converged, ranking_pool
+from tilefx.autotune.budget import Spent, converged, ranking_pool, round_size
 from tilefx.autotune.search import make_strategy
-from tilefx.codegen.measure import EXTERN_ARTIFACT, BuildResult, LocalBuilder, LocalRunner, MeasureResult, Workload
+from tilefx.codegen.measure import (EXTERN_ARTIFACT, OUT_OF_TIME, BuildResult, LocalBuilder,
+                                    LocalRunner, MeasureResult, Workload)
 from tilefx.codegen.space import EXTERN, SearchSpace, is_extern
 from tilefx.codegen.schedule import Schedule
 from tilefx.codegen.target import Target
@@ -187,6 +191,11 @@ class Tuner:
         self.results: list[KernelTuneResult] = []
         self.interrupted = False
         self.measurements = 0          # candidates measured by this tuner, all kernels
+        # wall seconds of rounds past a kernel's first, by kernel kind: a kernel's first
+        # rounds go by its kind's (a round costs about one compile however few it holds)
+        self.round_walls: dict[str, list[float]] = {}
+        self.rematch_walls: list[float] = []  # each library re-match's wall seconds
+        self.run_seconds: list[float] = []    # each measurement's (the runner's share)
         # model budget: each kernel's result by planned_key(), from model_tune.tune_model
         self.planned: dict[tuple, KernelTuneResult] = {}
 
@@ -239,7 +248,7 @@ class Tuner:
         deadline = None if limit is None else t_start + limit
         cost_per_candidate: list[float] = []  # build + run: what skipping a duplicate saves
         round_cost: list[float] = []  # per candidate, with proposing and fingerprinting
-        round_walls: list[float] = []  # each round's wall time: its least is a round's floor
+        round_walls: list[float] = []  # each round's wall time: a typical one is the floor
         bar = _progress(res.name if seconds is None else f"{res.name} [{seconds:.1f}s]",
                         goal if limit is None else None, opts.progress)
         idle_rounds, exhausted = 0, False
@@ -248,9 +257,14 @@ class Tuner:
                 t_round = time.perf_counter()
                 if patience and converged(res.history, patience):
                     break
-                want = _round_size(min(opts.batch, goal - res.trials), deadline, round_cost,
-                                   baselines=len(first), reserve=1 if space.has_extern else 0,
-                                   hint=cost_hint, walls=round_walls)
+                kind_walls = self.round_walls.get(res.kind or "", [])
+                # the re-match follows a search: the baselines' round keeps nothing for it
+                reserve = self._rematch_reserve() if space.has_extern and round_walls else 0.0
+                left = None if deadline is None else deadline - time.perf_counter()
+                want = round_size(min(opts.batch, goal - res.trials), left, round_cost,
+                                   baselines=len(first), hint=cost_hint, reserve=reserve,
+                                   walls=round_walls if len(round_walls) > 1
+                                   else [0.0, *kind_walls])
                 if want == 0 and not first:  # not even one more candidate fits the time left
                     break
                 proposals = first + (strategy.propose(want) if want else [])
@@ -281,17 +295,26 @@ class Tuner:
                     continue
                 t0 = time.perf_counter()
                 measured: list[MeasureResult] = []
-
+                cut: set[str] = set()
                 try:
-                    self._measure(workload, new, functools.partial(
-                        self._on_result, res, bar, measured))
+                    cut = self._measure(workload, new, functools.partial(
+                        self._on_result, res, bar, measured),
+                        None if deadline is None else deadline - reserve)
+                    seen.difference_update(cut)  # not measured: a later run may try them
                 finally:
                     cost_per_candidate.append((time.perf_counter() - t0) / max(1, len(measured)))
                     strategy.update(measured)
                     round_walls.append(time.perf_counter() - t_round)
-                    round_cost.append(round_walls[-1] / max(1, len(measured)))
-            if space.has_extern and res.trials:
+                    if not cut:  # a cut round's cost per candidate is not known, only its floor
+                        round_cost.append(round_walls[-1] / max(1, len(measured)))
+                    if len(round_walls) > 1:
+                        self.round_walls.setdefault(res.kind or "", []).append(round_walls[-1])
+            if space.has_extern and res.trials and (
+                    deadline is None or deadline - time.perf_counter()
+                    >= self._rematch_reserve()):
+                t_rematch = time.perf_counter()
                 self._rematch(workload, bad)
+                self.rematch_walls.append(time.perf_counter() - t_rematch)
             self.db.set_tuning_state(wkey, tkey, opts.trials if limit is None else
                                      done_before + res.trials, exhausted)
         except KeyboardInterrupt:
@@ -377,11 +400,23 @@ class Tuner:
                     cid = self.db.add_candidate(workload.key, tkey, r.schedule.to_json(), fp)
                     self._store(cid, r)
 
+    def _rematch_reserve(self) -> float:
+        """Seconds to keep for the library re-match after a search: as long as the last ones
+        took, else its four runs (nothing to compile) at the runs' mean so far."""
+        if self.rematch_walls:
+            return max(self.rematch_walls[-3:])
+        runs = self.run_seconds[-16:]
+        return 4 * sum(runs) / len(runs) if runs else 0.0
+
     def _measure(self, workload: Workload, new: list[tuple[Schedule, str]],
-                 on_result: Callable[[MeasureResult], None]) -> None:
-        """Build ``new`` in the pool, then run each; every result is committed at once."""
+                 on_result: Callable[[MeasureResult], None],
+                 deadline: float | None = None) -> set[str]:
+        """Build ``new`` in the pool, then run each; every result is committed at once.
+        Returns the fingerprints the ``deadline`` left unmeasured."""
         fps = dict(new)
-        builds = self.builder.build(workload, [s for s, _ in new])
+        until = {} if deadline is None else {"deadline": deadline}
+        builds = self.builder.build(workload, [s for s, _ in new], **until)
+        cut: set[str] = set()
 
         def commit(r: MeasureResult) -> None:
             cid = self.db.add_candidate(workload.key, self.target.key(), r.schedule.to_json(),
@@ -390,7 +425,10 @@ class Tuner:
             self.measurements += 1
             on_result(r)
 
-        self.runner.run(workload, builds, on_result=commit)
+        for r in self.runner.run(workload, builds, on_result=commit, **until):
+            if r.status == OUT_OF_TIME:
+                cut.add(fps[r.schedule])
+        return cut
 
     def _store(self, cid: int, r: MeasureResult) -> None:
         """One measurement, and any the runner made of the same candidate with it (a cluster
@@ -401,6 +439,7 @@ class Tuner:
     def _on_result(self, res: KernelTuneResult, bar: Any, measured: list[MeasureResult],
                    r: MeasureResult) -> None:
         measured.append(r)
+        self.run_seconds.append(r.run_seconds)
         self._record(res, r)
         if bar is not None:
             bar.update(1)
@@ -475,32 +514,6 @@ class Tuner:
         self.runner.close()
         if self._own_db:
             self.db.close()
-
-
-def _round_size(want: int, deadline: float | None, costs: list[float], *, baselines: int,
-                reserve: int = 0, hint: float | None = None, walls: Sequence[float] = ()) -> int:
-    """New candidates to propose this round: ``want``, or under a time limit as many as the
-    time left fits at the mean cost per candidate so far (past the first round when there
-    is a ``hint`` to go by instead), keeping ``reserve`` candidates' time (the library
-    re-match after the search); the first round (``baselines`` queued, no cost known yet)
-    measures the baselines alone, or one candidate without any.
-
-    ``walls``: each round's wall seconds. A round compiles its candidates side by side, so
-    even one candidate costs about a whole compile: no round starts when the time left is
-    under the shortest round seen (past the first, which also loads the workload). Sized by
-    the mean alone, the last rounds of each kernel overran its share (ResNet-50 on an H200:
-    68.5 s for a 60 s model budget)."""
-    if deadline is None:
-        return want
-    if not costs:
-        return 0 if baselines else min(want, 1)
-    later = costs[1:] if hint else costs
-    per = sum(later) / len(later) if later else hint
-    left = deadline - time.perf_counter() - reserve * per
-    later_walls = walls[1:]
-    if later_walls and left < min(later_walls):
-        return 0
-    return max(0, min(want, int(left / per) if per > 0 else want))
 
 
 def _progress(name: str, total: int | None, enabled: bool) -> Any:

@@ -20,6 +20,9 @@
   median is the candidate's latency.
 - The extern (library) candidate needs no build: the runner executes the
   kernel body through torch (``LibraryKernel``).
+- Under a time limit the tuner passes a ``deadline`` (``time.perf_counter()``
+  seconds): builds not finished by then and runs not started by then are
+  ``OUT_OF_TIME``, neither measured nor recorded (a later run may try them).
 
 A ``Workload`` (kernel op, target, bindings, workload key) is what both need.
 """
@@ -52,6 +55,12 @@ from tilefx.ir.interpreter import REFERENCES, RefContext, torch_dtype
 log = logging.getLogger("tilefx.autotune")
 
 EXTERN_ARTIFACT = "extern"
+OUT_OF_TIME = "out_of_time"  # a build or run the deadline cut: no measurement, no record
+
+
+def past(deadline: float | None) -> bool:
+    """Whether ``deadline`` (``time.perf_counter()`` seconds; None: none) has passed."""
+    return deadline is not None and time.perf_counter() >= deadline
 
 
 @dataclass(frozen=True)
@@ -72,7 +81,7 @@ class Workload:
 @dataclass(frozen=True)
 class BuildResult:
     schedule: Schedule
-    status: str               # "ok" | "build_error" | "timeout"
+    status: str               # "ok" | "build_error" | "timeout" | OUT_OF_TIME
     artifact: str = ""        # kernel disk-cache key, or EXTERN_ARTIFACT
     error: str = ""
     seconds: float = 0.0
@@ -82,6 +91,7 @@ class BuildResult:
 class MeasureResult:
     schedule: Schedule
     status: str               # "ok" | "build_error" | "run_error" | "timeout" | "wrong_result"
+    #                           | OUT_OF_TIME
     samples: tuple[float, ...] = ()
     error: str = ""
     build_seconds: float = 0.0
@@ -262,7 +272,9 @@ class LocalBuilder:
                                              initializer=_ignore_sigint)
         return self._pool
 
-    def build(self, workload: Workload, schedules: Sequence[Schedule]) -> list[BuildResult]:
+    def build(self, workload: Workload, schedules: Sequence[Schedule],
+              deadline: float | None = None) -> list[BuildResult]:
+        """Build ``schedules``; those not built by ``deadline`` are ``OUT_OF_TIME``."""
         kernel_bytes = pickle.dumps(workload.kernel)
         target_json = workload.target.to_json()
         cache_dir = os.environ.get("TILEFX_CACHE_DIR")
@@ -274,9 +286,10 @@ class LocalBuilder:
         self._idle = False
         if self.workers <= 0:
             for s, args in jobs:
-                done[s] = BuildResult(s, *_build_worker(*args))
+                done[s] = BuildResult(s, OUT_OF_TIME) if past(deadline) else \
+                    BuildResult(s, *_build_worker(*args))
         else:
-            self._pool_build(jobs, done)
+            self._pool_build(jobs, done, deadline)
         return [done[s] for s in schedules]
 
     def warm_up(self) -> None:
@@ -287,17 +300,29 @@ class LocalBuilder:
             for _ in range(self.workers):
                 self._executor().submit(_ready)
 
-    def _pool_build(self, jobs: list, done: dict[Schedule, BuildResult]) -> None:
+    def _pool_build(self, jobs: list, done: dict[Schedule, BuildResult],
+                    deadline: float | None = None) -> None:
         """Build ``jobs`` in the pool. When a worker dies or hangs, the first unfinished
-        candidate is blamed; the others lost with the pool are submitted again."""
+        candidate is blamed; the others lost with the pool are submitted again. At the
+        ``deadline`` the unfinished ones are ``OUT_OF_TIME``: the pool keeps them (a build
+        that outlives it is not a hang) and drops those not started."""
         while jobs:
             futures = [(s, args, self._executor().submit(_build_worker, *args)) for s, args in jobs]
             jobs = []
             for i, (s, _, fut) in enumerate(futures):
+                wait = self.timeout if deadline is None else \
+                    min(self.timeout, max(0.0, deadline - time.perf_counter()))
                 try:
-                    done[s] = BuildResult(s, *fut.result(timeout=self.timeout))
+                    done[s] = BuildResult(s, *fut.result(timeout=wait))
                     continue
                 except FutureTimeout:
+                    if wait < self.timeout:  # the deadline, not a hang
+                        for s2, _, f2 in futures[i:]:
+                            ok = f2.done() and not f2.cancelled() and f2.exception() is None
+                            done[s2] = BuildResult(s2, *f2.result()) if ok else \
+                                BuildResult(s2, OUT_OF_TIME)
+                            f2.cancel()
+                        return
                     error = f"build timed out after {self.timeout:.0f}s"
                 except Exception as e:  # noqa: BLE001 - BrokenProcessPool: a worker died
                     error = f"builder process failed: {type(e).__name__}: {e}"[:500]
@@ -419,10 +444,17 @@ class RunsInOrder:
     """``run`` for a runner that measures one build at a time (its ``_run_one``)."""
 
     def run(self, workload: Workload, builds: Sequence[BuildResult],
-            on_result: Callable[[MeasureResult], None] | None = None) -> list[MeasureResult]:
-        """Measure ``builds`` in order; ``on_result`` sees each result as soon as it exists."""
+            on_result: Callable[[MeasureResult], None] | None = None,
+            deadline: float | None = None) -> list[MeasureResult]:
+        """Measure ``builds`` in order; ``on_result`` sees each result as soon as it exists.
+        Builds cut by the builder's deadline, and those not started by ``deadline``, are
+        ``OUT_OF_TIME`` results that ``on_result`` does not see."""
         results = []
         for b in builds:
+            if b.status == OUT_OF_TIME or past(deadline):
+                results.append(MeasureResult(b.schedule, OUT_OF_TIME, (), "out of time",
+                                             b.seconds))
+                continue
             results.append(self._run_one(workload, b))  # type: ignore[attr-defined]
             if on_result is not None:
                 on_result(results[-1])

@@ -103,3 +103,33 @@ def test_prewarm_built_maps_errors_back_to_every_key_of_a_file(monkeypatch):
                                         ("bad", boom, None, None)])
     assert errors == {"s1": "CompilationError: out of resources", "s2": "CompilationError: out of resources"}
     assert sorted(seen) == ["/a.py", "/a.py", "/b.py"]
+
+
+def test_a_deadline_leaves_slow_compiles_running_and_keeps_the_pool(tmp_path):
+    """A tuning round's deadline: what is still compiling then is STILL_COMPILING (the tuner
+    leaves it unmeasured) and finishes in the pool, which serves the next batch; one job is
+    compiled here too (without a deadline it would compile where it runs)."""
+    import time
+
+    from tilefx.codegen.triton import prewarm as prewarm_mod
+    from tilefx.codegen.triton.prewarm import STILL_COMPILING
+
+    slow = tmp_path / "slow.py"
+    slow.write_text("import time\n\ndef launch(*tensors):\n    time.sleep(4)\n")
+    fine = tmp_path / "fine.py"
+    fine.write_text("def launch(*tensors):\n    pass\n")
+    try:
+        prewarm([PrewarmJob(str(fine), (), ()), PrewarmJob(str(tmp_path / "x.py"), (), ())],
+                workers=2)  # the workers' start (imports) is not what is timed here
+        pool = prewarm_mod._POOLS[2]
+        t0 = time.perf_counter()
+        out = prewarm([PrewarmJob(str(slow), (), ()), PrewarmJob(str(fine), (), ())], workers=2,
+                      timeout=60, deadline=time.perf_counter() + 1.5)
+        assert time.perf_counter() - t0 < 3.0
+        assert out == {str(slow): STILL_COMPILING, str(fine): ""}
+        assert prewarm_mod._POOLS[2] is pool  # kept: a slow compile is not a hang
+        assert prewarm([PrewarmJob(str(fine), (), ())], workers=2,
+                       deadline=time.perf_counter() + 30) == {str(fine): ""}
+        assert prewarm([PrewarmJob(str(fine), (), ())], workers=2) == {}  # no deadline: one job
+    finally:                                                                # compiles where it runs
+        shutdown()

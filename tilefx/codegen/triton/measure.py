@@ -63,7 +63,8 @@ import torch
 
 from tilefx import settings
 from tilefx.codegen import timing
-from tilefx.codegen.measure import BuildResult, MeasureResult, RunsInOrder, Workload
+from tilefx.codegen.measure import (OUT_OF_TIME, BuildResult, MeasureResult, RunsInOrder,
+                                    Workload, past)
 from tilefx.codegen.space import SearchSpace, is_extern
 from tilefx.codegen.schedule import Schedule
 from tilefx.codegen.triton import build_kernel, default_schedule as default
@@ -273,25 +274,34 @@ class TritonBuilder:
     # (``isolated.py``): then nothing of a candidate runs in the tuning process
     launch: bool = True
 
-    def build(self, workload: Workload, schedules: Sequence[Schedule]) -> list[BuildResult]:
-        failed = self._prewarm(workload, schedules)
-        return [failed.get(s.to_json()) or self._build_one(workload, s) for s in schedules]
+    def build(self, workload: Workload, schedules: Sequence[Schedule],
+              deadline: float | None = None) -> list[BuildResult]:
+        """Build ``schedules``; on a GPU those still compiling at ``deadline`` are
+        ``OUT_OF_TIME`` (a compile takes seconds there: a round must not outlive its time)."""
+        failed = self._prewarm(workload, schedules, deadline)
+        return [failed.get(s.to_json()) or (BuildResult(s, OUT_OF_TIME) if past(deadline)
+                                            else self._build_one(workload, s))
+                for s in schedules]
 
-    def _prewarm(self, workload: Workload, schedules: Sequence[Schedule]) -> dict[str, BuildResult]:
+    def _prewarm(self, workload: Workload, schedules: Sequence[Schedule],
+                 deadline: float | None = None) -> dict[str, BuildResult]:
         """On a GPU, compile the batch's candidates in parallel processes first (``prewarm.py``);
         ``_build_one``'s launch then loads the binary. A candidate that failed to compile
-        there is a ``build_error`` with that error, not compiled a second time."""
-        if len(schedules) < 2 or self.fault is not None or interpreting() or device() != "cuda":
+        there is a ``build_error`` with that error, not compiled a second time; one still
+        compiling at the ``deadline`` is ``OUT_OF_TIME``."""
+        if len(schedules) < (1 if deadline is not None else 2) or self.fault is not None \
+                or interpreting() or device() != "cuda":
             return {}
-        from tilefx.codegen.triton.prewarm import prewarm_built
+        from tilefx.codegen.triton.prewarm import STILL_COMPILING, prewarm_built
 
         t0 = time.perf_counter()
         bindings = symbol_bindings(workload.bindings_dict())
         build = (lambda s: self.state.kernel(workload, s)) if self.launch else (lambda s: _kernel(workload, s))
         errors = prewarm_built(((s, lambda s=s: build(s), workload.kernel, bindings) for s in schedules),
-                               timeout=PREWARM_SECONDS)
+                               timeout=PREWARM_SECONDS, deadline=deadline)
         seconds = (time.perf_counter() - t0) / max(1, len(schedules))
-        return {s.to_json(): BuildResult(s, "build_error", "", err, seconds) for s, err in errors.items()}
+        return {s.to_json(): BuildResult(s, OUT_OF_TIME, "", err, seconds) if err == STILL_COMPILING
+                else BuildResult(s, "build_error", "", err, seconds) for s, err in errors.items()}
 
     def _build_one(self, workload: Workload, schedule: Schedule) -> BuildResult:
         t0 = time.perf_counter()

@@ -19,6 +19,9 @@ second time. A worker that dies (a fault in the driver), scratch tensors
 that do not fit in device memory, or a batch that outlives ``timeout`` (the
 pool is killed: a launch that never returns) only lose the warm cache: those
 compile where they run, as before, so prewarming never changes a result.
+A tuning round under a time limit passes a ``deadline``: compiles still running
+then are ``STILL_COMPILING`` (the tuner measures them not at all); they finish
+in the pool, which is kept.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ import importlib.util
 import logging
 import os
 import sys
+import time
 from concurrent.futures import ProcessPoolExecutor, wait
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Sequence
@@ -37,6 +41,7 @@ from tilefx.codegen.workers import worker_context
 log = logging.getLogger("tilefx.codegen.triton")
 
 _POOLS: dict[int, ProcessPoolExecutor] = {}
+STILL_COMPILING = "still compiling at the deadline"
 
 
 @dataclass(frozen=True)
@@ -60,11 +65,12 @@ def job_for(built: Any, kernel_op: Any, bindings: Any = None) -> PrewarmJob:
 
 
 def prewarm_built(entries: Iterable[tuple[Any, Callable[[], Any], Any, Any]],
-                  timeout: float = 600.0) -> dict[Any, str]:
+                  timeout: float = 600.0, deadline: float | None = None) -> dict[Any, str]:
     """Build each ``(key, build, kernel_op, bindings)`` (``build()`` gives the ``BuiltKernel``)
-    and compile them side by side; key -> error for those that failed to compile. Builds
-    that raise are skipped (the caller's own build reports them); the library candidate
-    has nothing to compile; keys whose code is one file share its verdict."""
+    and compile them side by side; key -> error for those that failed to compile (or
+    ``STILL_COMPILING`` at the ``deadline``). Builds that raise are skipped (the caller's
+    own build reports them); the library candidate has nothing to compile; keys whose code
+    is one file share its verdict."""
     keys: dict[str, list[Any]] = {}
     jobs = []
     for key, build, kernel_op, bindings in entries:
@@ -75,20 +81,37 @@ def prewarm_built(entries: Iterable[tuple[Any, Callable[[], Any], Any, Any]],
         if (built.schedule or {}).get("impl") != "library":
             keys.setdefault(built.path, []).append(key)
             jobs.append(job_for(built, kernel_op, bindings))
-    return {key: err for path, err in prewarm(jobs, timeout=timeout).items() if err for key in keys[path]}
+    return {key: err for path, err in prewarm(jobs, timeout=timeout, deadline=deadline).items()
+            if err for key in keys[path]}
 
 
 def prewarm(jobs: Sequence[PrewarmJob], workers: int | None = None,
-            timeout: float = 600.0) -> dict[str, str]:
-    """Compile ``jobs`` in ``workers`` processes; path -> "" (compiled) or the error.
-    Paths missing from the result were not compiled (a dead worker, the timeout)."""
+            timeout: float = 600.0, deadline: float | None = None) -> dict[str, str]:
+    """Compile ``jobs`` in ``workers`` processes; path -> "" (compiled) or the error, or
+    ``STILL_COMPILING`` for those the ``deadline`` (``time.perf_counter()`` seconds) cut.
+    Paths missing from the result were not compiled (a dead worker, the timeout). Without
+    a deadline one job is left to compile where it runs (no faster here); with one, it is
+    compiled here, where the deadline can leave it."""
     workers = settings.compile_workers() if workers is None else workers
     jobs = list({j.path: j for j in jobs}.values())
-    if workers <= 0 or len(jobs) < 2:
+    if workers <= 0 or len(jobs) < (1 if deadline is not None else 2):
         return {}
     pool = _pool(workers)
     futures = {pool.submit(_compile, job): job.path for job in jobs}
-    done, late = wait(futures, timeout=timeout)
+    left = timeout if deadline is None else min(timeout, max(0.0, deadline - time.perf_counter()))
+    done, late = wait(futures, timeout=left)
+    if late and left < timeout:  # the deadline, not a hang: the compiles finish in the pool
+        return {**_verdicts(done, futures, workers), **{futures[f]: STILL_COMPILING for f in late}}
+    out = _verdicts(done, futures, workers)
+    if late:  # a launch that never returns holds its worker: the pool goes, not the caller
+        log.info("prewarm: %d compiles still running after %.0f s; they compile where they run",
+                 len(late), timeout)
+        _kill(_POOLS.pop(workers, pool))
+    return out
+
+
+def _verdicts(done: Iterable[Any], futures: dict[Any, str], workers: int) -> dict[str, str]:
+    """path -> "" or the error, for the finished compiles."""
     out: dict[str, str] = {}
     for f in done:
         try:
@@ -99,10 +122,6 @@ def prewarm(jobs: Sequence[PrewarmJob], workers: int | None = None,
             continue
         if result is not None:  # None: no room for its scratch tensors, not a verdict
             out[futures[f]] = result
-    if late:  # a launch that never returns holds its worker: the pool goes, not the caller
-        log.info("prewarm: %d compiles still running after %.0f s; they compile where they run",
-                 len(late), timeout)
-        _kill(_POOLS.pop(workers, pool))
     return out
 
 
