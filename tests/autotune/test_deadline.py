@@ -68,13 +68,11 @@ class GpuLikeRunner(RunsInOrder):
 
 
 def _ops():
-    mm = kernel_op("contraction", [f32(128, 256), f32(256, 256)],
-                   lambda b, x, w: b.op("matmul", x, w), name="mm")
-    mm2 = kernel_op("contraction", [f32(64, 512), f32(512, 128)],
-                    lambda b, x, w: b.op("matmul", x, w), name="mm2")
-    mm3 = kernel_op("contraction", [f32(96, 128), f32(128, 384)],
-                    lambda b, x, w: b.op("matmul", x, w), name="mm3")
-    return [mm, mm2, mm3]
+    """Three matmuls of different shapes: three distinct kernels to share the budget."""
+    sizes = {"mm": (128, 256, 256), "mm2": (64, 512, 128), "mm3": (96, 128, 384)}
+    return [kernel_op("contraction", [f32(m, k), f32(k, n)],
+                      lambda b, x, w: b.op("matmul", x, w), name=name)
+            for name, (m, k, n) in sizes.items()]
 
 
 def test_a_model_budget_holds_when_each_round_costs_a_compile(tmp_path, monkeypatch):
