@@ -402,11 +402,12 @@ class Tuner:
 
     def _rematch_reserve(self) -> float:
         """Seconds to keep for the library re-match after a search: as long as the last ones
-        took, else its four runs (nothing to compile) at the runs' mean so far."""
+        took, else its four runs (nothing to compile) at a typical run's time so far (the lower
+        median: a kernel's first run also loads its workload)."""
         if self.rematch_walls:
             return max(self.rematch_walls[-3:])
-        runs = self.run_seconds[-16:]
-        return 4 * sum(runs) / len(runs) if runs else 0.0
+        runs = sorted(self.run_seconds[-16:])
+        return 4 * runs[(len(runs) - 1) // 2] if runs else 0.0
 
     def _measure(self, workload: Workload, new: list[tuple[Schedule, str]],
                  on_result: Callable[[MeasureResult], None],
