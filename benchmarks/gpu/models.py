@@ -47,8 +47,8 @@ Columns:
   "library": their FLOPs cannot be read from a name.
 
 Markdown to stdout and ``$OUT/models.md``, rows in ``$OUT/models.json`` (both rewritten after
-every model); progress on stderr. ``--deadline`` starts no model it cannot give a minute and
-ends the run in time; ``--resume [FILE]`` keeps the finished rows of FILE (default
+every model); progress on stderr. ``--deadline`` starts no model it cannot give a minute, or
+(``--expect`` earlier tables) the compile seconds its columns took before, and ends the run in time; ``--resume [FILE]`` keeps the finished rows of FILE (default
 ``$OUT/models.json``), runs the others and saves all rows back there, so that a run split over
 several commands ends in one table.
 """
@@ -79,6 +79,7 @@ from typing import Any, Callable
 from common import DTYPES, ROOT, cuda_time_ms, progress, quiet
 from models_kernels import PROFILED_CALLS, kernel_index, profile_kernels, runs_in_library, top_kernels
 from models_report import COLS, fmt, render
+from models_rows import expected_seconds, merged, resumable
 from models_zoo import SPECS, build
 
 import torch
@@ -351,32 +352,6 @@ def missing_module() -> str:
     return ""
 
 
-def resumable(data: Any) -> dict:
-    """``--resume``'s file as {"commands", "rows"}: a run's ``models.json``, or a results file that
-    keeps several device calls' tables (``{"calls": [{"data": models.json}, ...]}``, as in
-    ``benchmarks/results/``), the later call's row winning for a model and dtype."""
-    if "calls" not in data:
-        return {"commands": data.get("commands", []), "rows": list(data["rows"])}
-    rows: dict[tuple[str, str], dict] = {}
-    commands: list[str] = []
-    for call in data["calls"]:
-        part = resumable(call.get("data", call))
-        commands += part["commands"]
-        rows.update({(r["model"], r["dtype"]): r for r in part["rows"] if r.get("status") == "ok"})
-    return {"commands": commands, "rows": list(rows.values())}
-
-
-def merged(old: dict | None, new: dict) -> dict:
-    """An ``--only`` run's row over the finished row it adds columns to (same model and dtype)."""
-    if old is None or new.get("status") != "ok":
-        return new if old is None else {**old, "notes": old.get("notes", []) + [
-            f"--only run: {new.get('status')}"]}
-    out = {**old, "notes": old.get("notes", []) + new.get("notes", [])}
-    for key in ("ms", "compile_s", "err", "errors", "report"):
-        out[key] = {**old.get(key, {}), **new.get(key, {})}
-    return out
-
-
 # ---------------------------------------------------------------- the driver
 
 LIVE: set[int] = set()  # process groups of running children, ended if the driver is stopped
@@ -461,6 +436,13 @@ def driver(args: argparse.Namespace) -> int:
         if "calls" in raw:  # a results file keeps its calls: the merged table goes to $OUT only
             progress(f"--resume: {state} is a results file; the tables are written to $OUT only")
             state = None
+    priors: list[dict] = []  # finished rows of earlier runs: how long each model's columns took
+    for path in filter(None, (args.expect or "").split(",")):
+        try:
+            priors += resumable(json.loads(Path(path).read_text()))["rows"]
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            print(f"--expect {path}: not a models.py table ({one_line(e)})", file=sys.stderr)
+            return 2
     # --only adds columns to finished rows: every job runs, its row merged into the finished one
     jobs = [(n, d) for d in dtypes for n in names if args.only or (n, d) not in done]
     asked = {"max-autotune": args.max_autotune, "tilefx cm-default": args.cm_default,
@@ -488,12 +470,17 @@ def driver(args: argparse.Namespace) -> int:
         # the tables are written within --deadline: 15 s are kept for that
         left = args.deadline - (time.monotonic() - start) - 15 if args.deadline else math.inf
         t0 = time.monotonic()
+        with lock:
+            known = [*priors, *results.values()]
+        expect = expected_seconds(known, name, wanted(args)) if args.deadline else None
         if not SPECS[name].available():
             row = dict(model=name, dtype=dtype, input=SPECS[name].input_desc,
                        status=f"missing package {SPECS[name].package}", ms={})
-        elif left < 60:  # too little for any model: leave it whole for --resume
+        elif left < 60 or (expect is not None and expect > left):
+            # too little for any model, or for what this one took before: leave it whole
+            why = f"expected ~{expect:.0f} s, {left:.0f} s left; " if left >= 60 else ""
             row = dict(model=name, dtype=dtype, input=SPECS[name].input_desc, ms={},
-                       status="not run: --deadline reached (rerun with --resume)")
+                       status=f"not run: --deadline reached ({why}rerun with --resume)")
         else:
             progress(f"== {name} {dtype}" + (f" on GPU {gpu}" if gpu is not None else ""))
             row = child_row(name, dtype, args, min(args.timeout, left), gpu)
@@ -543,6 +530,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--timeout", type=float, default=600, help="seconds per model (its process is killed)")
     p.add_argument("--deadline", type=float, default=0, help="seconds for the whole run: models that would "
                    "start too late are left for --resume, and the tables are written in time")
+    p.add_argument("--expect", metavar="FILES",
+                   help="comma-separated tables of earlier runs (models.json or results files): with "
+                   "--deadline, a model is not started when its columns took longer there (compile "
+                   "seconds, any dtype) than the time left, rather than killed part-way")
     p.add_argument("--resume", nargs="?", const="$OUT", metavar="FILE",
                    help="keep the finished rows of FILE (default $OUT/models.json; or a results file of "
                    "several calls, then saved to $OUT only), run the rest, save all there")

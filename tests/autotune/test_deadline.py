@@ -91,6 +91,7 @@ def test_a_model_budget_holds_when_each_round_costs_a_compile(tmp_path, monkeypa
     assert report.seconds <= budget + 0.4, report.line()
     assert len(tuned) >= 2 and all(r.best is not None for r in tuned), report.line()
     assert any(r.trials > 2 for r in tuned), report.line()  # searched past the baselines
+    assert "library re-matches" in report.line() and "cut at a deadline" in report.line()
     records = tuner.db.records()
     assert records and all(r.status == "ok" for r in records)  # nothing cut was recorded
     tuner.close()

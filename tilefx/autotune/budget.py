@@ -263,6 +263,8 @@ class Spent:
     used: float = 0.0
     skipped: str = ""        # "" when tuned; else the reason
     saving: float = 0.0      # expected seconds saved per model call (the estimate)
+    rematch: float = 0.0     # of ``used``: the library re-match after its search
+    cut: int = 0             # candidates its deadline left unmeasured
 
     def cell(self) -> str:
         """The summary table's "budget" cell."""
@@ -287,10 +289,15 @@ class BudgetReport:
         tuned = [s for s in self.spent.values() if not s.skipped]
         skipped = [s for s in self.spent.values() if s.skipped]
         over = self.seconds - self.budget
+        searched = sum(s.used - s.rematch for s in tuned)
+        rematch = sum(s.rematch for s in tuned)
+        # where the time went, so an overrun names its part
         text = (f"budget {self.budget:.1f}s for the model: {self.seconds:.1f}s used "
                 f"({'+' if over >= 0 else '-'}{abs(over):.1f}s; estimating "
-                f"{self.estimate_seconds:.1f}s), {len(tuned)} kernels tuned, "
-                f"{len(skipped)} skipped")
+                f"{self.estimate_seconds:.1f}s, searches {searched:.1f}s, library re-matches "
+                f"{rematch:.1f}s, look-ups {sum(s.used for s in skipped):.1f}s; "
+                f"{sum(s.cut for s in tuned)} candidates cut at a deadline), "
+                f"{len(tuned)} kernels tuned, {len(skipped)} skipped")
         if skipped:
             names = {s.estimate.key: s.estimate.name for s in self.plan.shares}
             text += " (" + ", ".join(f"{names.get(s.key, s.key)}: {s.skipped}"

@@ -183,6 +183,6 @@ def _turn(tuner: Tuner, kernel: DistinctKernel, report: BudgetReport, e: KernelE
                                     saving=e.saving)
         return None
     res.budget = report.spent[e.key] = Spent(e.key, 0.0 if skipped else seconds, res.seconds,
-                                             skipped, e.saving)
+                                             skipped, e.saving, res.rematch_seconds, res.cut)
     tuner.planned[kernel.key] = res
     return res

@@ -146,6 +146,8 @@ class KernelTuneResult:
     budget: Spent | None = None        # its part of a model budget (model_tune.py)
     # seconds one candidate cost (propose, build, measure) in the rounds after the baselines'
     candidate_seconds: float | None = None
+    rematch_seconds: float = 0.0       # of ``seconds``: the library re-match after the search
+    cut: int = 0                       # candidates the time limit left unmeasured
 
     @property
     def speedup(self) -> float | None:
@@ -301,6 +303,7 @@ class Tuner:
                         self._on_result, res, bar, measured),
                         None if deadline is None else deadline - reserve)
                     seen.difference_update(cut)  # not measured: a later run may try them
+                    res.cut += len(cut)
                 finally:
                     cost_per_candidate.append((time.perf_counter() - t0) / max(1, len(measured)))
                     strategy.update(measured)
@@ -314,7 +317,8 @@ class Tuner:
                     >= self._rematch_reserve()):
                 t_rematch = time.perf_counter()
                 self._rematch(workload, bad)
-                self.rematch_walls.append(time.perf_counter() - t_rematch)
+                res.rematch_seconds = time.perf_counter() - t_rematch
+                self.rematch_walls.append(res.rematch_seconds)
             self.db.set_tuning_state(wkey, tkey, opts.trials if limit is None else
                                      done_before + res.trials, exhausted)
         except KeyboardInterrupt:

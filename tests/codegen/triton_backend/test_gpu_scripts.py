@@ -137,3 +137,36 @@ def test_models_stops_at_once_when_tilefx_cannot_import(monkeypatch, capsys):
     monkeypatch.setattr(models, "driver", lambda args: 0)
     assert models.main(["--device", "cpu", "--only", "inductor"]) == 0
     sys.modules.pop("models", None)
+
+
+def test_models_does_not_start_a_model_its_deadline_would_kill(monkeypatch, tmp_path):
+    """``--expect``: a model whose columns took longer in an earlier run (compile seconds, any
+    dtype) than the deadline leaves is not started (efficientnet_b0's max-autotune was killed at
+    164 s of ~280, three device minutes lost); one without a record starts as before."""
+    monkeypatch.syspath_prepend(str(GPU_SCRIPTS))
+    import models
+
+    rows = [dict(model="tiny_cnn", dtype="fp16", status="ok", compile_s={"max-autotune": 250.0}),
+            dict(model="tiny_cnn", dtype="bf16", status="ok", compile_s={"max-autotune": 280.0,
+                                                                         "tilefx tuned": 90.0})]
+    seconds = models.expected_seconds(rows, "tiny_cnn", ["max-autotune", "tilefx tuned"])
+    from models_rows import LOAD_SECONDS, TIMING_SECONDS
+    assert seconds == LOAD_SECONDS + 280 + 90 + 2 * TIMING_SECONDS  # the longest per column
+    assert models.expected_seconds(rows, "tiny_cnn", ["inductor"]) is None  # never seen
+    assert models.expected_seconds(rows, "other", ["max-autotune"]) is None
+    earlier = tmp_path / "earlier.json"
+    earlier.write_text(json.dumps({"calls": [{"data": {"commands": [], "rows": rows}}]}))
+    monkeypatch.setenv("OUT", str(tmp_path / "out"))
+    monkeypatch.setattr(models, "child_row", lambda *a, **k: pytest.fail("must not start"))
+    assert models.main(["--device", "cpu", "--models", "tiny_cnn", "--dtype", "fp32", "--only",
+                        "max-autotune,tilefx tuned", "--tune", "60s", "--deadline", "300",
+                        "--expect", str(earlier)]) == 0
+    (row,) = json.loads((tmp_path / "out" / "models.json").read_text())["rows"]
+    assert row["status"].startswith("not run: --deadline reached (expected ~")
+    started = []
+    monkeypatch.setattr(models, "child_row", lambda name, *a, **k: started.append(name) or dict(
+        model=name, dtype="fp32", status="ok", ms={}))
+    assert models.main(["--device", "cpu", "--models", "tiny_cnn", "--dtype", "fp32", "--only",
+                        "inductor", "--deadline", "300", "--expect", str(earlier)]) == 0
+    assert started == ["tiny_cnn"]
+    sys.modules.pop("models", None)
