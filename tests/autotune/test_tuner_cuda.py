@@ -293,3 +293,19 @@ def test_a_hanging_candidate_is_stopped_and_tuning_goes_on(tmp_path):
     assert res.best is not None and res.best not in faults
     hung = [r for r in tuner.db.records() if r.status == "timeout"]
     assert len(hung) == 1 and "runner killed" in hung[0].error
+
+
+def test_a_time_limit_is_kept_on_the_cuda_path(tmp_path):
+    """``seconds=`` on a Triton kernel (interpreted here): the builder and the runner get the
+    deadline, so the kernel ends within one measurement of it; what it cut is not recorded."""
+    import time
+
+    tuner = _tuner(tmp_path, trials=1_000_000)
+    t0 = time.perf_counter()
+    res = tuner.tune_kernel(_matmul(16, name="limited"), seconds=3.0)
+    took = time.perf_counter() - t0
+    worst_run = max(tuner.run_seconds)
+    assert res.trials >= 2 and res.best is not None, format_summary([res])
+    assert took <= 3.0 + worst_run + 0.5, (took, worst_run, res.cut)
+    assert all(r.status != "out_of_time" for r in tuner.db.records())
+    tuner.close()
