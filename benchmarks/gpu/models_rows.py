@@ -13,7 +13,8 @@ TIMING_SECONDS = 15.0  # a column past its compile: warm-up and the timed calls
 def resumable(data: Any) -> dict:
     """``--resume``'s file as {"commands", "rows"}: a run's ``models.json``, or a results file that
     keeps several device calls' tables (``{"calls": [{"data": models.json}, ...]}``, as in
-    ``benchmarks/results/``), the later call's row winning for a model and dtype."""
+    ``benchmarks/results/``): a later call's columns are merged into the earlier row of the same
+    model and dtype (calls made with ``--only`` each add columns), its own winning."""
     if "calls" not in data:
         return {"commands": data.get("commands", []), "rows": list(data["rows"])}
     rows: dict[tuple[str, str], dict] = {}
@@ -21,7 +22,10 @@ def resumable(data: Any) -> dict:
     for call in data["calls"]:
         part = resumable(call.get("data", call))
         commands += part["commands"]
-        rows.update({(r["model"], r["dtype"]): r for r in part["rows"] if r.get("status") == "ok"})
+        for r in part["rows"]:
+            if r.get("status") == "ok":
+                key = (r["model"], r["dtype"])
+                rows[key] = merged(rows.get(key), r)
     return {"commands": commands, "rows": list(rows.values())}
 
 

@@ -97,9 +97,19 @@ def test_models_resumes_from_a_results_file(monkeypatch, tmp_path, capsys):
     row = dict(model="m", dtype="fp16", status="ok", ms={"tilefx": 1.0})
     plain = {"commands": ["a"], "rows": [row, dict(row, model="n", status="timeout")]}
     assert models.resumable(plain) == {"commands": ["a"], "rows": plain["rows"]}
-    newer = dict(row, ms={"tilefx": 0.9})
+    newer = dict(row, ms={"tilefx": 0.9, "max-autotune": 2.0}, compile_s={"max-autotune": 45.0})
     calls = {"calls": [{"commit": "x", "data": plain}, {"commands": ["b"], "rows": [newer]}]}
-    assert models.resumable(calls) == {"commands": ["a", "b"], "rows": [newer]}
+    both = models.resumable(calls)
+    assert both["commands"] == ["a", "b"] and len(both["rows"]) == 1
+    assert both["rows"][0]["ms"] == {"tilefx": 0.9, "max-autotune": 2.0}  # the later call wins
+    # calls made with --only each add columns to the same row: a later call keeps the earlier's
+    # (a lost 'tilefx tuned' compile time once let --expect start a model its deadline killed)
+    tuned = dict(row, ms={"tilefx tuned": 1.5}, compile_s={"tilefx tuned": 83.0})
+    three = {"calls": [*calls["calls"], {"commands": ["c"], "rows": [tuned]}]}
+    (merged,) = models.resumable(three)["rows"]
+    assert merged["ms"] == {"tilefx": 0.9, "max-autotune": 2.0, "tilefx tuned": 1.5}
+    assert merged["compile_s"] == {"max-autotune": 45.0, "tilefx tuned": 83.0}
+    assert models.expected_seconds([merged], "m", ["max-autotune", "tilefx tuned"]) is not None
     # a results file with every asked row finished: nothing runs, and the file keeps its calls
     kept = tmp_path / "results.json"
     kept.write_text(json.dumps({"calls": [{"data": {"commands": ["a"], "rows": [
