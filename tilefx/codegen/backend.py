@@ -59,6 +59,7 @@ class PassDefaults:
     channels_last: bool = False  # conv regions in NHWC (the library's tensor-core convs want it)
     rms_norm: bool = False       # a written-out RMSNorm becomes one row op (the template has it)
     merge_projections: bool = False  # q, k, v of one input packed into one matmul (GPU waves)
+    epilogue_flags: bool = False  # any/all of a matmul's epilogue value computed in that kernel (atomics)
 
 
 class KernelFn(Protocol):

@@ -52,6 +52,13 @@ decomposed becomes a kernel of its own, kind ``contraction``, with the
 injective-only producer groups nothing else reads as its prologue (the head
 split of a QKV projection): nothing joins it after.
 
+With ``flags`` (``PassOptions.epilogue_flags``: cuda) an ``any``/``all`` of a whole value a
+matmul's epilogue computes joins that matmul's group as a *flag* (each program reduces its
+tile, the last one stores the result: ``codegen/triton/emit.py``), and seals it: a flag is
+final only when every tile is in, so nothing may read it in the same kernel. T5's fp16
+``clamp(h, where(isinf(h).any(), ...))`` then costs no kernels of its own: the bounds are
+computed by the kernel that reads them (the RMSNorm after), as in bf16.
+
 An optional *advisor* (``fuse.bind(advisor=...)``, ``PassOptions.fusion_advisor``)
 is asked at each merge that puts an epilogue or prologue into a contraction or
 reduction group: ``advisor.should_fuse(fused_kernel, separate_kernels)`` gets the
@@ -65,6 +72,7 @@ from __future__ import annotations
 
 import heapq
 import logging
+import math
 from dataclasses import dataclass, field
 from typing import Protocol, Sequence
 
@@ -75,6 +83,7 @@ from tilefx.ir.types import Dim, dims_equal
 from tilefx.passes.channels_last import TO_NCHW, TO_NHWC
 from tilefx.passes.cleanup import dce
 from tilefx.passes.manager import graph_pass
+from tilefx.passes.split_reduction import FLAGS
 
 log = logging.getLogger("tilefx.passes.fusion")
 
@@ -121,9 +130,10 @@ def _same_shape(a: tuple[Dim, ...], b: tuple[Dim, ...] | None) -> bool:
 
 
 class _Fuser:
-    def __init__(self, graph: Graph, advisor: FusionAdvisor | None = None) -> None:
+    def __init__(self, graph: Graph, advisor: FusionAdvisor | None = None, flags: bool = False) -> None:
         self.graph = graph
         self.advisor = advisor
+        self.flags = flags
         self.ops = graph.ops
         self.producer: dict[str, int] = {r.name: i for i, op in enumerate(self.ops) for r in op.results}
         self.users: dict[str, list[int]] = {}
@@ -262,6 +272,10 @@ class _Fuser:
             self.new_group(i, fusible=False)
             return
         category = get_op(op.name).category
+        flagged = self.join_flag(i) if self.flags else None
+        if flagged is not None:
+            flagged.injective_only = False
+            return
         rule = JOIN_BY_NAME.get(op.name) or JOIN_RULES.get(category, "alone")
         if op.name == "permute" and tuple(op.attr("dims")) in CHANNELS_LAST:
             rule = "channels_last"
@@ -274,6 +288,24 @@ class _Fuser:
             group.anchor, group.anchor_shape = ANCHORS[category], op.results[0].type.shape
         if category != Category.injective and op.name not in DATA_MOVEMENT:
             group.injective_only = False
+
+    def join_flag(self, i: int) -> _Group | None:
+        """An ``any``/``all`` of a whole matmul epilogue value joins that matmul's group as a
+        flag (and seals it); None when op ``i`` is not one."""
+        op = self.ops[i]
+        out = op.results[0].type
+        if op.name not in FLAGS or not out.is_static or math.prod(int(d) for d in out.shape) != 1:
+            return None
+        j = self.producer.get(op.inputs[0].name)
+        g = self.groups[self.group_of[j]] if j is not None else None
+        if g is None or not g.fusible or g.sealed or g.anchor != "contraction" or \
+                not _same_shape(op.inputs[0].type.shape, g.anchor_shape) or \
+                not any(self.ops[m].name == "matmul" for m in g.members) or self.creates_cycle(i, [g.gid]):
+            return None
+        merged = self.merge(i, [g.gid])
+        if merged is not None:
+            merged.sealed = True
+        return merged
 
     def pointwise_inputs(self, i: int) -> list[int]:
         return [g for g in self.input_groups(i) if self.groups[g].anchor is None]
@@ -456,8 +488,8 @@ class _Fuser:
 
 
 @graph_pass("fusion")
-def fuse(graph: Graph, advisor: FusionAdvisor | None = None) -> Graph:
-    fused = dce(_Fuser(graph, advisor).run())
+def fuse(graph: Graph, advisor: FusionAdvisor | None = None, flags: bool = False) -> Graph:
+    fused = dce(_Fuser(graph, advisor, flags).run())
     log.debug("fusion: %d ops -> %d kernels", len(graph.ops), len(kernels(fused)))
     return fused
 

@@ -76,6 +76,8 @@ class PassOptions:
     #                             turns it on where the backend has the row op: cuda)
     merge_projections: bool = False  # q, k, v projections of one input -> one packed matmul (exact; the
     #                                  compiler turns it on where part-filled GEMM waves cost: cuda)
+    epilogue_flags: bool = False  # any/all of a matmul's epilogue value computed in that matmul's kernel
+    #                               (exact; the compiler turns it on where the templates have flags: cuda)
 
 
 def pipeline(options: PassOptions | None = None) -> list[GraphPass]:
@@ -95,12 +97,12 @@ def pipeline(options: PassOptions | None = None) -> list[GraphPass]:
         channels_last if o.channels_last else None,                     # conv regions NHWC, NCHW at edges
         merge_projections if o.merge_projections else None,             # x@Wq, x@Wk, x@Wv -> x@[Wq Wk Wv]
         pad_columns if o.pad_columns else None,                         # W[K, N] -> W[K, 8k], then slice
-        split_reduction,                                                # any/max of 2M -> of 1024 partial rows
+        split_reduction.bind(epilogue_flags=o.epilogue_flags),          # any/max of 2M -> of 1024 partial rows
         sink_reshapes,                                                  # gelu(view(mm)) -> view(gelu(mm))
         cse,                                                            # equal ops and equal weights once
         fuse_rms_norm if o.rms_norm else None,                          # RMSNorm written out -> one row op
         dce,                                                            # unused ops and weights dropped
-        fuse.bind(advisor=o.fusion_advisor) if o.fuse else None,        # ops -> kernel ops
+        fuse.bind(advisor=o.fusion_advisor, flags=o.epilogue_flags) if o.fuse else None,  # ops -> kernel ops
         mark_sparse_kernels if o.fuse and o.sparsity else None,         # bsr kernels -> sparse_contraction
         pack_weights.bind(pack_factor=o.pack_factor, report=o.pack_log)  # weights in the kernel's layout
         if o.fuse and o.pack_weights else None,

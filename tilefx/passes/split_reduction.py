@@ -12,6 +12,11 @@ at least ``MIN_ROW`` elements; an ``R`` without one (a large prime) stays whole.
 Only reductions whose result does not depend on the order of combination are split, so
 the pass is exact: ``sum``/``mean``/``prod`` in fp16 would round the partial results once
 more (and the models seen so far do not need them).
+
+With ``epilogue_flags`` (the compiler's choice on cuda) an ``any``/``all`` of a matmul's
+epilogue value stays whole: fusion makes it a *flag* of that matmul's kernel (each tile
+combined with an atomic, ``codegen/triton/emit.py``), so neither the value's mask nor the
+partial rows are written, and T5's fp16 ``isinf(h).any()`` costs no kernel of its own.
 """
 
 from __future__ import annotations
@@ -19,7 +24,8 @@ from __future__ import annotations
 import logging
 import math
 
-from tilefx.ir.graph import Graph, Op
+from tilefx.ir.graph import Graph, Op, Value
+from tilefx.ir.ops import Category, get_op
 from tilefx.passes.manager import graph_pass
 from tilefx.passes.rewrite import Rewriter
 
@@ -43,9 +49,27 @@ def rows_for(r: int) -> int:
     return best
 
 
-def _split(rw: Rewriter, op: Op) -> bool:
+FLAGS = ("any", "all")  # reductions a matmul's epilogue computes as flags (epilogue_flags)
+EPILOGUE = (Category.elementwise, Category.broadcast)  # what a matmul's epilogue is made of
+
+
+def of_matmul_epilogue(producers: dict[str, Op], v: Value, depth: int = 8) -> bool:
+    """Whether ``v`` is a matmul's result or computed from one by same-shape elementwise ops
+    (``abs(x @ w + r) == inf``): a value the matmul's epilogue can compute."""
+    op = producers.get(v.name)
+    if op is None or depth == 0:
+        return False
+    if op.name == "matmul":
+        return op.result.type.shape == v.type.shape
+    return get_op(op.name).category in EPILOGUE and any(
+        x.type.shape == v.type.shape and of_matmul_epilogue(producers, x, depth - 1) for x in op.inputs)
+
+
+def _split(rw: Rewriter, op: Op, producers: dict[str, Op] | None = None) -> bool:
     if op.name not in EXACT:
         return False
+    if producers is not None and op.name in FLAGS and of_matmul_epilogue(producers, op.inputs[0]):
+        return False  # fusion computes it in the matmul's epilogue
     x = op.inputs[0]
     shape = x.type.shape
     if not all(isinstance(d, int) for d in shape):
@@ -67,11 +91,12 @@ def _split(rw: Rewriter, op: Op) -> bool:
 
 
 @graph_pass("split_reduction")
-def split_reduction(graph: Graph) -> Graph:
+def split_reduction(graph: Graph, epilogue_flags: bool = False) -> Graph:
     rw = Rewriter(graph)
     changed = False
+    producers = graph.producers() if epilogue_flags else None
     for op in graph.ops:
-        if _split(rw, op):
+        if _split(rw, op, producers):
             changed = True
         else:
             rw.emit(op)

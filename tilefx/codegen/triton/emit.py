@@ -294,6 +294,56 @@ class Emitter:
         return rule(self, op, idx, mask)
 
 
+# Flags: ``any``/``all`` of a whole epilogue value, computed by the kernel that computes the value
+# (passes/fusion.py puts them there on cuda: T5's fp16 ``isinf(h).any()`` after each residual
+# add). Each program reduces its tile and combines it into a workspace word with an atomic; the
+# program that counts itself last reads the word, stores the flag and resets the word and the
+# counter, so the workspace is ready for the next launch (no memset, nothing to re-zero under a
+# CUDA graph). Workspace: per flag [value, counter], int32, made once per module and device. One
+# launch at a time per device (tilefx runs a plan on one stream).
+FLAGS: dict[str, tuple[str, int]] = {"any": ("max", 0), "all": ("min", 1)}  # combine, neutral
+
+
+def flag_input(body: Graph, v: Value) -> Value | None:
+    """The value a flag output ``v`` reduces (``any``/``all`` of all of it to one element),
+    or None when ``v`` is not a flag."""
+    op = body.producers().get(v.name)
+    if op is None or op.name not in FLAGS or not v.type.is_static or numel(shape_of(v)) != 1:
+        return None
+    return op.inputs[0]
+
+
+def workspace_source(flags: Sequence[str]) -> list[str]:
+    """Module-level lines defining ``_workspace(like)``: the flags' [value, counter] words on
+    ``like``'s device, at their resting state (neutral value, zero count)."""
+    init = [w for name in flags for w in (FLAGS[name][1], 0)]
+    return ["_WS = {}", "", "", "def _workspace(like):",
+            "    ws = _WS.get(like.device)",
+            "    if ws is None:  # the first (eager) call: never during a CUDA graph capture",
+            f"        ws = _WS[like.device] = torch.zeros({len(init)}, dtype=torch.int32, device=like.device)",
+            *[f"        ws[{k}] = {w}" for k, w in enumerate(init) if w],
+            "    return ws", ""]
+
+
+def store_flag(e: "Emitter", ptr: str, v: Value, idx: Index, mask: str | None, ws: str,
+               k: int, programs: str) -> None:
+    """Emit flag ``v`` (``k``-th of the kernel): this program's tile of its input at ``idx``
+    combined into workspace word ``2k``; the last of ``programs`` stores it and resets."""
+    op = e.producer[v.name]
+    combine, neutral = FLAGS[op.name]
+    x = e.value_at(op.inputs[0], idx, mask)
+    bits = f"({x.expr} != 0).to(tl.int32)"
+    if mask is not None:
+        bits = f"tl.where({mask}, {bits}, {neutral})"
+    part = e.tmp(f"tl.{combine}({bits})", "flag")
+    e.line(f"tl.atomic_{combine}({ws} + {2 * k}, {part})")
+    done = e.tmp(f"tl.atomic_add({ws} + {2 * k + 1}, 1)", "done")
+    e.line(f"if {done} == {programs} - 1:  # every tile is in: store, and rest the workspace")
+    e.line(f"    total = tl.atomic_xchg({ws} + {2 * k}, {neutral})")
+    e.line(f"    tl.store({ptr}, total.to({tl_type(v.type.dtype)}))")
+    e.line(f"    tl.atomic_xchg({ws} + {2 * k + 1}, 0)")
+
+
 def the_anchor(body: Graph, names: Collection[str], what: str) -> Op:
     """The one op of ``names`` a template is built around (a matmul, a conv2d...); a body
     with none or several is not that template's kernel."""

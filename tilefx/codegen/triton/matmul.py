@@ -30,17 +30,20 @@ from tilefx.codegen.triton.emit import (
     Emitter,
     Var,
     broadcast_index,
+    flag_input,
     next_pow2,
     numel,
     program_id,
     shape_of,
+    store_flag,
     tl_type,
     the_anchor,
+    workspace_source,
 )
 from tilefx.codegen.triton.ops import delinearize
 from tilefx.codegen.triton.pointwise import arg_names
 from tilefx.codegen.triton.source import KernelSource, one_kernel_module
-from tilefx.ir.graph import Graph, Op
+from tilefx.ir.graph import Graph, Op, Value
 from tilefx.ir.types import DType
 
 SPACE: dict[str, list[Any]] = {
@@ -283,15 +286,24 @@ def emit(body: Graph, name: str, schedule: Schedule) -> KernelSource:
     if mask is not None:  # the epilogue only stores: a bias row needs no row mask
         e.mask_parts[mask] = ((mmask, "offs_m"), (nmask, "offs_n"))
     e.overrides[anchor.result.name] = (idx, Var(acc, anchor.result.type.dtype, "tl.float32"))
+    flags: list[tuple[int, Value]] = []
     for j, v in enumerate(body.outputs):
         if shape_of(v) != out_shape:
-            raise NotImplementedError(f"contraction output %{v.name} {shape_of(v)} is not on the "
-                                      f"matmul's result {out_shape}")
+            x = flag_input(body, v)
+            if x is None or shape_of(x) != out_shape:
+                raise NotImplementedError(f"contraction output %{v.name} {shape_of(v)} is not on the "
+                                          f"matmul's result {out_shape}")
+            flags.append((j, v))  # after the stores: the flag's input is computed by then
+            continue
         e.store(f"out{j}", v, idx, mask, zero=None if m > 1 and n > 1 else "(offs_m * 0 + offs_n * 0)",
                 offset=e.flat[2] if fold else None)
+    programs = f"{tm * tn * nbatch}"
+    for k, (j, v) in enumerate(flags):
+        store_flag(e, f"out{j}", v, idx, mask, "ws", k, programs)
     warps, stages = int(s["num_warps"]), int(s["num_stages"])
     grid = f"({tm * tn}, {nbatch})" if batch and not fold else f"({tm * tn},)"
+    workspace = workspace_source([e.producer[v.name].name for _, v in flags]) if flags else None
     text = one_kernel_module(name, ins + outs, e.lines, grid,
                              {"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk},
-                             {"num_warps": warps, "num_stages": stages})
+                             {"num_warps": warps, "num_stages": stages}, workspace)
     return KernelSource(name, text, (("num_stages", stages), ("num_warps", warps)), s)

@@ -90,9 +90,23 @@ def _unary(e: Emitter, op: Op, idx: Index, mask: str | None) -> Var:
     return _result(e, op, UNARY[op.name].format(x=e.compute(x)))
 
 
+COMPARISONS = ("eq", "ne", "lt", "le", "gt", "ge")
+
+
+def _as_stored(e: Emitter, v: Var) -> str:
+    """``v`` in its compute type, rounded to its storage dtype first where that is narrower:
+    a comparison sees the value eager sees (an fp16 ``x @ w + r`` past 65504 is inf there,
+    which T5's ``isinf(h).any()`` is asked about, but finite in the fp32 accumulator)."""
+    if v.literal or v.dtype not in (DType.float16, DType.bfloat16) or v.held != "tl.float32":
+        return e.compute(v)
+    return f"{v.expr}.to({tl_type(v.dtype)}).to(tl.float32)"
+
+
 @rule(*BINARY)
 def _binary(e: Emitter, op: Op, idx: Index, mask: str | None) -> Var:
     a, b = _operands(e, op, idx, mask)
+    if op.name in COMPARISONS:
+        return _result(e, op, BINARY[op.name].format(a=_as_stored(e, a), b=_as_stored(e, b)))
     return _result(e, op, BINARY[op.name].format(a=e.compute(a), b=e.compute(b)))
 
 

@@ -23,7 +23,16 @@ from dataclasses import dataclass
 from typing import Any
 
 from tilefx.codegen.schedule import Schedule
-from tilefx.codegen.triton.emit import Emitter, next_pow2, numel, program_id, shape_of
+from tilefx.codegen.triton.emit import (
+    Emitter,
+    flag_input,
+    next_pow2,
+    numel,
+    program_id,
+    shape_of,
+    store_flag,
+    workspace_source,
+)
 from tilefx.codegen.triton.ops import delinearize
 from tilefx.codegen.triton.pointwise_tiled import emit_tiled_kernel, find_tiling
 from tilefx.codegen.triton.source import HEADER, KernelSource
@@ -125,11 +134,19 @@ def grid(body: Graph, schedule: Schedule) -> Grid:
 
 
 def output_groups(body: Graph) -> list[tuple[tuple[int, ...], list[int]]]:
-    """Body output positions grouped by output shape, in first-seen order."""
+    """Body output positions grouped by output shape, in first-seen order; a flag (``any``/``all``
+    of a whole value: a library matmul's epilogue) goes with the value it reduces."""
     groups: dict[tuple[int, ...], list[int]] = {}
     for j, v in enumerate(body.outputs):
-        groups.setdefault(shape_of(v), []).append(j)
+        x = flag_input(body, v)
+        groups.setdefault(shape_of(v if x is None else x), []).append(j)
     return list(groups.items())
+
+
+def flag_names(body: Graph) -> dict[str, int]:
+    """Each flag output's value name -> its place in the module's workspace."""
+    names = [v.name for v in body.outputs if flag_input(body, v) is not None]
+    return {name: k for k, name in enumerate(dict.fromkeys(names))}
 
 
 def arg_names(body: Graph) -> tuple[dict[str, str], list[str], list[str]]:
@@ -139,8 +156,10 @@ def arg_names(body: Graph) -> tuple[dict[str, str], list[str], list[str]]:
 
 
 def emit_flat_kernel(body: Graph, fn: str, shape: tuple[int, ...], outputs: list[tuple[str, Value]],
-                     block: int, args: dict[str, str], params: list[str]) -> list[str]:
-    """One jit function computing ``outputs`` (pointer name, body value) over ``shape``."""
+                     block: int, args: dict[str, str], params: list[str],
+                     flags: dict[str, int] | None = None) -> list[str]:
+    """One jit function computing ``outputs`` (pointer name, body value) over ``shape``; those
+    named in ``flags`` (value name -> workspace place) are flags of values over ``shape``."""
     n = numel(shape)
     e = Emitter(body, args)
     pid = program_id(body, 0)
@@ -151,8 +170,13 @@ def emit_flat_kernel(body: Graph, fn: str, shape: tuple[int, ...], outputs: list
         mask = "xmask"
     idx = delinearize(e, "xindex", shape) if shape else ()
     e.flat = (idx, shape, "xindex")
+    flags = flags or {}
     for ptr, v in outputs:
-        e.store(ptr, v, idx, mask, offset="xindex")  # the output is the domain, row-major
+        if v.name not in flags:
+            e.store(ptr, v, idx, mask, offset="xindex")  # the output is the domain, row-major
+    for ptr, v in outputs:
+        if v.name in flags:
+            store_flag(e, ptr, v, idx, mask, "ws", flags[v.name], str(-(-n // block)))
     return ["@triton.jit", f"def {fn}({', '.join(params)}, BLOCK: tl.constexpr):", *e.lines]
 
 
@@ -162,7 +186,11 @@ def emit(body: Graph, name: str, schedule: Schedule) -> KernelSource:
     args, ins, outs = arg_names(body)
     lines = [HEADER]
     launch = [f"def launch({', '.join(ins + outs)}):"]
-    tiling = find_tiling(body) if "TILE_Y" in schedule else None
+    flags = flag_names(body)
+    tiling = find_tiling(body) if "TILE_Y" in schedule and not flags else None
+    if flags:
+        lines += workspace_source([body.producers()[name].name for name in flags])
+        launch.append(f"    ws = _workspace({outs[-1]})")
     if tiling is not None:  # one output shape: one kernel
         by, bx = int(schedule["TILE_Y"]), block // int(schedule["TILE_Y"])
         params = ins + outs
@@ -175,8 +203,10 @@ def emit(body: Graph, name: str, schedule: Schedule) -> KernelSource:
         for g, (shape, positions) in enumerate(groups):
             fn = f"{name}_{g}" if len(groups) > 1 else name
             params = ins + [outs[j] for j in positions]
+            if any(body.outputs[j].name in flags for j in positions):
+                params.append("ws")
             lines += emit_flat_kernel(body, fn, shape, [(outs[j], body.outputs[j]) for j in positions],
-                                      block, args, params) + [""]
+                                      block, args, params, flags) + [""]
             n = numel(shape)
             if n:
                 launch.append(f"    {fn}[({-(-n // block)},)]({', '.join(params)}, BLOCK={block}, "

@@ -47,14 +47,18 @@ class KernelSource:
 
 
 def one_kernel_module(name: str, params: list[str], lines: list[str], grid: str,
-                      constexprs: dict[str, int], launch_meta: dict[str, int]) -> str:
+                      constexprs: dict[str, int], launch_meta: dict[str, int],
+                      workspace: list[str] | None = None) -> str:
     """Source of a module with one ``@triton.jit`` kernel (block sizes as constexprs) and the
-    ``launch(*params)`` that runs it on ``grid``."""
+    ``launch(*params)`` that runs it on ``grid``. ``workspace``: the module's ``_workspace``
+    lines (``emit.workspace_source``), passed to the kernel as its last pointer ``ws``."""
     args = ", ".join(params)
+    kargs = args + (", ws" if workspace else "")
     consts = ", ".join(f"{k}: tl.constexpr" for k in constexprs)
     values = ", ".join(f"{k}={v}" for k, v in {**constexprs, **launch_meta}.items())
-    return "\n".join([HEADER, "@triton.jit", f"def {name}({args}, {consts}):", *lines, "",
-                      f"def launch({args}):", f"    {name}[{grid}]({args}, {values})", ""])
+    get_ws = [f"    ws = _workspace({params[-1]})"] if workspace else []
+    return "\n".join([HEADER, *(workspace or []), "@triton.jit", f"def {name}({kargs}, {consts}):",
+                      *lines, "", f"def launch({args}):", *get_ws, f"    {name}[{grid}]({kargs}, {values})", ""])
 
 
 def normalized(text: str, name: str) -> str:
