@@ -124,3 +124,36 @@ def test_a_round_is_never_shorter_than_a_typical_round_of_its_kind():
     assert round_size(8, soon, [1.0, 1.0], baselines=0, walls=[1.0, 0.5, 7.0, 7.5]) == 0
     assert round_size(8, soon, [1.0, 1.0], baselines=0, walls=[1.0, 0.5, 0.6, 7.5]) == 5
     assert round_size(8, soon, [0.5, 0.5], baselines=0, reserve=2.0) == 6  # 3 s: the re-match's
+
+
+class LibraryAt(GpuLikeRunner):
+    """Every schedule at 1 ms; the library (extern) candidate at ``factor`` ms."""
+
+    def __init__(self, factor: float) -> None:
+        super().__init__()
+        self.factor = factor
+
+    def _run_one(self, workload, b):
+        t = 1e-3 * (self.factor if is_extern(b.schedule) else 1.0)
+        return MeasureResult(b.schedule, "ok", (t, t, t), "", 0.0, 0.01)
+
+
+def test_under_a_time_limit_only_a_close_call_is_rematched(tmp_path):
+    """The re-match measures the library and the best schedule again (drift between their first
+    measurements could decide the choice): under a time limit only when they are within
+    ``DECISIVE`` of each other; with a trial count always, as before."""
+    from tilefx.autotune.tuner import DECISIVE
+
+    op = _ops()[0]
+    # every schedule at 1 ms: with patience the search stops after two, leaving the time
+    for factor, seconds, rematched in ((3.0, 20.0, False), (1.1, 20.0, True), (3.0, None, True)):
+        tuner = Tuner(TARGET, TuneOptions(trials=4 if seconds is None else 1_000_000,
+                                          seconds=seconds, progress=False,
+                                          db_path=str(tmp_path / f"{factor}-{seconds}.db")),
+                      builder=GpuLikeBuilder(), runner=LibraryAt(factor))
+        res = tuner.tune_kernel(op, patience=2)
+        extern = [r for r in tuner.db.records(res.workload_key) if is_extern(r.schedule)]
+        assert len(extern) == (3 if rematched else 1), (factor, seconds, len(extern))  # 1 + 2 rounds
+        assert (res.rematch_seconds > 0) == rematched
+        tuner.close()
+    assert 1.1 < DECISIVE < 3.0
