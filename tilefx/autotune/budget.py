@@ -45,12 +45,14 @@ alone):
    (the tuner also hands the deadline to its builder and runner, which leave what
    it cuts unmeasured).
 
-Everything here is deterministic given the same estimates.
+``parse_tune``/``parse_budget`` read what ``tune=`` asks: trials per kernel, seconds per
+kernel, or seconds for the model. Everything here is deterministic given the same estimates.
 """
 
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass, field
 from typing import Sequence
 
@@ -63,6 +65,37 @@ PATIENCE = 24           # measured candidates without a 1% gain: the search has 
 CONVERGED = 0.01
 RANK_SECONDS = 0.05     # a learned model's features of one candidate (CPU: TVM lowering)
 RANK_SHARE = 0.2        # of a kernel's share: what ranking its first pool may take
+
+
+def parse_budget(tune: int | str | float | None) -> tuple[int, float | None]:
+    """``32`` -> (32 trials, no time limit); ``"30s"``/``"2m"`` -> (unbounded, seconds)."""
+    if tune is None or tune is False:
+        return 0, None
+    if isinstance(tune, (int, float)) and not isinstance(tune, bool):
+        return int(tune), None
+    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*(ms|s|m|min|h)?\s*", str(tune))
+    if not m:
+        raise ValueError(f"tune={tune!r}: give a number of trials per kernel (32) or a time "
+                         "budget per kernel ('30s', '2m')")
+    if m.group(2) is None:
+        return int(float(m.group(1))), None
+    scale = {"ms": 1e-3, "s": 1.0, "m": 60.0, "min": 60.0, "h": 3600.0}[m.group(2)]
+    return 1_000_000, float(m.group(1)) * scale
+
+
+def parse_tune(tune: int | str | float | None) -> tuple[int, float | None, float | None]:
+    """What ``tilefx.compile(tune=...)`` asks: (trials per kernel, seconds per kernel, seconds
+    for the whole model). ``32``: 32 trials per kernel; ``"60s"``: 60 seconds for the model,
+    shared by expected gain (``model_tune.py``); ``"30s/kernel"``: 30 seconds per kernel."""
+    text = tune.strip() if isinstance(tune, str) else ""
+    per_kernel = text.endswith("/kernel")
+    try:
+        trials, seconds = parse_budget(text[:-len("/kernel")] if per_kernel else tune)
+    except ValueError:
+        raise ValueError(f"tune={tune!r}: give a number of trials per kernel (32), a time "
+                         "budget for the whole model ('60s', '2m') or per kernel "
+                         "('30s/kernel')") from None
+    return (trials, seconds, None) if per_kernel else (trials, None, seconds)
 
 
 @dataclass(frozen=True)

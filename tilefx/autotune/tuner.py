@@ -33,9 +33,10 @@ the time left fits at the cost per candidate seen so far; no round starts in
 less time than a round of the same kind of kernel has taken; the builder and
 the runner get the deadline (what is still compiling then, or not started, is
 left unmeasured); the library re-match after the search is kept time for, or
-left out, and runs only for a close call (within ``DECISIVE``). So a kernel ends at its limit, not a compile past it. With
-``patience`` a search whose best has not improved by 1% over that many
-candidates stops early (its time goes back to the model's budget).
+left out, and runs only for a close call (within ``DECISIVE``). So a kernel
+ends at its limit, not a compile past it. With ``patience`` a search whose best
+has not improved by 1% over that many candidates stops early (its time goes back
+to the model's budget).
 """
 
 from __future__ import annotations
@@ -43,7 +44,6 @@ from __future__ import annotations
 import functools
 import hashlib
 import logging
-import re
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping
@@ -53,6 +53,7 @@ from tqdm.auto import tqdm
 
 from tilefx import settings
 from tilefx.autotune.budget import Spent, converged, ranking_pool, round_size
+from tilefx.autotune.budget import parse_budget, parse_tune  # noqa: F401 (parse_tune: callers import it here)
 from tilefx.autotune.search import make_strategy
 from tilefx.codegen.measure import (EXTERN_ARTIFACT, OUT_OF_TIME, BuildResult, LocalBuilder,
                                     LocalRunner, MeasureResult, Workload)
@@ -71,37 +72,6 @@ log = logging.getLogger("tilefx.autotune")
 # are within this factor, a choice drift could flip: the re-match of ResNet-50's 22 tuned
 # kernels took 13 s of its 60 s budget on an H200 (bf16), time the searches can use.
 DECISIVE = 1.5
-
-
-def parse_budget(tune: int | str | float | None) -> tuple[int, float | None]:
-    """``32`` -> (32 trials, no time limit); ``"30s"``/``"2m"`` -> (unbounded, seconds)."""
-    if tune is None or tune is False:
-        return 0, None
-    if isinstance(tune, (int, float)) and not isinstance(tune, bool):
-        return int(tune), None
-    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*(ms|s|m|min|h)?\s*", str(tune))
-    if not m:
-        raise ValueError(f"tune={tune!r}: give a number of trials per kernel (32) or a time "
-                         "budget per kernel ('30s', '2m')")
-    if m.group(2) is None:
-        return int(float(m.group(1))), None
-    scale = {"ms": 1e-3, "s": 1.0, "m": 60.0, "min": 60.0, "h": 3600.0}[m.group(2)]
-    return 1_000_000, float(m.group(1)) * scale
-
-
-def parse_tune(tune: int | str | float | None) -> tuple[int, float | None, float | None]:
-    """What ``tilefx.compile(tune=...)`` asks: (trials per kernel, seconds per kernel, seconds
-    for the whole model). ``32``: 32 trials per kernel; ``"60s"``: 60 seconds for the model,
-    shared by expected gain (``model_tune.py``); ``"30s/kernel"``: 30 seconds per kernel."""
-    text = tune.strip() if isinstance(tune, str) else ""
-    per_kernel = text.endswith("/kernel")
-    try:
-        trials, seconds = parse_budget(text[:-len("/kernel")] if per_kernel else tune)
-    except ValueError:
-        raise ValueError(f"tune={tune!r}: give a number of trials per kernel (32), a time "
-                         "budget for the whole model ('60s', '2m') or per kernel "
-                         "('30s/kernel')") from None
-    return (trials, seconds, None) if per_kernel else (trials, None, seconds)
 
 
 @dataclass

@@ -34,8 +34,9 @@ from typing import Any, Mapping, Sequence
 
 import sympy
 
+from tilefx.autotune.budget import parse_tune
 from tilefx.autotune.model_tune import tune_model
-from tilefx.autotune.tuner import Tuner, TuneOptions, parse_tune, tune_or_default
+from tilefx.autotune.tuner import Tuner, TuneOptions, tune_or_default
 from tilefx.codegen.schedule import Schedule
 from tilefx.codegen.space import is_extern
 from tilefx.codegen.target import Target

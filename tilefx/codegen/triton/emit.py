@@ -313,10 +313,11 @@ def flag_input(body: Graph, v: Value) -> Value | None:
     return op.inputs[0]
 
 
-def workspace_source(flags: Sequence[str]) -> list[str]:
-    """Module-level lines defining ``_workspace(like)``: the flags' [value, counter] words on
-    ``like``'s device, at their resting state (neutral value, zero count)."""
-    init = [w for name in flags for w in (FLAGS[name][1], 0)]
+def workspace_source(body: Graph, flags: Sequence[str]) -> list[str]:
+    """Module-level lines defining ``_workspace(like)``: the [value, counter] words of the flag
+    outputs named ``flags`` on ``like``'s device, at rest (neutral value, zero count)."""
+    producers = body.producers()
+    init = [w for name in flags for w in (FLAGS[producers[name].name][1], 0)]
     return ["_WS = {}", "", "", "def _workspace(like):",
             "    ws = _WS.get(like.device)",
             "    if ws is None:  # the first (eager) call: never during a CUDA graph capture",

@@ -302,7 +302,7 @@ def emit(body: Graph, name: str, schedule: Schedule) -> KernelSource:
         store_flag(e, f"out{j}", v, idx, mask, "ws", k, programs)
     warps, stages = int(s["num_warps"]), int(s["num_stages"])
     grid = f"({tm * tn}, {nbatch})" if batch and not fold else f"({tm * tn},)"
-    workspace = workspace_source([e.producer[v.name].name for _, v in flags]) if flags else None
+    workspace = workspace_source(body, [v.name for _, v in flags]) if flags else None
     text = one_kernel_module(name, ins + outs, e.lines, grid,
                              {"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk},
                              {"num_warps": warps, "num_stages": stages}, workspace)

@@ -181,7 +181,7 @@ def emit(body: Graph, name: str, schedule: Schedule) -> KernelSource:
     flags = flag_names(body)
     tiling = find_tiling(body) if "TILE_Y" in schedule and not flags else None
     if flags:
-        lines += workspace_source([body.producers()[name].name for name in flags])
+        lines += workspace_source(body, list(flags))
         launch.append(f"    ws = _workspace({outs[-1]})")
     if tiling is not None:  # one output shape: one kernel
         by, bx = int(schedule["TILE_Y"]), block // int(schedule["TILE_Y"])
