@@ -47,7 +47,7 @@ Columns:
   "library": their FLOPs cannot be read from a name.
 
 Markdown to stdout and ``$OUT/models.md``, rows in ``$OUT/models.json`` (both rewritten after
-every model); progress on stderr. ``--deadline`` starts no model it cannot give a minute, or
+every model; with ``--resume FILE``, FILE and its ``.md`` instead); progress on stderr. ``--deadline`` starts no model it cannot give a minute, or
 (``--expect`` earlier tables) the compile seconds its columns took before, and ends the run in time; ``--resume [FILE]`` keeps the finished rows of FILE (default
 ``$OUT/models.json``), runs the others and saves all rows back there, so that a run split over
 several commands ends in one table.
@@ -79,7 +79,7 @@ from typing import Any, Callable
 from common import DTYPES, ROOT, cuda_time_ms, progress, quiet
 from models_kernels import PROFILED_CALLS, kernel_index, profile_kernels, runs_in_library, top_kernels
 from models_report import COLS, fmt, render
-from models_rows import expected_seconds, merged, resumable
+from models_rows import all_rows, expected_seconds, merged, resumable
 from models_zoo import SPECS, build
 
 import torch
@@ -439,7 +439,7 @@ def driver(args: argparse.Namespace) -> int:
     priors: list[dict] = []  # finished rows of earlier runs: how long each model's columns took
     for path in filter(None, (args.expect or "").split(",")):
         try:
-            priors += resumable(json.loads(Path(path).read_text()))["rows"]
+            priors += all_rows(json.loads(Path(path).read_text()))
         except (OSError, ValueError, KeyError, TypeError) as e:
             print(f"--expect {path}: not a models.py table ({one_line(e)})", file=sys.stderr)
             return 2
@@ -452,17 +452,19 @@ def driver(args: argparse.Namespace) -> int:
     start, lock = time.monotonic(), threading.Lock()
     order = [(n, d) for d in dtypes for n in names] + [k for k in done if k[1] not in dtypes or k[0] not in names]
 
+    # the tables go to the --resume file (and its .md) when there is one, else $OUT/models.*: a
+    # second command of one device call with its own --resume file once replaced the first's
+    # $OUT/models.json (T5's rows kept only as the markdown of its log)
+    saved = state if state is not None else out_dir / "models.json" if out_dir is not None else None
+
     def write() -> str:
         rows = [results[k] for k in order if k in results]
         text = render(rows, commands, columns)
         data = json.dumps({"commands": commands, "rows": rows}, indent=1)
-        if out_dir is not None:
-            out_dir.mkdir(parents=True, exist_ok=True)
-            (out_dir / "models.md").write_text(text)
-            (out_dir / "models.json").write_text(data)
-        if state is not None:
-            state.parent.mkdir(parents=True, exist_ok=True)
-            state.write_text(data)
+        if saved is not None:
+            saved.parent.mkdir(parents=True, exist_ok=True)
+            saved.with_suffix(".md").write_text(text)
+            saved.write_text(data)
         return text
 
     def one(job: tuple[str, str], gpu: str | None) -> None:

@@ -126,6 +126,28 @@ def test_models_resumes_from_a_results_file(monkeypatch, tmp_path, capsys):
     sys.modules.pop("models", None)
 
 
+def test_models_second_command_keeps_the_firsts_table(monkeypatch, tmp_path):
+    """Two commands in one device call, the second with its own ``--resume FILE``: FILE (and its
+    .md) get the second's rows, ``$OUT/models.json`` keeps the first's (it once held the second
+    command's rows only, the first's T5 row lost)."""
+    monkeypatch.syspath_prepend(str(GPU_SCRIPTS))
+    import models
+
+    out = tmp_path / "out"
+    monkeypatch.setenv("OUT", str(out))
+    monkeypatch.setattr(models, "child_row", lambda name, dtype, *a, **k: dict(
+        model=name, dtype=dtype, status="ok", ms={"eager": 1.0 if name == "tiny_cnn" else 2.0}))
+    assert models.main(["--device", "cpu", "--models", "tiny_cnn", "--dtype", "fp32", "--only", "eager"]) == 0
+    second = out / "models2.json"
+    assert models.main(["--device", "cpu", "--models", "tiny_attn", "--dtype", "fp32", "--only", "eager",
+                        "--resume", str(second)]) == 0
+    assert [r["model"] for r in json.loads((out / "models.json").read_text())["rows"]] == ["tiny_cnn"]
+    assert [r["model"] for r in json.loads(second.read_text())["rows"]] == ["tiny_attn"]
+    assert "tiny_attn" in second.with_suffix(".md").read_text()
+    assert "tiny_attn" not in (out / "models.md").read_text()
+    sys.modules.pop("models", None)
+
+
 def test_models_stops_at_once_when_tilefx_cannot_import(monkeypatch, capsys):
     """A machine missing one of tilefx's own needs (the GPU image had no ``sqlalchemy``) is told in
     one line before any model runs, instead of after every peer column of every model."""
@@ -164,6 +186,14 @@ def test_models_does_not_start_a_model_its_deadline_would_kill(monkeypatch, tmp_
     assert seconds == LOAD_SECONDS + 280 + 90 + 2 * TIMING_SECONDS  # the longest per column
     assert models.expected_seconds(rows, "tiny_cnn", ["inductor"]) is None  # never seen
     assert models.expected_seconds(rows, "other", ["max-autotune"]) is None
+    # a child killed during a column: that column took at least the child's time less loading
+    killed = dict(model="swin_t", dtype="fp16", status="timeout after 307 s during max-autotune",
+                  ms={"eager": 7.7, "max-autotune": "timeout after 307 s"}, compile_s={})
+    assert models.expected_seconds([killed], "swin_t", ["max-autotune"]) == \
+        LOAD_SECONDS + (307 - LOAD_SECONDS) + TIMING_SECONDS
+    assert models.expected_seconds([killed], "swin_t", ["max-autotune", "tilefx tuned"]) is None
+    in_a_file = {"calls": [{"commands": ["a"], "rows": [killed]}, {"data": {"commands": [], "rows": rows}}]}
+    assert len(models.all_rows(in_a_file)) == 3 and len(models.resumable(in_a_file)["rows"]) == 2
     earlier = tmp_path / "earlier.json"
     earlier.write_text(json.dumps({"calls": [{"data": {"commands": [], "rows": rows}}]}))
     monkeypatch.setenv("OUT", str(tmp_path / "out"))

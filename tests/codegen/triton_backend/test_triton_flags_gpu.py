@@ -64,12 +64,13 @@ def test_t5_clamp_under_cuda_graphs():
             h = x + self.proj(x)
             c = torch.where(torch.isinf(h).any(), torch.finfo(h.dtype).max - 1000, torch.finfo(h.dtype).max)
             h = torch.clamp(h, min=-c, max=c)
-            return h, h * torch.rsqrt(h.float().pow(2).mean(-1, keepdim=True) + 1e-6).half()
+            var = h.float().pow(2).mean(-1, keepdim=True)  # T5LayerNorm, as transformers writes it
+            return h, (h.float() * torch.rsqrt(var + 1e-6)).half()
 
     torch.manual_seed(0)
     model = Block().half().cuda().eval()
     x = torch.randn(16, 256, 512, device="cuda").half()
-    cm = tilefx.compile(model)
+    cm = tilefx.compile(model, target="cuda")
     with torch.no_grad():
         for n in range(12):
             xx = x.clone()
