@@ -222,7 +222,8 @@ def _bcast_matmul(b: int, h: int, m: int, k: int, n: int, rhs: str) -> Callable:
 
 # ---- reductions --------------------------------------------------------------------------
 
-REDUCTIONS = ("sum", "mean", "amax", "amin", "softmax", "log_softmax", "layer_norm", "var", "sum_sq")
+REDUCTIONS = ("sum", "mean", "amax", "amin", "softmax", "log_softmax", "layer_norm", "var", "sum_sq",
+              "center_max", "l2_normalize")  # the last two: a reduction with a row epilogue (cuda)
 
 
 def _reduction_makers(shape: tuple, op: str, dim: int, keepdim: bool) -> list:
@@ -249,6 +250,10 @@ def _reduction(shape: tuple, op: str, dim: int, keepdim: bool) -> Callable:
             return x.var(dim, keepdim=keepdim, unbiased=False)
         if op == "sum_sq":
             return (x * x).sum(dim, keepdim=keepdim) + 1
+        if op == "center_max":
+            return x - x.amax(dim, keepdim=True)
+        if op == "l2_normalize":
+            return x / torch.sqrt((x * x).sum(dim, keepdim=True) + 1e-6)
         return F.layer_norm(x, (shape[-1],), wb[0], wb[1], eps=1e-5)
     return f
 

@@ -84,6 +84,11 @@ FIXED: dict[str, Case] = {
     "softmax_37": case("reduction", shape=(5, 37), op="softmax", dim=-1, keepdim=False),
     "layer_norm_97": case("reduction", shape=(7, 97), op="layer_norm", dim=-1, keepdim=False),
 }
+# the Triton reduction template's row epilogues (on cuda only): a middle axis, a looped row
+FIXED_TRITON: dict[str, Case] = {
+    "center_max_3x7x5_dim1": case("reduction", shape=(3, 7, 5), op="center_max", dim=1, keepdim=False),
+    "l2_normalize_1x4100": case("reduction", shape=(1, 4100), op="l2_normalize", dim=-1, keepdim=False),
+}
 
 
 def covering_sample(space: object, n: int, seed: int = 0) -> list:
@@ -106,11 +111,13 @@ def covering_sample(space: object, n: int, seed: int = 0) -> list:
 
 
 def check_fixed(name: str, target: str, limit: int, stats: Stats) -> list[str]:
-    """Problems with the sampled (or every) schedule of each kernel of ``FIXED[name]``."""
+    """Problems with the sampled (or every) schedule of each kernel of ``FIXED[name]``
+    (``FIXED_TRITON[name]`` on triton)."""
     from tilefx.codegen.space import EXTERN
 
     problems = []
-    for i, k in enumerate(kernel_ops(FIXED[name], target)):
+    fixed = FIXED_TRITON if target == "triton" else FIXED
+    for i, k in enumerate(kernel_ops(fixed[name], target)):
         space = kernel_space(k, target)
         schedules = covering_sample(space, limit) + ([EXTERN] if space.has_extern else [])
         for s in schedules:
@@ -129,6 +136,12 @@ CPU_TARGETS = ("native", "avx2", "generic")
 def test_fixed_kernel_space(name: str, target: str, diff_stats: Stats) -> None:
     problems = check_fixed(name, target, 6, diff_stats)
     assert not problems, f"{len(problems)} wrong schedules of {name} on {target}:\n" + "\n".join(problems[:10])
+
+
+@pytest.mark.parametrize("name", FIXED_TRITON)
+def test_fixed_kernel_space_triton(name: str, diff_stats: Stats) -> None:
+    problems = check_fixed(name, "triton", 8, diff_stats)
+    assert not problems, f"{len(problems)} wrong schedules of {name} on triton:\n" + "\n".join(problems[:10])
 
 
 @pytest.mark.fuzz

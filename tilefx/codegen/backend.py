@@ -60,6 +60,7 @@ class PassDefaults:
     rms_norm: bool = False       # a written-out RMSNorm becomes one row op (the template has it)
     merge_projections: bool = False  # q, k, v of one input packed into one matmul (GPU waves)
     epilogue_flags: bool = False  # any/all of a matmul's epilogue value computed in that kernel (atomics)
+    row_epilogues: bool = False  # a keepdim reduction's kernel computes ops on its input's shape after it
 
 
 class KernelFn(Protocol):

@@ -72,7 +72,8 @@ def configure_passes(options: CompileOptions, target: Target, session: CompileSe
         passes = PassOptions(decompose_attention=defaults.decompose_attention,
                              pad_columns=defaults.pad_columns, channels_last=defaults.channels_last,
                              rms_norm=defaults.rms_norm, merge_projections=defaults.merge_projections,
-                             epilogue_flags=defaults.epilogue_flags)
+                             epilogue_flags=defaults.epilogue_flags,
+                             row_epilogues=defaults.row_epilogues)
     if options.prune:
         passes = replace(passes, prune=options.prune, prune_block=tuple(options.prune_block))
     passes, chooser = _sparsity_options(passes, options, backend, session)

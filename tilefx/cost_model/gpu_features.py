@@ -166,7 +166,8 @@ def _tile(template: str, module: Any, body: Any, schedule: Any) -> dict[str, Any
         xb, rb = int(s["XBLOCK"]), int(s["RBLOCK"])
         # looped rows take a pass per statistic (softmax: max/sum + write; layer_norm: 3)
         looped = {"layer_norm": 3, "softmax": 2, "log_softmax": 2, "rms_norm": 2}
-        passes = 1 if s.get("persistent") else looped.get(plan.anchor.name, 1)
+        # (a sum-like reduction with a row epilogue: the reduction, then a write pass)
+        passes = 1 if s.get("persistent") else looped.get(plan.anchor.name, 1) + bool(plan.row_out)
         out.update(schedule=s, warps=int(s.get("num_warps", 4)), m=plan.X, k=plan.R, bm=xb, bn=rb,
                    programs=_cdiv(plan.X, xb), steps=passes * _cdiv(plan.R, rb),
                    pad_share=_pad(plan.X, xb, plan.R, rb))

@@ -59,6 +59,13 @@ final only when every tile is in, so nothing may read it in the same kernel. T5'
 ``clamp(h, where(isinf(h).any(), ...))`` then costs no kernels of its own: the bounds are
 computed by the kernel that reads them (the RMSNorm after), as in bf16.
 
+With ``row_epilogues`` (``PassOptions.row_epilogues``: cuda) an elementwise op on the *input*
+shape of a ``keepdim`` sum-like reduction (sum, mean, amax, amin, prod, any, all) joins that
+reduction's group too: ``h * rsqrt(mean(h^2) + eps)`` written another way than the RMSNorm
+pass knows, ``x - x.amax(-1, keepdim=True)``. The reduction template computes such a *row
+epilogue* on the row after its reduction (in registers when the row is one tile, else a second
+pass over it), where it was a kernel of its own reading the row back.
+
 An optional *advisor* (``fuse.bind(advisor=...)``, ``PassOptions.fusion_advisor``)
 is asked at each merge that puts an epilogue or prologue into a contraction or
 reduction group: ``advisor.should_fuse(fused_kernel, separate_kernels)`` gets the
@@ -112,6 +119,7 @@ JOIN_BY_NAME: dict[str, str] = {"reshape": "view", "attention": "attention"}
 CHANNELS_LAST = (TO_NHWC, TO_NCHW)  # a channels-last region's permutes
 DATA_MOVEMENT = frozenset({"broadcast_to"})  # not injective, but moves data only: a prologue may read it
 ANCHORS: dict[Category, str] = {Category.reduction: "reduction", Category.contraction: "contraction"}
+ROW_EPILOGUE_ANCHORS = frozenset({"sum", "mean", "amax", "amin", "prod", "any", "all"})  # keepdim ones
 
 
 @dataclass
@@ -123,6 +131,7 @@ class _Group:
     anchor_shape: tuple[Dim, ...] | None = None  # the epilogue's iteration domain
     injective_only: bool = True
     sealed: bool = False
+    row_shape: tuple[Dim, ...] | None = None  # a keepdim reduction's input shape (row epilogues)
 
 
 def _same_shape(a: tuple[Dim, ...], b: tuple[Dim, ...] | None) -> bool:
@@ -130,10 +139,12 @@ def _same_shape(a: tuple[Dim, ...], b: tuple[Dim, ...] | None) -> bool:
 
 
 class _Fuser:
-    def __init__(self, graph: Graph, advisor: FusionAdvisor | None = None, flags: bool = False) -> None:
+    def __init__(self, graph: Graph, advisor: FusionAdvisor | None = None, flags: bool = False,
+                 row_epilogues: bool = False) -> None:
         self.graph = graph
         self.advisor = advisor
         self.flags = flags
+        self.row_epilogues = row_epilogues
         self.ops = graph.ops
         self.producer: dict[str, int] = {r.name: i for i, op in enumerate(self.ops) for r in op.results}
         self.users: dict[str, list[int]] = {}
@@ -217,6 +228,7 @@ class _Fuser:
             target.injective_only &= other.injective_only
             if other.anchor:  # at most one anchored group is ever chosen
                 target.anchor, target.anchor_shape = other.anchor, other.anchor_shape
+                target.row_shape = other.row_shape
         target.members.append(i)
         target.members.sort()
         self.group_of.append(target.gid)
@@ -286,6 +298,8 @@ class _Fuser:
         group = getattr(self, f"join_{rule}")(i)
         if category in ANCHORS:
             group.anchor, group.anchor_shape = ANCHORS[category], op.results[0].type.shape
+            if self.row_epilogues and op.name in ROW_EPILOGUE_ANCHORS and op.attr("keepdim"):
+                group.row_shape = op.inputs[0].type.shape
         if category != Category.injective and op.name not in DATA_MOVEMENT:
             group.injective_only = False
 
@@ -320,8 +334,13 @@ class _Fuser:
         op = self.ops[i]
         if op.name != "cast" or op.result.type.dtype.itemsize <= op.inputs[0].type.dtype.itemsize:
             return False
-        readers = self.users.get(op.result.name, [])
-        return bool(readers) and op.result.name not in self.outputs and all(
+        return self.only_reductions_read(i)
+
+    def only_reductions_read(self, i: int) -> bool:
+        """Op ``i``'s result is read by reductions alone (their prologue is where it belongs)."""
+        name = self.ops[i].results[0].name
+        readers = self.users.get(name, [])
+        return bool(readers) and name not in self.outputs and all(
             get_op(self.ops[u].name).category == Category.reduction for u in readers)
 
     def join_epilogue_or_pointwise(self, i: int) -> _Group:
@@ -330,7 +349,11 @@ class _Fuser:
             return self.join_pointwise(i)
         for g in self.input_groups(i):
             group = self.groups[g]
-            if group.anchor and _same_shape(shape, group.anchor_shape) and not self.creates_cycle(i, [g]):
+            # a row epilogue only reductions read is computed as their prologue instead: timm's
+            # LayerNorm2d's (x - u)^2 would else be written out for the variance's kernel to read
+            on_anchor = _same_shape(shape, group.anchor_shape) or (
+                _same_shape(shape, group.row_shape) and not self.only_reductions_read(i))
+            if group.anchor and on_anchor and not self.creates_cycle(i, [g]):
                 chosen = self.acyclic(i, [g] + self.injective_inputs(i))
                 if not self.advised(i, chosen):
                     break  # the advisor says the epilogue runs faster on its own
@@ -488,8 +511,9 @@ class _Fuser:
 
 
 @graph_pass("fusion")
-def fuse(graph: Graph, advisor: FusionAdvisor | None = None, flags: bool = False) -> Graph:
-    fused = dce(_Fuser(graph, advisor, flags).run())
+def fuse(graph: Graph, advisor: FusionAdvisor | None = None, flags: bool = False,
+         row_epilogues: bool = False) -> Graph:
+    fused = dce(_Fuser(graph, advisor, flags, row_epilogues).run())
     log.debug("fusion: %d ops -> %d kernels", len(graph.ops), len(kernels(fused)))
     return fused
 

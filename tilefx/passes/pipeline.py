@@ -78,6 +78,8 @@ class PassOptions:
     #                                  compiler turns it on where part-filled GEMM waves cost: cuda)
     epilogue_flags: bool = False  # any/all of a matmul's epilogue value computed in that matmul's kernel
     #                               (exact; the compiler turns it on where the templates have flags: cuda)
+    row_epilogues: bool = False  # ops on a keepdim reduction's input shape after it join its kernel
+    #                              (exact; the compiler turns it on where the template has them: cuda)
 
 
 def pipeline(options: PassOptions | None = None) -> list[GraphPass]:
@@ -102,7 +104,8 @@ def pipeline(options: PassOptions | None = None) -> list[GraphPass]:
         cse,                                                            # equal ops and equal weights once
         fuse_rms_norm if o.rms_norm else None,                          # RMSNorm written out -> one row op
         dce,                                                            # unused ops and weights dropped
-        fuse.bind(advisor=o.fusion_advisor, flags=o.epilogue_flags) if o.fuse else None,  # ops -> kernel ops
+        fuse.bind(advisor=o.fusion_advisor, flags=o.epilogue_flags,       # ops -> kernel ops
+                  row_epilogues=o.row_epilogues) if o.fuse else None,
         mark_sparse_kernels if o.fuse and o.sparsity else None,         # bsr kernels -> sparse_contraction
         pack_weights.bind(pack_factor=o.pack_factor, report=o.pack_log)  # weights in the kernel's layout
         if o.fuse and o.pack_weights else None,

@@ -88,7 +88,8 @@ class TritonBackend(Backend):
         return PassDefaults(decompose_attention=False, pack_weights=False,
                             blocked_conv_layout=False, sparsity=True,
                             fusion_advisor=False, pad_columns=True, channels_last=True,
-                            rms_norm=True, merge_projections=True, epilogue_flags=True)
+                            rms_norm=True, merge_projections=True, epilogue_flags=True,
+                            row_epilogues=True)
 
     def sparse_chooser(self, *, estimate: Callable[[], Any], store: Any = None) -> Any:
         """The GPU's blocks (>= 16x16) and dtypes (fp16, bf16 too); a 2:4 weight also has the

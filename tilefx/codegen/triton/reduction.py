@@ -6,7 +6,10 @@ dims, flattened, index the rows and the reduced dims the columns, so any set
 of reduced axes works (index arithmetic, not a transpose). The prologue (the
 pointwise ops feeding the reduction) is computed on the tile by the shared
 emitter; the epilogue (ops after it, on the reduction's result shape) is
-computed where the result is known.
+computed where the result is known. A sum-like reduction's epilogue may also be on the
+input's shape (a *row epilogue*: ``h * rsqrt(mean(h^2) + eps)`` as the model wrote it,
+``x - amax(x)``): it is computed on the tile still held when the row is one tile, else in a
+second pass over the row (``passes/fusion.py`` joins it on cuda).
 
 - *persistent*: the whole row is one tile (``RBLOCK >= R``), read once;
 - *looped*: ``for r0 in range(0, R, RBLOCK)``, with one pass per statistic
@@ -87,6 +90,7 @@ class Plan:
         self.in_domain: list[int] = []
         self.out_domain: list[int] = []
         self.side: list[int] = []  # prologue values on another shape: a flat function each
+        self.row_out: list[int] = []  # sum-like: values on the input's shape computed from the result
         for j, v in enumerate(body.outputs):
             s = shape_of(v)
             if v.name not in post and s == self.shape:
@@ -95,6 +99,8 @@ class Plan:
                 (self.in_domain if self.row else self.out_domain).append(j)
             elif v.name not in post:
                 self.side.append(j)
+            elif s == self.shape and not self.row:
+                self.row_out.append(j)
             else:
                 raise NotImplementedError(f"reduction kernel output %{v.name} {s} is neither on the "
                                           f"reduced input {self.shape} nor on the result {self.out_shape}")
@@ -193,7 +199,7 @@ class _Writer:
         else:
             combine, final = "{a} + {b}", "tl.sum"
         if self.persistent:
-            idx, mask = self.tile("0")
+            idx, mask = self.held = self.tile("0")
             self.store_inputs(idx, mask)
             acc = e.tmp(self.where(mask, self.x_value(idx, mask), neutral))
         else:
@@ -215,6 +221,23 @@ class _Writer:
         if name in ("any", "all"):
             return Var(e.tmp(f"{res} != 0", "r"), DType.bool, "tl.int1")
         return Var(res, p.anchor.result.type.dtype, ct)
+
+    def row_epilogue(self) -> None:
+        """Store the outputs on the input's shape that read the result (which the caller has
+        made readable at ``out_index``): on the held tile when persistent, else in a second
+        pass over the row, its prologue recomputed."""
+        if self.persistent:
+            self.store_on_row(*self.held)
+            return
+        self.e.line(f"for r0 in range(0, {self.p.R}, RBLOCK):")
+        with self.e.block():
+            self.store_on_row(*self.tile("r0"))
+
+    def store_on_row(self, idx: tuple[str, ...], mask: str | None) -> None:
+        p = self.p
+        for j in p.row_out:
+            zero = None if p.X > 1 and p.R > 1 else "(xoffs * 0 + rbase * 0)"
+            self.e.store(f"out{j}", p.body.outputs[j], idx, mask, zero=zero)
 
     def store_inputs(self, idx: tuple[str, ...], mask: str | None) -> None:
         """Store the outputs that live on the reduced input (exported prologue values, and
@@ -338,6 +361,8 @@ def emit(body: Graph, name: str, schedule: Schedule) -> KernelSource:
         for j in p.out_domain:
             zero = None if p.X > 1 else "xoffs * 0"
             e.store(f"out{j}", body.outputs[j], oidx, w.xmask, zero=zero)
+        if p.row_out:
+            w.row_epilogue()
     nan = p.anchor.name in ("softmax", "log_softmax", "amax", "amin")
     side_fns, side_calls = side_outputs(p, name, args, ins, outs)
     text = "\n".join([HEADER] + ([NAN_COMBINE] if nan else []) +
