@@ -85,6 +85,7 @@ from typing import Protocol, Sequence
 
 from tilefx.ir.graph import Graph, Op, Value, freeze_attrs
 from tilefx.ir.ops import Category, get_op
+from tilefx.ir.ops.nn import REDUCTIONS
 from tilefx.ir.ops.shape_ops import is_narrow
 from tilefx.ir.types import Dim, dims_equal
 from tilefx.passes.channels_last import TO_NCHW, TO_NHWC
@@ -119,7 +120,6 @@ JOIN_BY_NAME: dict[str, str] = {"reshape": "view", "attention": "attention"}
 CHANNELS_LAST = (TO_NHWC, TO_NCHW)  # a channels-last region's permutes
 DATA_MOVEMENT = frozenset({"broadcast_to"})  # not injective, but moves data only: a prologue may read it
 ANCHORS: dict[Category, str] = {Category.reduction: "reduction", Category.contraction: "contraction"}
-ROW_EPILOGUE_ANCHORS = frozenset({"sum", "mean", "amax", "amin", "prod", "any", "all"})  # keepdim ones
 
 
 @dataclass
@@ -298,7 +298,7 @@ class _Fuser:
         group = getattr(self, f"join_{rule}")(i)
         if category in ANCHORS:
             group.anchor, group.anchor_shape = ANCHORS[category], op.results[0].type.shape
-            if self.row_epilogues and op.name in ROW_EPILOGUE_ANCHORS and op.attr("keepdim"):
+            if self.row_epilogues and op.name in REDUCTIONS and op.attr("keepdim"):  # sum-like ones
                 group.row_shape = op.inputs[0].type.shape
         if category != Category.injective and op.name not in DATA_MOVEMENT:
             group.injective_only = False

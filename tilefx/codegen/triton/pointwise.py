@@ -23,8 +23,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from tilefx.codegen.schedule import Schedule
-from tilefx.codegen.triton.emit import Emitter, next_pow2, numel, program_id, shape_of
-from tilefx.codegen.triton.emit import flag_input, store_flag, workspace_source  # matmul flags
+from tilefx.codegen.triton.emit import (Emitter, flag_input, next_pow2, numel, program_id, shape_of,
+                                        store_flag, workspace_source)
 from tilefx.codegen.triton.ops import delinearize
 from tilefx.codegen.triton.pointwise_tiled import emit_tiled_kernel, find_tiling
 from tilefx.codegen.triton.source import HEADER, KernelSource

@@ -234,17 +234,18 @@ class _Writer:
             self.store_on_row(*self.tile("r0"))
 
     def store_on_row(self, idx: tuple[str, ...], mask: str | None) -> None:
-        p = self.p
-        for j in p.row_out:
-            zero = None if p.X > 1 and p.R > 1 else "(xoffs * 0 + rbase * 0)"
-            self.e.store(f"out{j}", p.body.outputs[j], idx, mask, zero=zero)
+        self.store_at(self.p.row_out, idx, mask)
 
     def store_inputs(self, idx: tuple[str, ...], mask: str | None) -> None:
         """Store the outputs that live on the reduced input (exported prologue values, and
         for row ops the result and its epilogue)."""
+        self.store_at(self.p.in_domain, idx, mask)
+
+    def store_at(self, positions: list[int], idx: tuple[str, ...], mask: str | None) -> None:
+        """Store the body outputs at ``positions``, on the input's shape, at the tile ``idx``."""
         p = self.p
-        for j in p.in_domain:
-            zero = None if p.X > 1 and p.R > 1 else "(xoffs * 0 + rbase * 0)"
+        zero = None if p.X > 1 and p.R > 1 else "(xoffs * 0 + rbase * 0)"
+        for j in positions:
             self.e.store(f"out{j}", p.body.outputs[j], idx, mask, zero=zero)
 
     # --------------------------------------------------------------- row ops
