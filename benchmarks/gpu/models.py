@@ -313,9 +313,12 @@ class Child:
         from tilefx.ir.identity import kernel_key
 
         graph = self.record.optimized_ir if self.record is not None else None
-        n = len({kernel_key(op) for op in graph.ops if op.name == "kernel"}) if graph is not None else 32
-        tune = tune_option(self.args.tune, n)
-        self.row["notes"].append(f"tuned: tilefx.compile(tune={tune!r}), {n} distinct kernels")
+        # without the default column (--only) the kernels are not known before tuning; 32 only
+        # splits an older tilefx's per-kernel budget, and is not reported as a count
+        n = len({kernel_key(op) for op in graph.ops if op.name == "kernel"}) if graph is not None else None
+        tune = tune_option(self.args.tune, n or 32)
+        self.row["notes"].append(f"tuned: tilefx.compile(tune={tune!r})"
+                                 + (f", {n} distinct kernels" if n is not None else ""))
         folder = tempfile.mkdtemp(prefix="tilefx-models-tune-")
         try:
             fn = self.timed("tilefx tuned", lambda: tilefx_compile(
@@ -399,7 +402,11 @@ def child_row(name: str, dtype: str, args: argparse.Namespace, timeout: float, g
     row, why = run_child(cmd, env, timeout)
     if row is None:
         row = dict(model=name, dtype=dtype, input=SPECS[name].input_desc, stage="start", ms={}, err={})
-    if why:
+    if why and row.get("stage") == "done":
+        # its last row was out before the kill (swin_t's max-autotune child was still ending its
+        # compile workers): what it measured stands
+        row.setdefault("notes", []).append(f"child {why} after its last row; the row is complete")
+    elif why:
         row["status"] = f"{why} during {row.get('stage', '?')}"
         if row.get("stage") in COLS:
             row["ms"][row["stage"]] = why.split(" (")[0]

@@ -210,3 +210,25 @@ def test_models_does_not_start_a_model_its_deadline_would_kill(monkeypatch, tmp_
                         "inductor", "--deadline", "300", "--expect", str(earlier)]) == 0
     assert started == ["tiny_cnn"]
     sys.modules.pop("models", None)
+
+
+def test_models_keeps_a_finished_row_whose_child_was_killed_ending(monkeypatch):
+    """swin_t bf16's max-autotune child printed its last row (2.333 ms) and was killed while its
+    compile workers ended: the row is complete and stays ``ok``; a child killed mid-column is not."""
+    monkeypatch.syspath_prepend(str(GPU_SCRIPTS))
+    import models
+
+    args = argparse.Namespace(repeats=30, device="cpu", batch=0, max_autotune=False, skip_kernels=True,
+                              cm_default=False, tune="", only="max-autotune")
+    finished = dict(model="swin_t", dtype="bf16", stage="done", status="ok",
+                    ms={"eager": 15.0, "max-autotune": 2.333}, notes=[])
+    monkeypatch.setattr(models, "run_child", lambda *a, **k: (dict(finished), "timeout after 560 s"))
+    row = models.child_row("swin_t", "bf16", args, 560, None)
+    assert row["status"] == "ok" and row["ms"]["max-autotune"] == 2.333
+    assert row["notes"] == ["child timeout after 560 s after its last row; the row is complete"]
+    midway = dict(finished, stage="max-autotune", status="running", ms={"eager": 15.0})
+    monkeypatch.setattr(models, "run_child", lambda *a, **k: (dict(midway), "timeout after 560 s"))
+    row = models.child_row("swin_t", "bf16", args, 560, None)
+    assert row["status"] == "timeout after 560 s during max-autotune"
+    assert row["ms"]["max-autotune"] == "timeout after 560 s"
+    sys.modules.pop("models", None)
