@@ -232,3 +232,52 @@ def test_models_keeps_a_finished_row_whose_child_was_killed_ending(monkeypatch):
     assert row["status"] == "timeout after 560 s during max-autotune"
     assert row["ms"]["max-autotune"] == "timeout after 560 s"
     sys.modules.pop("models", None)
+
+
+def test_summary_takes_each_ratio_from_the_newest_file_with_both_columns(monkeypatch, tmp_path, capsys):
+    """``summary.py`` over several results files: a ratio's two columns come from one file (the
+    newest holding both), else from two files and marked; the goals are checked (a ratio over 1, an
+    error over its limit or a fallback fail the run); a count an old run did not record is named."""
+    monkeypatch.syspath_prepend(str(GPU_SCRIPTS))
+    import summary
+
+    def row(model, ms, **extra):
+        return dict(model=model, dtype="fp16", status="ok", ms=ms, limit=0.01,
+                    err={c: 0.001 for c in ms}, **extra)
+    untuned = {"kernels": 5, "fallbacks": 0, "interpreted": 0}
+    old = {"commands": [], "rows": [row("a", {"tilefx": 1.0, "reduce-overhead": 2.0}, report=untuned),
+                                    row("b", {"tilefx": 1.5, "reduce-overhead": 2.0}, report=untuned)]}
+    new = {"commit": "abc1234", "calls": [
+        {"commands": [], "rows": [row("a", {"tilefx": 0.5}, report=untuned),  # no peer in this file
+                                  row("a", {"tilefx tuned": 0.6, "max-autotune": 1.2},
+                                      report={"tuned_fallbacks": 0, "tuned_interpreted": 0})]},
+        {"commands": [], "rows": [row("b", {"tilefx tuned": 0.9})]}]}
+    last = {"commands": [], "rows": [row("b", {"max-autotune": 1.0, "tilefx tuned": "timeout after 9 s"})]}
+    paths = []
+    for i, data in enumerate((old, new, last)):
+        paths.append(tmp_path / f"gpu-models-{i}.json")
+        paths[-1].write_text(json.dumps(data))
+    out = tmp_path / "summary.md"
+    assert summary.main([*map(str, paths), "--out", str(out)]) == 0
+    text = out.read_text()
+    a_row = next(line for line in text.splitlines() if line.startswith("| a |"))
+    assert "| 1.000 | 2.000 | **0.50** |" in a_row and "| 0.600 | 1.200 | **0.50** |" in a_row  # 0.5 / 2.0 not taken
+    assert "0 (abc1234)" not in a_row and "1 (abc1234)" in a_row  # each ratio names its file and code
+    b_row = next(line for line in text.splitlines() if line.startswith("| b |"))
+    assert "**0.90*** " in b_row and "1 + 2" in b_row  # tuned from file 1, max-autotune from file 2
+    assert "- untuned: 2 models, geomean 0.61" in text and "goal met" in text
+    assert "not recorded by the run: b tuned" in text
+    slow = tmp_path / "slow.json"
+    slow.write_text(json.dumps({"commands": [], "rows": [row("c", {"tilefx": 2.2, "reduce-overhead": 2.0},
+                                                            report=untuned)]}))
+    assert summary.main([str(paths[0]), str(slow)]) == 1
+    assert "worst 1.10: goal MISSED" in capsys.readouterr().out
+    wrong = dict(row("c", {"tilefx": 1.0, "reduce-overhead": 2.0}, report=untuned), err={"tilefx": 0.5})
+    slow.write_text(json.dumps({"commands": [], "rows": [wrong]}))
+    assert summary.main([str(slow)]) == 1 and "FAILED: 0.5" in capsys.readouterr().out
+    slow.write_text(json.dumps({"commands": [], "rows": [row("c", {"tilefx": 1.0, "reduce-overhead": 2.0},
+                                                            report=dict(untuned, fallbacks=2))]}))
+    assert summary.main([str(slow)]) == 1
+    slow.write_text('{"nothing": 1}')
+    assert summary.main([str(slow)]) == 2
+    sys.modules.pop("summary", None)
