@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import re
 import sys
 from pathlib import Path
 
@@ -56,6 +57,15 @@ def pick(files: list[dict[tuple[str, str], dict]], key: tuple[str, str], pair: t
                 source=f"{newest[0]['source']} + {newest[1]['source']}", commit=newest[0]["commit"])
 
 
+def tuning_seconds(row: dict) -> tuple[float, float] | None:
+    """(used, given) from the tuned column's budget line, if the run wrote one."""
+    for note in row.get("notes", []):
+        m = re.match(r"tuned: budget (\d+(?:\.\d+)?)s for the model: (\d+(?:\.\d+)?)s used", note)
+        if m:
+            return float(m.group(2)), float(m.group(1))
+    return None
+
+
 def shown(ratio: float) -> str:
     """Two decimals, three near 1: 0.996 is not shown as 1.00 against a goal of <= 1."""
     return f"{ratio:.2f}" if abs(ratio - 1) >= 0.005 else f"{ratio:.3f}"
@@ -82,16 +92,17 @@ def render(files: list[dict[tuple[str, str], dict]], names: list[str]) -> tuple[
         out += [f"## {dtype}", "",
                 "| model | tilefx ms | reduce-overhead ms | **untuned ratio** | error vs eager (limit) | kernels "
                 "| fallbacks / interpreted | from (code) | tilefx tuned ms | max-autotune ms | **tuned ratio** "
-                "| error vs eager (limit) | fallbacks / interpreted | from (code) |",
-                "|---|---:|---:|---:|---:|---:|---:|---|---:|---:|---:|---:|---:|---|"]
+                "| error vs eager (limit) | tuning used | fallbacks / interpreted | from (code) |",
+                "|---|---:|---:|---:|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|---|"]
         ratios: dict[str, list[float]] = {"untuned": [], "tuned": []}
         unrecorded: list[str] = []
+        over: list[str] = []
         for key in (k for k in keys if k[1] == dtype):
             cells = [key[0]]
             for what, pair in PAIRS.items():
                 got = pick(files, key, pair)
                 if got is None:
-                    cells += ["-", "-", "not measured", "-", "-"] + (["-"] if what == "untuned" else []) + ["-"]
+                    cells += ["-", "-", "not measured", "-", "-", "-", "-"]
                     continue
                 ratio = got["ours"] / got["peer"]
                 ratios[what].append(ratio)
@@ -109,6 +120,11 @@ def render(files: list[dict[tuple[str, str], dict]], names: list[str]) -> tuple[
                 if what == "untuned":
                     kernels[key] = (report.get("kernels"), got["commit"])
                     cells.append(str(report.get("kernels", "-")))
+                else:
+                    spent = tuning_seconds(got["row"])
+                    cells.append("-" if spent is None else f"{spent[0]:.1f} s")
+                    if spent is not None and spent[0] > spent[1] + 1:  # a second: the deadline's granularity
+                        over.append(f"{key[0]} {spent[0]:.1f} s of {spent[1]:.0f} ({got['commit']})")
                 cells.append(" / ".join("-" if n is None else str(n) for n in missed))
                 cells.append(f"{got['source']} ({got['commit']})")
             out.append("| " + " | ".join(cells) + " |")
@@ -121,6 +137,14 @@ def render(files: list[dict[tuple[str, str], dict]], names: list[str]) -> tuple[
             ok &= met
             lines.append(f"- {what}: {len(values)} models, geomean {g:.2f} ({1 / g:.2f}x faster), worst "
                          f"{shown(worst)}: {'goal met' if met else 'goal MISSED'}")
+        # what tuning starts from: untuned tilefx against max-autotune (columns of two runs, mostly)
+        base = [got["ours"] / got["peer"] for key in keys if key[1] == dtype
+                for got in [pick(files, key, ("tilefx", "max-autotune"))] if got is not None]
+        if base:
+            lines.append(f"- untuned tilefx / max-autotune (for comparison): {len(base)} models, geomean "
+                         f"{geomean(base):.2f}, worst {shown(max(base))}")
+        if over:
+            lines.append(f"- tuning over its budget: {', '.join(over)}")
         if unrecorded:
             lines.append(f"- fallbacks / interpreted not recorded by the run: {', '.join(unrecorded)}")
         out += ["", *lines, ""]

@@ -250,7 +250,8 @@ def test_summary_takes_each_ratio_from_the_newest_file_with_both_columns(monkeyp
     new = {"commit": "abc1234", "calls": [
         {"commands": [], "rows": [row("a", {"tilefx": 0.5}, report=untuned),  # no peer in this file
                                   row("a", {"tilefx tuned": 0.6, "max-autotune": 1.2},
-                                      report={"tuned_fallbacks": 0, "tuned_interpreted": 0})]},
+                                      report={"tuned_fallbacks": 0, "tuned_interpreted": 0},
+                                      notes=["tuned: budget 60.0s for the model: 68.5s used (+8.5s)"])]},
         {"commands": [], "rows": [row("b", {"tilefx tuned": 0.9})]}]}
     last = {"commands": [], "rows": [row("b", {"max-autotune": 1.0, "tilefx tuned": "timeout after 9 s"})]}
     paths = []
@@ -267,6 +268,8 @@ def test_summary_takes_each_ratio_from_the_newest_file_with_both_columns(monkeyp
     assert "**0.90*** " in b_row and "1 + 2" in b_row  # tuned from file 1, max-autotune from file 2
     assert "- untuned: 2 models, geomean 0.61" in text and "goal met" in text
     assert "not recorded by the run: b tuned" in text
+    assert "| 68.5 s |" in a_row and "tuning over its budget: a 68.5 s of 60 (abc1234)" in text
+    assert "untuned tilefx / max-autotune (for comparison): 2 models, geomean 0.79, worst 1.50" in text
     slow = tmp_path / "slow.json"
     slow.write_text(json.dumps({"commands": [], "rows": [row("c", {"tilefx": 2.2, "reduce-overhead": 2.0},
                                                             report=untuned)]}))
