@@ -15,10 +15,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import re
 import sys
 from pathlib import Path
+from statistics import geometric_mean
 
 from models_rows import resumable
 
@@ -71,8 +71,53 @@ def shown(ratio: float) -> str:
     return f"{ratio:.2f}" if abs(ratio - 1) >= 0.005 else f"{ratio:.3f}"
 
 
-def geomean(values: list[float]) -> float:
-    return math.exp(sum(map(math.log, values)) / len(values)) if values else math.nan
+NOT_MEASURED = ["-", "-", "not measured", "-", "-", "-", "-"]
+
+
+def ratio_cells(what: str, model: str, got: dict, notes: dict[str, list[str]]) -> tuple[list[str], bool]:
+    """One ratio's cells of a model's row and whether its error and counts pass; ``notes`` gathers
+    what the dtype's lines name (counts a run did not record, tuning past its budget)."""
+    row, ratio = got["row"], got["ours"] / got["peer"]
+    cells = [f"{got['ours']:.3f}", f"{got['peer']:.3f}", f"**{shown(ratio)}**" + "*" * got["split"]]
+    err, limit = row.get("err", {}).get(PAIRS[what][0]), row.get("limit")
+    passed = isinstance(err, (int, float)) and isinstance(limit, (int, float)) and err <= limit
+    cells.append(f"{err:.1e} ({limit:.1e})" if passed else f"FAILED: {err} ({limit})")
+    report = row.get("report", {})
+    prefix = "" if what == "untuned" else "tuned_"
+    missed = [report.get(prefix + k) for k in ("fallbacks", "interpreted")]
+    if None in missed:  # an older --only run did not record them
+        notes["unrecorded"].append(f"{model} {what}")
+    passed &= all(n in (0, None) for n in missed)
+    if what == "untuned":
+        cells.append(str(report.get("kernels", "-")))
+    else:
+        spent = tuning_seconds(row)
+        cells.append("-" if spent is None else f"{spent[0]:.1f} s")
+        if spent is not None and spent[0] > spent[1] + 1:  # a second: the deadline's granularity
+            notes["over"].append(f"{model} {spent[0]:.1f} s of {spent[1]:.0f} ({got['commit']})")
+    cells.append(" / ".join("-" if n is None else str(n) for n in missed))
+    return cells + [f"{got['source']} ({got['commit']})"], passed
+
+
+def dtype_lines(ratios: dict[str, list[float]], base: list[float], notes: dict[str, list[str]]) -> tuple[list[str], bool]:
+    """The lines under a dtype's table, and whether its ratios meet their goals."""
+    lines, met_all = [], True
+    for what, values in ratios.items():
+        if not values:
+            continue
+        g, worst = geometric_mean(values), max(values)
+        met = worst <= 1.0 and (what != "untuned" or g <= 1 / 1.15)
+        met_all &= met
+        lines.append(f"- {what}: {len(values)} models, geomean {g:.2f} ({1 / g:.2f}x faster), worst "
+                     f"{shown(worst)}: {'goal met' if met else 'goal MISSED'}")
+    if base:
+        lines.append(f"- untuned tilefx / max-autotune (for comparison): {len(base)} models, geomean "
+                     f"{geometric_mean(base):.2f}, worst {shown(max(base))}")
+    if notes["over"]:
+        lines.append(f"- tuning over its budget: {', '.join(notes['over'])}")
+    if notes["unrecorded"]:
+        lines.append(f"- fallbacks / interpreted not recorded by the run: {', '.join(notes['unrecorded'])}")
+    return lines, met_all
 
 
 def render(files: list[dict[tuple[str, str], dict]], names: list[str]) -> tuple[str, bool]:
@@ -95,58 +140,26 @@ def render(files: list[dict[tuple[str, str], dict]], names: list[str]) -> tuple[
                 "| error vs eager (limit) | tuning used | fallbacks / interpreted | from (code) |",
                 "|---|---:|---:|---:|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|---|"]
         ratios: dict[str, list[float]] = {"untuned": [], "tuned": []}
-        unrecorded: list[str] = []
-        over: list[str] = []
+        notes: dict[str, list[str]] = {"unrecorded": [], "over": []}
         for key in (k for k in keys if k[1] == dtype):
             cells = [key[0]]
             for what, pair in PAIRS.items():
                 got = pick(files, key, pair)
                 if got is None:
-                    cells += ["-", "-", "not measured", "-", "-", "-", "-"]
+                    cells += NOT_MEASURED
                     continue
-                ratio = got["ours"] / got["peer"]
-                ratios[what].append(ratio)
-                cells += [f"{got['ours']:.3f}", f"{got['peer']:.3f}", f"**{shown(ratio)}**" + "*" * got["split"]]
-                err, limit = got["row"].get("err", {}).get(pair[0]), got["row"].get("limit")
-                matched = isinstance(err, (int, float)) and isinstance(limit, (int, float)) and err <= limit
-                ok &= matched
-                cells.append(f"{err:.1e} ({limit:.1e})" if matched else f"FAILED: {err} ({limit})")
-                report = got["row"].get("report", {})
-                prefix = "" if what == "untuned" else "tuned_"
-                missed = [report.get(prefix + k) for k in ("fallbacks", "interpreted")]
-                if None in missed:  # an older --only run did not record them
-                    unrecorded.append(f"{key[0]} {what}")
-                ok &= all(n in (0, None) for n in missed)
+                ratios[what].append(got["ours"] / got["peer"])
                 if what == "untuned":
-                    kernels[key] = (report.get("kernels"), got["commit"])
-                    cells.append(str(report.get("kernels", "-")))
-                else:
-                    spent = tuning_seconds(got["row"])
-                    cells.append("-" if spent is None else f"{spent[0]:.1f} s")
-                    if spent is not None and spent[0] > spent[1] + 1:  # a second: the deadline's granularity
-                        over.append(f"{key[0]} {spent[0]:.1f} s of {spent[1]:.0f} ({got['commit']})")
-                cells.append(" / ".join("-" if n is None else str(n) for n in missed))
-                cells.append(f"{got['source']} ({got['commit']})")
+                    kernels[key] = (got["row"].get("report", {}).get("kernels"), got["commit"])
+                more, passed = ratio_cells(what, key[0], got, notes)
+                cells += more
+                ok &= passed
             out.append("| " + " | ".join(cells) + " |")
-        lines = []
-        for what, values in ratios.items():
-            if not values:
-                continue
-            g, worst = geomean(values), max(values)
-            met = worst <= 1.0 and (what != "untuned" or g <= 1 / 1.15)
-            ok &= met
-            lines.append(f"- {what}: {len(values)} models, geomean {g:.2f} ({1 / g:.2f}x faster), worst "
-                         f"{shown(worst)}: {'goal met' if met else 'goal MISSED'}")
         # what tuning starts from: untuned tilefx against max-autotune (columns of two runs, mostly)
         base = [got["ours"] / got["peer"] for key in keys if key[1] == dtype
                 for got in [pick(files, key, ("tilefx", "max-autotune"))] if got is not None]
-        if base:
-            lines.append(f"- untuned tilefx / max-autotune (for comparison): {len(base)} models, geomean "
-                         f"{geomean(base):.2f}, worst {shown(max(base))}")
-        if over:
-            lines.append(f"- tuning over its budget: {', '.join(over)}")
-        if unrecorded:
-            lines.append(f"- fallbacks / interpreted not recorded by the run: {', '.join(unrecorded)}")
+        lines, met = dtype_lines(ratios, base, notes)
+        ok &= met
         out += ["", *lines, ""]
     differ = [f"{m} {kernels[(m, 'fp16')][0]} ({kernels[(m, 'fp16')][1]}) vs {d} {n} ({c})"
               for (m, d), (n, c) in kernels.items() if d != "fp16" and (m, "fp16") in kernels

@@ -227,14 +227,11 @@ class _Writer:
         made readable at ``out_index``): on the held tile when persistent, else in a second
         pass over the row, its prologue recomputed."""
         if self.persistent:
-            self.store_on_row(*self.held)
+            self.store_at(self.p.row_out, *self.held)
             return
         self.e.line(f"for r0 in range(0, {self.p.R}, RBLOCK):")
         with self.e.block():
-            self.store_on_row(*self.tile("r0"))
-
-    def store_on_row(self, idx: tuple[str, ...], mask: str | None) -> None:
-        self.store_at(self.p.row_out, idx, mask)
+            self.store_at(self.p.row_out, *self.tile("r0"))
 
     def store_inputs(self, idx: tuple[str, ...], mask: str | None) -> None:
         """Store the outputs that live on the reduced input (exported prologue values, and
